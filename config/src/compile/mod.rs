@@ -1,0 +1,186 @@
+//! Validated resources → one [`Snapshot`]. Every check happens here, every error is collected
+//! with its location, and a snapshot is produced only when there is none.
+
+mod http_route;
+mod names;
+mod proxy;
+mod service;
+mod tcp_route;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{ConfigError, ConfigErrors, FieldPath};
+use crate::load::LoadedDoc;
+use crate::snapshot::{ServiceIndex, Snapshot};
+use crate::spec::Resource;
+use crate::yaml::Node;
+
+/// Collects errors; each is located through the document tree it refers to.
+#[derive(Default)]
+pub(crate) struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    /// Records `message` at `path` of `doc`.
+    pub(crate) fn at(&mut self, doc: &LoadedDoc, path: &FieldPath, message: impl Into<String>) {
+        self.at_node(&doc.file, &doc.root, path, message);
+    }
+
+    fn at_node(&mut self, file: &Path, root: &Node, path: &FieldPath, message: impl Into<String>) {
+        let node = root.locate(path.segments());
+        self.0.push(ConfigError {
+            file: file.to_owned(),
+            mark: node.mark,
+            path: path.clone(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Services by `(namespace, name)`, for resolving `backendRefs`.
+pub(crate) type ServiceIndexMap = HashMap<(String, String), ServiceIndex>;
+
+/// Validates and compiles a set of documents into a snapshot.
+///
+/// The set must contain exactly one `ProxyConfig`.
+pub fn compile(docs: &[LoadedDoc]) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Errors::default();
+    names::check_unique(docs, &mut errors);
+
+    let mut services = Vec::new();
+    let mut service_docs: Vec<&LoadedDoc> = docs
+        .iter()
+        .filter(|d| matches!(d.resource, Resource::Service(_)))
+        .collect();
+    service_docs.sort_by(|a, b| {
+        let (ma, mb) = (a.resource.metadata(), b.resource.metadata());
+        (&ma.namespace, &ma.name).cmp(&(&mb.namespace, &mb.name))
+    });
+    let mut index = ServiceIndexMap::new();
+    for doc in service_docs {
+        if let Resource::Service(svc) = &doc.resource {
+            let compiled = service::compile(doc, svc, &mut errors);
+            index.insert(
+                (svc.metadata.namespace.clone(), svc.metadata.name.clone()),
+                services.len(),
+            );
+            services.push(Arc::new(compiled));
+        }
+    }
+
+    let proxy_docs: Vec<&LoadedDoc> = docs
+        .iter()
+        .filter(|d| matches!(d.resource, Resource::ProxyConfig(_)))
+        .collect();
+    let proxy = match proxy_docs.as_slice() {
+        [one] => proxy::compile(one, &mut errors),
+        [] => {
+            errors.0.push(ConfigError {
+                file: docs
+                    .first()
+                    .map_or_else(|| "<config>".into(), |d| d.file.to_path_buf()),
+                mark: Default::default(),
+                path: FieldPath::root(),
+                message: "no ProxyConfig: the set needs exactly one (admin address and listeners)"
+                    .into(),
+            });
+            None
+        }
+        [_, extra @ ..] => {
+            for doc in extra {
+                errors.at(
+                    doc,
+                    &FieldPath::root().key("kind"),
+                    "a second ProxyConfig; the set needs exactly one",
+                );
+            }
+            None
+        }
+    };
+
+    let listeners = proxy.as_ref().map(|p| p.listeners.as_slice());
+    let (http, rule_count) =
+        http_route::compile_all(docs, listeners, &services, &index, &mut errors);
+    let tcp = tcp_route::compile_all(docs, listeners, &services, &index, &mut errors);
+
+    match proxy {
+        Some(proxy) if errors.0.is_empty() => Ok(Snapshot {
+            listeners: proxy::attach_routes(proxy.listeners, http, tcp),
+            proxy: proxy.settings,
+            services,
+            rule_count,
+            resources: docs.iter().map(|d| d.resource.clone()).collect(),
+        }),
+        _ => {
+            errors.0.sort_by(|a, b| {
+                (&a.file, a.mark.line, a.mark.column).cmp(&(&b.file, b.mark.line, b.mark.column))
+            });
+            Err(ConfigErrors(errors.0))
+        }
+    }
+}
+
+/// Resolves a backend reference against the service index: `Ok(index)` or an error message.
+pub(crate) fn resolve_service(
+    index: &ServiceIndexMap,
+    route_namespace: &str,
+    name: &str,
+    namespace: Option<&str>,
+) -> Result<ServiceIndex, String> {
+    let ns = namespace.unwrap_or(route_namespace);
+    index
+        .get(&(ns.to_owned(), name.to_owned()))
+        .copied()
+        .ok_or_else(|| {
+            let mut known: Vec<&str> = index
+                .keys()
+                .filter(|(n, _)| n == ns)
+                .map(|(_, name)| name.as_str())
+                .collect();
+            known.sort_unstable();
+            if known.is_empty() {
+                format!("no Service `{name}` in namespace `{ns}` (there are no Services in it)")
+            } else {
+                format!(
+                    "no Service `{name}` in namespace `{ns}`; known: {}",
+                    known.join(", ")
+                )
+            }
+        })
+}
+
+/// Reports a zero duration (every configured duration must be positive).
+pub(crate) fn check_positive(
+    errors: &mut Errors,
+    doc: &LoadedDoc,
+    path: &FieldPath,
+    value: Option<crate::spec::Duration>,
+) {
+    if value.is_some_and(|d| d.get().is_zero()) {
+        errors.at(doc, path, "must be greater than 0");
+    }
+}
+
+/// Reports a value outside `min..=max`.
+pub(crate) fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    errors: &mut Errors,
+    doc: &LoadedDoc,
+    path: &FieldPath,
+    value: Option<T>,
+    min: T,
+    max: T,
+) {
+    if let Some(v) = value {
+        if v < min || v > max {
+            errors.at(
+                doc,
+                path,
+                format!("{v} is out of range: must be between {min} and {max}"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,231 @@
+//! Compiling the `ProxyConfig`: admin address, listeners, limits; then attaching routes.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{check_positive, check_range, Errors};
+use crate::error::FieldPath;
+use crate::load::LoadedDoc;
+use crate::matching::{RouteEntries, RouteTable};
+use crate::snapshot::{Listener, ProxySettings, Serves, TcpRoute};
+use crate::spec::{ListenerProtocol, Resource};
+
+/// A listener before routes are attached.
+pub(crate) struct ListenerDraft {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: ListenerProtocol,
+    pub max_connections: usize,
+}
+
+/// The compiled ProxyConfig.
+pub(crate) struct CompiledProxy {
+    pub settings: ProxySettings,
+    pub listeners: Vec<ListenerDraft>,
+}
+
+const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+const DEFAULT_MAX_HEADERS: u32 = 100;
+const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+
+fn parse_addr(
+    errors: &mut Errors,
+    doc: &LoadedDoc,
+    path: &FieldPath,
+    text: &str,
+) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.at(
+                doc,
+                path,
+                format!("`{text}` is not an ip:port address (e.g. 127.0.0.1:15000)"),
+            );
+            None
+        }
+    }
+}
+
+/// Validates and compiles the ProxyConfig document.
+pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledProxy> {
+    let Resource::ProxyConfig(pc) = &doc.resource else {
+        return None;
+    };
+    let spec = &pc.spec;
+    let at = FieldPath::root().key("spec");
+    let admin = parse_addr(errors, doc, &at.key("admin"), &spec.admin);
+
+    let limits = spec.limits.clone().unwrap_or_default();
+    let limits_at = at.key("limits");
+    check_range(
+        errors,
+        doc,
+        &limits_at.key("maxHeaderBytes"),
+        limits.max_header_bytes,
+        1024,
+        1024 * 1024,
+    );
+    check_range(
+        errors,
+        doc,
+        &limits_at.key("maxHeaders"),
+        limits.max_headers,
+        1,
+        10_000,
+    );
+    check_range(
+        errors,
+        doc,
+        &limits_at.key("maxConnections"),
+        limits.max_connections,
+        1,
+        1_000_000,
+    );
+    check_positive(errors, doc, &at.key("drainTimeout"), spec.drain_timeout);
+    let default_max_conns = limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+
+    let mut listeners = Vec::new();
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, l) in spec.listeners.iter().enumerate() {
+        let here = at.key("listeners").index(i);
+        if !names.insert(l.name.as_str()) {
+            errors.at(
+                doc,
+                &here.key("name"),
+                format!("listener `{}` is defined twice", l.name),
+            );
+        }
+        if !super::names::is_dns_name(&l.name) {
+            errors.at(
+                doc,
+                &here.key("name"),
+                format!(
+                    "`{}` is not a valid listener name: use lowercase letters, digits and `-`",
+                    l.name
+                ),
+            );
+        }
+        check_range(
+            errors,
+            doc,
+            &here.key("maxConnections"),
+            l.max_connections,
+            1,
+            1_000_000,
+        );
+        let Some(address) = parse_addr(errors, doc, &here.key("address"), &l.address) else {
+            continue;
+        };
+        if address.port() != 0 && (Some(address) == admin || !addresses.insert(address)) {
+            errors.at(
+                doc,
+                &here.key("address"),
+                format!("`{address}` is already used by another listener or the admin server"),
+            );
+        }
+        listeners.push(ListenerDraft {
+            name: l.name.clone(),
+            address,
+            protocol: l.protocol,
+            max_connections: l.max_connections.unwrap_or(default_max_conns) as usize,
+        });
+    }
+
+    Some(CompiledProxy {
+        settings: ProxySettings {
+            admin: admin?,
+            drain_timeout: spec
+                .drain_timeout
+                .map_or(Duration::from_secs(10), |d| d.get()),
+            access_log: spec.access_log.as_ref().is_none_or(|a| a.enabled),
+            max_header_bytes: limits.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES) as usize,
+            max_headers: limits.max_headers.unwrap_or(DEFAULT_MAX_HEADERS) as usize,
+        },
+        listeners,
+    })
+}
+
+/// Resolves `parentRefs` to listener indexes: every listener of `protocol` when empty.
+pub(crate) fn attached_listeners(
+    errors: &mut Errors,
+    doc: &LoadedDoc,
+    listeners: &[ListenerDraft],
+    parent_refs: &[crate::spec::ParentRef],
+    protocol: ListenerProtocol,
+) -> Vec<usize> {
+    if parent_refs.is_empty() {
+        return (0..listeners.len())
+            .filter(|&i| listeners[i].protocol == protocol)
+            .collect();
+    }
+    let mut out = Vec::new();
+    for (i, parent) in parent_refs.iter().enumerate() {
+        let here = FieldPath::root()
+            .key("spec")
+            .key("parentRefs")
+            .index(i)
+            .key("name");
+        match listeners.iter().position(|l| l.name == parent.name) {
+            Some(idx) if listeners[idx].protocol == protocol => out.push(idx),
+            Some(_) => errors.at(
+                doc,
+                &here,
+                format!(
+                    "listener `{}` is not a {} listener",
+                    parent.name,
+                    protocol_name(protocol)
+                ),
+            ),
+            None => {
+                let known: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+                errors.at(
+                    doc,
+                    &here,
+                    format!(
+                        "no listener `{}` in the ProxyConfig; known: {}",
+                        parent.name,
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn protocol_name(p: ListenerProtocol) -> &'static str {
+    match p {
+        ListenerProtocol::Http => "`protocol: http`",
+        ListenerProtocol::Tcp => "`protocol: tcp`",
+    }
+}
+
+/// Puts the compiled routes on their listeners.
+pub(crate) fn attach_routes(
+    listeners: Vec<ListenerDraft>,
+    mut http: Vec<Vec<RouteEntries>>,
+    mut tcp: Vec<Option<Arc<TcpRoute>>>,
+) -> Vec<Listener> {
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| Listener {
+            name: l.name.into(),
+            address: l.address,
+            max_connections: l.max_connections,
+            serves: match l.protocol {
+                ListenerProtocol::Http => Serves::Http(RouteTable::new(
+                    http.get_mut(i)
+                        .map(std::mem::take)
+                        .unwrap_or_default()
+                        .as_slice(),
+                )),
+                ListenerProtocol::Tcp => Serves::Tcp(tcp.get_mut(i).and_then(Option::take)),
+            },
+        })
+        .collect()
+}

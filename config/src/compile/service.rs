@@ -1,0 +1,242 @@
+//! Compiling a `Service`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::{check_positive, check_range, Errors};
+use crate::error::FieldPath;
+use crate::load::LoadedDoc;
+use crate::snapshot::{Endpoint, HashKey, Service};
+use crate::spec::{Discovery, Document, LbPolicy, ServiceSpec};
+
+/// Largest endpoint weight accepted.
+pub(crate) const MAX_WEIGHT: u32 = 1000;
+
+/// Validates and compiles one Service (a best effort on error; the caller discards it then).
+pub(crate) fn compile(
+    doc: &LoadedDoc,
+    svc: &Document<ServiceSpec>,
+    errors: &mut Errors,
+) -> Service {
+    let spec = &svc.spec;
+    let at = FieldPath::root().key("spec");
+
+    let registry = spec.discovery == Some(Discovery::Registry);
+    if registry && !spec.endpoints.is_empty() {
+        errors.at(doc, &at.key("endpoints"), "`discovery: registry` takes endpoints from the registry; remove the static `endpoints` or drop `discovery`");
+    }
+    let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+    let mut seen = HashSet::new();
+    for (i, ep) in spec.endpoints.iter().enumerate() {
+        let here = at.key("endpoints").index(i);
+        match ep.address.parse::<SocketAddr>() {
+            Ok(address) => {
+                if !seen.insert(address) {
+                    errors.at(doc, &here.key("address"), format!("endpoint `{address}` is listed twice"));
+                }
+                endpoints.push(Endpoint { address, weight: ep.weight.max(1) });
+            }
+            Err(_) => errors.at(
+                doc,
+                &here.key("address"),
+                format!("`{}` is not an ip:port address (e.g. 10.0.0.7:8080); host names are not resolved", ep.address),
+            ),
+        }
+        check_range(
+            errors,
+            doc,
+            &here.key("weight"),
+            Some(ep.weight),
+            1,
+            MAX_WEIGHT,
+        );
+    }
+
+    let lb = spec.load_balancer.clone().unwrap_or_default();
+    let lb_at = at.key("loadBalancer");
+    let hash_on = match (&lb.hash_on, lb.policy) {
+        (None, LbPolicy::RingHash) => {
+            errors.at(
+                doc,
+                &lb_at.key("policy"),
+                "ring_hash needs `hashOn: {header: NAME}` or `hashOn: {cookie: NAME}`",
+            );
+            None
+        }
+        (Some(_), policy) if policy != LbPolicy::RingHash => {
+            errors.at(
+                doc,
+                &lb_at.key("hashOn"),
+                "`hashOn` only applies to `policy: ring_hash`",
+            );
+            None
+        }
+        (Some(on), _) => match (&on.header, &on.cookie) {
+            (Some(h), None) => match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => Some(HashKey::Header(name)),
+                Err(_) => {
+                    errors.at(
+                        doc,
+                        &lb_at.key("hashOn").key("header"),
+                        format!("`{h}` is not a valid header name"),
+                    );
+                    None
+                }
+            },
+            (None, Some(c)) if !c.is_empty() => Some(HashKey::Cookie(c.clone())),
+            _ => {
+                errors.at(
+                    doc,
+                    &lb_at.key("hashOn"),
+                    "set exactly one of `header` or `cookie`",
+                );
+                None
+            }
+        },
+        (None, _) => None,
+    };
+
+    if let Some(hc) = &spec.health_check {
+        let hc_at = at.key("healthCheck");
+        match (&hc.http, &hc.tcp) {
+            (Some(http), None) => {
+                if !http.path.starts_with('/') {
+                    errors.at(doc, &hc_at.key("http").key("path"), "must start with `/`");
+                }
+            }
+            (None, Some(_)) => {}
+            _ => errors.at(
+                doc,
+                &hc_at,
+                "set exactly one of `http: {path: /healthz}` or `tcp: {}`",
+            ),
+        }
+        check_positive(errors, doc, &hc_at.key("interval"), hc.interval);
+        check_positive(errors, doc, &hc_at.key("timeout"), hc.timeout);
+        check_range(
+            errors,
+            doc,
+            &hc_at.key("unhealthyThreshold"),
+            hc.unhealthy_threshold,
+            1,
+            100,
+        );
+        check_range(
+            errors,
+            doc,
+            &hc_at.key("healthyThreshold"),
+            hc.healthy_threshold,
+            1,
+            100,
+        );
+        if let (Some(t), Some(i)) = (hc.timeout, hc.interval) {
+            if t > i {
+                errors.at(
+                    doc,
+                    &hc_at.key("timeout"),
+                    format!("timeout {t} is longer than interval {i}"),
+                );
+            }
+        }
+    }
+    if let Some(od) = &spec.outlier_detection {
+        let od_at = at.key("outlierDetection");
+        check_range(
+            errors,
+            doc,
+            &od_at.key("consecutiveErrors"),
+            od.consecutive_errors,
+            1,
+            1000,
+        );
+        check_positive(errors, doc, &od_at.key("interval"), od.interval);
+        check_positive(
+            errors,
+            doc,
+            &od_at.key("baseEjectionTime"),
+            od.base_ejection_time,
+        );
+        check_range(
+            errors,
+            doc,
+            &od_at.key("maxEjectionPercent"),
+            od.max_ejection_percent,
+            0,
+            100,
+        );
+    }
+    if let Some(cb) = &spec.circuit_breaker {
+        let cb_at = at.key("circuitBreaker");
+        check_range(
+            errors,
+            doc,
+            &cb_at.key("failureThreshold"),
+            cb.failure_threshold,
+            1,
+            10_000,
+        );
+        check_positive(errors, doc, &cb_at.key("openTimeout"), cb.open_timeout);
+        check_range(
+            errors,
+            doc,
+            &cb_at.key("successThreshold"),
+            cb.success_threshold,
+            1,
+            10_000,
+        );
+        check_range(
+            errors,
+            doc,
+            &cb_at.key("maxConnections"),
+            cb.max_connections,
+            1,
+            u32::MAX,
+        );
+        check_range(
+            errors,
+            doc,
+            &cb_at.key("maxPendingRequests"),
+            cb.max_pending_requests,
+            1,
+            u32::MAX,
+        );
+        check_range(
+            errors,
+            doc,
+            &cb_at.key("maxRequests"),
+            cb.max_requests,
+            1,
+            u32::MAX,
+        );
+    }
+    let pool = spec.connection_pool.as_ref();
+    if let Some(pool) = pool {
+        check_positive(
+            errors,
+            doc,
+            &at.key("connectionPool").key("connectTimeout"),
+            pool.connect_timeout,
+        );
+    }
+
+    Service {
+        name: svc.metadata.name.as_str().into(),
+        namespace: svc.metadata.namespace.as_str().into(),
+        protocol: spec.protocol,
+        endpoints,
+        lb_policy: lb.policy,
+        hash_on,
+        connect_timeout: pool
+            .and_then(|p| p.connect_timeout)
+            .map_or(Duration::from_secs(5), |d| d.get()),
+        max_idle_per_endpoint: pool
+            .and_then(|p| p.max_idle_per_endpoint)
+            .map_or(64, |n| n as usize),
+        health_check: spec.health_check.clone(),
+        outlier_detection: spec.outlier_detection.clone(),
+        circuit_breaker: spec.circuit_breaker.clone(),
+    }
+}

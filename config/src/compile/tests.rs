@@ -1,0 +1,192 @@
+//! Validation errors: each names file, line, column and field path.
+
+use crate::load_str;
+
+const HEAD: &str = "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {name: p}
+spec:
+  admin: 127.0.0.1:0
+  listeners:
+    - {name: web, address: 127.0.0.1:0, protocol: http}
+    - {name: db, address: 127.0.0.1:0, protocol: tcp}
+---
+apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {name: api}
+spec:
+  protocol: http1
+  endpoints: [{address: 127.0.0.1:9001}]
+";
+
+fn errors_of(extra: &str) -> Vec<String> {
+    let text = format!("{HEAD}---\n{extra}");
+    match load_str("cfg.yaml", &text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn route(rule: &str) -> String {
+    format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  rules:
+    - {rule}
+"
+    )
+}
+
+#[test]
+fn the_contract_example_is_valid() {
+    let text = include_str!("../../../deploy/examples/mesh.yaml");
+    let snapshot = load_str("mesh.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snapshot.listeners.len(), 2);
+    assert_eq!(snapshot.services.len(), 3);
+}
+
+#[test]
+fn a_valid_route_compiles() {
+    assert_eq!(
+        errors_of(&route("backendRefs: [{name: api}]")),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn unknown_service_is_located() {
+    let errs = errors_of(&route("backendRefs: [{name: nope}]"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("cfg.yaml:22:28: spec.rules[0].backendRefs[0].name: no Service `nope`"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn unknown_field_is_located() {
+    let errs = errors_of(&route(
+        "backendRefs: [{name: api}]\n      retires: {attempts: 1}",
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("cfg.yaml:23:7: spec.rules[0].retires: unknown field `retires`"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn duplicate_key_is_an_error() {
+    let errs = errors_of(&route(
+        "backendRefs: [{name: api}]\n      backendRefs: [{name: api}]",
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("cfg.yaml:23:7: spec.rules[0].backendRefs: duplicate key"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn bad_regex_and_zero_weights_and_bad_durations() {
+    let errs = errors_of(&route(
+        "matches: [{path: {type: RegularExpression, value: \"/a(\"}}]
+      backendRefs: [{name: api, weight: 0}]
+      timeouts: {request: 5parsecs}",
+    ));
+    assert_eq!(
+        errs.len(),
+        1,
+        "duration errors stop typed parsing first: {errs:?}"
+    );
+    assert!(
+        errs[0].contains("spec.rules[0].timeouts.request") && errs[0].contains("unknown unit"),
+        "{}",
+        errs[0]
+    );
+
+    let errs = errors_of(&route(
+        "matches: [{path: {type: RegularExpression, value: \"/a(\"}}]
+      backendRefs: [{name: api, weight: 0}]",
+    ));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs
+        .iter()
+        .any(|e| e.contains("spec.rules[0].matches[0].path.value: invalid regular expression")));
+    assert!(errs
+        .iter()
+        .any(|e| e.contains("spec.rules[0].backendRefs: backend weights sum to 0")));
+}
+
+#[test]
+fn route_to_tcp_service_and_unknown_listener() {
+    let svc = "apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {name: pg}
+spec: {protocol: tcp, endpoints: [{address: 127.0.0.1:5432}]}
+---
+";
+    let errs = errors_of(&format!(
+        "{svc}apiVersion: strait.dev/v1alpha1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{name: nope}}, {{name: db}}]
+  rules: [{{backendRefs: [{{name: pg}}]}}]
+"
+    ));
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(errs
+        .iter()
+        .any(|e| e.contains("spec.parentRefs[0].name: no listener `nope`")));
+    assert!(errs.iter().any(
+        |e| e.contains("spec.parentRefs[1].name: listener `db` is not a `protocol: http` listener")
+    ));
+    assert!(errs
+        .iter()
+        .any(|e| e.contains("spec.rules[0].backendRefs[0].name: Service `pg` is not an HTTP")));
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let errs = errors_of(&route(
+        "backendRefs: [{name: a}, {name: b}]
+      rateLimit: {requestsPerSecond: 0, burst: 1, key: bogus}",
+    ));
+    assert_eq!(errs.len(), 4, "{errs:?}");
+}
+
+#[test]
+fn missing_proxy_config_is_an_error() {
+    let err = load_str("x.yaml", "apiVersion: strait.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {protocol: http1}\n").unwrap_err();
+    assert!(err.to_string().contains("no ProxyConfig"), "{err}");
+}
+
+#[test]
+fn unknown_kind_and_bad_api_version() {
+    let err = load_str(
+        "x.yaml",
+        "apiVersion: strait.dev/v1alpha1\nkind: Gateway\nmetadata: {name: a}\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("x.yaml:2:7: kind: unknown kind `Gateway`"),
+        "{err}"
+    );
+    let err = load_str(
+        "x.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("x.yaml:1:13: apiVersion: unsupported apiVersion `v1`"),
+        "{err}"
+    );
+}

@@ -1,0 +1,155 @@
+//! Reading config: files and directories → YAML documents → typed resources.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::de::from_node;
+use crate::error::{ConfigError, ConfigErrors, FieldPath, Mark, PathSeg};
+use crate::spec::{Document, Resource, API_VERSION, KINDS};
+use crate::yaml::{parse_documents, Node};
+
+/// One parsed document with the tree it came from (kept to locate later errors).
+#[derive(Debug, Clone)]
+pub struct LoadedDoc {
+    /// File (or label) it was read from.
+    pub file: Arc<Path>,
+    /// The YAML tree, for mapping field paths to lines.
+    pub root: Node,
+    /// The typed resource.
+    pub resource: Resource,
+}
+
+/// A text to parse, with the name its errors will carry.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// File path or label such as `<control>`.
+    pub file: PathBuf,
+    /// YAML text, possibly many documents.
+    pub text: String,
+}
+
+/// Reads `path`: a YAML file, or every `*.yaml`/`*.yml` file directly in a directory (sorted by
+/// name; names starting with `.` are skipped, which also skips Kubernetes ConfigMap internals).
+pub fn read_sources(path: &Path) -> Result<Vec<Source>, ConfigErrors> {
+    let io_error = |file: &Path, e: std::io::Error| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_owned(),
+            mark: Mark { line: 0, column: 0 },
+            path: FieldPath::root(),
+            message: format!("cannot read: {e}"),
+        }])
+    };
+    let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+    let files = if meta.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| io_error(path, e))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+                !name.starts_with('.')
+                    && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                    && p.is_file()
+            })
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_owned()]
+    };
+    files
+        .into_iter()
+        .map(|file| match std::fs::read_to_string(&file) {
+            Ok(text) => Ok(Source { file, text }),
+            Err(e) => Err(io_error(&file, e)),
+        })
+        .collect()
+}
+
+/// Parses every document of every source into typed resources, collecting all errors.
+pub fn parse_sources(sources: &[Source]) -> Result<Vec<LoadedDoc>, ConfigErrors> {
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for source in sources {
+        let file: Arc<Path> = Arc::from(source.file.as_path());
+        let parsed = match parse_documents(&source.text) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                errors.push(ConfigError {
+                    file: source.file.clone(),
+                    mark: e.mark,
+                    path: FieldPath(e.path),
+                    message: e.message,
+                });
+                continue;
+            }
+        };
+        for doc in parsed {
+            match parse_resource(&doc.root) {
+                Ok(resource) => docs.push(LoadedDoc {
+                    file: file.clone(),
+                    root: doc.root,
+                    resource,
+                }),
+                Err((mark, path, message)) => errors.push(ConfigError {
+                    file: source.file.clone(),
+                    mark,
+                    path,
+                    message,
+                }),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn parse_resource(root: &Node) -> Result<Resource, (Mark, FieldPath, String)> {
+    let at = |key: &str| FieldPath(vec![PathSeg::Key(key.to_owned())]);
+    let Some(kind_node) = root.get("kind") else {
+        return Err((
+            root.mark,
+            FieldPath::root(),
+            format!("missing `kind`; expected one of {}", KINDS.join(", ")),
+        ));
+    };
+    match root.get("apiVersion").and_then(Node::as_str) {
+        Some(API_VERSION) => {}
+        Some(other) => {
+            let node = root.get("apiVersion").unwrap_or(root);
+            return Err((
+                node.mark,
+                at("apiVersion"),
+                format!("unsupported apiVersion `{other}`; this build reads `{API_VERSION}`"),
+            ));
+        }
+        None => {
+            return Err((
+                root.mark,
+                at("apiVersion"),
+                format!("missing `apiVersion`; write `apiVersion: {API_VERSION}`"),
+            ))
+        }
+    }
+    let typed = |e: crate::de::DeError| (e.mark, e.path, e.message);
+    match kind_node.as_str() {
+        Some("ProxyConfig") => from_node::<Document<_>>(root).map(Resource::ProxyConfig),
+        Some("Service") => from_node::<Document<_>>(root).map(Resource::Service),
+        Some("HTTPRoute") => from_node::<Document<_>>(root).map(Resource::HttpRoute),
+        Some("TCPRoute") => from_node::<Document<_>>(root).map(Resource::TcpRoute),
+        other => {
+            return Err((
+                kind_node.mark,
+                at("kind"),
+                format!(
+                    "unknown kind `{}`; expected one of {}",
+                    other.unwrap_or("?"),
+                    KINDS.join(", ")
+                ),
+            ))
+        }
+    }
+    .map_err(typed)
+}

@@ -1,0 +1,278 @@
+//! The compiled configuration: everything the proxy needs, checked and ready to use.
+//!
+//! A `Snapshot` is immutable. The proxy loads it once per request or connection and uses that
+//! version to the end; nothing in here needs validating again.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+
+use crate::matching::RouteTable;
+use crate::spec::{
+    CircuitBreakerSpec, FaultSpec, HealthCheckSpec, LbPolicy, ListenerProtocol, MirrorSpec,
+    OutlierDetectionSpec, RateLimitSpec, Resource, RetrySpec, ServiceProtocol,
+};
+
+/// Index of a service in [`Snapshot::services`].
+pub type ServiceIndex = usize;
+
+/// One validated, compiled configuration version.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Proxy-wide settings from the ProxyConfig.
+    pub proxy: ProxySettings,
+    /// Listeners, in ProxyConfig order.
+    pub listeners: Vec<Listener>,
+    /// Services, sorted by namespace then name.
+    pub services: Vec<Arc<Service>>,
+    /// Number of HTTP rules; [`HttpRule::id`] is below it.
+    pub rule_count: usize,
+    /// The resources as read, for `/config` (redact before showing).
+    pub resources: Vec<Resource>,
+}
+
+impl Snapshot {
+    /// The service called `name` (in any namespace; first by namespace order).
+    pub fn service_by_name(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.iter().find(|s| &*s.name == name)
+    }
+}
+
+/// Proxy-wide settings.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Admin server address.
+    pub admin: SocketAddr,
+    /// SIGTERM drain deadline.
+    pub drain_timeout: Duration,
+    /// Whether to log one line per request.
+    pub access_log: bool,
+    /// Header limits.
+    pub max_header_bytes: usize,
+    /// Header count limit.
+    pub max_headers: usize,
+}
+
+/// A listener and what it serves.
+#[derive(Debug)]
+pub struct Listener {
+    /// Name from the ProxyConfig.
+    pub name: Arc<str>,
+    /// Address to bind (port 0: any free port).
+    pub address: SocketAddr,
+    /// Concurrent connection cap.
+    pub max_connections: usize,
+    /// HTTP routes or the TCP route.
+    pub serves: Serves,
+}
+
+impl Listener {
+    /// The protocol, for comparing listener identities across reloads.
+    pub fn protocol(&self) -> ListenerProtocol {
+        match self.serves {
+            Serves::Http(_) => ListenerProtocol::Http,
+            Serves::Tcp(_) => ListenerProtocol::Tcp,
+        }
+    }
+}
+
+/// What a listener routes.
+#[derive(Debug)]
+pub enum Serves {
+    /// HTTP/1.1 and h2c with this route table.
+    Http(RouteTable),
+    /// Opaque TCP to this route (none attached: connections are closed).
+    Tcp(Option<Arc<TcpRoute>>),
+}
+
+/// A compiled TCP route.
+#[derive(Debug)]
+pub struct TcpRoute {
+    /// `namespace/name` of the TCPRoute.
+    pub name: Arc<str>,
+    /// Weighted services.
+    pub backends: WeightedServices,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+}
+
+/// A compiled HTTP route rule: the unit a request is matched to.
+#[derive(Debug)]
+pub struct HttpRule {
+    /// Name of the HTTPRoute it comes from (the `route` metric label).
+    pub route: Arc<str>,
+    /// Index of the rule in the route.
+    pub index: usize,
+    /// Position of the rule among all rules of the snapshot (dense, from 0), for per-rule state.
+    pub id: usize,
+    /// Weighted services.
+    pub backends: WeightedServices,
+    /// Whole-exchange timeout.
+    pub request_timeout: Option<Duration>,
+    /// Per-attempt timeout.
+    pub per_try_timeout: Option<Duration>,
+    /// Edits applied to the forwarded request.
+    pub request_headers: HeaderEdits,
+    /// Edits applied to the returned response.
+    pub response_headers: HeaderEdits,
+    /// Resilience policies as validated (enforced by the proxy's policy layer).
+    pub policies: RulePolicies,
+}
+
+/// Resilience policies of a rule, validated.
+#[derive(Debug, Clone, Default)]
+pub struct RulePolicies {
+    /// Retry policy.
+    pub retries: Option<RetrySpec>,
+    /// Rate limit.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Fault injection.
+    pub fault: Option<FaultSpec>,
+    /// Mirroring, with the resolved service.
+    pub mirror: Option<(MirrorSpec, ServiceIndex)>,
+}
+
+/// Services with weights, picked per request or connection.
+#[derive(Debug, Clone)]
+pub struct WeightedServices {
+    /// `(service, cumulative weight)`, ascending; the last cumulative weight is the total (> 0).
+    entries: Vec<(ServiceIndex, u32)>,
+}
+
+impl WeightedServices {
+    /// Builds from `(service, weight)` pairs; zero-weight entries never get traffic.
+    /// Returns None when the total weight is 0.
+    pub fn new(weights: impl IntoIterator<Item = (ServiceIndex, u32)>) -> Option<Self> {
+        let mut total: u32 = 0;
+        let mut entries = Vec::new();
+        for (service, weight) in weights {
+            if weight == 0 {
+                continue;
+            }
+            total = total.saturating_add(weight);
+            entries.push((service, total));
+        }
+        (total > 0).then_some(Self { entries })
+    }
+
+    /// `(position, service)` for a draw `r` in `0..total()`.
+    pub fn pick_with(&self, r: u32) -> (usize, ServiceIndex) {
+        let i = self.entries.partition_point(|&(_, cum)| cum <= r);
+        let i = i.min(self.entries.len().saturating_sub(1));
+        (i, self.entries.get(i).map_or(0, |&(s, _)| s))
+    }
+
+    /// Number of backends.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Never true: a `WeightedServices` has at least one backend.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Sum of weights (> 0).
+    pub fn total(&self) -> u32 {
+        self.entries.last().map_or(0, |&(_, cum)| cum)
+    }
+
+    /// The only service, when there is exactly one (the common case: no draw needed).
+    pub fn single(&self) -> Option<ServiceIndex> {
+        // `(position 0, service)` is implied.
+        match self.entries.as_slice() {
+            [(only, _)] => Some(*only),
+            _ => None,
+        }
+    }
+
+    /// `(service, weight)` pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (ServiceIndex, u32)> + '_ {
+        let mut prev = 0;
+        self.entries.iter().map(move |&(s, cum)| {
+            let w = cum - prev;
+            prev = cum;
+            (s, w)
+        })
+    }
+}
+
+/// Header edits compiled to header types.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderEdits {
+    /// Replace or create.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Append.
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    /// Delete.
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    /// Whether there is nothing to do (lets the proxy skip the work).
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the edits: remove, then set, then add.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// A compiled service.
+#[derive(Debug)]
+pub struct Service {
+    /// Name.
+    pub name: Arc<str>,
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// Upstream protocol.
+    pub protocol: ServiceProtocol,
+    /// Endpoints (may be empty: requests get 503 no-healthy-endpoints).
+    pub endpoints: Vec<Endpoint>,
+    /// Load-balancing policy.
+    pub lb_policy: LbPolicy,
+    /// Affinity key for ring_hash.
+    pub hash_on: Option<HashKey>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle HTTP/1 connections kept per endpoint.
+    pub max_idle_per_endpoint: usize,
+    /// Active health checking, validated.
+    pub health_check: Option<HealthCheckSpec>,
+    /// Outlier detection, validated.
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+    /// Circuit breaker, validated.
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+}
+
+/// One endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Socket address.
+    pub address: SocketAddr,
+    /// Relative weight (≥ 1).
+    pub weight: u32,
+}
+
+/// What ring_hash hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header's value.
+    Header(HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+}

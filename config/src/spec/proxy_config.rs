@@ -1,0 +1,94 @@
+//! `ProxyConfig`: the proxy's bootstrap — listeners, admin address, limits, control address.
+
+use serde::{Deserialize, Serialize};
+
+use super::Duration;
+
+/// `ProxyConfig.spec`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyConfigSpec {
+    /// Admin server address (`/metrics`, `/ready`, `/live`, `/config`, `/clusters`), e.g. `127.0.0.1:15000`.
+    pub admin: String,
+    /// The ports the proxy serves.
+    #[serde(default)]
+    pub listeners: Vec<ListenerSpec>,
+    /// Where to take config from instead of files (used by `--control`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlSpec>,
+    /// How long SIGTERM waits for in-flight requests before exiting. Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<Duration>,
+    /// One log line per request. Default on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogSpec>,
+    /// Limits on what clients may send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+}
+
+/// One listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListenerSpec {
+    /// Name routes attach to with `parentRefs`.
+    pub name: String,
+    /// `ip:port` to bind; port 0 picks a free one (logged at startup).
+    pub address: String,
+    /// `http` (HTTP/1.1 and h2c, detected per connection) or `tcp` (opaque bytes).
+    pub protocol: ListenerProtocol,
+    /// Concurrent connections accepted on this listener; overrides `limits.maxConnections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 prior knowledge on one port.
+    Http,
+    /// Opaque TCP.
+    Tcp,
+}
+
+/// Connection to the control process.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ControlSpec {
+    /// Control URL, e.g. `http://127.0.0.1:15010`.
+    pub address: String,
+    /// This proxy's node name.
+    pub node: String,
+    /// File holding the bearer token (the token itself never appears in config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+}
+
+/// Access log switch.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessLogSpec {
+    /// Emit one line per request (target `strait::access`). Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Limits protecting the proxy from clients.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Total bytes of request header names and values; more is answered 431. Default 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<u32>,
+    /// Number of request headers; more is answered 431. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_headers: Option<u32>,
+    /// Concurrent connections per listener; beyond it new connections are closed. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}

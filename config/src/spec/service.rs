@@ -1,0 +1,210 @@
+//! `Service`: a set of endpoints, how to balance across them and how to protect them.
+
+use serde::{Deserialize, Serialize};
+
+use super::Duration;
+
+/// `Service.spec`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Upstream protocol: `http1`, `http2` (h2c prior knowledge), `grpc` (same as http2) or `tcp`.
+    pub protocol: ServiceProtocol,
+    /// Static endpoints. Required unless `discovery: registry`.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    /// `registry` takes endpoints from the control's registry instead of `endpoints`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<Discovery>,
+    /// How requests are spread over endpoints. Default round_robin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerSpec>,
+    /// Active health checking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+    /// Passive ejection of failing endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+    /// Breaker and concurrency limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    /// Upstream connection pool tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPoolSpec>,
+}
+
+/// Upstream protocol of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceProtocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 prior knowledge (h2c).
+    Http2,
+    /// gRPC: HTTP/2 with trailers.
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+}
+
+impl ServiceProtocol {
+    /// Whether HTTP routes may point at this service.
+    pub fn is_http(self) -> bool {
+        !matches!(self, Self::Tcp)
+    }
+}
+
+/// Where endpoints come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// The static `endpoints` list.
+    Static,
+    /// The control process's registry.
+    Registry,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointSpec {
+    /// `ip:port`.
+    pub address: String,
+    /// Relative share of requests (1–1000). Default 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Load-balancer choice.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoadBalancerSpec {
+    /// The policy. Default round_robin.
+    #[serde(default)]
+    pub policy: LbPolicy,
+    /// ring_hash only: what identifies a client (a header or a cookie).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+}
+
+/// Load-balancing policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Power of two choices over in-flight requests.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Consistent hashing on `hashOn`.
+    RingHash,
+}
+
+/// Affinity key for ring_hash: exactly one of `header` or `cookie`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HashOn {
+    /// Header name whose value is hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Cookie name whose value is hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+/// Active health checking.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthCheckSpec {
+    /// HTTP check: GET `path`, 2xx is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+    /// TCP check: a successful connect is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpHealthCheck>,
+    /// Time between checks. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// One check's deadline. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Failures in a row that mark an endpoint unhealthy. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+    /// Successes in a row that mark it healthy again. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+}
+
+/// HTTP health check.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpHealthCheck {
+    /// Path to GET, e.g. `/healthz`.
+    pub path: String,
+}
+
+/// TCP health check (no options).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {}
+
+/// Passive outlier detection.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetectionSpec {
+    /// 5xx/connect failures in a row that eject an endpoint. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_errors: Option<u32>,
+    /// How often ejections are re-evaluated. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Ejection time, multiplied by the number of ejections. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Duration>,
+    /// Never eject more than this percent of the service's endpoints. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// Circuit breaker and concurrency limits.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CircuitBreakerSpec {
+    /// Consecutive failures that open the breaker. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    /// Time open before half-open probes. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_timeout: Option<Duration>,
+    /// Successes in half-open that close it. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<u32>,
+    /// Upstream connections across the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight across the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+}
+
+/// Upstream connection pool tuning.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionPoolSpec {
+    /// Connect timeout. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    /// Idle HTTP/1 connections kept per endpoint. Default 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_endpoint: Option<u32>,
+}

@@ -1,0 +1,383 @@
+//! A YAML tree that remembers where every node came from.
+//!
+//! Built from `yaml-rust2`'s event parser so that errors can point at line and column, and so
+//! that duplicate keys — silently "last wins" in the serde_yaml family — are errors.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+use crate::error::{Mark, PathSeg};
+
+/// Most nodes one document may expand to through aliases (guards against "billion laughs").
+const MAX_NODES: usize = 10_000;
+/// Deepest nesting accepted.
+const MAX_DEPTH: usize = 64;
+
+/// A YAML node and its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// The content.
+    pub kind: NodeKind,
+    /// Where it starts.
+    pub mark: Mark,
+}
+
+/// The content of a node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeKind {
+    /// A scalar; `plain` is false for quoted, block and tagged scalars (always strings).
+    Scalar {
+        /// The text.
+        value: String,
+        /// Unquoted, untagged.
+        plain: bool,
+    },
+    /// A sequence.
+    Seq(Vec<Node>),
+    /// A mapping, keys in document order (keys keep their own marks).
+    Map(Vec<(Node, Node)>),
+}
+
+/// One document of a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    /// Its root node.
+    pub root: Node,
+}
+
+/// The text is not well-formed YAML (or breaks a limit).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct YamlError {
+    /// Where.
+    pub mark: Mark,
+    /// Field path to the offending node, when known.
+    pub path: Vec<PathSeg>,
+    /// What.
+    pub message: String,
+}
+
+impl Node {
+    /// The deepest node along `path` that exists (the node itself for an empty path).
+    pub fn locate(&self, path: &[PathSeg]) -> &Node {
+        let mut node = self;
+        for seg in path {
+            let next = match (seg, &node.kind) {
+                (PathSeg::Key(k), NodeKind::Map(_)) => node.get(k),
+                (PathSeg::Index(i), NodeKind::Seq(items)) => items.get(*i),
+                _ => None,
+            };
+            match next {
+                Some(n) => node = n,
+                None => break,
+            }
+        }
+        node
+    }
+
+    /// The value under scalar key `key`, if this is a mapping that has it.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.kind {
+            NodeKind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The text of a scalar.
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Scalar { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a plain `null`, `~` or empty scalar.
+    pub fn is_null(&self) -> bool {
+        matches!(&self.kind, NodeKind::Scalar { value, plain: true } if matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+    }
+}
+
+fn mark(m: Marker) -> Mark {
+    Mark {
+        line: m.line(),
+        column: m.col() + 1,
+    }
+}
+
+/// Parses every document of a stream; empty documents are skipped.
+pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
+    let mut builder = Builder {
+        parser: Parser::new_from_str(text),
+        anchors: HashMap::new(),
+        nodes: 0,
+    };
+    let mut docs = Vec::new();
+    loop {
+        let (event, _) = builder.next()?;
+        match event {
+            Event::StreamEnd => return Ok(docs),
+            Event::DocumentStart => {
+                builder.anchors.clear();
+                builder.nodes = 0;
+                let (event, at) = builder.next()?;
+                if event == Event::DocumentEnd {
+                    continue;
+                }
+                let root = builder.node(event, at, &mut Vec::new())?;
+                match builder.next()? {
+                    (Event::DocumentEnd, _) => {}
+                    (_, at) => {
+                        return Err(YamlError {
+                            mark: mark(at),
+                            path: Vec::new(),
+                            message: "expected the end of the document".into(),
+                        })
+                    }
+                }
+                if !root.is_null() {
+                    docs.push(Document { root });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+struct Builder<'a> {
+    parser: Parser<std::str::Chars<'a>>,
+    anchors: HashMap<usize, Node>,
+    nodes: usize,
+}
+
+impl Builder<'_> {
+    fn next(&mut self) -> Result<(Event, Marker), YamlError> {
+        self.parser.next_token().map_err(|e| YamlError {
+            mark: mark(*e.marker()),
+            path: Vec::new(),
+            message: format!("invalid YAML: {}", e.info()),
+        })
+    }
+
+    fn count(&mut self, at: Marker, n: usize) -> Result<(), YamlError> {
+        self.nodes += n;
+        if self.nodes > MAX_NODES {
+            return Err(YamlError {
+                mark: mark(at),
+                path: Vec::new(),
+                message: format!("document expands to more than {MAX_NODES} nodes (aliases?)"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Builds the node starting with `event`; `path` is where it sits (for error messages).
+    fn node(
+        &mut self,
+        event: Event,
+        at: Marker,
+        path: &mut Vec<PathSeg>,
+    ) -> Result<Node, YamlError> {
+        if path.len() > MAX_DEPTH {
+            return Err(YamlError {
+                mark: mark(at),
+                path: Vec::new(),
+                message: format!("nesting deeper than {MAX_DEPTH} levels"),
+            });
+        }
+        self.count(at, 1)?;
+        let (node, anchor) = match event {
+            Event::Scalar(value, style, anchor, tag) => {
+                let plain = style == TScalarStyle::Plain && tag.is_none();
+                (
+                    Node {
+                        kind: NodeKind::Scalar { value, plain },
+                        mark: mark(at),
+                    },
+                    anchor,
+                )
+            }
+            Event::SequenceStart(anchor, _) => {
+                let mut items = Vec::new();
+                loop {
+                    let (event, item_at) = self.next()?;
+                    if event == Event::SequenceEnd {
+                        break;
+                    }
+                    path.push(PathSeg::Index(items.len()));
+                    items.push(self.node(event, item_at, path)?);
+                    path.pop();
+                }
+                (
+                    Node {
+                        kind: NodeKind::Seq(items),
+                        mark: mark(at),
+                    },
+                    anchor,
+                )
+            }
+            Event::MappingStart(anchor, _) => {
+                let mut entries: Vec<(Node, Node)> = Vec::new();
+                loop {
+                    let (event, key_at) = self.next()?;
+                    if event == Event::MappingEnd {
+                        break;
+                    }
+                    let key = self.node(event, key_at, path)?;
+                    path.push(PathSeg::Key(key.as_str().unwrap_or("?").to_owned()));
+                    if let Some(name) = key.as_str() {
+                        if let Some((first, _)) =
+                            entries.iter().find(|(k, _)| k.as_str() == Some(name))
+                        {
+                            return Err(YamlError {
+                                mark: key.mark,
+                                path: path.clone(),
+                                message: format!(
+                                    "duplicate key `{name}` (first at line {})",
+                                    first.mark.line
+                                ),
+                            });
+                        }
+                    }
+                    let (event, value_at) = self.next()?;
+                    let value = self.node(event, value_at, path)?;
+                    path.pop();
+                    entries.push((key, value));
+                }
+                (
+                    Node {
+                        kind: NodeKind::Map(entries),
+                        mark: mark(at),
+                    },
+                    anchor,
+                )
+            }
+            Event::Alias(id) => {
+                let Some(target) = self.anchors.get(&id).cloned() else {
+                    return Err(YamlError {
+                        mark: mark(at),
+                        path: Vec::new(),
+                        message: "alias to an unknown anchor".into(),
+                    });
+                };
+                self.count(at, size(&target))?;
+                return Ok(Node {
+                    kind: target.kind,
+                    mark: mark(at),
+                });
+            }
+            other => {
+                return Err(YamlError {
+                    mark: mark(at),
+                    path: Vec::new(),
+                    message: format!("unexpected YAML event {other:?}"),
+                });
+            }
+        };
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        Ok(node)
+    }
+}
+
+fn size(node: &Node) -> usize {
+    match &node.kind {
+        NodeKind::Scalar { .. } => 1,
+        NodeKind::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
+        NodeKind::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| size(k) + size(v))
+                .sum::<usize>()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_with_marks() {
+        let docs = parse_documents("# c\na: 1\n---\n---\nb:\n  - x\n  - 'y'\n").unwrap();
+        assert_eq!(docs.len(), 2, "the empty document is skipped");
+        let b = docs[1].root.get("b").unwrap();
+        let NodeKind::Seq(items) = &b.kind else {
+            panic!("seq")
+        };
+        assert_eq!(items[1].mark, Mark { line: 7, column: 5 });
+        assert_eq!(
+            items[1].kind,
+            NodeKind::Scalar {
+                value: "y".into(),
+                plain: false
+            }
+        );
+        assert_eq!(
+            docs[0].root.get("a").unwrap().mark,
+            Mark { line: 2, column: 4 }
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let err = parse_documents("spec:\n  a: 1\n  b: 2\n  a: 3\n").unwrap_err();
+        assert_eq!(err.mark, Mark { line: 4, column: 3 });
+        assert_eq!(
+            err.path,
+            vec![PathSeg::Key("spec".into()), PathSeg::Key("a".into())]
+        );
+        assert!(
+            err.message.contains("duplicate key `a` (first at line 2)"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn aliases_expand_and_bombs_stop() {
+        let docs = parse_documents("a: &x {k: v}\nb: *x\n").unwrap();
+        assert_eq!(
+            docs[0].root.get("b").unwrap().get("k").unwrap().as_str(),
+            Some("v")
+        );
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f"])
+        {
+            bomb.push_str(&format!("{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        assert!(parse_documents(&bomb)
+            .unwrap_err()
+            .message
+            .contains("more than"));
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let err = parse_documents("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(
+            err.mark.line >= 1 && err.message.starts_with("invalid YAML"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn locate_finds_the_deepest_existing_node() {
+        let docs = parse_documents("spec:\n  rules:\n    - name: x\n").unwrap();
+        let root = &docs[0].root;
+        let path = [
+            PathSeg::Key("spec".into()),
+            PathSeg::Key("rules".into()),
+            PathSeg::Index(0),
+            PathSeg::Key("missing".into()),
+        ];
+        assert_eq!(root.locate(&path).mark.line, 3);
+    }
+}

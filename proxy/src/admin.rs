@@ -1,0 +1,121 @@
+//! The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/clusters`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use strait_config::redact::redacted;
+use tokio::net::TcpListener;
+
+use crate::shared::{draining, Shared};
+
+/// Accepts admin connections until draining starts.
+pub async fn serve(socket: TcpListener, shared: Arc<Shared>) {
+    let mut drain = shared.drain.watch();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = draining(&mut drain) => break,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(req, shared.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"));
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(shared.prometheus.render())));
+            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            resp
+        }
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" if shared.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/config" => json_response(&config(&shared)),
+        "/clusters" => json_response(&clusters(&shared)),
+        _ => text(StatusCode::NOT_FOUND, "admin endpoints: /metrics /ready /live /config /clusters\n"),
+    })
+}
+
+fn config(shared: &Shared) -> serde_json::Value {
+    let active = shared.config.load();
+    let resources: Vec<_> = active.snapshot.resources.iter().map(redacted).collect();
+    json!({
+        "version": active.version,
+        "source": &*active.source,
+        "resources": resources,
+    })
+}
+
+fn clusters(shared: &Shared) -> serde_json::Value {
+    let active = shared.config.load();
+    let services: Vec<_> = active
+        .snapshot
+        .services
+        .iter()
+        .zip(&active.services)
+        .map(|(svc, rt)| {
+            let endpoints: Vec<_> = svc
+                .endpoints
+                .iter()
+                .zip(&rt.endpoints)
+                .map(|(cfg, ep)| {
+                    json!({
+                        "address": &*ep.label,
+                        "weight": cfg.weight,
+                        "healthy": true,
+                        "ejected": false,
+                        "inFlight": ep.in_flight(),
+                        "idleConnections": ep.idle_connections(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*svc.name,
+                "namespace": &*svc.namespace,
+                "protocol": svc.protocol,
+                "loadBalancer": svc.lb_policy,
+                "circuit": "closed",
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    json!({ "version": active.version, "services": services })
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

@@ -1,0 +1,118 @@
+//! Why the proxy answered a request itself, and the one function that turns that into a response.
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use super::body::ResponseBody;
+
+/// Header naming the reason for a proxy-made answer.
+pub const REASON_HEADER: &str = "x-strait-reason";
+
+/// A request the proxy could not (or would not) forward, classified by who is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Downstream: the request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// Downstream: headers exceed the configured limits.
+    #[error("request headers too large: {0}")]
+    HeadersTooLarge(&'static str),
+    /// Downstream: the request body broke off or was malformed mid-stream.
+    #[error("request body aborted: {0}")]
+    RequestBody(#[source] hyper::Error),
+    /// Config: no rule matches.
+    #[error("no route matches")]
+    NoRoute,
+    /// Upstream: the service has no endpoint to send to.
+    #[error("no healthy endpoints")]
+    NoHealthyEndpoints,
+    /// Upstream: connecting failed.
+    #[error("connect to upstream failed: {0}")]
+    Connect(#[source] std::io::Error),
+    /// Upstream: connection reset or closed before a complete response.
+    #[error("upstream reset: {0}")]
+    UpstreamReset(#[source] hyper::Error),
+    /// The route's request timeout expired.
+    #[error("request timed out")]
+    Timeout,
+    /// A state config validation should have made impossible.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl ProxyError {
+    /// Status code of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) | Self::RequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoHealthyEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Connect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Value of `x-strait-reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) | Self::RequestBody(_) => "bad-request",
+            Self::HeadersTooLarge(_) => "header-too-large",
+            Self::NoRoute => "no-route",
+            Self::NoHealthyEndpoints => "no-healthy-endpoints",
+            Self::Connect(_) => "connect-failure",
+            Self::UpstreamReset(_) => "upstream-reset",
+            Self::Timeout => "timeout",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether the failure is the upstream's (it counts against the endpoint).
+    pub fn is_upstream(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::UpstreamReset(_) | Self::Timeout)
+    }
+
+    /// The response the client gets.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let reason = self.reason();
+        let mut body = String::with_capacity(64);
+        body.push_str(status.canonical_reason().unwrap_or("error"));
+        body.push_str(" (");
+        body.push_str(reason);
+        body.push_str(")\n");
+        let mut resp = Response::new(ResponseBody::local(body));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if matches!(self, Self::BadRequest(_) | Self::RequestBody(_) | Self::HeadersTooLarge(_)) {
+            // The framing of the rest of the connection cannot be trusted.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_match_the_contract_table() {
+        let cases = [
+            (ProxyError::NoRoute, 404, "no-route"),
+            (ProxyError::NoHealthyEndpoints, 503, "no-healthy-endpoints"),
+            (ProxyError::Connect(std::io::Error::other("refused")), 502, "connect-failure"),
+            (ProxyError::Timeout, 504, "timeout"),
+            (ProxyError::HeadersTooLarge("size"), 431, "header-too-large"),
+            (ProxyError::BadRequest("host"), 400, "bad-request"),
+        ];
+        for (err, status, reason) in cases {
+            let resp = err.into_response();
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(resp.headers()[REASON_HEADER], reason);
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Header handling between hops (RFC 9110 §7.6.1): connection-specific headers stay on their
+//! hop; the proxy adds what the next hop should know about the client.
+
+use std::net::IpAddr;
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, TE, TRANSFER_ENCODING, UPGRADE,
+};
+
+/// `x-forwarded-for`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Connection-specific headers removed at every hop besides those `Connection` names.
+static HOP_BY_HOP: [HeaderName; 4] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TRANSFER_ENCODING,
+    HeaderName::from_static("trailer"),
+];
+
+/// Whether the message asks to switch protocols (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Removes hop-by-hop headers. With `upgrade`, `Upgrade` and `Connection: upgrade` survive so
+/// the protocol switch reaches the next hop.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(CONNECTION) {
+        // Headers named by Connection are hop-by-hop too. Collect first: we mutate the map.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(upgrade && n == UPGRADE))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // `TE: trailers` announces the client accepts trailers (gRPC needs it); other TE values
+    // are hop-by-hop.
+    if headers.get(TE).is_some_and(|v| v != "trailers") {
+        headers.remove(TE);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Per-connection values for the forwarding headers, formatted once per connection.
+#[derive(Debug, Clone)]
+pub struct ClientHeaders {
+    /// The client IP, as text.
+    ip: HeaderValue,
+    /// `for=IP;proto=http`.
+    forwarded: HeaderValue,
+}
+
+impl ClientHeaders {
+    /// Formats the values for a client address.
+    pub fn new(ip: IpAddr) -> Self {
+        let ip_text = ip.to_string();
+        let forwarded = match ip {
+            IpAddr::V4(_) => format!("for={ip_text};proto=http"),
+            IpAddr::V6(_) => format!("for=\"[{ip_text}]\";proto=http"),
+        };
+        Self {
+            ip: HeaderValue::from_str(&ip_text).unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded: HeaderValue::from_str(&forwarded)
+                .unwrap_or(HeaderValue::from_static("for=unknown")),
+        }
+    }
+
+    /// The client IP as a header value.
+    pub fn ip(&self) -> &HeaderValue {
+        &self.ip
+    }
+
+    /// Appends the client to `x-forwarded-for` and `forwarded`, and sets `x-forwarded-proto`
+    /// when absent.
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        append_list(headers, &X_FORWARDED_FOR, &self.ip);
+        append_list(headers, &FORWARDED, &self.forwarded);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        }
+    }
+}
+
+/// Appends `value` to a comma-separated list header, folding repeated fields into one.
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    let mut existing = headers.get_all(name).iter().peekable();
+    if existing.peek().is_none() {
+        headers.insert(name.clone(), value.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(64);
+    for v in existing {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(value.as_bytes());
+    match HeaderValue::from_bytes(&joined) {
+        Ok(v) => {
+            headers.insert(name.clone(), v);
+        }
+        Err(_) => {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_connection_and_the_headers_it_names() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn keeps_te_trailers_and_upgrade_when_upgrading() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("te", "trailers")]);
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn appends_forwarding_headers() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2")]);
+        ClientHeaders::new("127.0.0.1".parse().unwrap()).append_to(&mut h);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
+        assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h6 = HeaderMap::new();
+        ClientHeaders::new("::1".parse().unwrap()).append_to(&mut h6);
+        assert_eq!(h6["forwarded"], "for=\"[::1]\";proto=http");
+    }
+}

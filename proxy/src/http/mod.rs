@@ -1,0 +1,9 @@
+//! The HTTP side of the proxy.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod pipeline;
+pub mod server;
+pub mod tunnel;
+pub mod upstream;

@@ -1,0 +1,271 @@
+//! The HTTP request path, top to bottom:
+//!
+//! ```text
+//! check framing and limits → find the rule → pick a service (weights) → pick an endpoint
+//!   → rewrite headers → send over a pooled connection → stream the response back
+//! ```
+//!
+//! Every step that refuses returns a [`ProxyError`]; [`handle`] turns it into the answer and
+//! records metrics and the access log either way.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, COOKIE, HOST, TRANSFER_ENCODING};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use strait_config::matching::{normalize_host, RequestView};
+use strait_config::snapshot::{HashKey, HttpRule, ProxySettings, Serves};
+use strait_config::spec::ServiceProtocol;
+
+use super::body::{ResponseBody, UpstreamBody};
+use super::error::ProxyError;
+use super::headers::{strip_hop_by_hop, wants_upgrade, ClientHeaders};
+use super::{tunnel, upstream};
+use crate::active::Active;
+use crate::service::balance::affinity_hash;
+use crate::shared::Shared;
+
+/// What a connection knows about itself, shared by its requests.
+#[derive(Debug)]
+pub struct Conn {
+    /// Listener name (looked up in each request's config version).
+    pub listener: Arc<str>,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Forwarding header values for this client.
+    pub client: ClientHeaders,
+    /// Process-wide state.
+    pub shared: Arc<Shared>,
+}
+
+/// What the request path learned, for metrics and the access log.
+#[derive(Default)]
+struct Exchange {
+    listener: Option<usize>,
+    rule: Option<Arc<HttpRule>>,
+    position: usize,
+    service: Option<Arc<str>>,
+    endpoint: Option<Arc<str>>,
+}
+
+/// Serves one request; never fails (refusals become responses).
+pub async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let active = conn.shared.config.load_full();
+    let access = active
+        .snapshot
+        .proxy
+        .access_log
+        .then(|| (req.method().clone(), req.uri().clone(), req.headers().get(HOST).cloned()));
+    let mut exchange = Exchange::default();
+    let response = match forward(req, &conn, &active, &mut exchange).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.is_upstream() {
+                tracing::warn!(listener = %conn.listener, endpoint = exchange.endpoint.as_deref().unwrap_or("-"), error = %e, "upstream failure");
+            } else {
+                tracing::debug!(listener = %conn.listener, error = %e, "refused");
+            }
+            e.into_response()
+        }
+    };
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    if let Some(li) = exchange.listener {
+        let metrics = match &exchange.rule {
+            Some(rule) => active.request_metrics(li, rule, exchange.position),
+            None => active.listeners.get(li).map(|l| &l.unrouted),
+        };
+        if let Some(m) = metrics {
+            m.record(status, elapsed.as_secs_f64());
+        }
+    }
+    if let Some((method, uri, host)) = access {
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()))
+            .unwrap_or("-");
+        tracing::info!(
+            target: "strait::access",
+            listener = %conn.listener,
+            client = %conn.peer,
+            method = %method,
+            authority,
+            path = uri.path(),
+            status,
+            route = exchange.rule.as_ref().map_or("-", |r| &*r.route),
+            service = exchange.service.as_deref().unwrap_or("-"),
+            endpoint = exchange.endpoint.as_deref().unwrap_or("-"),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "access"
+        );
+    }
+    Ok(response)
+}
+
+async fn forward(
+    mut req: Request<Incoming>,
+    conn: &Conn,
+    active: &Active,
+    exchange: &mut Exchange,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (li, listener) = active.listener(&conn.listener).ok_or(ProxyError::NoRoute)?;
+    exchange.listener = Some(li);
+    let Serves::Http(table) = &listener.serves else {
+        return Err(ProxyError::NoRoute);
+    };
+    check_limits(req.headers(), &active.snapshot.proxy)?;
+    let authority = request_authority(&req)?;
+    let host = normalize_host(authority.as_str());
+    let view = RequestView {
+        host: &host,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let rule = table.find(&view).ok_or(ProxyError::NoRoute)?.clone();
+    let (position, si) = match rule.backends.single() {
+        Some(si) => (0, si),
+        None => rule.backends.pick_with(fastrand::u32(0..rule.backends.total())),
+    };
+    exchange.rule = Some(rule.clone());
+    exchange.position = position;
+    let (Some(service), Some(runtime)) = (active.snapshot.services.get(si), active.services.get(si)) else {
+        return Err(ProxyError::Internal("service index out of range"));
+    };
+    exchange.service = Some(service.name.clone());
+    let hash = service.hash_on.as_ref().and_then(|key| affinity(req.headers(), key));
+    let endpoint = runtime
+        .balancer
+        .pick(&runtime.endpoints, hash)
+        .and_then(|i| runtime.endpoints.get(i))
+        .ok_or(ProxyError::NoHealthyEndpoints)?
+        .clone();
+    exchange.endpoint = Some(endpoint.label.clone());
+
+    let downstream_version = req.version();
+    let upgrade = downstream_version == Version::HTTP_11
+        && service.protocol == ServiceProtocol::Http1
+        && wants_upgrade(req.headers());
+    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    if parts.headers.contains_key(TRANSFER_ENCODING) {
+        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never forward both.
+        parts.headers.remove(CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    conn.client.append_to(&mut parts.headers);
+    if !rule.request_headers.is_empty() {
+        rule.request_headers.apply(&mut parts.headers);
+    }
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match service.protocol {
+        ServiceProtocol::Http2 | ServiceProtocol::Grpc => {
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(HOST);
+            parts.uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|_| ProxyError::BadRequest("request target"))?;
+        }
+        ServiceProtocol::Http1 | ServiceProtocol::Tcp => {
+            parts.version = Version::HTTP_11;
+            if !parts.headers.contains_key(HOST) {
+                let value = HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| ProxyError::BadRequest("authority"))?;
+                parts.headers.insert(HOST, value);
+            }
+            parts.uri = Uri::from(path);
+        }
+    }
+    let upstream_req = Request::from_parts(parts, UpstreamBody::Streamed(body));
+
+    let in_flight = endpoint.start_request();
+    let send = upstream::send(&endpoint, service.connect_timeout, upstream_req);
+    let (mut resp, pooled) = match rule.request_timeout {
+        Some(limit) => tokio::time::timeout(limit, send).await.map_err(|_| ProxyError::Timeout)??,
+        None => send.await?,
+    };
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        if let Some(client) = on_client_upgrade {
+            tunnel::spawn(client, hyper::upgrade::on(&mut resp), endpoint.label.clone());
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, switching && upgrade);
+    if !rule.response_headers.is_empty() {
+        rule.response_headers.apply(&mut parts.headers);
+    }
+    parts.version = downstream_version;
+    let body = ResponseBody::Upstream {
+        inner: body,
+        in_flight: Some(in_flight),
+        reuse: if switching { None } else { pooled },
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Enforces the configured header count and size limits (hyper's own limits sit above these so
+/// that the answer carries a reason).
+fn check_limits(headers: &HeaderMap, limits: &ProxySettings) -> Result<(), ProxyError> {
+    if headers.len() > limits.max_headers {
+        return Err(ProxyError::HeadersTooLarge("too many headers"));
+    }
+    let size: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    if size > limits.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge("headers exceed maxHeaderBytes"));
+    }
+    Ok(())
+}
+
+/// The request's authority, enforcing RFC 9112 §3.2: an HTTP/1.1 request carries exactly one
+/// Host; a second Host is always an error.
+fn request_authority(req: &Request<Incoming>) -> Result<Authority, ProxyError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("duplicate Host header"));
+    }
+    if let Some(authority) = req.uri().authority() {
+        // HTTP/2 `:authority`, or an HTTP/1 absolute-form target (which overrides Host).
+        if req.version() == Version::HTTP_11 && host.is_none() {
+            return Err(ProxyError::BadRequest("missing Host header"));
+        }
+        return Ok(authority.clone());
+    }
+    match host {
+        Some(value) => Authority::try_from(value.as_bytes()).map_err(|_| ProxyError::BadRequest("malformed Host header")),
+        None if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_2 => {
+            Err(ProxyError::BadRequest("missing Host header"))
+        }
+        // HTTP/1.0 may omit Host; only routes without hostnames can match it.
+        None => Ok(Authority::from_static("unknown")),
+    }
+}
+
+/// The affinity hash of a request for ring_hash, if the request carries the key.
+fn affinity(headers: &HeaderMap, key: &HashKey) -> Option<u64> {
+    match key {
+        HashKey::Header(name) => headers.get(name).map(|v| affinity_hash(v.as_bytes())),
+        HashKey::Cookie(name) => headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| affinity_hash(v.as_bytes())),
+    }
+}
+

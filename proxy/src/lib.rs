@@ -1,0 +1,31 @@
+//! `strait-proxy`: Strait's data plane, a per-pod L4/L7 sidecar.
+//!
+//! ```text
+//!             ┌──────────── reload (only writer) ◀── SIGHUP / file change
+//!             ▼
+//!   ArcSwap<Active>  ◀── load once per request / connection
+//!             │
+//!  accept ──▶ listen ──┬─ http::server ──▶ http::pipeline::handle
+//!  (limit)             │      check limits + Host → route (config::matching) → weighted service
+//!                      │      → balancer picks endpoint → headers → http::upstream (pooled)
+//!                      │      → stream response back (body returns the connection to the pool)
+//!                      └─ tcp::serve ──▶ pick service/endpoint → splice both ways (half-close)
+//!
+//!  admin: /metrics /ready /live /config /clusters
+//! ```
+//!
+//! The active config is one immutable value: a request uses the version it loaded to the end.
+//! Long-lived state (endpoints with their pools and in-flight counts, listeners) is keyed by
+//! identity and reconciled on reload.
+
+pub mod active;
+pub mod admin;
+pub mod app;
+pub mod http;
+pub mod listen;
+pub mod logging;
+pub mod metrics;
+pub mod reload;
+pub mod service;
+pub mod shared;
+pub mod tcp;

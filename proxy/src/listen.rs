@@ -1,0 +1,148 @@
+//! Listeners: binding, accepting under a connection limit, and reconciling on reload.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strait_config::spec::ListenerProtocol;
+use strait_config::Snapshot;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::metrics::{CONNECTIONS_ACTIVE, CONNECTIONS_REJECTED};
+use crate::shared::{draining, Shared};
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind listener `{name}` on {address}: {source}")]
+pub struct BindError {
+    /// Listener name.
+    pub name: String,
+    /// Address asked for.
+    pub address: SocketAddr,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// What identifies a running listener: changing any of it rebinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    address: SocketAddr,
+    protocol: ListenerProtocol,
+    max_connections: usize,
+}
+
+struct Running {
+    shape: Shape,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// The running listeners, keyed by name. Owned by the reloader.
+#[derive(Default)]
+pub struct Listeners {
+    running: HashMap<Arc<str>, Running>,
+}
+
+impl Listeners {
+    /// Makes the running listeners match `snapshot`: new ones are bound, changed ones rebound,
+    /// removed ones closed (their open connections carry on). New listeners are bound before
+    /// anything is stopped, so a bind failure leaves the running set untouched.
+    pub async fn reconcile(&mut self, snapshot: &Snapshot, shared: &Arc<Shared>) -> Result<(), BindError> {
+        let wanted: Vec<(Arc<str>, Shape)> = snapshot
+            .listeners
+            .iter()
+            .map(|l| {
+                let shape = Shape { address: l.address, protocol: l.protocol(), max_connections: l.max_connections };
+                (l.name.clone(), shape)
+            })
+            .collect();
+        let mut fresh = Vec::new();
+        for (name, shape) in &wanted {
+            if !self.running.contains_key(name) {
+                fresh.push((name.clone(), *shape, bind(name, shape.address).await?));
+            }
+        }
+        let stale: Vec<Arc<str>> = self
+            .running
+            .iter()
+            .filter(|(name, r)| !wanted.iter().any(|(n, s)| n == *name && *s == r.shape))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(old) = self.running.remove(&name) {
+                let _ = old.stop.send(());
+                let _ = old.task.await;
+            }
+            if let Some((_, shape)) = wanted.iter().find(|(n, _)| *n == name) {
+                fresh.push((name.clone(), *shape, bind(&name, shape.address).await?));
+            }
+        }
+        for (name, shape, socket) in fresh {
+            let (stop, stopped) = oneshot::channel();
+            let task = tokio::spawn(accept_loop(socket, name.clone(), shape, shared.clone(), stopped));
+            self.running.insert(name, Running { shape, stop, task });
+        }
+        Ok(())
+    }
+}
+
+async fn bind(name: &str, address: SocketAddr) -> Result<TcpListener, BindError> {
+    let socket = TcpListener::bind(address).await.map_err(|source| BindError {
+        name: name.to_owned(),
+        address,
+        source,
+    })?;
+    let bound = socket.local_addr().unwrap_or(address);
+    tracing::info!(listener = name, address = %bound, "listening");
+    Ok(socket)
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    name: Arc<str>,
+    shape: Shape,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let limit = Arc::new(Semaphore::new(shape.max_connections));
+    let rejected = metrics::counter!(CONNECTIONS_REJECTED, "listener" => name.clone());
+    let active = metrics::gauge!(CONNECTIONS_ACTIVE, "listener" => name.clone());
+    let mut drain = shared.drain.watch();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => break,
+            () = draining(&mut drain) => break,
+            accepted = socket.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            rejected.increment(1);
+            tracing::debug!(listener = %name, client = %peer, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        let token = shared.drain.track();
+        let (shared, name, active) = (shared.clone(), name.clone(), active.clone());
+        tokio::spawn(async move {
+            active.increment(1.0);
+            match shape.protocol {
+                ListenerProtocol::Http => crate::http::server::serve(stream, peer, name, shared, token).await,
+                ListenerProtocol::Tcp => crate::tcp::serve(stream, peer, name, shared, token).await,
+            }
+            active.decrement(1.0);
+            drop(permit);
+        });
+    }
+    tracing::debug!(listener = %name, "listener closed");
+}

@@ -1,0 +1,93 @@
+//! `strait-proxy`: parse arguments, then run the proxy or check a config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use strait_proxy::logging::{self, LogFormat};
+
+/// Strait's sidecar proxy.
+#[derive(Debug, Parser)]
+#[command(name = "strait-proxy", version, about)]
+struct Args {
+    /// Config file or directory of YAML files to serve from (hot reloaded).
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["check", "control"])]
+    config: Option<PathBuf>,
+    /// Validate PATH, print every error, exit 0 if valid and 1 if not.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["config", "control"])]
+    check: Option<PathBuf>,
+    /// Control process URL to take config from.
+    #[arg(long, value_name = "URL", requires = "node")]
+    control: Option<String>,
+    /// This proxy's node name at the control.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// File holding the control's bearer token.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// How often config files are checked for changes, e.g. 1s or 500ms.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    watch_interval: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    strait_config::spec::Duration::parse(text).map(|d| d.get())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(path) = args.check {
+        return check(&path);
+    }
+    logging::init(args.log_format);
+    if args.control.is_some() {
+        eprintln!("strait-proxy: --control is not available in this build yet; run with --config PATH");
+        return ExitCode::from(2);
+    }
+    let Some(config) = args.config else {
+        eprintln!("strait-proxy: --config PATH is required");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("strait-proxy: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = strait_proxy::app::Options { config, watch_interval: args.watch_interval };
+    match runtime.block_on(strait_proxy::app::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("strait-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match strait_config::load_path(path) {
+        Ok(snapshot) => {
+            println!(
+                "{}: valid ({} resources, {} listeners, {} services)",
+                path.display(),
+                snapshot.resources.len(),
+                snapshot.listeners.len(),
+                snapshot.services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors.iter() {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}

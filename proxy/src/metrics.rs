@@ -1,0 +1,108 @@
+//! Prometheus metrics: names, descriptions, and pre-registered handles for the request path.
+//!
+//! Handles are created at reload time so a request only touches atomics: no registry lookup,
+//! no label hashing, no lock.
+
+use std::sync::{Arc, OnceLock};
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// `strait_requests_total{listener,route,service,code}`.
+pub const REQUESTS_TOTAL: &str = "strait_requests_total";
+/// `strait_request_duration_seconds{listener,route,service}`: time to response headers.
+pub const REQUEST_DURATION: &str = "strait_request_duration_seconds";
+/// `strait_config_reloads_total{result}`.
+pub const CONFIG_RELOADS: &str = "strait_config_reloads_total";
+/// `strait_config_version`.
+pub const CONFIG_VERSION: &str = "strait_config_version";
+/// `strait_tcp_connections_total{listener}`.
+pub const TCP_CONNECTIONS: &str = "strait_tcp_connections_total";
+/// `strait_tcp_bytes_total{listener,direction}`.
+pub const TCP_BYTES: &str = "strait_tcp_bytes_total";
+/// `strait_connections_rejected_total{listener}`: over the connection limit.
+pub const CONNECTIONS_REJECTED: &str = "strait_connections_rejected_total";
+/// `strait_connections_active{listener}`.
+pub const CONNECTIONS_ACTIVE: &str = "strait_connections_active";
+/// `strait_endpoint_healthy{service,endpoint}`.
+pub const ENDPOINT_HEALTHY: &str = "strait_endpoint_healthy";
+
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the global recorder and describes every metric (promtool wants HELP lines).
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(REQUEST_DURATION.to_owned()),
+            &DURATION_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe_counter!(REQUESTS_TOTAL, "HTTP requests answered, by listener, route, service and status code.");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time from request received to response headers sent.");
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result (applied or rejected).");
+    describe_gauge!(CONFIG_VERSION, "Version number of the configuration being served.");
+    describe_counter!(TCP_CONNECTIONS, "TCP connections proxied, by listener.");
+    describe_counter!(TCP_BYTES, Unit::Bytes, "Bytes proxied over TCP listeners, by direction (upstream = client to server).");
+    describe_counter!(CONNECTIONS_REJECTED, "Connections closed at accept because the listener's connection limit was reached.");
+    describe_gauge!(CONNECTIONS_ACTIVE, "Open downstream connections, by listener.");
+    describe_gauge!(ENDPOINT_HEALTHY, "1 when the endpoint is in rotation, 0 when it is out.");
+    Ok(handle)
+}
+
+/// Counters per status code for one (listener, route, service), created on first use.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    labels: [(&'static str, Arc<str>); 3],
+    /// One lazily filled block of 100 counters per status class (1xx..5xx).
+    classes: [OnceLock<Box<[OnceLock<Counter>]>>; 5],
+    duration: Histogram,
+}
+
+impl RequestMetrics {
+    /// Registers the histogram; counters come on first use of each code.
+    pub fn new(listener: &Arc<str>, route: &Arc<str>, service: &Arc<str>) -> Self {
+        let labels = [
+            ("listener", listener.clone()),
+            ("route", route.clone()),
+            ("service", service.clone()),
+        ];
+        let duration = metrics::histogram!(
+            REQUEST_DURATION,
+            "listener" => listener.clone(),
+            "route" => route.clone(),
+            "service" => service.clone()
+        );
+        Self { labels, classes: Default::default(), duration }
+    }
+
+    /// Records one answered request.
+    pub fn record(&self, status: u16, seconds: f64) {
+        self.duration.record(seconds);
+        let (class, offset) = ((status / 100) as usize, (status % 100) as usize);
+        let Some(block) = class.checked_sub(1).and_then(|c| self.classes.get(c)) else {
+            return;
+        };
+        let block = block.get_or_init(|| (0..100).map(|_| OnceLock::new()).collect());
+        if let Some(slot) = block.get(offset) {
+            slot.get_or_init(|| {
+                let [(l0, v0), (l1, v1), (l2, v2)] = &self.labels;
+                metrics::counter!(
+                    REQUESTS_TOTAL,
+                    *l0 => v0.clone(),
+                    *l1 => v1.clone(),
+                    *l2 => v2.clone(),
+                    "code" => status.to_string()
+                )
+            })
+            .increment(1);
+        }
+    }
+}
+
+/// Counter of requests the proxy answered before choosing a route or service (404, 400, 431).
+pub fn unrouted(listener: &Arc<str>) -> RequestMetrics {
+    let none: Arc<str> = Arc::from("");
+    RequestMetrics::new(listener, &none, &none)
+}

@@ -1,0 +1,4 @@
+//! Upstream services: endpoint state and load balancing.
+
+pub mod balance;
+pub mod endpoint;

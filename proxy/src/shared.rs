@@ -1,0 +1,92 @@
+//! Process-wide state shared by listeners, the admin server and the reloader.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+use crate::active::Active;
+
+/// What every part of the proxy can see.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration being served. Only the reloader stores; requests `load_full` once.
+    pub config: ArcSwap<Active>,
+    /// Renders `/metrics`.
+    pub prometheus: PrometheusHandle,
+    /// True once a config is applied and its listeners are bound, false again while draining.
+    pub ready: AtomicBool,
+    /// Shutdown coordination.
+    pub drain: Drain,
+}
+
+impl Shared {
+    /// Whether `/ready` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.drain.is_draining()
+    }
+}
+
+/// Tells connections to finish up, and counts those still open.
+#[derive(Debug)]
+pub struct Drain {
+    signal: watch::Sender<bool>,
+    open: Arc<()>,
+}
+
+/// Held by every open connection; dropping it marks the connection closed.
+#[derive(Debug)]
+pub struct ConnToken(#[allow(dead_code)] Arc<()>);
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self { signal: watch::channel(false).0, open: Arc::new(()) }
+    }
+}
+
+impl Drain {
+    /// Starts draining: acceptors stop, connections close once idle.
+    pub fn start(&self) {
+        self.signal.send_replace(true);
+    }
+
+    /// Whether draining has started.
+    pub fn is_draining(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    /// A receiver that sees `true` when draining starts.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.signal.subscribe()
+    }
+
+    /// Registers an open connection.
+    pub fn track(&self) -> ConnToken {
+        ConnToken(self.open.clone())
+    }
+
+    /// Connections still open.
+    pub fn open_connections(&self) -> usize {
+        Arc::strong_count(&self.open) - 1
+    }
+
+    /// Waits until every connection has closed or `deadline` passes; true if all closed.
+    pub async fn wait_closed(&self, deadline: Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        while self.open_connections() > 0 {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+/// Resolves when draining starts (or the drain handle is gone).
+pub async fn draining(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}
