@@ -86,8 +86,6 @@ fn clusters(shared: &Shared) -> serde_json::Value {
                     json!({
                         "address": &*ep.label,
                         "weight": cfg.weight,
-                        "healthy": true,
-                        "ejected": false,
                         "inFlight": ep.in_flight(),
                         "idleConnections": ep.idle_connections(),
                     })
@@ -98,7 +96,6 @@ fn clusters(shared: &Shared) -> serde_json::Value {
                 "namespace": &*svc.namespace,
                 "protocol": svc.protocol,
                 "loadBalancer": svc.lb_policy,
-                "circuit": "closed",
                 "endpoints": endpoints,
             })
         })

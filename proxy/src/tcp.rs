@@ -31,13 +31,13 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<str>, shar
     let (Some(service), Some(runtime)) = (active.snapshot.services.get(si), active.services.get(si)) else {
         return;
     };
-    let Some(endpoint) = runtime.balancer.pick(&runtime.endpoints, None).and_then(|i| runtime.endpoints.get(i)) else {
+    let Some(endpoint) = runtime.balancer.pick(&runtime.endpoints, None).and_then(|i| runtime.endpoints.get(i)).cloned() else {
         tracing::warn!(listener = %listener, service = %service.name, "no healthy endpoints; closing");
         return;
     };
     metrics::counter!(TCP_CONNECTIONS, "listener" => listener.clone()).increment(1);
     let _in_flight = endpoint.start_request();
-    let upstream = match crate::http::upstream::connect(endpoint, route.connect_timeout).await {
+    let upstream = match crate::http::upstream::connect(&endpoint, route.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(listener = %listener, endpoint = %endpoint.label, error = %e, "upstream connect failed");
@@ -45,6 +45,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<str>, shar
         }
     };
     let idle = route.idle_timeout;
+    // Hold no config version for the life of a long connection.
     drop(active);
     let started = Instant::now();
     let result = splice(client, upstream, idle, &listener).await;

@@ -34,7 +34,7 @@ pub struct ServiceSpec {
 }
 
 /// Upstream protocol of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceProtocol {
     /// HTTP/1.1 with keep-alive.
