@@ -1,1 +1,14 @@
-//! harness
+//! Test harness for Strait's end-to-end tests: start the real `strait-proxy` binary, real
+//! upstream servers on 127.0.0.1, and observe what a user would (status codes, headers,
+//! hit counts, metrics, logs). Everything binds port 0; nothing sleeps to synchronise.
+
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod process;
+pub mod upstream;
+pub mod wait;
+
+pub use process::Proxy;
+pub use upstream::{CaptureUpstream, TcpEcho, Upstream};
+pub use wait::eventually;
