@@ -1,0 +1,101 @@
+//! Protocols: HTTP/1.1 and h2c clients, HTTP/2 upstreams, gRPC-style trailers, WebSocket,
+//! and what the proxy does to headers on the way.
+
+use futures_util::{SinkExt, StreamExt};
+use strait_tests::client::{get, h2c, http1, send};
+use strait_tests::config::{http_route, proxy, service};
+use strait_tests::{Proxy, Upstream};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn setup() -> (Proxy, Upstream, Upstream) {
+    let h1 = Upstream::start("h1").await;
+    let h2 = Upstream::start("h2").await;
+    let yaml = proxy("")
+        + &service("h1", "http1", &[(h1.address(), 1)], "")
+        + &service("h2", "http2", &[(h2.address(), 1)], "")
+        + &http_route(
+            "r",
+            "  rules:
+    - matches: [{path: {value: /h2}}, {path: {value: /trailers}}]
+      backendRefs: [{name: h2}]
+    - backendRefs: [{name: h1}]
+      requestHeaders: {set: {x-mesh: strait}, remove: [x-debug]}
+      responseHeaders: {add: {x-served-by: strait}}",
+        );
+    (Proxy::start(&yaml), h1, h2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_h2c_clients_reach_http1_and_http2_upstreams() {
+    let (proxy, h1, h2) = setup().await;
+    let base = proxy.url("web");
+    for (name, client) in [("http1", http1()), ("h2c", h2c())] {
+        let a = get(&client, &format!("{base}/hello"), "svc.local", &[]).await.unwrap();
+        assert_eq!(a.status, 200, "{name}");
+        let echo = a.json();
+        assert_eq!(echo["upstream"], "h1", "{name}");
+        assert_eq!(echo["version"], "HTTP/1.1", "{name}: http1 service gets HTTP/1.1");
+        assert_eq!(echo["headers"]["host"][0], "svc.local", "{name}: Host preserved");
+
+        let a = get(&client, &format!("{base}/h2"), "svc.local", &[]).await.unwrap();
+        let echo = a.json();
+        assert_eq!(echo["upstream"], "h2", "{name}");
+        assert_eq!(echo["version"], "HTTP/2.0", "{name}: http2 service gets HTTP/2");
+        // An h2c client's :authority is the URL's host (it wins over a Host header, RFC 9113
+        // §8.3.1); either way the upstream sees the client's authority, not its own address.
+        let want = if name == "h2c" { proxy.listener("web").to_string() } else { "svc.local".to_owned() };
+        assert_eq!(echo["authority"], want.as_str(), "{name}: :authority is the client's");
+    }
+    assert_eq!((h1.hits(), h2.hits()), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_style_trailers_arrive() {
+    let (proxy, _h1, _h2) = setup().await;
+    let a = get(&h2c(), &format!("{}/trailers", proxy.url("web")), "grpc.local", &[("te", "trailers")]).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(&a.body[..], b"payload");
+    let trailers = a.trailers.expect("trailers forwarded");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_proxy() {
+    let (proxy, _h1, _h2) = setup().await;
+    let addr = proxy.listener("web");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await.expect("websocket handshake");
+    assert_eq!(resp.status(), 101);
+    for i in 0..5 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let back = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), format!("hello {i}"));
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_and_hop_by_hop_headers() {
+    let (proxy, _h1, _h2) = setup().await;
+    let req = http::Request::get(format!("{}/headers", proxy.url("web")))
+        .header("host", "svc.local")
+        .header("connection", "x-hop")
+        .header("x-hop", "must not pass")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-debug", "removed by route")
+        .header("x-mesh", "overwritten")
+        .body(Default::default())
+        .unwrap();
+    let a = send(&http1(), req).await.unwrap();
+    assert_eq!(a.header("x-served-by"), "strait", "response header added by the route");
+    let h = &a.json()["headers"];
+    assert!(h.get("x-hop").is_none(), "header named by Connection removed: {h}");
+    assert!(h.get("keep-alive").is_none(), "keep-alive removed: {h}");
+    assert!(h.get("x-debug").is_none(), "route removes x-debug: {h}");
+    assert_eq!(h["x-mesh"][0], "strait", "route sets x-mesh");
+    assert_eq!(h["x-forwarded-for"][0], "10.1.2.3, 127.0.0.1");
+    assert_eq!(h["forwarded"][0], "for=127.0.0.1;proto=http");
+    assert_eq!(h["x-forwarded-proto"][0], "http");
+}
