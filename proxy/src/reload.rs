@@ -90,13 +90,17 @@ impl Reloader {
         }
     }
 
-    /// Re-reads the config; applies it if valid and (unless `forced`) changed.
+    /// Re-reads the config and applies it if it changed and is valid. `forced` (SIGHUP) only
+    /// makes an unchanged config say so in the log.
     pub async fn reload(&mut self, forced: bool) {
         let (sources, fingerprint) = match read(&self.path) {
             Ok(read) => read,
             Err(e) => return self.reject(e.into(), 0),
         };
-        if !forced && fingerprint == self.fingerprint {
+        if fingerprint == self.fingerprint {
+            if forced {
+                tracing::info!(source = %self.path.display(), "config unchanged since the last reload; nothing to do");
+            }
             return;
         }
         match self.apply(&sources).await {
