@@ -56,7 +56,12 @@ impl Active {
     }
 
     /// Metric handles for a request on listener `li` served by `rule` via backend `position`.
-    pub fn request_metrics(&self, li: usize, rule: &HttpRule, position: usize) -> Option<&RequestMetrics> {
+    pub fn request_metrics(
+        &self,
+        li: usize,
+        rule: &HttpRule,
+        position: usize,
+    ) -> Option<&RequestMetrics> {
         self.listeners.get(li)?.rules.get(rule.id)?.get(position)
     }
 }
@@ -117,12 +122,19 @@ impl EndpointRegistry {
             .iter()
             .map(|l| listener_runtime(l, &snapshot))
             .collect();
-        Active { version, source, snapshot, services, listeners }
+        Active {
+            version,
+            source,
+            snapshot,
+            services,
+            listeners,
+        }
     }
 }
 
 fn listener_runtime(listener: &Listener, snapshot: &Snapshot) -> ListenerRuntime {
-    let mut rules: Vec<Vec<RequestMetrics>> = (0..snapshot.rule_count).map(|_| Vec::new()).collect();
+    let mut rules: Vec<Vec<RequestMetrics>> =
+        (0..snapshot.rule_count).map(|_| Vec::new()).collect();
     if let Serves::Http(table) = &listener.serves {
         for rule in table.rules() {
             if let Some(slot) = rules.get_mut(rule.id) {
@@ -131,7 +143,10 @@ fn listener_runtime(listener: &Listener, snapshot: &Snapshot) -> ListenerRuntime
                         .backends
                         .iter()
                         .map(|(s, _)| {
-                            let service = snapshot.services.get(s).map_or_else(|| Arc::from(""), |svc| svc.name.clone());
+                            let service = snapshot
+                                .services
+                                .get(s)
+                                .map_or_else(|| Arc::from(""), |svc| svc.name.clone());
                             RequestMetrics::new(&listener.name, &rule.route, &service)
                         })
                         .collect();
@@ -139,12 +154,17 @@ fn listener_runtime(listener: &Listener, snapshot: &Snapshot) -> ListenerRuntime
             }
         }
     }
-    ListenerRuntime { rules, unrouted: unrouted(&listener.name) }
+    ListenerRuntime {
+        rules,
+        unrouted: unrouted(&listener.name),
+    }
 }
 
 fn new_pool(protocol: ServiceProtocol, max_idle: usize) -> Pool {
     match protocol {
-        ServiceProtocol::Http1 => Pool::Http1(crossbeam_queue::ArrayQueue::new(max_idle.max(1))),
+        ServiceProtocol::Http1 => {
+            Pool::Http1(Box::new(crossbeam_queue::ArrayQueue::new(max_idle.max(1))))
+        }
         ServiceProtocol::Http2 | ServiceProtocol::Grpc => Pool::Http2(Default::default()),
         ServiceProtocol::Tcp => Pool::Tcp,
     }

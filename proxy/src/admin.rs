@@ -41,14 +41,20 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"));
     }
     Ok(match req.uri().path() {
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(shared.prometheus.render())));
-            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
             resp
         }
         "/live" => text(StatusCode::OK, "live\n"),
@@ -56,7 +62,10 @@ async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/config" => json_response(&config(&shared)),
         "/clusters" => json_response(&clusters(&shared)),
-        _ => text(StatusCode::NOT_FOUND, "admin endpoints: /metrics /ready /live /config /clusters\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "admin endpoints: /metrics /ready /live /config /clusters\n",
+        ),
     })
 }
 
@@ -106,13 +115,17 @@ fn clusters(shared: &Shared) -> serde_json::Value {
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
 fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }

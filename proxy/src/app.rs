@@ -51,7 +51,10 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let admin_address = shared.config.load().snapshot.proxy.admin;
     let admin = TcpListener::bind(admin_address)
         .await
-        .map_err(|source| StartError::Admin { address: admin_address, source })?;
+        .map_err(|source| StartError::Admin {
+            address: admin_address,
+            source,
+        })?;
     let bound = admin.local_addr().unwrap_or(admin_address);
     tracing::info!(listener = "admin", address = %bound, "listening");
     tokio::spawn(crate::admin::serve(admin, shared.clone()));
@@ -63,13 +66,21 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         _ = interrupt.recv() => "SIGINT",
     };
     let deadline = shared.config.load().snapshot.proxy.drain_timeout;
-    tracing::info!(signal = signal_name, open_connections = shared.drain.open_connections(), drain_timeout_ms = deadline.as_millis() as u64, "draining");
+    tracing::info!(
+        signal = signal_name,
+        open_connections = shared.drain.open_connections(),
+        drain_timeout_ms = deadline.as_millis() as u64,
+        "draining"
+    );
     shared.drain.start();
     let _ = reloads.await;
     if shared.drain.wait_closed(deadline).await {
         tracing::info!("drained; exiting");
     } else {
-        tracing::warn!(open_connections = shared.drain.open_connections(), "drain deadline passed; exiting with connections open");
+        tracing::warn!(
+            open_connections = shared.drain.open_connections(),
+            "drain deadline passed; exiting with connections open"
+        );
     }
     Ok(())
 }

@@ -51,12 +51,20 @@ impl Listeners {
     /// Makes the running listeners match `snapshot`: new ones are bound, changed ones rebound,
     /// removed ones closed (their open connections carry on). New listeners are bound before
     /// anything is stopped, so a bind failure leaves the running set untouched.
-    pub async fn reconcile(&mut self, snapshot: &Snapshot, shared: &Arc<Shared>) -> Result<(), BindError> {
+    pub async fn reconcile(
+        &mut self,
+        snapshot: &Snapshot,
+        shared: &Arc<Shared>,
+    ) -> Result<(), BindError> {
         let wanted: Vec<(Arc<str>, Shape)> = snapshot
             .listeners
             .iter()
             .map(|l| {
-                let shape = Shape { address: l.address, protocol: l.protocol(), max_connections: l.max_connections };
+                let shape = Shape {
+                    address: l.address,
+                    protocol: l.protocol(),
+                    max_connections: l.max_connections,
+                };
                 (l.name.clone(), shape)
             })
             .collect();
@@ -83,7 +91,13 @@ impl Listeners {
         }
         for (name, shape, socket) in fresh {
             let (stop, stopped) = oneshot::channel();
-            let task = tokio::spawn(accept_loop(socket, name.clone(), shape, shared.clone(), stopped));
+            let task = tokio::spawn(accept_loop(
+                socket,
+                name.clone(),
+                shape,
+                shared.clone(),
+                stopped,
+            ));
             self.running.insert(name, Running { shape, stop, task });
         }
         Ok(())
@@ -91,11 +105,13 @@ impl Listeners {
 }
 
 async fn bind(name: &str, address: SocketAddr) -> Result<TcpListener, BindError> {
-    let socket = TcpListener::bind(address).await.map_err(|source| BindError {
-        name: name.to_owned(),
-        address,
-        source,
-    })?;
+    let socket = TcpListener::bind(address)
+        .await
+        .map_err(|source| BindError {
+            name: name.to_owned(),
+            address,
+            source,
+        })?;
     let bound = socket.local_addr().unwrap_or(address);
     tracing::info!(listener = name, address = %bound, "listening");
     Ok(socket)
@@ -137,7 +153,9 @@ async fn accept_loop(
         tokio::spawn(async move {
             active.increment(1.0);
             match shape.protocol {
-                ListenerProtocol::Http => crate::http::server::serve(stream, peer, name, shared, token).await,
+                ListenerProtocol::Http => {
+                    crate::http::server::serve(stream, peer, name, shared, token).await
+                }
                 ListenerProtocol::Tcp => crate::tcp::serve(stream, peer, name, shared, token).await,
             }
             active.decrement(1.0);

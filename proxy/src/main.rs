@@ -45,21 +45,29 @@ fn main() -> ExitCode {
     }
     logging::init(args.log_format);
     if args.control.is_some() {
-        eprintln!("strait-proxy: --control is not available in this build yet; run with --config PATH");
+        eprintln!(
+            "strait-proxy: --control is not available in this build yet; run with --config PATH"
+        );
         return ExitCode::from(2);
     }
     let Some(config) = args.config else {
         eprintln!("strait-proxy: --config PATH is required");
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("strait-proxy: cannot start runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let options = strait_proxy::app::Options { config, watch_interval: args.watch_interval };
+    let options = strait_proxy::app::Options {
+        config,
+        watch_interval: args.watch_interval,
+    };
     match runtime.block_on(strait_proxy::app::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -39,15 +39,41 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
             &DURATION_BUCKETS,
         )?
         .install_recorder()?;
-    describe_counter!(REQUESTS_TOTAL, "HTTP requests answered, by listener, route, service and status code.");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time from request received to response headers sent.");
-    describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result (applied or rejected).");
-    describe_gauge!(CONFIG_VERSION, "Version number of the configuration being served.");
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "HTTP requests answered, by listener, route, service and status code."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request received to response headers sent."
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads, by result (applied or rejected)."
+    );
+    describe_gauge!(
+        CONFIG_VERSION,
+        "Version number of the configuration being served."
+    );
     describe_counter!(TCP_CONNECTIONS, "TCP connections proxied, by listener.");
-    describe_counter!(TCP_BYTES, Unit::Bytes, "Bytes proxied over TCP listeners, by direction (upstream = client to server).");
-    describe_counter!(CONNECTIONS_REJECTED, "Connections closed at accept because the listener's connection limit was reached.");
-    describe_gauge!(CONNECTIONS_ACTIVE, "Open downstream connections, by listener.");
-    describe_gauge!(ENDPOINT_HEALTHY, "1 when the endpoint is in rotation, 0 when it is out.");
+    describe_counter!(
+        TCP_BYTES,
+        Unit::Bytes,
+        "Bytes proxied over TCP listeners, by direction (upstream = client to server)."
+    );
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Connections closed at accept because the listener's connection limit was reached."
+    );
+    describe_gauge!(
+        CONNECTIONS_ACTIVE,
+        "Open downstream connections, by listener."
+    );
+    describe_gauge!(
+        ENDPOINT_HEALTHY,
+        "1 when the endpoint is in rotation, 0 when it is out."
+    );
     Ok(handle)
 }
 
@@ -74,7 +100,11 @@ impl RequestMetrics {
             "route" => route.clone(),
             "service" => service.clone()
         );
-        Self { labels, classes: Default::default(), duration }
+        Self {
+            labels,
+            classes: Default::default(),
+            duration,
+        }
     }
 
     /// Records one answered request.

@@ -56,11 +56,19 @@ impl Reloader {
             drain: Drain::default(),
         });
         let mut listeners = Listeners::default();
-        listeners.reconcile(&shared.config.load().snapshot, &shared).await?;
+        listeners
+            .reconcile(&shared.config.load().snapshot, &shared)
+            .await?;
         metrics::gauge!(CONFIG_VERSION).set(1.0);
         metrics::counter!(CONFIG_RELOADS, "result" => "applied").increment(1);
         tracing::info!(version = 1u64, source = %path.display(), "config applied");
-        Ok(Self { path, shared, registry, listeners, fingerprint })
+        Ok(Self {
+            path,
+            shared,
+            registry,
+            listeners,
+            fingerprint,
+        })
     }
 
     /// The shared state (to start the admin server and wait for shutdown).
@@ -116,7 +124,9 @@ impl Reloader {
         let snapshot = compile(sources)?;
         self.listeners.reconcile(&snapshot, &self.shared).await?;
         let version = self.shared.config.load().version + 1;
-        let active = self.registry.build(version, source_label(&self.path), snapshot);
+        let active = self
+            .registry
+            .build(version, source_label(&self.path), snapshot);
         self.shared.config.store(Arc::new(active));
         metrics::gauge!(CONFIG_VERSION).set(version as f64);
         metrics::counter!(CONFIG_RELOADS, "result" => "applied").increment(1);

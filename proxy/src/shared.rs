@@ -43,7 +43,10 @@ pub struct ConnToken(#[allow(dead_code)] Arc<()>);
 
 impl Default for Drain {
     fn default() -> Self {
-        Self { signal: watch::channel(false).0, open: Arc::new(()) }
+        Self {
+            signal: watch::channel(false).0,
+            open: Arc::new(()),
+        }
     }
 }
 

@@ -15,7 +15,13 @@ use crate::metrics::{TCP_BYTES, TCP_CONNECTIONS};
 use crate::shared::{ConnToken, Shared};
 
 /// Proxies one client connection accepted on a TCP listener.
-pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<str>, shared: Arc<Shared>, _token: ConnToken) {
+pub async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    _token: ConnToken,
+) {
     let active = shared.config.load_full();
     let Some((_, l)) = active.listener(&listener) else {
         return;
@@ -26,12 +32,24 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<str>, shar
     };
     let si = match route.backends.single() {
         Some(si) => si,
-        None => route.backends.pick_with(fastrand::u32(0..route.backends.total())).1,
+        None => {
+            route
+                .backends
+                .pick_with(fastrand::u32(0..route.backends.total()))
+                .1
+        }
     };
-    let (Some(service), Some(runtime)) = (active.snapshot.services.get(si), active.services.get(si)) else {
+    let (Some(service), Some(runtime)) =
+        (active.snapshot.services.get(si), active.services.get(si))
+    else {
         return;
     };
-    let Some(endpoint) = runtime.balancer.pick(&runtime.endpoints, None).and_then(|i| runtime.endpoints.get(i)).cloned() else {
+    let Some(endpoint) = runtime
+        .balancer
+        .pick(&runtime.endpoints, None)
+        .and_then(|i| runtime.endpoints.get(i))
+        .cloned()
+    else {
         tracing::warn!(listener = %listener, service = %service.name, "no healthy endpoints; closing");
         return;
     };
@@ -61,13 +79,20 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<str>, shar
 
 /// Copies both ways; each direction's EOF is passed on as a write shutdown (half-close).
 /// Returns `(bytes to upstream, bytes to client)`.
-async fn splice(mut client: TcpStream, mut upstream: TcpStream, idle: Duration, listener: &Arc<str>) -> std::io::Result<(u64, u64)> {
+async fn splice(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    idle: Duration,
+    listener: &Arc<str>,
+) -> std::io::Result<(u64, u64)> {
     let (cr, cw) = client.split();
     let (ur, uw) = upstream.split();
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
-    let up_bytes = metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "upstream");
-    let down_bytes = metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "downstream");
+    let up_bytes =
+        metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "upstream");
+    let down_bytes =
+        metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "downstream");
     let copy = async {
         tokio::try_join!(
             pump(cr, uw, &up_bytes, &last, epoch),
@@ -90,7 +115,13 @@ async fn splice(mut client: TcpStream, mut upstream: TcpStream, idle: Duration, 
     }
 }
 
-async fn pump<R, W>(mut from: R, mut to: W, bytes: &metrics::Counter, last: &AtomicU64, epoch: Instant) -> std::io::Result<u64>
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    bytes: &metrics::Counter,
+    last: &AtomicU64,
+    epoch: Instant,
+) -> std::io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

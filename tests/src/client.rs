@@ -22,7 +22,9 @@ pub fn http1() -> HttpClient {
 
 /// An HTTP/2 prior-knowledge (h2c) client.
 pub fn h2c() -> HttpClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// A response, fully read.
@@ -41,34 +43,61 @@ pub struct Answer {
 impl Answer {
     /// A header as text ("" when absent).
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// The body as JSON (the upstream's echo).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
 /// Sends `req` and reads the whole answer (10 s limit).
 pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Result<Answer, String> {
     let fut = async {
-        let resp = client.request(req).await.map_err(|e| format!("request failed: {e:?}"))?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("request failed: {e:?}"))?;
         let (parts, body) = resp.into_parts();
-        let collected = body.collect().await.map_err(|e| format!("body failed: {e}"))?;
+        let collected = body
+            .collect()
+            .await
+            .map_err(|e| format!("body failed: {e}"))?;
         let trailers = collected.trailers().cloned();
-        Ok(Answer { status: parts.status, headers: parts.headers, body: collected.to_bytes(), trailers })
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: collected.to_bytes(),
+            trailers,
+        })
     };
-    tokio::time::timeout(Duration::from_secs(10), fut).await.map_err(|_| "timed out".to_owned())?
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "timed out".to_owned())?
 }
 
 /// GET `url` with `host` as Host and extra headers.
-pub async fn get(client: &HttpClient, url: &str, host: &str, headers: &[(&str, &str)]) -> Result<Answer, String> {
+pub async fn get(
+    client: &HttpClient,
+    url: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Result<Answer, String> {
     let mut req = Request::get(url).header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    send(client, req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?).await
+    send(
+        client,
+        req.body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?,
+    )
+    .await
 }
 
 /// Writes raw bytes and reads until the server closes or 3 s pass.

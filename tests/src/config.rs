@@ -20,7 +20,10 @@ spec:
 
 /// A Service document; `endpoints` are `(address, weight)`.
 pub fn service(name: &str, protocol: &str, endpoints: &[(String, u32)], extra: &str) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|(a, w)| format!("{{address: \"{a}\", weight: {w}}}")).collect();
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|(a, w)| format!("{{address: \"{a}\", weight: {w}}}"))
+        .collect();
     format!(
         "---
 apiVersion: strait.dev/v1alpha1

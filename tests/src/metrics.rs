@@ -6,8 +6,13 @@ use crate::client::{get, http1};
 
 /// GET an admin path, returning (status, body).
 pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
-    let a = get(&http1(), &format!("http://{admin}{path}"), "admin", &[]).await.expect("admin request");
-    (a.status.as_u16(), String::from_utf8_lossy(&a.body).into_owned())
+    let a = get(&http1(), &format!("http://{admin}{path}"), "admin", &[])
+        .await
+        .expect("admin request");
+    (
+        a.status.as_u16(),
+        String::from_utf8_lossy(&a.body).into_owned(),
+    )
 }
 
 /// The `/metrics` text.
@@ -28,7 +33,10 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         if metric != name {
             continue;
         }
-        if labels.iter().all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))) {
+        if labels
+            .iter()
+            .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
+        {
             *found.get_or_insert(0.0) += sample.parse::<f64>().unwrap_or(0.0);
         }
     }

@@ -89,13 +89,29 @@ impl Proxy {
                 sink.lock().expect("logs").push(line);
             }
         });
-        let mut proxy = Self { child: Some(child), dir, logs, addresses: HashMap::new() };
+        let mut proxy = Self {
+            child: Some(child),
+            dir,
+            logs,
+            addresses: HashMap::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !proxy.addresses.contains_key("admin") {
-            if let Some(status) = proxy.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("strait-proxy exited at startup ({status}):\n{}", proxy.logs().join("\n"));
+            if let Some(status) = proxy
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "strait-proxy exited at startup ({status}):\n{}",
+                    proxy.logs().join("\n")
+                );
             }
-            assert!(Instant::now() < deadline, "proxy did not start:\n{}", proxy.logs().join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not start:\n{}",
+                proxy.logs().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(10));
             proxy.addresses = proxy.bound_addresses();
         }
@@ -118,7 +134,10 @@ impl Proxy {
     pub fn listener(&self, name: &str) -> SocketAddr {
         match self.bound_addresses().get(name) {
             Some(a) => *a,
-            None => panic!("no listener `{name}` in the logs:\n{}", self.logs().join("\n")),
+            None => panic!(
+                "no listener `{name}` in the logs:\n{}",
+                self.logs().join("\n")
+            ),
         }
     }
 
@@ -147,7 +166,12 @@ impl Proxy {
     /// Sends a signal by name (`HUP`, `TERM`, ...).
     pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("running").id();
-        let ok = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill").success();
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill")
+            .success();
         assert!(ok, "kill -{name} {pid} failed");
     }
 
@@ -173,12 +197,18 @@ impl Proxy {
 
     /// Log lines parsed as JSON (lines that are not JSON are skipped).
     pub fn json_logs(&self) -> Vec<serde_json::Value> {
-        self.logs().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// How many log lines have this `fields.message`.
     pub fn count_messages(&self, message: &str) -> usize {
-        self.json_logs().iter().filter(|v| v["fields"]["message"] == message).count()
+        self.json_logs()
+            .iter()
+            .filter(|v| v["fields"]["message"] == message)
+            .count()
     }
 }
 
@@ -189,7 +219,10 @@ impl Drop for Proxy {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("---- strait-proxy logs ----\n{}\n---- end ----", self.logs().join("\n"));
+            eprintln!(
+                "---- strait-proxy logs ----\n{}\n---- end ----",
+                self.logs().join("\n")
+            );
         }
     }
 }

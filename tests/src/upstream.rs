@@ -41,7 +41,9 @@ pub struct Upstream {
 impl Upstream {
     /// Starts on a free port.
     pub async fn start(name: &str) -> Self {
-        Self::http1_at(name, ([127, 0, 0, 1], 0).into()).await.expect("bind upstream")
+        Self::http1_at(name, ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind upstream")
     }
 
     /// Starts on `addr`.
@@ -61,7 +63,12 @@ impl Upstream {
                 });
             }
         });
-        Ok(Self { name: name.to_owned(), addr, hits, task })
+        Ok(Self {
+            name: name.to_owned(),
+            addr,
+            hits,
+            task,
+        })
     }
 
     /// Requests served so far.
@@ -82,15 +89,25 @@ impl Drop for Upstream {
 }
 
 fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
-async fn answer(mut req: Request<Incoming>, name: Arc<str>, hits: Arc<AtomicUsize>) -> Result<Response<Body>, Infallible> {
+async fn answer(
+    mut req: Request<Incoming>,
+    name: Arc<str>,
+    hits: Arc<AtomicUsize>,
+) -> Result<Response<Body>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_owned();
     let mut resp = if let Some(code) = path.strip_prefix("/status/") {
         let mut r = Response::new(full(format!("status {code}\n")));
-        *r.status_mut() = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+        *r.status_mut() = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
         r
     } else if let Some(ms) = path.strip_prefix("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
@@ -102,7 +119,9 @@ async fn answer(mut req: Request<Incoming>, name: Arc<str>, hits: Arc<AtomicUsiz
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         trailers.insert("grpc-message", HeaderValue::from_static("ok"));
         let frames = futures_util::stream::iter(vec![
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(b"payload"))),
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(
+                b"payload",
+            ))),
             Ok(Frame::trailers(trailers)),
         ]);
         Response::new(BodyExt::boxed(StreamBody::new(frames)))
@@ -113,7 +132,12 @@ async fn answer(mut req: Request<Incoming>, name: Arc<str>, hits: Arc<AtomicUsiz
             .headers()
             .keys()
             .map(|k| {
-                let values: Vec<serde_json::Value> = req.headers().get_all(k).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into()).collect();
+                let values: Vec<serde_json::Value> = req
+                    .headers()
+                    .get_all(k)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into())
+                    .collect();
                 (k.as_str().to_owned(), values.into())
             })
             .collect();
@@ -123,13 +147,19 @@ async fn answer(mut req: Request<Incoming>, name: Arc<str>, hits: Arc<AtomicUsiz
             req.uri().query().unwrap_or("").to_owned(),
             req.uri().authority().map(|a| a.to_string()),
         );
-        let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(usize::MAX);
+        let body_len = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(usize::MAX);
         let json = serde_json::json!({
             "upstream": &*name, "method": method, "path": path, "query": query, "version": version,
             "authority": authority, "headers": headers, "bodyLength": body_len,
         });
         let mut r = Response::new(full(json.to_string()));
-        r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+        r.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
         r
     };
     if let Ok(v) = HeaderValue::from_str(&name) {
@@ -148,7 +178,8 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;
@@ -181,7 +212,9 @@ pub struct CaptureUpstream {
 impl CaptureUpstream {
     /// Starts on a free port.
     pub async fn start() -> Self {
-        let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind capture");
+        let socket = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind capture");
         let addr = socket.local_addr().expect("addr");
         let captured = Arc::new(Mutex::new(Vec::new()));
         let sink = captured.clone();
@@ -196,7 +229,12 @@ impl CaptureUpstream {
                     };
                     let mut buf = [0u8; 8192];
                     loop {
-                        let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+                        let n = match tokio::time::timeout(
+                            Duration::from_secs(5),
+                            stream.read(&mut buf),
+                        )
+                        .await
+                        {
                             Ok(Ok(n)) if n > 0 => n,
                             _ => break,
                         };
@@ -213,12 +251,21 @@ impl CaptureUpstream {
                 });
             }
         });
-        Self { addr, captured, task }
+        Self {
+            addr,
+            captured,
+            task,
+        }
     }
 
     /// Raw bytes received, one entry per connection.
     pub fn captured(&self) -> Vec<String> {
-        self.captured.lock().expect("capture").iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect()
+        self.captured
+            .lock()
+            .expect("capture")
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
     }
 }
 
@@ -231,7 +278,9 @@ impl Drop for CaptureUpstream {
 /// Whether `raw` holds a whole request: headers plus a Content-Length body or a final chunk.
 pub fn request_complete(raw: &[u8]) -> bool {
     let text = String::from_utf8_lossy(raw);
-    let Some(head_end) = text.find("\r\n\r\n") else { return false };
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
     let head = text[..head_end].to_ascii_lowercase();
     let body = &text[head_end + 4..];
     if head.contains("transfer-encoding: chunked") {
@@ -239,7 +288,10 @@ pub fn request_complete(raw: &[u8]) -> bool {
     }
     let length = head
         .lines()
-        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+        .find_map(|l| {
+            l.strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
         .unwrap_or(0);
     body.len() >= length
 }
@@ -254,7 +306,9 @@ pub struct TcpEcho {
 impl TcpEcho {
     /// Starts on a free port.
     pub async fn start() -> Self {
-        Self::start_at(([127, 0, 0, 1], 0).into()).await.expect("bind echo")
+        Self::start_at(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind echo")
     }
 
     /// Starts on `addr`.

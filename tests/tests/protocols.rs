@@ -30,21 +30,42 @@ async fn http1_and_h2c_clients_reach_http1_and_http2_upstreams() {
     let (proxy, h1, h2) = setup().await;
     let base = proxy.url("web");
     for (name, client) in [("http1", http1()), ("h2c", h2c())] {
-        let a = get(&client, &format!("{base}/hello"), "svc.local", &[]).await.unwrap();
+        let a = get(&client, &format!("{base}/hello"), "svc.local", &[])
+            .await
+            .unwrap();
         assert_eq!(a.status, 200, "{name}");
         let echo = a.json();
         assert_eq!(echo["upstream"], "h1", "{name}");
-        assert_eq!(echo["version"], "HTTP/1.1", "{name}: http1 service gets HTTP/1.1");
-        assert_eq!(echo["headers"]["host"][0], "svc.local", "{name}: Host preserved");
+        assert_eq!(
+            echo["version"], "HTTP/1.1",
+            "{name}: http1 service gets HTTP/1.1"
+        );
+        assert_eq!(
+            echo["headers"]["host"][0], "svc.local",
+            "{name}: Host preserved"
+        );
 
-        let a = get(&client, &format!("{base}/h2"), "svc.local", &[]).await.unwrap();
+        let a = get(&client, &format!("{base}/h2"), "svc.local", &[])
+            .await
+            .unwrap();
         let echo = a.json();
         assert_eq!(echo["upstream"], "h2", "{name}");
-        assert_eq!(echo["version"], "HTTP/2.0", "{name}: http2 service gets HTTP/2");
+        assert_eq!(
+            echo["version"], "HTTP/2.0",
+            "{name}: http2 service gets HTTP/2"
+        );
         // An h2c client's :authority is the URL's host (it wins over a Host header, RFC 9113
         // §8.3.1); either way the upstream sees the client's authority, not its own address.
-        let want = if name == "h2c" { proxy.listener("web").to_string() } else { "svc.local".to_owned() };
-        assert_eq!(echo["authority"], want.as_str(), "{name}: :authority is the client's");
+        let want = if name == "h2c" {
+            proxy.listener("web").to_string()
+        } else {
+            "svc.local".to_owned()
+        };
+        assert_eq!(
+            echo["authority"],
+            want.as_str(),
+            "{name}: :authority is the client's"
+        );
     }
     assert_eq!((h1.hits(), h2.hits()), (2, 2));
 }
@@ -52,7 +73,14 @@ async fn http1_and_h2c_clients_reach_http1_and_http2_upstreams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_style_trailers_arrive() {
     let (proxy, _h1, _h2) = setup().await;
-    let a = get(&h2c(), &format!("{}/trailers", proxy.url("web")), "grpc.local", &[("te", "trailers")]).await.unwrap();
+    let a = get(
+        &h2c(),
+        &format!("{}/trailers", proxy.url("web")),
+        "grpc.local",
+        &[("te", "trailers")],
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(&a.body[..], b"payload");
     let trailers = a.trailers.expect("trailers forwarded");
@@ -65,11 +93,17 @@ async fn websocket_echo_through_the_proxy() {
     let (proxy, _h1, _h2) = setup().await;
     let addr = proxy.listener("web");
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await.expect("websocket handshake");
+    let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        .await
+        .expect("websocket handshake");
     assert_eq!(resp.status(), 101);
     for i in 0..5 {
         ws.send(Message::text(format!("hello {i}"))).await.unwrap();
-        let back = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        let back = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(back.into_text().unwrap().as_str(), format!("hello {i}"));
     }
     ws.close(None).await.unwrap();
@@ -89,9 +123,16 @@ async fn forwarding_and_hop_by_hop_headers() {
         .body(Default::default())
         .unwrap();
     let a = send(&http1(), req).await.unwrap();
-    assert_eq!(a.header("x-served-by"), "strait", "response header added by the route");
+    assert_eq!(
+        a.header("x-served-by"),
+        "strait",
+        "response header added by the route"
+    );
     let h = &a.json()["headers"];
-    assert!(h.get("x-hop").is_none(), "header named by Connection removed: {h}");
+    assert!(
+        h.get("x-hop").is_none(),
+        "header named by Connection removed: {h}"
+    );
     assert!(h.get("keep-alive").is_none(), "keep-alive removed: {h}");
     assert!(h.get("x-debug").is_none(), "route removes x-debug: {h}");
     assert_eq!(h["x-mesh"][0], "strait", "route sets x-mesh");

@@ -31,47 +31,74 @@ async fn connect_failure_no_endpoints_timeout_and_oversize_headers() {
     let proxy = Proxy::start(&yaml);
     let base = proxy.url("web");
     let c = http1();
-    let cases = [("/down", 502, "connect-failure"), ("/empty", 503, "no-healthy-endpoints"), ("/delay/2000", 504, "timeout")];
+    let cases = [
+        ("/down", 502, "connect-failure"),
+        ("/empty", 503, "no-healthy-endpoints"),
+        ("/delay/2000", 504, "timeout"),
+    ];
     for (path, status, reason) in cases {
         let started = std::time::Instant::now();
         let a = get(&c, &format!("{base}{path}"), "h", &[]).await.unwrap();
         assert_eq!(a.status, status, "{path}");
         assert_eq!(a.header("x-strait-reason"), reason, "{path}");
         if reason == "timeout" {
-            assert!(started.elapsed() < Duration::from_millis(1500), "timeout answered after {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_millis(1500),
+                "timeout answered after {:?}",
+                started.elapsed()
+            );
         }
     }
     let big = "x".repeat(5000);
-    let a = get(&c, &format!("{base}/ok"), "h", &[("x-big", &big)]).await.unwrap();
+    let a = get(&c, &format!("{base}/ok"), "h", &[("x-big", &big)])
+        .await
+        .unwrap();
     assert_eq!(a.status, 431);
     assert_eq!(a.header("x-strait-reason"), "header-too-large");
-    let many: Vec<(String, String)> = (0..25).map(|i| (format!("x-h{i}"), "v".to_owned())).collect();
+    let many: Vec<(String, String)> = (0..25)
+        .map(|i| (format!("x-h{i}"), "v".to_owned()))
+        .collect();
     let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let a = get(&http1(), &format!("{base}/ok"), "h", &refs).await.unwrap();
+    let a = get(&http1(), &format!("{base}/ok"), "h", &refs)
+        .await
+        .unwrap();
     assert_eq!(a.status, 431, "too many headers");
-    let a = get(&http1(), &format!("{base}/ok"), "h", &[]).await.unwrap();
+    let a = get(&http1(), &format!("{base}/ok"), "h", &[])
+        .await
+        .unwrap();
     assert_eq!(a.status, 200, "the proxy still serves");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_duplicate_host_is_400() {
     let up = Upstream::start("up").await;
-    let yaml = proxy("") + &service("up", "http1", &[(up.address(), 1)], "") + &http_route("r", "  rules:\n    - {backendRefs: [{name: up}]}");
+    let yaml = proxy("")
+        + &service("up", "http1", &[(up.address(), 1)], "")
+        + &http_route("r", "  rules:\n    - {backendRefs: [{name: up}]}");
     let proxy = Proxy::start(&yaml);
     let addr = proxy.listener("web");
     let missing = raw(addr, b"GET / HTTP/1.1\r\n\r\n").await;
     assert!(missing.starts_with("HTTP/1.1 400"), "{missing}");
-    assert!(missing.contains("x-strait-reason: bad-request"), "{missing}");
+    assert!(
+        missing.contains("x-strait-reason: bad-request"),
+        "{missing}"
+    );
     let twice = raw(addr, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").await;
     assert!(twice.starts_with("HTTP/1.1 400"), "{twice}");
-    let ok = raw(addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let ok = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     assert_eq!(up.hits(), 1, "refused requests never reach the upstream");
 }
 
 async fn capture_setup() -> (Proxy, CaptureUpstream) {
     let cap = CaptureUpstream::start().await;
-    let yaml = proxy("") + &service("cap", "http1", &[(cap.addr.to_string(), 1)], "") + &http_route("r", "  rules:\n    - {backendRefs: [{name: cap}]}");
+    let yaml = proxy("")
+        + &service("cap", "http1", &[(cap.addr.to_string(), 1)], "")
+        + &http_route("r", "  rules:\n    - {backendRefs: [{name: cap}]}");
     (Proxy::start(&yaml), cap)
 }
 
@@ -84,8 +111,16 @@ async fn content_length_with_transfer_encoding_is_never_forwarded_both() {
     let seen = cap.captured();
     assert_eq!(seen.len(), 1, "{seen:?}");
     let lower = seen[0].to_ascii_lowercase();
-    assert!(!lower.contains("content-length"), "forwarded a Content-Length next to chunked framing: {}", seen[0]);
-    assert!(lower.contains("hello"), "body read as chunked and forwarded: {}", seen[0]);
+    assert!(
+        !lower.contains("content-length"),
+        "forwarded a Content-Length next to chunked framing: {}",
+        seen[0]
+    );
+    assert!(
+        lower.contains("hello"),
+        "body read as chunked and forwarded: {}",
+        seen[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,21 +128,39 @@ async fn truncated_or_malformed_bodies_are_not_forwarded_as_complete() {
     let (proxy, cap) = capture_setup().await;
     let addr = proxy.listener("web");
     // Content-Length promises 100 bytes; the client sends 10 and hangs up.
-    raw_and_hang_up(addr, b"POST /short HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n0123456789").await;
+    raw_and_hang_up(
+        addr,
+        b"POST /short HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await;
     // A chunk whose size line is not hex.
     let bad = raw(addr, b"POST /bad HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n").await;
-    assert!(!bad.starts_with("HTTP/1.1 200"), "a malformed chunk must not produce a normal answer: {bad}");
+    assert!(
+        !bad.starts_with("HTTP/1.1 200"),
+        "a malformed chunk must not produce a normal answer: {bad}"
+    );
     // The upstream saw both requests start, and neither complete.
-    let seen = eventually("both requests reach the upstream and end", Duration::from_secs(10), || {
-        let seen = cap.captured();
-        async move { (seen.len() >= 2).then_some(seen) }
-    })
+    let seen = eventually(
+        "both requests reach the upstream and end",
+        Duration::from_secs(10),
+        || {
+            let seen = cap.captured();
+            async move { (seen.len() >= 2).then_some(seen) }
+        },
+    )
     .await;
     for raw_request in &seen {
-        assert!(!strait_tests::upstream::request_complete(raw_request.as_bytes()), "forwarded as complete: {raw_request:?}");
+        assert!(
+            !strait_tests::upstream::request_complete(raw_request.as_bytes()),
+            "forwarded as complete: {raw_request:?}"
+        );
     }
     // And the proxy is still serving.
-    let ok = raw(addr, b"POST /fine HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+    let ok = raw(
+        addr,
+        b"POST /fine HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    )
+    .await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
 
@@ -124,12 +177,24 @@ async fn connections_over_the_limit_are_closed() {
     // Give the acceptor time to take both permits before the third arrives.
     let text = eventually("two connections open", Duration::from_secs(5), || async {
         let t = strait_tests::metrics::scrape(proxy.admin()).await;
-        (strait_tests::metrics::value(&t, "strait_connections_active", &[("listener", "web")]) == Some(2.0)).then_some(t)
+        (strait_tests::metrics::value(&t, "strait_connections_active", &[("listener", "web")])
+            == Some(2.0))
+        .then_some(t)
     })
     .await;
     drop(text);
     let third = raw(addr, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
-    assert_eq!(third, "", "the third connection is closed without an answer");
+    assert_eq!(
+        third, "",
+        "the third connection is closed without an answer"
+    );
     let t = strait_tests::metrics::scrape(proxy.admin()).await;
-    assert_eq!(strait_tests::metrics::value(&t, "strait_connections_rejected_total", &[("listener", "web")]), Some(1.0));
+    assert_eq!(
+        strait_tests::metrics::value(
+            &t,
+            "strait_connections_rejected_total",
+            &[("listener", "web")]
+        ),
+        Some(1.0)
+    );
 }

@@ -14,7 +14,10 @@ fn config(a: &Upstream, b: &Upstream, target: &str) -> String {
     proxy("  accessLog: {enabled: false}")
         + &service("a", "http1", &[(a.address(), 1)], "")
         + &service("b", "http1", &[(b.address(), 1)], "")
-        + &http_route("r", &format!("  rules:\n    - {{backendRefs: [{{name: {target}}}]}}"))
+        + &http_route(
+            "r",
+            &format!("  rules:\n    - {{backendRefs: [{{name: {target}}}]}}"),
+        )
 }
 
 async fn config_version(proxy: &Proxy) -> u64 {
@@ -60,11 +63,29 @@ async fn no_request_fails_during_100_reloads_under_load() {
         task.await.unwrap();
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert_eq!(failed, 0, "{failed} of {} requests failed during reloads", ok + failed);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during reloads",
+        ok + failed
+    );
     assert!(ok > 200, "load kept running ({ok} requests)");
-    assert!(a.hits() > 0 && b.hits() > 0, "both versions served: a={} b={}", a.hits(), b.hits());
+    assert!(
+        a.hits() > 0 && b.hits() > 0,
+        "both versions served: a={} b={}",
+        a.hits(),
+        b.hits()
+    );
     let text = scrape(proxy.admin()).await;
-    assert!(value(&text, "strait_config_reloads_total", &[("result", "applied")]).unwrap() >= 101.0);
+    assert!(
+        value(
+            &text,
+            "strait_config_reloads_total",
+            &[("result", "applied")]
+        )
+        .unwrap()
+            >= 101.0
+    );
     assert_eq!(value(&text, "strait_config_version", &[]), Some(101.0));
 }
 
@@ -87,21 +108,51 @@ async fn invalid_config_is_rejected_and_the_old_keeps_serving() {
             .map(|l| l["fields"]["error"].as_str().unwrap_or_default().to_owned())
     })
     .await;
-    assert!(error.contains("config.yaml:"), "error names the file: {error}");
-    assert!(error.contains("spec.rules[0].backendRefs[0].name: no Service `missing`"), "error names the field path: {error}");
+    assert!(
+        error.contains("config.yaml:"),
+        "error names the file: {error}"
+    );
+    assert!(
+        error.contains("spec.rules[0].backendRefs[0].name: no Service `missing`"),
+        "error names the field path: {error}"
+    );
     let text = scrape(proxy.admin()).await;
-    assert_eq!(value(&text, "strait_config_reloads_total", &[("result", "rejected")]), Some(1.0));
-    assert_eq!(config_version(&proxy).await, before, "/config still shows the old version");
+    assert_eq!(
+        value(
+            &text,
+            "strait_config_reloads_total",
+            &[("result", "rejected")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        config_version(&proxy).await,
+        before,
+        "/config still shows the old version"
+    );
     let ans = get(&http1(), &url, "h", &[]).await.unwrap();
-    assert_eq!((ans.status.as_u16(), ans.header("x-upstream")), (200, "a"), "old config keeps serving");
+    assert_eq!(
+        (ans.status.as_u16(), ans.header("x-upstream")),
+        (200, "a"),
+        "old config keeps serving"
+    );
 
     // Broken YAML is rejected the same way.
     proxy.write_config("apiVersion: strait.dev/v1alpha1\nkind: [unclosed\n");
     proxy.signal("HUP");
-    eventually("second rejection counted", Duration::from_secs(10), || async {
-        let text = scrape(proxy.admin()).await;
-        (value(&text, "strait_config_reloads_total", &[("result", "rejected")]) == Some(2.0)).then_some(())
-    })
+    eventually(
+        "second rejection counted",
+        Duration::from_secs(10),
+        || async {
+            let text = scrape(proxy.admin()).await;
+            (value(
+                &text,
+                "strait_config_reloads_total",
+                &[("result", "rejected")],
+            ) == Some(2.0))
+            .then_some(())
+        },
+    )
     .await;
     assert_eq!(get(&http1(), &url, "h", &[]).await.unwrap().status, 200);
 }
@@ -112,7 +163,13 @@ async fn a_changed_file_is_picked_up_without_a_signal() {
     let b = Upstream::start("b").await;
     let proxy = Proxy::start(&config(&a, &b, "a"));
     let url = format!("{}/", proxy.url("web"));
-    assert_eq!(get(&http1(), &url, "h", &[]).await.unwrap().header("x-upstream"), "a");
+    assert_eq!(
+        get(&http1(), &url, "h", &[])
+            .await
+            .unwrap()
+            .header("x-upstream"),
+        "a"
+    );
     proxy.write_config(&config(&a, &b, "b"));
     eventually("file change applied", Duration::from_secs(5), || async {
         let ans = get(&http1(), &url, "h", &[]).await.ok()?;
@@ -130,18 +187,35 @@ async fn endpoint_pools_survive_a_reload() {
     get(&http1(), &url, "h", &[]).await.unwrap();
     let idle = |body: &str| -> u64 {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        v["services"].as_array().unwrap().iter().find(|s| s["name"] == "a").unwrap()["endpoints"][0]["idleConnections"].as_u64().unwrap()
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "a")
+            .unwrap()["endpoints"][0]["idleConnections"]
+            .as_u64()
+            .unwrap()
     };
-    let before = eventually("connection back in the pool", Duration::from_secs(5), || async {
-        let (_, body) = admin_get(proxy.admin(), "/clusters").await;
-        (idle(&body) == 1).then_some(())
-    })
+    eventually(
+        "connection back in the pool",
+        Duration::from_secs(5),
+        || async {
+            let (_, body) = admin_get(proxy.admin(), "/clusters").await;
+            (idle(&body) == 1).then_some(())
+        },
+    )
     .await;
-    let _ = before;
     // A reload that changes a route but keeps service a's endpoint keeps its pool.
     proxy.write_config(&(config(&a, &b, "a") + "  # comment to change the file\n"));
     proxy.signal("HUP");
-    eventually("reload applied", Duration::from_secs(10), || async { (config_version(&proxy).await == 2).then_some(()) }).await;
+    eventually("reload applied", Duration::from_secs(10), || async {
+        (config_version(&proxy).await == 2).then_some(())
+    })
+    .await;
     let (_, body) = admin_get(proxy.admin(), "/clusters").await;
-    assert_eq!(idle(&body), 1, "pooled connection kept across the reload: {body}");
+    assert_eq!(
+        idle(&body),
+        1,
+        "pooled connection kept across the reload: {body}"
+    );
 }

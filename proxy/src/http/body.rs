@@ -77,7 +77,10 @@ impl ResponseBody {
     }
 
     fn finish(&mut self) {
-        if let Self::Upstream { in_flight, reuse, .. } = self {
+        if let Self::Upstream {
+            in_flight, reuse, ..
+        } = self
+        {
             in_flight.take();
             if let Some(conn) = reuse.take() {
                 conn.release();
@@ -98,14 +101,19 @@ impl Body for ResponseBody {
         let polled = match this {
             Self::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
             Self::Local(full) => {
-                return Pin::new(full).poll_frame(cx).map_err(|never| match never {})
+                return Pin::new(full)
+                    .poll_frame(cx)
+                    .map_err(|never| match never {})
             }
         };
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => {
                 // A broken upstream body: the connection is not reusable.
-                if let Self::Upstream { reuse, in_flight, .. } = this {
+                if let Self::Upstream {
+                    reuse, in_flight, ..
+                } = this
+                {
                     reuse.take();
                     in_flight.take();
                 }

@@ -70,7 +70,10 @@ impl ProxyError {
 
     /// Whether the failure is the upstream's (it counts against the endpoint).
     pub fn is_upstream(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::UpstreamReset(_) | Self::Timeout)
+        matches!(
+            self,
+            Self::Connect(_) | Self::UpstreamReset(_) | Self::Timeout
+        )
     }
 
     /// The response the client gets.
@@ -86,8 +89,14 @@ impl ProxyError {
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
         headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        if matches!(self, Self::BadRequest(_) | Self::RequestBody(_) | Self::HeadersTooLarge(_)) {
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(
+            self,
+            Self::BadRequest(_) | Self::RequestBody(_) | Self::HeadersTooLarge(_)
+        ) {
             // The framing of the rest of the connection cannot be trusted.
             headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -104,7 +113,11 @@ mod tests {
         let cases = [
             (ProxyError::NoRoute, 404, "no-route"),
             (ProxyError::NoHealthyEndpoints, 503, "no-healthy-endpoints"),
-            (ProxyError::Connect(std::io::Error::other("refused")), 502, "connect-failure"),
+            (
+                ProxyError::Connect(std::io::Error::other("refused")),
+                502,
+                "connect-failure",
+            ),
             (ProxyError::Timeout, 504, "timeout"),
             (ProxyError::HeadersTooLarge("size"), 431, "header-too-large"),
             (ProxyError::BadRequest("host"), 400, "bad-request"),

@@ -161,7 +161,11 @@ mod tests {
 
     #[test]
     fn keeps_te_trailers_and_upgrade_when_upgrading() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("te", "trailers")]);
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+        ]);
         assert!(wants_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
@@ -171,7 +175,10 @@ mod tests {
 
     #[test]
     fn appends_forwarding_headers() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
         ClientHeaders::new("127.0.0.1".parse().unwrap()).append_to(&mut h);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http");

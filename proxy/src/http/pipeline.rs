@@ -53,14 +53,19 @@ struct Exchange {
 }
 
 /// Serves one request; never fails (refusals become responses).
-pub async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<Conn>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let active = conn.shared.config.load_full();
-    let access = active
-        .snapshot
-        .proxy
-        .access_log
-        .then(|| (req.method().clone(), req.uri().clone(), req.headers().get(HOST).cloned()));
+    let access = active.snapshot.proxy.access_log.then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().get(HOST).cloned(),
+        )
+    });
     let mut exchange = Exchange::default();
     let response = match forward(req, &conn, &active, &mut exchange).await {
         Ok(resp) => resp,
@@ -132,15 +137,22 @@ async fn forward(
     let rule = table.find(&view).ok_or(ProxyError::NoRoute)?.clone();
     let (position, si) = match rule.backends.single() {
         Some(si) => (0, si),
-        None => rule.backends.pick_with(fastrand::u32(0..rule.backends.total())),
+        None => rule
+            .backends
+            .pick_with(fastrand::u32(0..rule.backends.total())),
     };
     exchange.rule = Some(rule.clone());
     exchange.position = position;
-    let (Some(service), Some(runtime)) = (active.snapshot.services.get(si), active.services.get(si)) else {
+    let (Some(service), Some(runtime)) =
+        (active.snapshot.services.get(si), active.services.get(si))
+    else {
         return Err(ProxyError::Internal("service index out of range"));
     };
     exchange.service = Some(service.name.clone());
-    let hash = service.hash_on.as_ref().and_then(|key| affinity(req.headers(), key));
+    let hash = service
+        .hash_on
+        .as_ref()
+        .and_then(|key| affinity(req.headers(), key));
     let endpoint = runtime
         .balancer
         .pick(&runtime.endpoints, hash)
@@ -165,7 +177,11 @@ async fn forward(
     if !rule.request_headers.is_empty() {
         rule.request_headers.apply(&mut parts.headers);
     }
-    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match service.protocol {
         ServiceProtocol::Http2 | ServiceProtocol::Grpc => {
             parts.version = Version::HTTP_2;
@@ -192,14 +208,20 @@ async fn forward(
     let in_flight = endpoint.start_request();
     let send = upstream::send(&endpoint, service.connect_timeout, upstream_req);
     let (mut resp, pooled) = match rule.request_timeout {
-        Some(limit) => tokio::time::timeout(limit, send).await.map_err(|_| ProxyError::Timeout)??,
+        Some(limit) => tokio::time::timeout(limit, send)
+            .await
+            .map_err(|_| ProxyError::Timeout)??,
         None => send.await?,
     };
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         if let Some(client) = on_client_upgrade {
-            tunnel::spawn(client, hyper::upgrade::on(&mut resp), endpoint.label.clone());
+            tunnel::spawn(
+                client,
+                hyper::upgrade::on(&mut resp),
+                endpoint.label.clone(),
+            );
         }
     }
     let (mut parts, body) = resp.into_parts();
@@ -222,7 +244,10 @@ fn check_limits(headers: &HeaderMap, limits: &ProxySettings) -> Result<(), Proxy
     if headers.len() > limits.max_headers {
         return Err(ProxyError::HeadersTooLarge("too many headers"));
     }
-    let size: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
     if size > limits.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge("headers exceed maxHeaderBytes"));
     }
@@ -245,7 +270,8 @@ fn request_authority(req: &Request<Incoming>) -> Result<Authority, ProxyError> {
         return Ok(authority.clone());
     }
     match host {
-        Some(value) => Authority::try_from(value.as_bytes()).map_err(|_| ProxyError::BadRequest("malformed Host header")),
+        Some(value) => Authority::try_from(value.as_bytes())
+            .map_err(|_| ProxyError::BadRequest("malformed Host header")),
         None if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_2 => {
             Err(ProxyError::BadRequest("missing Host header"))
         }
@@ -268,4 +294,3 @@ fn affinity(headers: &HeaderMap, key: &HashKey) -> Option<u64> {
             .map(|(_, v)| affinity_hash(v.as_bytes())),
     }
 }
-

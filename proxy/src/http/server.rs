@@ -18,7 +18,13 @@ use crate::shared::{draining, ConnToken, Shared};
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `stream` until the client closes or draining finishes it.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<str>, shared: Arc<Shared>, _token: ConnToken) {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    _token: ConnToken,
+) {
     let _ = stream.set_nodelay(true);
     let limits = shared.config.load().snapshot.proxy.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -18,8 +18,12 @@ pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, endpoint: Arc<str>) {
         };
         let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => tracing::debug!(endpoint = %endpoint, up, down, "upgraded connection closed"),
-            Err(e) => tracing::debug!(endpoint = %endpoint, error = %e, "upgraded connection broke"),
+            Ok((up, down)) => {
+                tracing::debug!(endpoint = %endpoint, up, down, "upgraded connection closed")
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %endpoint, error = %e, "upgraded connection broke")
+            }
         }
     });
 }

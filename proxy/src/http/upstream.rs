@@ -45,14 +45,19 @@ pub async fn send(
                 // A pooled connection closed by the upstream before the request went out: the
                 // request is intact, so send it on a fresh connection.
                 Err(mut e) if reused && e.message().is_some() => {
-                    let req = e.take_message().ok_or(ProxyError::UpstreamReset(e.into_error()))?;
+                    let req = e
+                        .take_message()
+                        .ok_or(ProxyError::UpstreamReset(e.into_error()))?;
                     sender = connect_http1(endpoint, connect_timeout).await?;
                     sender.send_request(req).await
                 }
                 other => other.map_err(|e| e.into_error()),
             };
             let resp = result.map_err(classify)?;
-            let pooled = PooledHttp1 { sender, endpoint: endpoint.clone() };
+            let pooled = PooledHttp1 {
+                sender,
+                endpoint: endpoint.clone(),
+            };
             Ok((resp, Some(pooled)))
         }
         Pool::Http2(shared) => {

@@ -60,7 +60,11 @@ impl Balancer {
     /// `keys` (their addresses: used to place them on the hash ring).
     pub fn new(policy: Policy, weights: &[u32], keys: &[&str]) -> Self {
         let weights: Vec<u32> = weights.iter().map(|&w| w.max(1)).collect();
-        let cycle = if policy == Policy::RoundRobin { smooth_cycle(&weights) } else { Vec::new() };
+        let cycle = if policy == Policy::RoundRobin {
+            smooth_cycle(&weights)
+        } else {
+            Vec::new()
+        };
         let cumulative = weights
             .iter()
             .scan(0u64, |acc, &w| {
@@ -68,8 +72,19 @@ impl Balancer {
                 Some(*acc)
             })
             .collect();
-        let ring = if policy == Policy::RingHash { build_ring(&weights, keys) } else { Vec::new() };
-        Self { policy, weights, cycle, cursor: AtomicUsize::new(0), cumulative, ring }
+        let ring = if policy == Policy::RingHash {
+            build_ring(&weights, keys)
+        } else {
+            Vec::new()
+        };
+        Self {
+            policy,
+            weights,
+            cycle,
+            cursor: AtomicUsize::new(0),
+            cumulative,
+            ring,
+        }
     }
 
     /// Index of the chosen endpoint, or None when none is available. `hash` is the request's
@@ -103,14 +118,19 @@ impl Balancer {
     fn least_request<C: Candidate>(&self, endpoints: &[C]) -> Option<usize> {
         let n = endpoints.len();
         let a = fastrand::usize(0..n);
-        let b = if n > 1 { (a + 1 + fastrand::usize(0..n - 1)) % n } else { a };
+        let b = if n > 1 {
+            (a + 1 + fastrand::usize(0..n - 1)) % n
+        } else {
+            a
+        };
         let available = |i: usize| endpoints.get(i).is_some_and(C::is_available);
         match (available(a), available(b)) {
             (true, true) => {
                 // Compare in_flight/weight without dividing: in_a * w_b vs in_b * w_a.
                 let load = |i: usize, other: usize| {
                     let in_flight = endpoints.get(i).map_or(u64::MAX, C::in_flight);
-                    u128::from(in_flight) * u128::from(self.weights.get(other).copied().unwrap_or(1))
+                    u128::from(in_flight)
+                        * u128::from(self.weights.get(other).copied().unwrap_or(1))
                 };
                 Some(if load(b, a) < load(a, b) { b } else { a })
             }
@@ -138,14 +158,20 @@ impl Balancer {
         let len = self.ring.len();
         let start = self.ring.partition_point(|&(point, _)| point < hash);
         (0..len)
-            .filter_map(|step| self.ring.get((start + step) % len).map(|&(_, i)| i as usize))
+            .filter_map(|step| {
+                self.ring
+                    .get((start + step) % len)
+                    .map(|&(_, i)| i as usize)
+            })
             .find(|&i| endpoints.get(i).is_some_and(C::is_available))
     }
 
     /// First available endpoint at or after `start`, wrapping.
     fn scan_from<C: Candidate>(&self, endpoints: &[C], start: usize) -> Option<usize> {
         let n = endpoints.len();
-        (0..n).map(|step| (start + step) % n).find(|&i| endpoints.get(i).is_some_and(C::is_available))
+        (0..n)
+            .map(|step| (start + step) % n)
+            .find(|&i| endpoints.get(i).is_some_and(C::is_available))
     }
 }
 
@@ -155,7 +181,10 @@ fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
     if weights.is_empty() {
         return Vec::new();
     }
-    let g = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w))).max(1);
+    let g = weights
+        .iter()
+        .fold(0u64, |g, &w| gcd(g, u64::from(w)))
+        .max(1);
     let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x) / g).collect();
     let sum: u64 = w.iter().sum();
     if sum > MAX_CYCLE {
@@ -188,11 +217,19 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 fn build_ring(weights: &[u32], keys: &[&str]) -> Vec<(u64, u32)> {
     let min = weights.iter().copied().min().unwrap_or(1).max(1);
-    let total: u64 = weights.iter().map(|&w| u64::from(w) * POINTS_PER_WEIGHT / u64::from(min)).sum();
-    let scale = if total > MAX_RING { MAX_RING as f64 / total as f64 } else { 1.0 };
+    let total: u64 = weights
+        .iter()
+        .map(|&w| u64::from(w) * POINTS_PER_WEIGHT / u64::from(min))
+        .sum();
+    let scale = if total > MAX_RING {
+        MAX_RING as f64 / total as f64
+    } else {
+        1.0
+    };
     let mut ring = Vec::new();
     for (i, (&w, key)) in weights.iter().zip(keys).enumerate() {
-        let points = ((u64::from(w) * POINTS_PER_WEIGHT / u64::from(min)) as f64 * scale).max(1.0) as u64;
+        let points =
+            ((u64::from(w) * POINTS_PER_WEIGHT / u64::from(min)) as f64 * scale).max(1.0) as u64;
         for n in 0..points {
             ring.push((affinity_hash(format!("{key}-{n}").as_bytes()), i as u32));
         }
@@ -272,7 +309,12 @@ mod tests {
         e[1].up = false;
         let c = counts(&b, &e, 300);
         assert_eq!(c[1], 0);
-        for p in [Policy::RoundRobin, Policy::LeastRequest, Policy::Random, Policy::RingHash] {
+        for p in [
+            Policy::RoundRobin,
+            Policy::LeastRequest,
+            Policy::Random,
+            Policy::RingHash,
+        ] {
             let b = balancer(p, &[1, 1]);
             let down = vec![Ep { load: 0, up: false }, Ep { load: 0, up: false }];
             assert_eq!(b.pick(&down, Some(7)), None, "{p:?}");
@@ -283,7 +325,13 @@ mod tests {
     #[test]
     fn least_request_prefers_the_less_loaded() {
         let b = balancer(Policy::LeastRequest, &[1, 1]);
-        let e = vec![Ep { load: 0, up: true }, Ep { load: 100, up: true }];
+        let e = vec![
+            Ep { load: 0, up: true },
+            Ep {
+                load: 100,
+                up: true,
+            },
+        ];
         assert_eq!(counts(&b, &e, 1000), vec![1000, 0]);
         // Per unit of weight: 10 in flight on weight 10 beats 2 on weight 1.
         let b = balancer(Policy::LeastRequest, &[1, 10]);
@@ -300,7 +348,8 @@ mod tests {
     }
 
     fn ring_owner(b: &Balancer, e: &[Ep], key: usize) -> usize {
-        b.pick(e, Some(affinity_hash(format!("user-{key}").as_bytes()))).unwrap()
+        b.pick(e, Some(affinity_hash(format!("user-{key}").as_bytes())))
+            .unwrap()
     }
 
     #[test]
@@ -308,7 +357,12 @@ mod tests {
         let four = balancer(Policy::RingHash, &[1, 1, 1, 1]);
         let e4 = eps(4);
         let before: Vec<usize> = (0..10_000).map(|k| ring_owner(&four, &e4, k)).collect();
-        assert_eq!(before, (0..10_000).map(|k| ring_owner(&four, &e4, k)).collect::<Vec<_>>());
+        assert_eq!(
+            before,
+            (0..10_000)
+                .map(|k| ring_owner(&four, &e4, k))
+                .collect::<Vec<_>>()
+        );
         for i in 0..4 {
             let share = before.iter().filter(|&&o| o == i).count() as f64 / 10_000.0;
             assert!((0.15..=0.35).contains(&share), "endpoint {i}: {share}");
@@ -330,7 +384,10 @@ mod tests {
         e4_down[2].up = false;
         for (k, &old) in before.iter().enumerate() {
             let new = ring_owner(&four, &e4_down, k);
-            assert!(old == 2 || new == old, "only the unavailable endpoint's keys move");
+            assert!(
+                old == 2 || new == old,
+                "only the unavailable endpoint's keys move"
+            );
         }
         assert!(four.pick(&e4, None).is_some());
     }
@@ -344,7 +401,10 @@ mod tests {
                 std::thread::spawn(move || counts(&b, &eps(2), 1000))
             })
             .collect();
-        let total: usize = handles.into_iter().map(|h| h.join().unwrap().iter().sum::<usize>()).sum();
+        let total: usize = handles
+            .into_iter()
+            .map(|h| h.join().unwrap().iter().sum::<usize>())
+            .sum();
         assert_eq!(total, 4000);
     }
 }

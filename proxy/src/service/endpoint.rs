@@ -22,8 +22,8 @@ pub type Http2Sender = http2::SendRequest<UpstreamBody>;
 /// How the proxy keeps connections to one endpoint.
 #[derive(Debug)]
 pub enum Pool {
-    /// Idle HTTP/1 keep-alive connections (lock-free queue).
-    Http1(ArrayQueue<Http1Sender>),
+    /// Idle HTTP/1 keep-alive connections (lock-free queue; boxed: it is cache-padded).
+    Http1(Box<ArrayQueue<Http1Sender>>),
     /// One multiplexed HTTP/2 connection, replaced when it closes.
     Http2(ArcSwapOption<Http2Sender>),
     /// TCP: a connection per client connection, nothing pooled.

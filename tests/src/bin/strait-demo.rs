@@ -16,7 +16,11 @@ async fn main() -> anyhow::Result<()> {
     strait_proxy::logging::init(strait_proxy::logging::LogFormat::Text);
     // The contract example points at these endpoints; start an upstream on each.
     let mut upstreams = Vec::new();
-    for (name, port) in [("reviews-v1-a", 9001), ("reviews-v1-b", 9002), ("reviews-v2", 9003)] {
+    for (name, port) in [
+        ("reviews-v1-a", 9001),
+        ("reviews-v1-b", 9002),
+        ("reviews-v2", 9003),
+    ] {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let up = Upstream::http1_at(name, addr)
             .await
@@ -44,7 +48,10 @@ async fn main() -> anyhow::Result<()> {
          Ctrl-C stops everything.\n",
         cfg = config.display()
     );
-    let options = strait_proxy::app::Options { config, watch_interval: Duration::from_secs(1) };
+    let options = strait_proxy::app::Options {
+        config,
+        watch_interval: Duration::from_secs(1),
+    };
     let result = strait_proxy::app::run(options).await;
     drop((upstreams, tcp));
     let _ = std::fs::remove_dir_all(&dir);

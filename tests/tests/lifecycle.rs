@@ -1,0 +1,81 @@
+//! SIGTERM: stop accepting, drain in-flight requests, exit 0.
+
+use std::time::{Duration, Instant};
+
+use strait_tests::client::{get, http1};
+use strait_tests::config::{http_route, proxy, service};
+use strait_tests::metrics::admin_get;
+use strait_tests::{eventually, Proxy, Upstream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let slow = Upstream::start("slow").await;
+    let yaml = proxy("")
+        + &service("slow", "http1", &[(slow.address(), 1)], "")
+        + &http_route("r", "  rules:\n    - {backendRefs: [{name: slow}]}");
+    let mut proxy = Proxy::start(&yaml);
+    let web = proxy.listener("web");
+    let url = format!("http://{web}/delay/1500");
+    let in_flight = tokio::spawn(async move { get(&http1(), &url, "h", &[]).await });
+    eventually(
+        "request reached the upstream",
+        Duration::from_secs(5),
+        || async { (slow.hits() == 1).then_some(()) },
+    )
+    .await;
+
+    let signalled = Instant::now();
+    proxy.signal("TERM");
+    // Draining: not ready any more, and new connections are refused once acceptors stop.
+    eventually("listener closed", Duration::from_secs(2), || async {
+        tokio::net::TcpStream::connect(web)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
+    assert_eq!(
+        answer.status, 200,
+        "the in-flight request finished normally"
+    );
+    assert_eq!(&answer.body[..], b"delayed\n");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = proxy.wait_exit(Duration::from_secs(6));
+        (status, proxy)
+    })
+    .await
+    .unwrap();
+    let (status, proxy) = status;
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "proxy did not exit within the drain deadline:\n{}",
+            proxy.logs().join("\n")
+        )
+    });
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(6),
+        "exited within drainTimeout (5s) + slack"
+    );
+    assert_eq!(
+        proxy.count_messages("drained; exiting"),
+        1,
+        "{}",
+        proxy.logs().join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_and_live() {
+    let up = Upstream::start("up").await;
+    let yaml = proxy("")
+        + &service("up", "http1", &[(up.address(), 1)], "")
+        + &http_route("r", "  rules:\n    - {backendRefs: [{name: up}]}");
+    let proxy = Proxy::start(&yaml);
+    assert_eq!(admin_get(proxy.admin(), "/live").await.0, 200);
+    assert_eq!(admin_get(proxy.admin(), "/ready").await.0, 200);
+}
