@@ -14,22 +14,19 @@ use serde_json::json;
 use strait_config::redact::redacted;
 use tokio::net::TcpListener;
 
-use crate::shared::{draining, Shared};
+use crate::shared::Shared;
 
-/// Accepts admin connections until draining starts.
+/// Accepts admin connections for the life of the process: while draining, `/ready` answers
+/// 503 and `/metrics` stays scrapeable.
 pub async fn serve(socket: TcpListener, shared: Arc<Shared>) {
-    let mut drain = shared.drain.watch();
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = socket.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = draining(&mut drain) => break,
+        let stream = match socket.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let shared = shared.clone();
         tokio::spawn(async move {

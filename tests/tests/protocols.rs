@@ -140,3 +140,51 @@ async fn forwarding_and_hop_by_hop_headers() {
     assert_eq!(h["forwarded"][0], "for=127.0.0.1;proto=http");
     assert_eq!(h["x-forwarded-proto"][0], "http");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways() {
+    let (proxy, _h1, _h2) = setup().await;
+    let body: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    for (name, client) in [("http1", http1()), ("h2c", h2c())] {
+        let req = http::Request::post(format!("{}/echo", proxy.url("web")))
+            .header("host", "svc.local")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let a = send(&client, req).await.unwrap();
+        assert_eq!(a.status, 200, "{name}");
+        assert_eq!(a.body.len(), body.len(), "{name}");
+        assert!(a.body[..] == body[..], "{name}: echoed body differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_access_log_line_per_request() {
+    let (proxy, _h1, _h2) = setup().await;
+    get(
+        &http1(),
+        &format!("{}/logged?x=1", proxy.url("web")),
+        "svc.local",
+        &[],
+    )
+    .await
+    .unwrap();
+    let line = strait_tests::eventually(
+        "access log line",
+        std::time::Duration::from_secs(5),
+        || async {
+            proxy
+                .json_logs()
+                .into_iter()
+                .find(|l| l["fields"]["message"] == "access" && l["fields"]["path"] == "/logged")
+        },
+    )
+    .await;
+    let f = &line["fields"];
+    assert_eq!(f["method"], "GET");
+    assert_eq!(f["authority"], "svc.local");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["route"], "r");
+    assert_eq!(f["service"], "h1");
+    assert!(f["endpoint"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(f["duration_ms"].as_f64().unwrap() >= 0.0);
+}
