@@ -93,13 +93,6 @@ impl ProxyError {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(
-            self,
-            Self::BadRequest(_) | Self::RequestBody(_) | Self::HeadersTooLarge(_)
-        ) {
-            // The framing of the rest of the connection cannot be trusted.
-            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        }
         resp
     }
 }
