@@ -76,6 +76,15 @@ impl ProxyError {
         )
     }
 
+    /// Whether an HTTP/1 connection should close after this answer: the client's framing or
+    /// headers cannot be trusted any more.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::BadRequest(_) | Self::RequestBody(_) | Self::HeadersTooLarge(_)
+        )
+    }
+
     /// The response the client gets.
     pub fn into_response(self) -> Response<ResponseBody> {
         let status = self.status();

@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, COOKIE, HOST, TRANSFER_ENCODING};
+use http::header::{
+    HeaderMap, HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, TRANSFER_ENCODING,
+};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -67,6 +69,7 @@ pub async fn handle(
         )
     });
     let mut exchange = Exchange::default();
+    let http1 = req.version() < Version::HTTP_2;
     let response = match forward(req, &conn, &active, &mut exchange).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -75,7 +78,14 @@ pub async fn handle(
             } else {
                 tracing::debug!(listener = %conn.listener, error = %e, "refused");
             }
-            e.into_response()
+            let close = http1 && e.closes_connection();
+            let mut resp = e.into_response();
+            if close {
+                // Connection-specific, so only on HTTP/1 (illegal in HTTP/2).
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     };
     let elapsed = started.elapsed();
