@@ -105,6 +105,8 @@ pub struct TcpRoute {
 pub struct HttpRule {
     /// Name of the HTTPRoute it comes from (the `route` metric label).
     pub route: Arc<str>,
+    /// Namespace of that HTTPRoute.
+    pub namespace: Arc<str>,
     /// Index of the rule in the route.
     pub index: usize,
     /// Position of the rule among all rules of the snapshot (dense, from 0), for per-rule state.

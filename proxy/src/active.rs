@@ -9,6 +9,7 @@ use strait_config::spec::{LbPolicy, ServiceProtocol};
 use strait_config::Snapshot;
 
 use crate::metrics::{unrouted, RequestMetrics};
+use crate::ratelimit::RateLimiter;
 use crate::service::balance::{Balancer, Policy};
 use crate::service::endpoint::{Endpoint, Pool};
 
@@ -25,6 +26,17 @@ pub struct Active {
     pub services: Vec<ServiceRuntime>,
     /// Per listener (same index as `snapshot.listeners`): metric handles.
     pub listeners: Vec<ListenerRuntime>,
+    /// Per HTTP rule (index [`HttpRule::id`]): policy state.
+    pub rules: Vec<RuleRuntime>,
+}
+
+/// Long-lived policy state of one rule.
+#[derive(Debug, Default)]
+pub struct RuleRuntime {
+    /// The rule's limiter, if it has a rate limit.
+    pub rate_limit: Option<Arc<RateLimiter>>,
+    /// `strait_ratelimit_rejected_total{route}`.
+    pub rate_limited: Option<metrics::Counter>,
 }
 
 /// A service's endpoints (long-lived) and the picker built for this version.
@@ -55,6 +67,11 @@ impl Active {
             .find(|(_, l)| &*l.name == name)
     }
 
+    /// Policy state of `rule`.
+    pub fn rule(&self, rule: &HttpRule) -> Option<&RuleRuntime> {
+        self.rules.get(rule.id)
+    }
+
     /// Metric handles for a request on listener `li` served by `rule` via backend `position`.
     pub fn request_metrics(
         &self,
@@ -75,10 +92,16 @@ struct EndpointKey {
     protocol: ServiceProtocol,
 }
 
-/// Long-lived endpoint state, reconciled on every reload; owned by the reloader alone.
+/// Identity of a rule's policy state across reloads: route and rule position.
+type RuleKey = (Arc<str>, Arc<str>, usize);
+
+/// Long-lived state — endpoints with their pools, rate-limit buckets — reconciled on every
+/// reload: kept for what still exists (and, for policies, is unchanged), dropped otherwise.
+/// Owned by the reloader alone.
 #[derive(Debug, Default)]
 pub struct EndpointRegistry {
     endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
+    limiters: HashMap<RuleKey, Arc<RateLimiter>>,
 }
 
 impl EndpointRegistry {
@@ -117,6 +140,7 @@ impl EndpointRegistry {
             })
             .collect();
         self.endpoints = next;
+        let rules = self.rule_runtimes(&snapshot);
         let listeners = snapshot
             .listeners
             .iter()
@@ -128,7 +152,41 @@ impl EndpointRegistry {
             snapshot,
             services,
             listeners,
+            rules,
         }
+    }
+
+    fn rule_runtimes(&mut self, snapshot: &Snapshot) -> Vec<RuleRuntime> {
+        let mut rules: Vec<RuleRuntime> = (0..snapshot.rule_count)
+            .map(|_| RuleRuntime::default())
+            .collect();
+        let mut next = HashMap::new();
+        for listener in &snapshot.listeners {
+            let Serves::Http(table) = &listener.serves else {
+                continue;
+            };
+            for rule in table.rules() {
+                let (Some(spec), Some(slot)) = (&rule.policies.rate_limit, rules.get_mut(rule.id))
+                else {
+                    continue;
+                };
+                if slot.rate_limit.is_some() {
+                    continue;
+                }
+                let key = (rule.namespace.clone(), rule.route.clone(), rule.index);
+                let limiter = match self.limiters.get(&key) {
+                    Some(existing) if existing.spec == *spec => existing.clone(),
+                    _ => Arc::new(RateLimiter::new(spec)),
+                };
+                next.insert(key, limiter.clone());
+                slot.rate_limit = Some(limiter);
+                slot.rate_limited = Some(
+                    metrics::counter!(crate::metrics::RATELIMIT_REJECTED, "route" => rule.route.clone()),
+                );
+            }
+        }
+        self.limiters = next;
+        rules
     }
 }
 

@@ -25,6 +25,7 @@ pub mod http;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod ratelimit;
 pub mod reload;
 pub mod service;
 pub mod shared;

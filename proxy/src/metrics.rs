@@ -24,6 +24,8 @@ pub const TCP_BYTES: &str = "strait_tcp_bytes_total";
 pub const CONNECTIONS_REJECTED: &str = "strait_connections_rejected_total";
 /// `strait_connections_active{listener}`.
 pub const CONNECTIONS_ACTIVE: &str = "strait_connections_active";
+/// `strait_ratelimit_rejected_total{route}`.
+pub const RATELIMIT_REJECTED: &str = "strait_ratelimit_rejected_total";
 /// `strait_endpoint_healthy{service,endpoint}`.
 pub const ENDPOINT_HEALTHY: &str = "strait_endpoint_healthy";
 

@@ -297,6 +297,7 @@ fn compile_rule(
 
     HttpRule {
         route: route.clone(),
+        namespace: namespace.into(),
         index: rule_index,
         id: 0,
         backends: backends

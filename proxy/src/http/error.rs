@@ -35,6 +35,12 @@ pub enum ProxyError {
     /// The route's request timeout expired.
     #[error("request timed out")]
     Timeout,
+    /// Policy: the route's rate-limit bucket for this key is empty.
+    #[error("rate limited")]
+    RateLimited(std::time::Duration),
+    /// Policy: fault injection answered instead of the upstream.
+    #[error("fault injected: {0}")]
+    Fault(StatusCode),
     /// A state config validation should have made impossible.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -50,6 +56,8 @@ impl ProxyError {
             Self::NoHealthyEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Fault(status) => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,6 +72,8 @@ impl ProxyError {
             Self::Connect(_) => "connect-failure",
             Self::UpstreamReset(_) => "upstream-reset",
             Self::Timeout => "timeout",
+            Self::RateLimited(_) => "rate-limited",
+            Self::Fault(_) => "fault-injected",
             Self::Internal(_) => "internal",
         }
     }
@@ -102,6 +112,11 @@ impl ProxyError {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let Self::RateLimited(wait) = self {
+            // Whole seconds, rounded up: a client that waits this long will be accepted.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         resp
     }
 }
@@ -123,11 +138,19 @@ mod tests {
             (ProxyError::Timeout, 504, "timeout"),
             (ProxyError::HeadersTooLarge("size"), 431, "header-too-large"),
             (ProxyError::BadRequest("host"), 400, "bad-request"),
+            (
+                ProxyError::RateLimited(std::time::Duration::from_millis(1500)),
+                429,
+                "rate-limited",
+            ),
         ];
         for (err, status, reason) in cases {
             let resp = err.into_response();
             assert_eq!(resp.status().as_u16(), status);
             assert_eq!(resp.headers()[REASON_HEADER], reason);
+            if status == 429 {
+                assert_eq!(resp.headers()["retry-after"], "2");
+            }
         }
     }
 }

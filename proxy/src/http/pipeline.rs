@@ -145,13 +145,14 @@ async fn forward(
         headers: req.headers(),
     };
     let rule = table.find(&view).ok_or(ProxyError::NoRoute)?.clone();
+    exchange.rule = Some(rule.clone());
+    apply_policies(&rule, active, conn, req.headers()).await?;
     let (position, si) = match rule.backends.single() {
         Some(si) => (0, si),
         None => rule
             .backends
             .pick_with(fastrand::u32(0..rule.backends.total())),
     };
-    exchange.rule = Some(rule.clone());
     exchange.position = position;
     let (Some(service), Some(runtime)) =
         (active.snapshot.services.get(si), active.services.get(si))
@@ -246,6 +247,45 @@ async fn forward(
         reuse: if switching { None } else { pooled },
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// Rate limit and fault injection: the policies that may answer before any upstream is chosen.
+async fn apply_policies(
+    rule: &HttpRule,
+    active: &Active,
+    conn: &Conn,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
+    if let Some(policy) = active.rule(rule) {
+        if let Some(limiter) = &policy.rate_limit {
+            if let Err(limited) = limiter.check(conn.peer.ip(), headers) {
+                if let Some(counter) = &policy.rate_limited {
+                    counter.increment(1);
+                }
+                return Err(ProxyError::RateLimited(limited.retry_after));
+            }
+        }
+    }
+    if let Some(fault) = &rule.policies.fault {
+        if let Some(delay) = &fault.delay {
+            if chance(delay.percent) {
+                tokio::time::sleep(delay.fixed.get()).await;
+            }
+        }
+        if let Some(abort) = &fault.abort {
+            if chance(abort.percent) {
+                let status =
+                    StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return Err(ProxyError::Fault(status));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True with probability `percent`/100.
+fn chance(percent: f64) -> bool {
+    percent > 0.0 && fastrand::f64() * 100.0 < percent
 }
 
 /// Enforces the configured header count and size limits (hyper's own limits sit above these so
