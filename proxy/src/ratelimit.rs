@@ -14,8 +14,11 @@ use http::HeaderMap;
 use http::HeaderName;
 use strait_config::spec::RateLimitSpec;
 
-/// Keys tracked per limiter before idle ones are swept.
-const SWEEP_AT: usize = 10_000;
+/// New keys between two sweeps of idle buckets.
+const SWEEP_EVERY: usize = 10_000;
+/// Most keys tracked per limiter; beyond it new keys share one overflow bucket, so a flood of
+/// distinct keys cannot grow memory without bound.
+const MAX_KEYS: usize = 100_000;
 
 /// What a request is counted under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +43,7 @@ pub struct RateLimiter {
     tolerance: u64,
     epoch: Instant,
     route: AtomicU64,
+    overflow: AtomicU64,
     keyed: DashMap<Box<[u8]>, AtomicU64>,
     inserts: AtomicUsize,
 }
@@ -69,6 +73,7 @@ impl RateLimiter {
             tolerance: interval.saturating_mul(u64::from(spec.burst.max(1)) - 1),
             epoch: Instant::now(),
             route: AtomicU64::new(0),
+            overflow: AtomicU64::new(0),
             keyed: DashMap::new(),
             inserts: AtomicUsize::new(0),
         }
@@ -95,6 +100,9 @@ impl RateLimiter {
             return self.take(&tat, now);
         }
         self.maybe_sweep(now);
+        if self.keyed.len() >= MAX_KEYS {
+            return self.take(&self.overflow, now);
+        }
         let tat = self
             .keyed
             .entry(key.into())
@@ -124,11 +132,9 @@ impl RateLimiter {
         }
     }
 
-    /// Drops buckets that are full again (idle keys) once many keys have been added.
+    /// Every [`SWEEP_EVERY`] new keys, drops the buckets that are full again (idle keys).
     fn maybe_sweep(&self, now: u64) {
-        if self.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_AT == SWEEP_AT - 1
-            || self.keyed.len() >= SWEEP_AT
-        {
+        if self.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             self.keyed
                 .retain(|_, tat| tat.load(Ordering::Relaxed) > now);
         }
@@ -183,11 +189,16 @@ mod tests {
         assert!(l.check(ip, &with("a")).is_ok());
         assert!(l.check(ip, &with("a")).is_err());
         assert!(l.check(ip, &with("b")).is_ok());
-        for i in 0..(2 * SWEEP_AT) {
-            l.take_keyed(format!("k{i}").as_bytes(), u64::MAX / 4).ok();
+        // Keys used an hour ago are idle (their buckets refilled): the next sweep drops them.
+        let hour = 3_600_000_000_000;
+        for i in 0..SWEEP_EVERY {
+            l.take_keyed(format!("old{i}").as_bytes(), hour).ok();
+        }
+        for i in 0..SWEEP_EVERY {
+            l.take_keyed(format!("new{i}").as_bytes(), 3 * hour).ok();
         }
         assert!(
-            l.tracked_keys() <= SWEEP_AT + 1,
+            l.tracked_keys() <= SWEEP_EVERY + 3,
             "tracked {}",
             l.tracked_keys()
         );
