@@ -12,7 +12,7 @@ use http::header::{HeaderName, HeaderValue};
 use crate::matching::RouteTable;
 use crate::spec::{
     CircuitBreakerSpec, FaultSpec, HealthCheckSpec, LbPolicy, ListenerProtocol, MirrorSpec,
-    OutlierDetectionSpec, RateLimitSpec, Resource, RetrySpec, ServiceProtocol,
+    OutlierDetectionSpec, RateLimitSpec, Resource, ServiceProtocol,
 };
 
 /// Index of a service in [`Snapshot::services`].
@@ -129,13 +129,54 @@ pub struct HttpRule {
 #[derive(Debug, Clone, Default)]
 pub struct RulePolicies {
     /// Retry policy.
-    pub retries: Option<RetrySpec>,
+    pub retries: Option<RetryPolicy>,
     /// Rate limit.
     pub rate_limit: Option<RateLimitSpec>,
     /// Fault injection.
     pub fault: Option<FaultSpec>,
     /// Mirroring, with the resolved service.
     pub mirror: Option<(MirrorSpec, ServiceIndex)>,
+}
+
+/// A compiled retry policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Extra tries after the first.
+    pub attempts: u32,
+    /// Which outcomes are retried.
+    pub on: RetryOn,
+    /// First backoff.
+    pub backoff_base: Duration,
+    /// Largest backoff.
+    pub backoff_max: Duration,
+    /// Retry budget: `(percent of recent requests, retries always allowed per second)`.
+    pub budget: Option<(f64, u32)>,
+    /// Request bodies up to this size are kept so they can be sent again.
+    pub max_body_bytes: u64,
+}
+
+/// Retry conditions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// Any 5xx answer, connect failure, reset or per-try timeout.
+    pub any_5xx: bool,
+    /// 502, 503, 504 (including connect failures, resets and per-try timeouts).
+    pub gateway_error: bool,
+    /// The endpoint could not be reached.
+    pub connect_failure: bool,
+    /// The upstream reset or closed the connection before answering.
+    pub reset: bool,
+    /// These exact status codes.
+    pub statuses: Vec<u16>,
+}
+
+impl RetryOn {
+    /// Whether an answer with `status` is retried.
+    pub fn status(&self, status: u16) -> bool {
+        (self.any_5xx && status >= 500)
+            || (self.gateway_error && matches!(status, 502..=504))
+            || self.statuses.contains(&status)
+    }
 }
 
 /// Services with weights, picked per request or connection.

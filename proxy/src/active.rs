@@ -12,6 +12,7 @@ use crate::metrics::{unrouted, RequestMetrics};
 use crate::ratelimit::RateLimiter;
 use crate::service::balance::{Balancer, Policy};
 use crate::service::endpoint::{Endpoint, Pool};
+use crate::service::state::ServiceState;
 
 /// One applied configuration version.
 #[derive(Debug)]
@@ -46,6 +47,22 @@ pub struct ServiceRuntime {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Picks among `endpoints`.
     pub balancer: Balancer,
+    /// State that outlives config versions (retry budget, counters).
+    pub state: Arc<ServiceState>,
+}
+
+impl ServiceRuntime {
+    /// Picks an endpoint, avoiding `avoid` (the one a retry follows) when another is available.
+    pub fn pick(&self, hash: Option<u64>, avoid: Option<usize>) -> Option<usize> {
+        let first = self.balancer.pick(&self.endpoints, hash)?;
+        match avoid {
+            Some(previous) if previous == first => self
+                .balancer
+                .pick_other(&self.endpoints, previous)
+                .or(Some(first)),
+            _ => Some(first),
+        }
+    }
 }
 
 /// Metric handles of one listener.
@@ -101,6 +118,7 @@ type RuleKey = (Arc<str>, Arc<str>, usize);
 #[derive(Debug, Default)]
 pub struct EndpointRegistry {
     endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
+    services: HashMap<(Arc<str>, Arc<str>), Arc<ServiceState>>,
     limiters: HashMap<RuleKey, Arc<RateLimiter>>,
 }
 
@@ -109,6 +127,7 @@ impl EndpointRegistry {
     /// those that are gone (their pools close once in-flight requests let go).
     pub fn build(&mut self, version: u64, source: Arc<str>, snapshot: Snapshot) -> Active {
         let mut next = HashMap::with_capacity(self.endpoints.len());
+        let mut next_states = HashMap::with_capacity(snapshot.services.len());
         let services = snapshot
             .services
             .iter()
@@ -133,13 +152,18 @@ impl EndpointRegistry {
                     .collect();
                 let weights: Vec<u32> = svc.endpoints.iter().map(|e| e.weight).collect();
                 let keys: Vec<&str> = endpoints.iter().map(|e| &*e.label).collect();
+                let id = (svc.namespace.clone(), svc.name.clone());
+                let state = self.services.get(&id).cloned().unwrap_or_else(|| Arc::new(ServiceState::new(&svc.name)));
+                next_states.insert(id, state.clone());
                 ServiceRuntime {
                     balancer: Balancer::new(policy(svc.lb_policy), &weights, &keys),
                     endpoints,
+                    state,
                 }
             })
             .collect();
         self.endpoints = next;
+        self.services = next_states;
         let rules = self.rule_runtimes(&snapshot);
         let listeners = snapshot
             .listeners

@@ -24,6 +24,8 @@ pub const TCP_BYTES: &str = "strait_tcp_bytes_total";
 pub const CONNECTIONS_REJECTED: &str = "strait_connections_rejected_total";
 /// `strait_connections_active{listener}`.
 pub const CONNECTIONS_ACTIVE: &str = "strait_connections_active";
+/// `strait_upstream_retries_total{service}`.
+pub const UPSTREAM_RETRIES: &str = "strait_upstream_retries_total";
 /// `strait_ratelimit_rejected_total{route}`.
 pub const RATELIMIT_REJECTED: &str = "strait_ratelimit_rejected_total";
 /// `strait_endpoint_healthy{service,endpoint}`.
@@ -71,6 +73,14 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_gauge!(
         CONNECTIONS_ACTIVE,
         "Open downstream connections, by listener."
+    );
+    describe_counter!(
+        UPSTREAM_RETRIES,
+        "Retries sent to a service (attempts after the first)."
+    );
+    describe_counter!(
+        RATELIMIT_REJECTED,
+        "Requests answered 429 by a route's rate limit."
     );
     describe_gauge!(
         ENDPOINT_HEALTHY,

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +35,15 @@ pub struct Upstream {
     /// Where it listens.
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    mode: Arc<Mode>,
     task: JoinHandle<()>,
+}
+
+/// Behaviour switched on command: a forced status for every request, a delay before answering.
+#[derive(Debug, Default)]
+struct Mode {
+    status: AtomicU16,
+    delay_ms: AtomicU64,
 }
 
 impl Upstream {
@@ -51,12 +59,13 @@ impl Upstream {
         let socket = TcpListener::bind(addr).await?;
         let addr = socket.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
-        let (n, h) = (Arc::<str>::from(name), hits.clone());
+        let mode = Arc::new(Mode::default());
+        let (n, h, m) = (Arc::<str>::from(name), hits.clone(), mode.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = socket.accept().await {
-                let (n, h) = (n.clone(), h.clone());
+                let (n, h, m) = (n.clone(), h.clone(), m.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(req, n.clone(), h.clone()));
+                    let svc = service_fn(move |req| answer(req, n.clone(), h.clone(), m.clone()));
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
@@ -67,8 +76,23 @@ impl Upstream {
             name: name.to_owned(),
             addr,
             hits,
+            mode,
             task,
         })
+    }
+
+    /// From now on, answer every request with `status` (None: behave normally).
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.mode
+            .status
+            .store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// From now on, wait this long before answering.
+    pub fn delay(&self, delay: Duration) {
+        self.mode
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Requests served so far.
@@ -98,10 +122,20 @@ async fn answer(
     mut req: Request<Incoming>,
     name: Arc<str>,
     hits: Arc<AtomicUsize>,
+    mode: Arc<Mode>,
 ) -> Result<Response<Body>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
+    let delay = mode.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let forced = mode.status.load(Ordering::SeqCst);
     let path = req.uri().path().to_owned();
-    let mut resp = if let Some(code) = path.strip_prefix("/status/") {
+    let mut resp = if let Some(status) = StatusCode::from_u16(forced).ok().filter(|_| forced > 0) {
+        let mut r = Response::new(full(format!("forced {forced}\n")));
+        *r.status_mut() = status;
+        r
+    } else if let Some(code) = path.strip_prefix("/status/") {
         let mut r = Response::new(full(format!("status {code}\n")));
         *r.status_mut() = code
             .parse::<u16>()

@@ -12,7 +12,9 @@ use super::{check_positive, check_range, resolve_service, Errors, ServiceIndexMa
 use crate::error::FieldPath;
 use crate::load::LoadedDoc;
 use crate::matching::{MatchEntry, PathMatch, RequestMatch, RouteEntries, ValueMatch};
-use crate::snapshot::{HeaderEdits, HttpRule, RulePolicies, Service, WeightedServices};
+use crate::snapshot::{
+    HeaderEdits, HttpRule, RetryOn, RetryPolicy, RulePolicies, Service, WeightedServices,
+};
 use crate::spec::{
     Document, HeaderEditsSpec, HttpMatchSpec, HttpRouteSpec, HttpRuleSpec, ListenerProtocol,
     PathMatchKind, Resource, ValueMatchKind, ValueMatchSpec,
@@ -325,7 +327,7 @@ fn compile_rule(
             errors,
         ),
         policies: RulePolicies {
-            retries: rule.retries.clone(),
+            retries: rule.retries.as_ref().map(retry_policy),
             rate_limit: rule.rate_limit.clone(),
             fault: rule.fault.clone(),
             mirror,
@@ -566,5 +568,31 @@ fn editable_header(
             errors.at(doc, path, format!("`{name}` is not a valid header name"));
             None
         }
+    }
+}
+
+/// Compiles a validated retry spec.
+fn retry_policy(spec: &crate::spec::RetrySpec) -> RetryPolicy {
+    let mut on = RetryOn::default();
+    for cond in &spec.retry_on {
+        match cond.as_str() {
+            "5xx" => on.any_5xx = true,
+            "gateway-error" => on.gateway_error = true,
+            "connect-failure" => on.connect_failure = true,
+            "reset" => on.reset = true,
+            code => on.statuses.extend(code.parse::<u16>().ok()),
+        }
+    }
+    let backoff = spec.backoff.as_ref();
+    RetryPolicy {
+        attempts: spec.attempts,
+        on,
+        backoff_base: backoff.map_or(std::time::Duration::from_millis(25), |b| b.base.get()),
+        backoff_max: backoff.map_or(std::time::Duration::from_millis(250), |b| b.max.get()),
+        budget: spec
+            .budget
+            .as_ref()
+            .map(|b| (b.percent, b.min_retries_per_second)),
+        max_body_bytes: spec.max_body_bytes.map_or(64 * 1024, u64::from),
     }
 }

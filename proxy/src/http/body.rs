@@ -15,8 +15,8 @@ use crate::service::endpoint::{InFlight, PooledHttp1};
 pub enum UpstreamBody {
     /// The downstream request body, streamed as it arrives.
     Streamed(Incoming),
-    /// Nothing.
-    Empty,
+    /// A body kept in memory (for retries), sent in one frame.
+    Full(Option<Bytes>),
 }
 
 impl Body for UpstreamBody {
@@ -29,21 +29,26 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Streamed(b) => Pin::new(b).poll_frame(cx),
-            Self::Empty => Poll::Ready(None),
+            Self::Full(bytes) => Poll::Ready(
+                bytes
+                    .take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Streamed(b) => b.is_end_stream(),
-            Self::Empty => true,
+            Self::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Streamed(b) => b.size_hint(),
-            Self::Empty => SizeHint::with_exact(0),
+            Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

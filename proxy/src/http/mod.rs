@@ -4,6 +4,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod pipeline;
+pub mod retry;
 pub mod server;
 pub mod tunnel;
 pub mod upstream;

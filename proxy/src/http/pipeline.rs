@@ -23,12 +23,14 @@ use strait_config::matching::{normalize_host, RequestView};
 use strait_config::snapshot::{HashKey, HttpRule, ProxySettings, Serves};
 use strait_config::spec::ServiceProtocol;
 
-use super::body::{ResponseBody, UpstreamBody};
+use super::body::ResponseBody;
 use super::error::ProxyError;
 use super::headers::{strip_hop_by_hop, wants_upgrade, ClientHeaders};
+use super::retry::{backoff, retryable, RequestBody};
 use super::{tunnel, upstream};
-use crate::active::Active;
+use crate::active::{Active, ServiceRuntime};
 use crate::service::balance::affinity_hash;
+use crate::service::endpoint::{Endpoint, InFlight, PooledHttp1};
 use crate::shared::Shared;
 
 /// What a connection knows about itself, shared by its requests.
@@ -160,17 +162,11 @@ async fn forward(
         return Err(ProxyError::Internal("service index out of range"));
     };
     exchange.service = Some(service.name.clone());
+    runtime.state.budget.record_request();
     let hash = service
         .hash_on
         .as_ref()
         .and_then(|key| affinity(req.headers(), key));
-    let endpoint = runtime
-        .balancer
-        .pick(&runtime.endpoints, hash)
-        .and_then(|i| runtime.endpoints.get(i))
-        .ok_or(ProxyError::NoHealthyEndpoints)?
-        .clone();
-    exchange.endpoint = Some(endpoint.label.clone());
 
     let downstream_version = req.version();
     let upgrade = downstream_version == Version::HTTP_11
@@ -179,6 +175,77 @@ async fn forward(
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
+    upstream_head(
+        &mut parts,
+        conn,
+        &rule,
+        service.protocol,
+        authority,
+        upgrade,
+    )?;
+    // Upgrades are never retried: the connection becomes the client's.
+    let retries = rule.policies.retries.as_ref().filter(|_| !upgrade);
+    let body = match retries {
+        Some(policy) => RequestBody::keep_if_small(body, policy.max_body_bytes).await?,
+        None => RequestBody::Once(Some(body)),
+    };
+    let exchange_future = send_with_retries(&rule, service, runtime, hash, parts, body, exchange);
+    let sent = match rule.request_timeout {
+        Some(limit) => tokio::time::timeout(limit, exchange_future)
+            .await
+            .map_err(|_| ProxyError::Timeout)??,
+        None => exchange_future.await?,
+    };
+    let Sent {
+        mut response,
+        pooled,
+        in_flight,
+        endpoint,
+        tries,
+    } = sent;
+
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        if let Some(client) = on_client_upgrade {
+            tunnel::spawn(
+                client,
+                hyper::upgrade::on(&mut response),
+                endpoint.label.clone(),
+            );
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, switching && upgrade);
+    if !rule.response_headers.is_empty() {
+        rule.response_headers.apply(&mut parts.headers);
+    }
+    if retries.is_some() {
+        parts
+            .headers
+            .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
+    }
+    parts.version = downstream_version;
+    let body = ResponseBody::Upstream {
+        inner: body,
+        in_flight: Some(in_flight),
+        reuse: if switching { None } else { pooled },
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Header telling how many attempts a request took (when the route retries).
+const ATTEMPTS_HEADER: &str = "x-strait-attempts";
+
+/// Rewrites the request head for the next hop: framing, hop-by-hop headers, forwarding
+/// headers, the route's edits, and the target form the upstream protocol wants.
+fn upstream_head(
+    parts: &mut http::request::Parts,
+    conn: &Conn,
+    rule: &HttpRule,
+    protocol: ServiceProtocol,
+    authority: Authority,
+    upgrade: bool,
+) -> Result<(), ProxyError> {
     if parts.headers.contains_key(TRANSFER_ENCODING) {
         // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never forward both.
         parts.headers.remove(CONTENT_LENGTH);
@@ -193,7 +260,7 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    match service.protocol {
+    match protocol {
         ServiceProtocol::Http2 | ServiceProtocol::Grpc => {
             parts.version = Version::HTTP_2;
             parts.headers.remove(HOST);
@@ -214,39 +281,104 @@ async fn forward(
             parts.uri = Uri::from(path);
         }
     }
-    let upstream_req = Request::from_parts(parts, UpstreamBody::Streamed(body));
+    Ok(())
+}
 
-    let in_flight = endpoint.start_request();
-    let send = upstream::send(&endpoint, service.connect_timeout, upstream_req);
-    let (mut resp, pooled) = match rule.request_timeout {
-        Some(limit) => tokio::time::timeout(limit, send)
-            .await
-            .map_err(|_| ProxyError::Timeout)??,
-        None => send.await?,
-    };
+/// A response and what produced it.
+struct Sent {
+    response: Response<Incoming>,
+    pooled: Option<PooledHttp1>,
+    in_flight: InFlight,
+    endpoint: Arc<Endpoint>,
+    tries: u32,
+}
 
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        if let Some(client) = on_client_upgrade {
-            tunnel::spawn(
-                client,
-                hyper::upgrade::on(&mut resp),
-                endpoint.label.clone(),
-            );
+/// Sends the request, retrying as the rule's policy allows: each retry goes to another
+/// endpoint when there is one, after a jittered backoff, within the service's retry budget,
+/// and only while the body can be sent again.
+async fn send_with_retries(
+    rule: &HttpRule,
+    service: &strait_config::snapshot::Service,
+    runtime: &ServiceRuntime,
+    hash: Option<u64>,
+    parts: http::request::Parts,
+    mut body: RequestBody,
+    exchange: &mut Exchange,
+) -> Result<Sent, ProxyError> {
+    let policy = rule.policies.retries.as_ref();
+    let mut head = Some(parts);
+    let mut tries = 0u32;
+    let mut previous = None;
+    loop {
+        tries += 1;
+        let index = runtime
+            .pick(hash, previous)
+            .ok_or(ProxyError::NoHealthyEndpoints)?;
+        let endpoint = runtime
+            .endpoints
+            .get(index)
+            .ok_or(ProxyError::NoHealthyEndpoints)?
+            .clone();
+        exchange.endpoint = Some(endpoint.label.clone());
+        let retry_possible = policy.is_some_and(|p| tries <= p.attempts) && body.replayable();
+        // The head is cloned only while another attempt may need it.
+        let this_head = match &head {
+            Some(h) if retry_possible => clone_head(h),
+            _ => head
+                .take()
+                .ok_or(ProxyError::Internal("request head already sent"))?,
+        };
+        let this_body = body
+            .for_attempt()
+            .ok_or(ProxyError::Internal("request body already sent"))?;
+        let in_flight = endpoint.start_request();
+        let send = upstream::send(
+            &endpoint,
+            service.connect_timeout,
+            Request::from_parts(this_head, this_body),
+        );
+        let outcome = match rule.per_try_timeout {
+            Some(limit) => tokio::time::timeout(limit, send)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout)),
+            None => send.await,
+        };
+        let outcome = outcome.map(|(response, pooled)| (response, pooled, in_flight));
+        let retry = match policy {
+            Some(p) if retry_possible && retryable(p, outcome.as_ref().map(|(r, _, _)| r)) => p
+                .budget
+                .is_none_or(|(percent, floor)| runtime.state.budget.try_retry(percent, floor)),
+            _ => false,
+        };
+        let (Some(p), true) = (policy, retry) else {
+            return outcome.map(|(response, pooled, in_flight)| Sent {
+                response,
+                pooled,
+                in_flight,
+                endpoint,
+                tries,
+            });
+        };
+        runtime.state.retries.increment(1);
+        match &outcome {
+            Ok((response, _, _)) => {
+                tracing::debug!(endpoint = %endpoint.label, status = response.status().as_u16(), "retrying")
+            }
+            Err(e) => tracing::debug!(endpoint = %endpoint.label, error = %e, "retrying"),
         }
+        drop(outcome);
+        tokio::time::sleep(backoff(p, tries)).await;
+        previous = Some(index);
     }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, switching && upgrade);
-    if !rule.response_headers.is_empty() {
-        rule.response_headers.apply(&mut parts.headers);
-    }
-    parts.version = downstream_version;
-    let body = ResponseBody::Upstream {
-        inner: body,
-        in_flight: Some(in_flight),
-        reuse: if switching { None } else { pooled },
-    };
-    Ok(Response::from_parts(parts, body))
+}
+
+fn clone_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req.into_parts().0
 }
 
 /// Rate limit and fault injection: the policies that may answer before any upstream is chosen.

@@ -104,6 +104,19 @@ impl Balancer {
         }
     }
 
+    /// An available endpoint other than `avoid`, chosen at random (the next try of a retried
+    /// request); None when `avoid` is the only one available.
+    pub fn pick_other<C: Candidate>(&self, endpoints: &[C], avoid: usize) -> Option<usize> {
+        let n = endpoints.len();
+        if n < 2 {
+            return None;
+        }
+        let start = (avoid + 1 + fastrand::usize(0..n - 1)) % n;
+        (0..n)
+            .map(|step| (start + step) % n)
+            .find(|&i| i != avoid && endpoints.get(i).is_some_and(C::is_available))
+    }
+
     fn round_robin<C: Candidate>(&self, endpoints: &[C]) -> Option<usize> {
         let len = self.cycle.len();
         if len == 0 {
@@ -300,6 +313,19 @@ mod tests {
         assert_eq!(b.cycle, vec![1, 0, 1, 1], "interleaved, not A B B B");
         let b = balancer(Policy::RoundRobin, &[5, 1, 1]);
         assert_eq!(counts(&b, &eps(3), 700), vec![500, 100, 100]);
+    }
+
+    #[test]
+    fn pick_other_never_returns_the_avoided_or_unavailable() {
+        let b = balancer(Policy::LeastRequest, &[1, 1, 1]);
+        let mut e = eps(3);
+        e[2].up = false;
+        for _ in 0..100 {
+            assert_eq!(b.pick_other(&e, 0), Some(1));
+        }
+        e[1].up = false;
+        assert_eq!(b.pick_other(&e, 0), None);
+        assert_eq!(b.pick_other(&eps(1), 0), None);
     }
 
     #[test]

@@ -2,3 +2,5 @@
 
 pub mod balance;
 pub mod endpoint;
+pub mod retry_budget;
+pub mod state;

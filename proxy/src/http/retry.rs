@@ -1,0 +1,143 @@
+//! Retries: which outcomes are retried, how long to back off, and the request body kept so it
+//! can be sent again.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use strait_config::snapshot::RetryPolicy;
+
+use super::body::UpstreamBody;
+use super::error::ProxyError;
+
+/// The request body, either streamed once or kept whole for retries.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Streamed as it arrives: can be sent once.
+    Once(Option<Incoming>),
+    /// Read whole (small enough to keep): can be sent again.
+    Kept(Bytes),
+}
+
+impl RequestBody {
+    /// Keeps the body when its announced size is at most `limit` bytes; otherwise it streams
+    /// and the request is not retried (a body is never replayed after it started flowing).
+    pub async fn keep_if_small(body: Incoming, limit: u64) -> Result<Self, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(Self::Kept(Bytes::new()));
+        }
+        match body.size_hint().exact() {
+            Some(n) if n <= limit => {
+                let bytes = body
+                    .collect()
+                    .await
+                    .map_err(ProxyError::RequestBody)?
+                    .to_bytes();
+                Ok(Self::Kept(bytes))
+            }
+            _ => Ok(Self::Once(Some(body))),
+        }
+    }
+
+    /// The body for the next attempt (None once a streamed body has been used).
+    pub fn for_attempt(&mut self) -> Option<UpstreamBody> {
+        match self {
+            Self::Once(body) => body.take().map(UpstreamBody::Streamed),
+            Self::Kept(bytes) => Some(UpstreamBody::Full(Some(bytes.clone()))),
+        }
+    }
+
+    /// Whether another attempt could send the body again.
+    pub fn replayable(&self) -> bool {
+        matches!(self, Self::Kept(_))
+    }
+}
+
+/// Whether `outcome` of an attempt is retried under `policy`.
+pub fn retryable<B>(policy: &RetryPolicy, outcome: Result<&Response<B>, &ProxyError>) -> bool {
+    let on = &policy.on;
+    match outcome {
+        Ok(resp) => on.status(resp.status().as_u16()),
+        Err(ProxyError::Connect(_)) => on.connect_failure || on.any_5xx || on.gateway_error,
+        Err(ProxyError::UpstreamReset(_)) => on.reset || on.any_5xx || on.gateway_error,
+        // A per-try timeout is always worth another try.
+        Err(ProxyError::Timeout) => true,
+        Err(_) => false,
+    }
+}
+
+/// Backoff before retry number `retry` (1-based): exponential from `base`, capped at `max`,
+/// jittered over its upper half so that clients retrying together spread out.
+pub fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
+    let exp = policy
+        .backoff_base
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
+        .min(policy.backoff_max);
+    exp.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_config::snapshot::RetryOn;
+
+    fn policy(on: RetryOn) -> RetryPolicy {
+        RetryPolicy {
+            attempts: 3,
+            on,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            budget: None,
+            max_body_bytes: 65536,
+        }
+    }
+
+    fn answer(status: u16) -> Result<Response<()>, ProxyError> {
+        let mut r = Response::new(());
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        Ok(r)
+    }
+
+    #[test]
+    fn conditions() {
+        let gateway = policy(RetryOn {
+            gateway_error: true,
+            ..Default::default()
+        });
+        assert!(retryable(&gateway, answer(503).as_ref()));
+        assert!(!retryable(&gateway, answer(500).as_ref()));
+        assert!(!retryable(&gateway, answer(200).as_ref()));
+        let refused: Result<Response<()>, _> =
+            Err(ProxyError::Connect(std::io::Error::other("refused")));
+        assert!(retryable(&gateway, refused.as_ref()));
+        let codes = policy(RetryOn {
+            statuses: vec![409],
+            ..Default::default()
+        });
+        assert!(retryable(&codes, answer(409).as_ref()));
+        assert!(!retryable(&codes, refused.as_ref()));
+        assert!(retryable(
+            &codes,
+            Err::<Response<()>, _>(ProxyError::Timeout).as_ref()
+        ));
+        assert!(!retryable(
+            &codes,
+            Err::<Response<()>, _>(ProxyError::NoRoute).as_ref()
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = policy(RetryOn::default());
+        for _ in 0..100 {
+            let first = backoff(&p, 1);
+            assert!(first >= Duration::from_micros(12_500) && first <= Duration::from_millis(25));
+            let third = backoff(&p, 3);
+            assert!(third >= Duration::from_millis(50) && third <= Duration::from_millis(100));
+            assert!(backoff(&p, 30) <= Duration::from_millis(250));
+        }
+    }
+}
