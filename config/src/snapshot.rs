@@ -11,8 +11,7 @@ use http::header::{HeaderName, HeaderValue};
 
 use crate::matching::RouteTable;
 use crate::spec::{
-    CircuitBreakerSpec, FaultSpec, HealthCheckSpec, LbPolicy, ListenerProtocol, MirrorSpec,
-    OutlierDetectionSpec, RateLimitSpec, Resource, ServiceProtocol,
+    FaultSpec, LbPolicy, ListenerProtocol, MirrorSpec, RateLimitSpec, Resource, ServiceProtocol,
 };
 
 /// Index of a service in [`Snapshot::services`].
@@ -294,12 +293,69 @@ pub struct Service {
     pub connect_timeout: Duration,
     /// Idle HTTP/1 connections kept per endpoint.
     pub max_idle_per_endpoint: usize,
-    /// Active health checking, validated.
-    pub health_check: Option<HealthCheckSpec>,
-    /// Outlier detection, validated.
-    pub outlier_detection: Option<OutlierDetectionSpec>,
-    /// Circuit breaker, validated.
-    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    /// Active health checking.
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection.
+    pub outlier_detection: Option<OutlierPolicy>,
+    /// Circuit breaker and concurrency limits.
+    pub circuit_breaker: Option<BreakerPolicy>,
+}
+
+/// Active health checking of every endpoint of a service, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What a check does.
+    pub probe: HealthProbe,
+    /// Time between checks.
+    pub interval: Duration,
+    /// One check's deadline.
+    pub timeout: Duration,
+    /// Failures in a row that take an endpoint out of rotation.
+    pub unhealthy_threshold: u32,
+    /// Successes in a row that bring it back.
+    pub healthy_threshold: u32,
+}
+
+/// A health check's probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// `GET path`; a 2xx answer is healthy.
+    Http {
+        /// Path and query to request.
+        path: Arc<str>,
+    },
+    /// A TCP connect that succeeds is healthy.
+    Tcp,
+}
+
+/// Passive outlier detection, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// 5xx answers or connect failures in a row that eject an endpoint.
+    pub consecutive_errors: u32,
+    /// How often an ejection multiplier decays by one while the endpoint is in rotation.
+    pub interval: Duration,
+    /// Ejection time, multiplied by the number of (undecayed) ejections.
+    pub base_ejection_time: Duration,
+    /// At most this percent of the service's endpoints are ejected at once.
+    pub max_ejection_percent: u32,
+}
+
+/// Circuit breaker and concurrency limits, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// Time open before half-open probes are let through.
+    pub open_timeout: Duration,
+    /// Successful probes that close it again.
+    pub success_threshold: u32,
+    /// Upstream connections across the service.
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a new upstream connection.
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight to the service.
+    pub max_requests: Option<u32>,
 }
 
 /// One endpoint of a service.

@@ -11,7 +11,10 @@ use strait_config::Snapshot;
 use crate::metrics::{unrouted, RequestMetrics};
 use crate::ratelimit::RateLimiter;
 use crate::service::balance::{Balancer, Policy};
+use crate::service::breaker::Breaker;
 use crate::service::endpoint::{Endpoint, Pool};
+use crate::service::health_check::{self, Checker};
+use crate::service::outlier::Outlier;
 use crate::service::state::ServiceState;
 
 /// One applied configuration version.
@@ -49,6 +52,10 @@ pub struct ServiceRuntime {
     pub balancer: Balancer,
     /// State that outlives config versions (retry budget, counters).
     pub state: Arc<ServiceState>,
+    /// Circuit breaker and limits, if configured (kept while the policy is unchanged).
+    pub breaker: Option<Arc<Breaker>>,
+    /// Outlier detection, if configured (kept while the policy is unchanged).
+    pub outlier: Option<Arc<Outlier>>,
 }
 
 impl ServiceRuntime {
@@ -112,58 +119,119 @@ struct EndpointKey {
 /// Identity of a rule's policy state across reloads: route and rule position.
 type RuleKey = (Arc<str>, Arc<str>, usize);
 
+/// Identity of a service across reloads: namespace and name.
+type ServiceKey = (Arc<str>, Arc<str>);
+
 /// Long-lived state — endpoints with their pools, rate-limit buckets — reconciled on every
 /// reload: kept for what still exists (and, for policies, is unchanged), dropped otherwise.
 /// Owned by the reloader alone.
 #[derive(Debug, Default)]
 pub struct EndpointRegistry {
     endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
-    services: HashMap<(Arc<str>, Arc<str>), Arc<ServiceState>>,
+    services: HashMap<ServiceKey, Arc<ServiceState>>,
+    breakers: HashMap<ServiceKey, Arc<Breaker>>,
+    outliers: HashMap<ServiceKey, Arc<Outlier>>,
+    checkers: HashMap<EndpointKey, Checker>,
     limiters: HashMap<RuleKey, Arc<RateLimiter>>,
 }
 
 impl EndpointRegistry {
-    /// Builds the runtime for `snapshot`, reusing endpoints that still exist and dropping
-    /// those that are gone (their pools close once in-flight requests let go).
+    /// Builds the runtime for `snapshot`, reusing endpoints and policy state that still exist
+    /// (policy state only while its policy is unchanged) and dropping the rest: gone endpoints'
+    /// pools close once in-flight requests let go, their health checks stop.
     pub fn build(&mut self, version: u64, source: Arc<str>, snapshot: Snapshot) -> Active {
-        let mut next = HashMap::with_capacity(self.endpoints.len());
-        let mut next_states = HashMap::with_capacity(snapshot.services.len());
-        let services = snapshot
-            .services
-            .iter()
-            .map(|svc| {
-                let endpoints: Vec<Arc<Endpoint>> = svc
-                    .endpoints
-                    .iter()
-                    .map(|ep| {
-                        let key = EndpointKey {
-                            namespace: svc.namespace.clone(),
-                            service: svc.name.clone(),
-                            address: ep.address,
-                            protocol: svc.protocol,
+        let mut endpoints_next = HashMap::with_capacity(self.endpoints.len());
+        let mut states_next = HashMap::with_capacity(snapshot.services.len());
+        let mut breakers_next = HashMap::new();
+        let mut outliers_next = HashMap::new();
+        let mut checkers_next = HashMap::new();
+        let mut services = Vec::with_capacity(snapshot.services.len());
+        for svc in &snapshot.services {
+            let id: ServiceKey = (svc.namespace.clone(), svc.name.clone());
+            let outlier =
+                svc.outlier_detection
+                    .as_ref()
+                    .map(|policy| match self.outliers.get(&id) {
+                        Some(o) if o.policy == *policy => o.clone(),
+                        _ => Arc::new(Outlier::new(policy.clone())),
+                    });
+            let outlier_changed = match (self.outliers.get(&id), &outlier) {
+                (Some(old), Some(new)) => !Arc::ptr_eq(old, new),
+                (None, None) => false,
+                _ => true,
+            };
+            let mut endpoints = Vec::with_capacity(svc.endpoints.len());
+            for ep in &svc.endpoints {
+                let key = EndpointKey {
+                    namespace: svc.namespace.clone(),
+                    service: svc.name.clone(),
+                    address: ep.address,
+                    protocol: svc.protocol,
+                };
+                let endpoint = match self.endpoints.get(&key) {
+                    Some(existing) => {
+                        if outlier_changed {
+                            Outlier::reset(existing);
+                        }
+                        existing.clone()
+                    }
+                    None => Arc::new(Endpoint::new(
+                        &svc.name,
+                        ep.address,
+                        new_pool(svc.protocol, svc.max_idle_per_endpoint),
+                    )),
+                };
+                match &svc.health_check {
+                    Some(check) => {
+                        let checker = match self.checkers.remove(&key) {
+                            Some(running) if running.check == *check => running,
+                            _ => health_check::start(endpoint.clone(), svc.protocol, check.clone()),
                         };
-                        let endpoint = self.endpoints.get(&key).cloned().unwrap_or_else(|| {
-                            Arc::new(Endpoint::new(ep.address, new_pool(svc.protocol, svc.max_idle_per_endpoint)))
-                        });
-                        metrics::gauge!(crate::metrics::ENDPOINT_HEALTHY, "service" => svc.name.clone(), "endpoint" => endpoint.label.clone()).set(1.0);
-                        next.insert(key, endpoint.clone());
-                        endpoint
-                    })
-                    .collect();
-                let weights: Vec<u32> = svc.endpoints.iter().map(|e| e.weight).collect();
-                let keys: Vec<&str> = endpoints.iter().map(|e| &*e.label).collect();
-                let id = (svc.namespace.clone(), svc.name.clone());
-                let state = self.services.get(&id).cloned().unwrap_or_else(|| Arc::new(ServiceState::new(&svc.name)));
-                next_states.insert(id, state.clone());
-                ServiceRuntime {
-                    balancer: Balancer::new(policy(svc.lb_policy), &weights, &keys),
-                    endpoints,
-                    state,
+                        checkers_next.insert(key.clone(), checker);
+                    }
+                    None => {
+                        endpoint.set_out(crate::service::endpoint::OutOfRotation::Unhealthy, false);
+                    }
                 }
-            })
-            .collect();
-        self.endpoints = next;
-        self.services = next_states;
+                endpoints_next.insert(key, endpoint.clone());
+                endpoints.push(endpoint);
+            }
+            let weights: Vec<u32> = svc.endpoints.iter().map(|e| e.weight).collect();
+            let keys: Vec<&str> = endpoints.iter().map(|e| &*e.label).collect();
+            let balancer = Balancer::new(policy(svc.lb_policy), &weights, &keys);
+            let state = self
+                .services
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(ServiceState::new(&svc.name)));
+            let breaker = svc
+                .circuit_breaker
+                .as_ref()
+                .map(|policy| match self.breakers.get(&id) {
+                    Some(b) if b.policy == *policy => b.clone(),
+                    _ => Arc::new(Breaker::new(&svc.name, policy.clone())),
+                });
+            if let Some(b) = &breaker {
+                breakers_next.insert(id.clone(), b.clone());
+            }
+            if let Some(o) = &outlier {
+                outliers_next.insert(id.clone(), o.clone());
+            }
+            states_next.insert(id, state.clone());
+            services.push(ServiceRuntime {
+                endpoints,
+                balancer,
+                state,
+                breaker,
+                outlier,
+            });
+        }
+        self.endpoints = endpoints_next;
+        self.services = states_next;
+        self.breakers = breakers_next;
+        self.outliers = outliers_next;
+        // Checkers not carried over stop here (dropping aborts their tasks).
+        self.checkers = checkers_next;
         let rules = self.rule_runtimes(&snapshot);
         let listeners = snapshot
             .listeners

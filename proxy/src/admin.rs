@@ -14,6 +14,7 @@ use serde_json::json;
 use strait_config::redact::redacted;
 use tokio::net::TcpListener;
 
+use crate::service::endpoint::OutOfRotation;
 use crate::shared::Shared;
 
 /// Accepts admin connections for the life of the process: while draining, `/ready` answers
@@ -92,6 +93,10 @@ fn clusters(shared: &Shared) -> serde_json::Value {
                     json!({
                         "address": &*ep.label,
                         "weight": cfg.weight,
+                        "available": ep.is_available(),
+                        "healthy": !ep.is_out_for(OutOfRotation::Unhealthy),
+                        "ejected": ep.is_out_for(OutOfRotation::Ejected),
+                        "ejections": ep.outlier.ejections(),
                         "inFlight": ep.in_flight(),
                         "idleConnections": ep.idle_connections(),
                     })
@@ -102,6 +107,16 @@ fn clusters(shared: &Shared) -> serde_json::Value {
                 "namespace": &*svc.namespace,
                 "protocol": svc.protocol,
                 "loadBalancer": svc.lb_policy,
+                "healthChecked": svc.health_check.is_some(),
+                "circuit": rt.breaker.as_ref().map(|b| {
+                    let (requests, pending, connections) = b.load();
+                    json!({
+                        "state": b.state(),
+                        "requests": requests,
+                        "pendingRequests": pending,
+                        "connections": connections,
+                    })
+                }),
                 "endpoints": endpoints,
             })
         })

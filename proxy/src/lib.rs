@@ -21,6 +21,7 @@
 pub mod active;
 pub mod admin;
 pub mod app;
+pub mod clock;
 pub mod http;
 pub mod listen;
 pub mod logging;

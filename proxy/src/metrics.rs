@@ -28,6 +28,8 @@ pub const CONNECTIONS_ACTIVE: &str = "strait_connections_active";
 pub const UPSTREAM_RETRIES: &str = "strait_upstream_retries_total";
 /// `strait_ratelimit_rejected_total{route}`.
 pub const RATELIMIT_REJECTED: &str = "strait_ratelimit_rejected_total";
+/// `strait_circuit_state{service}`: 0 closed, 1 open, 2 half-open.
+pub const CIRCUIT_STATE: &str = "strait_circuit_state";
 /// `strait_endpoint_healthy{service,endpoint}`.
 pub const ENDPOINT_HEALTHY: &str = "strait_endpoint_healthy";
 
@@ -81,6 +83,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         RATELIMIT_REJECTED,
         "Requests answered 429 by a route's rate limit."
+    );
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "Circuit breaker state of a service: 0 closed, 1 open, 2 half-open."
     );
     describe_gauge!(
         ENDPOINT_HEALTHY,

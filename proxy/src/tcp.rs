@@ -53,6 +53,15 @@ pub async fn serve(
         tracing::warn!(listener = %listener, service = %service.name, "no healthy endpoints; closing");
         return;
     };
+    // A circuit breaker's maxConnections also bounds proxied TCP connections.
+    let _connection = match runtime.breaker.as_ref().map(|b| b.open_connection()) {
+        Some(Err(_)) => {
+            tracing::warn!(listener = %listener, service = %service.name, "maxConnections reached; closing");
+            return;
+        }
+        Some(Ok(slot)) => slot,
+        None => None,
+    };
     metrics::counter!(TCP_CONNECTIONS, "listener" => listener.clone()).increment(1);
     let _in_flight = endpoint.start_request();
     let upstream = match crate::http::upstream::connect(&endpoint, route.connect_timeout).await {

@@ -42,3 +42,38 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     }
     found
 }
+
+/// The `/clusters` document.
+pub async fn clusters(admin: SocketAddr) -> serde_json::Value {
+    let (_, body) = admin_get(admin, "/clusters").await;
+    serde_json::from_str(&body).expect("/clusters is JSON")
+}
+
+/// Service `name` in a `/clusters` document.
+pub fn cluster<'a>(clusters: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    clusters["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no service {name} in {clusters}"))
+}
+
+/// The version `/config` reports.
+pub async fn config_version(admin: SocketAddr) -> u64 {
+    let (_, body) = admin_get(admin, "/config").await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("/config is JSON");
+    v["version"].as_u64().expect("version")
+}
+
+/// Writes `yaml` as the proxy's config, sends SIGHUP, and waits (10 s at most) until the
+/// proxy serves the new version.
+pub async fn reload(proxy: &crate::Proxy, yaml: &str) {
+    let before = config_version(proxy.admin()).await;
+    proxy.write_config(yaml);
+    proxy.signal("HUP");
+    crate::eventually(
+        "reload applied",
+        std::time::Duration::from_secs(10),
+        || async { (config_version(proxy.admin()).await > before).then_some(()) },
+    )
+    .await;
+}

@@ -1,8 +1,7 @@
 //! Real upstream servers on 127.0.0.1 that the proxy forwards to.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,11 +38,15 @@ pub struct Upstream {
     task: JoinHandle<()>,
 }
 
-/// Behaviour switched on command: a forced status for every request, a delay before answering.
+/// Behaviour switched on command: a forced status for every request, a delay before answering,
+/// connections reset instead of answered, and the `/healthz` verdict.
 #[derive(Debug, Default)]
 struct Mode {
     status: AtomicU16,
     delay_ms: AtomicU64,
+    reset: AtomicBool,
+    unhealthy: AtomicBool,
+    health_checks: AtomicUsize,
 }
 
 impl Upstream {
@@ -95,6 +98,22 @@ impl Upstream {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// From now on, drop every connection on its next request instead of answering.
+    pub fn reset_connections(&self, reset: bool) {
+        self.mode.reset.store(reset, Ordering::SeqCst);
+    }
+
+    /// From now on, `/healthz` answers 200 (`true`) or 503 (`false`). Health checks are not
+    /// counted in [`hits`](Self::hits).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.mode.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+
+    /// `/healthz` requests served so far.
+    pub fn health_checks(&self) -> usize {
+        self.mode.health_checks.load(Ordering::SeqCst)
+    }
+
     /// Requests served so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
@@ -123,8 +142,20 @@ async fn answer(
     name: Arc<str>,
     hits: Arc<AtomicUsize>,
     mode: Arc<Mode>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, std::io::Error> {
+    if req.uri().path() == "/healthz" {
+        mode.health_checks.fetch_add(1, Ordering::SeqCst);
+        let mut r = Response::new(full("health\n"));
+        if mode.unhealthy.load(Ordering::SeqCst) {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        return Ok(r);
+    }
     hits.fetch_add(1, Ordering::SeqCst);
+    if mode.reset.load(Ordering::SeqCst) {
+        // hyper closes the connection without an answer when the service fails.
+        return Err(std::io::Error::other("reset on command"));
+    }
     let delay = mode.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

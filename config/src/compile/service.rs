@@ -9,7 +9,9 @@ use http::HeaderName;
 use super::{check_positive, check_range, Errors};
 use crate::error::FieldPath;
 use crate::load::LoadedDoc;
-use crate::snapshot::{Endpoint, HashKey, Service};
+use crate::snapshot::{
+    BreakerPolicy, Endpoint, HashKey, HealthCheck, HealthProbe, OutlierPolicy, Service,
+};
 use crate::spec::{Discovery, Document, LbPolicy, ServiceSpec};
 
 /// Largest endpoint weight accepted.
@@ -235,8 +237,33 @@ pub(crate) fn compile(
         max_idle_per_endpoint: pool
             .and_then(|p| p.max_idle_per_endpoint)
             .map_or(64, |n| n as usize),
-        health_check: spec.health_check.clone(),
-        outlier_detection: spec.outlier_detection.clone(),
-        circuit_breaker: spec.circuit_breaker.clone(),
+        health_check: spec.health_check.as_ref().map(|hc| HealthCheck {
+            probe: match &hc.http {
+                Some(http) => HealthProbe::Http {
+                    path: http.path.as_str().into(),
+                },
+                None => HealthProbe::Tcp,
+            },
+            interval: hc.interval.map_or(Duration::from_secs(10), |d| d.get()),
+            timeout: hc.timeout.map_or(Duration::from_secs(1), |d| d.get()),
+            unhealthy_threshold: hc.unhealthy_threshold.unwrap_or(3),
+            healthy_threshold: hc.healthy_threshold.unwrap_or(1),
+        }),
+        outlier_detection: spec.outlier_detection.as_ref().map(|od| OutlierPolicy {
+            consecutive_errors: od.consecutive_errors.unwrap_or(5),
+            interval: od.interval.map_or(Duration::from_secs(10), |d| d.get()),
+            base_ejection_time: od
+                .base_ejection_time
+                .map_or(Duration::from_secs(30), |d| d.get()),
+            max_ejection_percent: od.max_ejection_percent.unwrap_or(10),
+        }),
+        circuit_breaker: spec.circuit_breaker.as_ref().map(|cb| BreakerPolicy {
+            failure_threshold: cb.failure_threshold.unwrap_or(5),
+            open_timeout: cb.open_timeout.map_or(Duration::from_secs(5), |d| d.get()),
+            success_threshold: cb.success_threshold.unwrap_or(1),
+            max_connections: cb.max_connections,
+            max_pending_requests: cb.max_pending_requests,
+            max_requests: cb.max_requests,
+        }),
     }
 }

@@ -8,6 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::service::breaker::Slot;
 use crate::service::endpoint::{InFlight, PooledHttp1};
 
 /// The body sent upstream: the client's streamed body, or a small body the proxy made.
@@ -63,6 +64,8 @@ pub enum ResponseBody {
         inner: Incoming,
         /// Counts the request as in flight on its endpoint while the body streams.
         in_flight: Option<InFlight>,
+        /// Counts it against the service's `maxRequests` while the body streams.
+        slot: Option<Slot>,
         /// The HTTP/1 connection to return to the pool at end of stream.
         reuse: Option<PooledHttp1>,
     },
@@ -83,10 +86,14 @@ impl ResponseBody {
 
     fn finish(&mut self) {
         if let Self::Upstream {
-            in_flight, reuse, ..
+            in_flight,
+            slot,
+            reuse,
+            ..
         } = self
         {
             in_flight.take();
+            slot.take();
             if let Some(conn) = reuse.take() {
                 conn.release();
             }
@@ -116,11 +123,15 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Err(_))) => {
                 // A broken upstream body: the connection is not reusable.
                 if let Self::Upstream {
-                    reuse, in_flight, ..
+                    reuse,
+                    in_flight,
+                    slot,
+                    ..
                 } = this
                 {
                     reuse.take();
                     in_flight.take();
+                    slot.take();
                 }
             }
             _ => {}

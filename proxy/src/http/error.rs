@@ -4,6 +4,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use super::body::ResponseBody;
+use crate::service::breaker::Refusal;
 
 /// Header naming the reason for a proxy-made answer.
 pub const REASON_HEADER: &str = "x-strait-reason";
@@ -26,6 +27,12 @@ pub enum ProxyError {
     /// Upstream: the service has no endpoint to send to.
     #[error("no healthy endpoints")]
     NoHealthyEndpoints,
+    /// Policy: the service's circuit breaker is open.
+    #[error("circuit open")]
+    CircuitOpen,
+    /// Policy: a circuit-breaker concurrency limit is reached.
+    #[error("circuit-breaker limit reached")]
+    Overflow,
     /// Upstream: connecting failed.
     #[error("connect to upstream failed: {0}")]
     Connect(#[source] std::io::Error),
@@ -46,6 +53,15 @@ pub enum ProxyError {
     Internal(&'static str),
 }
 
+impl From<Refusal> for ProxyError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Open => Self::CircuitOpen,
+            Refusal::Overflow => Self::Overflow,
+        }
+    }
+}
+
 impl ProxyError {
     /// Status code of the answer.
     pub fn status(&self) -> StatusCode {
@@ -53,7 +69,9 @@ impl ProxyError {
             Self::BadRequest(_) | Self::RequestBody(_) => StatusCode::BAD_REQUEST,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoHealthyEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyEndpoints | Self::CircuitOpen | Self::Overflow => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Connect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -69,6 +87,8 @@ impl ProxyError {
             Self::HeadersTooLarge(_) => "header-too-large",
             Self::NoRoute => "no-route",
             Self::NoHealthyEndpoints => "no-healthy-endpoints",
+            Self::CircuitOpen => "circuit-open",
+            Self::Overflow => "overflow",
             Self::Connect(_) => "connect-failure",
             Self::UpstreamReset(_) => "upstream-reset",
             Self::Timeout => "timeout",
@@ -136,6 +156,8 @@ mod tests {
                 "connect-failure",
             ),
             (ProxyError::Timeout, 504, "timeout"),
+            (ProxyError::CircuitOpen, 503, "circuit-open"),
+            (ProxyError::Overflow, 503, "overflow"),
             (ProxyError::HeadersTooLarge("size"), 431, "header-too-large"),
             (ProxyError::BadRequest("host"), 400, "bad-request"),
             (

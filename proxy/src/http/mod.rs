@@ -3,6 +3,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod mirror;
 pub mod pipeline;
 pub mod retry;
 pub mod server;

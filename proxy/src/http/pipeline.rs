@@ -27,9 +27,11 @@ use super::body::ResponseBody;
 use super::error::ProxyError;
 use super::headers::{strip_hop_by_hop, wants_upgrade, ClientHeaders};
 use super::retry::{backoff, retryable, RequestBody};
-use super::{tunnel, upstream};
+use super::upstream::Dial;
+use super::{mirror, tunnel, upstream};
 use crate::active::{Active, ServiceRuntime};
 use crate::service::balance::affinity_hash;
+use crate::service::breaker::{Attempt, Breaker};
 use crate::service::endpoint::{Endpoint, InFlight, PooledHttp1};
 use crate::shared::Shared;
 
@@ -175,6 +177,15 @@ async fn forward(
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
+    // Upgrades are never retried nor mirrored: the connection becomes the client's.
+    let retries = rule.policies.retries.as_ref().filter(|_| !upgrade);
+    let mirror = rule
+        .policies
+        .mirror
+        .as_ref()
+        .filter(|(m, _)| !upgrade && chance(m.percent))
+        .map(|&(_, target)| (target, clone_head(&parts)));
+    let mirror_authority = mirror.as_ref().map(|_| format!("{host}-shadow"));
     upstream_head(
         &mut parts,
         conn,
@@ -183,11 +194,22 @@ async fn forward(
         authority,
         upgrade,
     )?;
-    // Upgrades are never retried: the connection becomes the client's.
-    let retries = rule.policies.retries.as_ref().filter(|_| !upgrade);
-    let body = match retries {
-        Some(policy) => RequestBody::keep_if_small(body, policy.max_body_bytes).await?,
+    let keep = match (retries, &mirror) {
+        (Some(p), Some(_)) => Some(p.max_body_bytes.max(mirror::MAX_MIRRORED_BODY)),
+        (Some(p), None) => Some(p.max_body_bytes),
+        (None, Some(_)) => Some(mirror::MAX_MIRRORED_BODY),
+        (None, None) => None,
+    };
+    let body = match keep {
+        Some(limit) => RequestBody::keep_if_small(body, limit).await?,
         None => RequestBody::Once(Some(body)),
+    };
+    if let (Some((target, head)), Some(shadow)) = (mirror, mirror_authority) {
+        send_mirror(target, head, &shadow, &body, conn, &rule, active);
+    }
+    let slot = match &runtime.breaker {
+        Some(breaker) => breaker.start_request()?,
+        None => None,
     };
     let exchange_future = send_with_retries(&rule, service, runtime, hash, parts, body, exchange);
     let sent = match rule.request_timeout {
@@ -228,9 +250,37 @@ async fn forward(
     let body = ResponseBody::Upstream {
         inner: body,
         in_flight: Some(in_flight),
+        slot,
         reuse: if switching { None } else { pooled },
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// Copies the request to the rule's mirror service, when its body was kept.
+fn send_mirror(
+    target: usize,
+    mut head: http::request::Parts,
+    shadow: &str,
+    body: &RequestBody,
+    conn: &Conn,
+    rule: &HttpRule,
+    active: &Active,
+) {
+    let (Some(bytes), Some(service), Some(runtime)) = (
+        body.kept(),
+        active.snapshot.services.get(target),
+        active.services.get(target),
+    ) else {
+        tracing::debug!(route = %rule.route, "mirror skipped: body not kept");
+        return;
+    };
+    let Ok(authority) = Authority::try_from(shadow) else {
+        return;
+    };
+    head.headers.remove(HOST);
+    if upstream_head(&mut head, conn, rule, service.protocol, authority, false).is_ok() {
+        mirror::spawn(head, bytes.clone(), service, runtime);
+    }
 }
 
 /// Header telling how many attempts a request took (when the route retries).
@@ -295,7 +345,8 @@ struct Sent {
 
 /// Sends the request, retrying as the rule's policy allows: each retry goes to another
 /// endpoint when there is one, after a jittered backoff, within the service's retry budget,
-/// and only while the body can be sent again.
+/// and only while the body can be sent again and the circuit breaker lets it through. Every
+/// attempt's outcome feeds the breaker and outlier detection.
 async fn send_with_retries(
     rule: &HttpRule,
     service: &strait_config::snapshot::Service,
@@ -306,6 +357,12 @@ async fn send_with_retries(
     exchange: &mut Exchange,
 ) -> Result<Sent, ProxyError> {
     let policy = rule.policies.retries.as_ref();
+    let breaker = runtime.breaker.as_ref();
+    let dial = Dial {
+        timeout: service.connect_timeout,
+        limits: breaker,
+    };
+    let mut admitted = breaker.map(|b| b.admit()).transpose()?;
     let mut head = Some(parts);
     let mut tries = 0u32;
     let mut previous = None;
@@ -320,7 +377,8 @@ async fn send_with_retries(
             .ok_or(ProxyError::NoHealthyEndpoints)?
             .clone();
         exchange.endpoint = Some(endpoint.label.clone());
-        let retry_possible = policy.is_some_and(|p| tries <= p.attempts) && body.replayable();
+        let retry_possible =
+            policy.is_some_and(|p| tries <= p.attempts && body.replayable(p.max_body_bytes));
         // The head is cloned only while another attempt may need it.
         let this_head = match &head {
             Some(h) if retry_possible => clone_head(h),
@@ -332,22 +390,30 @@ async fn send_with_retries(
             .for_attempt()
             .ok_or(ProxyError::Internal("request body already sent"))?;
         let in_flight = endpoint.start_request();
-        let send = upstream::send(
-            &endpoint,
-            service.connect_timeout,
-            Request::from_parts(this_head, this_body),
-        );
+        let send = upstream::send(&endpoint, dial, Request::from_parts(this_head, this_body));
         let outcome = match rule.per_try_timeout {
             Some(limit) => tokio::time::timeout(limit, send)
                 .await
                 .unwrap_or(Err(ProxyError::Timeout)),
             None => send.await,
         };
+        let failed = match &outcome {
+            Ok((response, _)) => response.status().is_server_error(),
+            Err(e) => e.is_upstream(),
+        };
+        if let (Some(b), Some(attempt)) = (breaker, admitted.take()) {
+            b.record(attempt, failed);
+        }
+        if let Some(outlier) = &runtime.outlier {
+            outlier.record(&endpoint, failed, runtime.endpoints.len());
+        }
         let outcome = outcome.map(|(response, pooled)| (response, pooled, in_flight));
         let retry = match policy {
-            Some(p) if retry_possible && retryable(p, outcome.as_ref().map(|(r, _, _)| r)) => p
-                .budget
-                .is_none_or(|(percent, floor)| runtime.state.budget.try_retry(percent, floor)),
+            Some(p) if retry_possible && retryable(p, outcome.as_ref().map(|(r, _, _)| r)) => {
+                p.budget
+                    .is_none_or(|(percent, floor)| runtime.state.budget.try_retry(percent, floor))
+                    && admit_retry(breaker, &mut admitted)
+            }
             _ => false,
         };
         let (Some(p), true) = (policy, retry) else {
@@ -369,6 +435,19 @@ async fn send_with_retries(
         drop(outcome);
         tokio::time::sleep(backoff(p, tries)).await;
         previous = Some(index);
+    }
+}
+
+/// Whether the breaker lets a retry through (a retry never turns into `circuit-open`: when
+/// refused, the caller gets the last answer).
+fn admit_retry(breaker: Option<&Arc<Breaker>>, admitted: &mut Option<Attempt>) -> bool {
+    match breaker.map(|b| b.admit()) {
+        None => true,
+        Some(Ok(attempt)) => {
+            *admitted = Some(attempt);
+            true
+        }
+        Some(Err(_)) => false,
     }
 }
 

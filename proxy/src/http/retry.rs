@@ -50,9 +50,18 @@ impl RequestBody {
         }
     }
 
-    /// Whether another attempt could send the body again.
-    pub fn replayable(&self) -> bool {
-        matches!(self, Self::Kept(_))
+    /// The body, when it is kept in memory.
+    pub fn kept(&self) -> Option<&Bytes> {
+        match self {
+            Self::Kept(bytes) => Some(bytes),
+            Self::Once(_) => None,
+        }
+    }
+
+    /// Whether another attempt may send the body again: it is kept, and within `limit` bytes
+    /// (a body kept for a mirror may be larger than the retry policy allows).
+    pub fn replayable(&self, limit: u64) -> bool {
+        matches!(self, Self::Kept(bytes) if bytes.len() as u64 <= limit)
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
 use super::error::ProxyError;
+use crate::service::breaker::{Breaker, Slot};
 use crate::service::endpoint::{Endpoint, Http1Sender, Http2Sender, Pool, PooledHttp1};
 
 /// Opens a TCP connection to the endpoint within `timeout`.
@@ -28,18 +29,41 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream
     Ok(stream)
 }
 
+/// How to open a new connection to an endpoint: the deadline, and the service's limits on
+/// pending requests and connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Dial<'a> {
+    /// Connect timeout.
+    pub timeout: Duration,
+    /// The service's circuit breaker, whose limits apply.
+    pub limits: Option<&'a Arc<Breaker>>,
+}
+
+impl Dial<'_> {
+    /// Slots for a request waiting on a new connection and for the connection itself; the
+    /// first is released once connected, the second lives as long as the connection.
+    fn slots(&self) -> Result<(Option<Slot>, Option<Slot>), ProxyError> {
+        let Some(breaker) = self.limits else {
+            return Ok((None, None));
+        };
+        let pending = breaker.start_pending()?;
+        let connection = breaker.open_connection()?;
+        Ok((pending, connection))
+    }
+}
+
 /// Sends `req` to `endpoint`; on success also returns the HTTP/1 connection to give back to the
 /// pool once the response body has been read.
 pub async fn send(
     endpoint: &Arc<Endpoint>,
-    connect_timeout: Duration,
+    dial: Dial<'_>,
     req: Request<UpstreamBody>,
 ) -> Result<(Response<Incoming>, Option<PooledHttp1>), ProxyError> {
     match &endpoint.pool {
         Pool::Http1(idle) => {
             let (mut sender, reused) = match checkout(idle).await {
                 Some(sender) => (sender, true),
-                None => (connect_http1(endpoint, connect_timeout).await?, false),
+                None => (connect_http1(endpoint, dial).await?, false),
             };
             let result = match sender.try_send_request(req).await {
                 // A pooled connection closed by the upstream before the request went out: the
@@ -48,7 +72,7 @@ pub async fn send(
                     let req = e
                         .take_message()
                         .ok_or(ProxyError::UpstreamReset(e.into_error()))?;
-                    sender = connect_http1(endpoint, connect_timeout).await?;
+                    sender = connect_http1(endpoint, dial).await?;
                     sender.send_request(req).await
                 }
                 other => other.map_err(|e| e.into_error()),
@@ -64,7 +88,7 @@ pub async fn send(
             let mut sender = match shared.load_full() {
                 Some(s) if !s.is_closed() => (*s).clone(),
                 _ => {
-                    let s = connect_http2(endpoint, connect_timeout).await?;
+                    let s = connect_http2(endpoint, dial).await?;
                     shared.store(Some(Arc::new(s.clone())));
                     s
                 }
@@ -90,34 +114,40 @@ async fn checkout(idle: &crossbeam_queue::ArrayQueue<Http1Sender>) -> Option<Htt
     None
 }
 
-async fn connect_http1(endpoint: &Endpoint, timeout: Duration) -> Result<Http1Sender, ProxyError> {
-    let io = TokioIo::new(connect(endpoint, timeout).await?);
+async fn connect_http1(endpoint: &Endpoint, dial: Dial<'_>) -> Result<Http1Sender, ProxyError> {
+    let (pending, connection) = dial.slots()?;
+    let io = TokioIo::new(connect(endpoint, dial.timeout).await?);
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(io)
         .await
         .map_err(ProxyError::UpstreamReset)?;
+    drop(pending);
     let label = endpoint.label.clone();
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(endpoint = %label, error = %e, "upstream connection closed");
         }
+        drop(connection);
     });
     Ok(sender)
 }
 
-async fn connect_http2(endpoint: &Endpoint, timeout: Duration) -> Result<Http2Sender, ProxyError> {
-    let io = TokioIo::new(connect(endpoint, timeout).await?);
+async fn connect_http2(endpoint: &Endpoint, dial: Dial<'_>) -> Result<Http2Sender, ProxyError> {
+    let (pending, connection) = dial.slots()?;
+    let io = TokioIo::new(connect(endpoint, dial.timeout).await?);
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .handshake(io)
         .await
         .map_err(ProxyError::UpstreamReset)?;
+    drop(pending);
     let label = endpoint.label.clone();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(endpoint = %label, error = %e, "upstream h2 connection closed");
         }
+        drop(connection);
     });
     Ok(sender)
 }

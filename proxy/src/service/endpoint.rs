@@ -1,10 +1,12 @@
-//! Long-lived per-endpoint state: in-flight count and the connection pool.
+//! Long-lived per-endpoint state: in-flight count, whether it is in rotation, outlier counts,
+//! and the connection pool.
 //!
 //! An `Endpoint` outlives config reloads: the reloader keeps it for as long as its service
-//! still lists its address with the same protocol, so pools and counters carry over.
+//! still lists its address with the same protocol, so pools, counters, health and ejections
+//! carry over.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -12,6 +14,7 @@ use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::{http1, http2};
 
 use super::balance::Candidate;
+use super::outlier::EndpointOutlier;
 use crate::http::body::UpstreamBody;
 
 /// An HTTP/1 connection ready for its next request.
@@ -30,6 +33,16 @@ pub enum Pool {
     Tcp,
 }
 
+/// Why an endpoint is out of rotation: bits of [`Endpoint::out`]; none set means in rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OutOfRotation {
+    /// Active health checks failed.
+    Unhealthy = 1,
+    /// Outlier detection ejected it.
+    Ejected = 2,
+}
+
 /// One upstream endpoint of one service.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -37,20 +50,64 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// `ip:port`, for logs, metrics and `/clusters`.
     pub label: Arc<str>,
+    /// Name of the service it belongs to.
+    pub service: Arc<str>,
     in_flight: AtomicU64,
+    /// [`OutOfRotation`] bits: one load tells a picker whether the endpoint is usable.
+    out: AtomicU8,
+    /// Passive outlier-detection counts.
+    pub outlier: EndpointOutlier,
+    healthy: metrics::Gauge,
     /// Its connections.
     pub pool: Pool,
 }
 
 impl Endpoint {
-    /// A fresh endpoint with an empty pool.
-    pub fn new(address: SocketAddr, pool: Pool) -> Self {
+    /// A fresh endpoint of `service`, in rotation, with an empty pool.
+    pub fn new(service: &Arc<str>, address: SocketAddr, pool: Pool) -> Self {
+        let label: Arc<str> = address.to_string().into();
+        let healthy = metrics::gauge!(
+            crate::metrics::ENDPOINT_HEALTHY,
+            "service" => service.clone(),
+            "endpoint" => label.clone()
+        );
+        healthy.set(1.0);
         Self {
             address,
-            label: address.to_string().into(),
+            label,
+            service: service.clone(),
             in_flight: AtomicU64::new(0),
+            out: AtomicU8::new(0),
+            outlier: EndpointOutlier::default(),
+            healthy,
             pool,
         }
+    }
+
+    /// Whether the endpoint takes requests now.
+    pub fn is_available(&self) -> bool {
+        self.out.load(Ordering::Relaxed) == 0
+    }
+
+    /// Whether `reason` currently keeps the endpoint out of rotation.
+    pub fn is_out_for(&self, reason: OutOfRotation) -> bool {
+        self.out.load(Ordering::Relaxed) & reason as u8 != 0
+    }
+
+    /// Sets or clears one reason for being out of rotation; returns whether it changed.
+    /// `strait_endpoint_healthy` follows whether the endpoint is in rotation.
+    pub fn set_out(&self, reason: OutOfRotation, out: bool) -> bool {
+        let bit = reason as u8;
+        let before = if out {
+            self.out.fetch_or(bit, Ordering::AcqRel)
+        } else {
+            self.out.fetch_and(!bit, Ordering::AcqRel)
+        };
+        let after = if out { before | bit } else { before & !bit };
+        if (before == 0) != (after == 0) {
+            self.healthy.set(if after == 0 { 1.0 } else { 0.0 });
+        }
+        before != after
     }
 
     /// Requests (or TCP connections) in flight now.
@@ -80,7 +137,7 @@ impl Candidate for Arc<Endpoint> {
     }
 
     fn is_available(&self) -> bool {
-        true
+        Endpoint::is_available(self)
     }
 }
 
