@@ -6,13 +6,16 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::reload::{ReloadError, Reloader};
+use crate::control::{ControlTarget, ControlUpdate};
+use crate::reload::{Initial, ReloadError, Reloader};
 
 /// How to run the proxy.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Config file or directory.
-    pub config: PathBuf,
+    /// Config file or directory (with a control: the bootstrap used until it answers).
+    pub config: Option<PathBuf>,
+    /// The control to take config from.
+    pub control: Option<ControlTarget>,
     /// How often the config files are checked for changes.
     pub watch_interval: Duration,
 }
@@ -37,6 +40,12 @@ pub enum StartError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    /// Neither a config file nor a control was given.
+    #[error("nothing to serve: give --config PATH, --control URL, or both")]
+    NoConfig,
+    /// Stopped before the control sent a first config.
+    #[error("stopped while waiting for the first config from the control")]
+    Interrupted,
 }
 
 /// Runs until SIGTERM or SIGINT, then drains: stops accepting, lets in-flight requests finish
@@ -46,7 +55,38 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signal)?;
 
-    let reloader = Reloader::start(options.config.clone(), prometheus).await?;
+    let (updates, mut received) = tokio::sync::mpsc::channel::<ControlUpdate>(1);
+    let initial = match (options.config.clone(), options.control.clone()) {
+        (None, None) => return Err(StartError::NoConfig),
+        (Some(path), None) => Initial::File(path),
+        (path, Some(mut target)) => {
+            let url: std::sync::Arc<str> = target.url.to_string().into();
+            if let Some(p) = &path {
+                // Report the bootstrap's listeners, so the control attaches routes to them.
+                if let Ok(snapshot) = strait_config::load_path(p) {
+                    target.listeners = snapshot
+                        .listeners
+                        .iter()
+                        .map(|l| l.name.to_string())
+                        .collect();
+                }
+            }
+            tokio::spawn(crate::control::run(target, updates));
+            let first = if path.is_none() {
+                tracing::info!(control = %url, "waiting for the first config from the control");
+                tokio::select! {
+                    update = received.recv() => Some(update.ok_or(StartError::Interrupted)?),
+                    _ = terminate.recv() => return Err(StartError::Interrupted),
+                    _ = interrupt.recv() => return Err(StartError::Interrupted),
+                }
+            } else {
+                None
+            };
+            Initial::Control { path, first, url }
+        }
+    };
+    let control_attached = options.control.is_some();
+    let reloader = Reloader::start(initial, prometheus).await?;
     let shared = reloader.shared();
     let admin_address = shared.config.load().snapshot.proxy.admin;
     let admin = TcpListener::bind(admin_address)
@@ -59,7 +99,8 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     tracing::info!(listener = "admin", address = %bound, "listening");
     tokio::spawn(crate::admin::serve(admin, shared.clone()));
     reloader.mark_ready();
-    let reloads = tokio::spawn(reloader.run(options.watch_interval));
+    let reloads =
+        tokio::spawn(reloader.run(options.watch_interval, control_attached.then_some(received)));
 
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",

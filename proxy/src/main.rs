@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use strait_proxy::control::ControlTarget;
 use strait_proxy::logging::{self, LogFormat};
 
 /// Strait's sidecar proxy.
@@ -44,15 +45,12 @@ fn main() -> ExitCode {
         return check(&path);
     }
     logging::init(args.log_format);
-    if args.control.is_some() {
-        eprintln!(
-            "strait-proxy: --control is not available in this build yet; run with --config PATH"
-        );
-        return ExitCode::from(2);
-    }
-    let Some(config) = args.config else {
-        eprintln!("strait-proxy: --config PATH is required");
-        return ExitCode::from(2);
+    let control = match control_target(&args) {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("strait-proxy: {message}");
+            return ExitCode::from(2);
+        }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,7 +63,8 @@ fn main() -> ExitCode {
         }
     };
     let options = strait_proxy::app::Options {
-        config,
+        config: args.config,
+        control,
         watch_interval: args.watch_interval,
     };
     match runtime.block_on(strait_proxy::app::run(options)) {
@@ -76,6 +75,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn control_target(args: &Args) -> Result<Option<ControlTarget>, String> {
+    let Some(url) = &args.control else {
+        return Ok(None);
+    };
+    let url: http::Uri = url
+        .parse()
+        .map_err(|e| format!("--control {url}: not a URL: {e}"))?;
+    if url.scheme_str() != Some("http") || url.authority().is_none() {
+        return Err(format!("--control {url}: expected http://HOST:PORT"));
+    }
+    let node = args.node.clone().ok_or("--control needs --node NAME")?;
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--token-file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    Ok(Some(ControlTarget {
+        url,
+        node,
+        token,
+        listeners: Vec::new(),
+    }))
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

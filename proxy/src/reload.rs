@@ -1,8 +1,12 @@
 //! The reloader: the only writer of the active config.
 //!
-//! It re-reads the config on SIGHUP and when the files change (polled), validates and compiles
-//! the whole set, reconciles long-lived state (endpoints, listeners), then swaps the new
-//! version in with one store. A set with any error is rejected whole: the old one keeps serving.
+//! It re-reads the config on SIGHUP and when the files change (polled), and takes versions
+//! pushed by the control; it validates and compiles the whole set, reconciles long-lived state
+//! (endpoints, listeners), then swaps the new version in with one store. A set with any error
+//! is rejected whole: the old one keeps serving.
+//!
+//! With a control, the effective set is the control's documents plus, when the control sends
+//! no `ProxyConfig` for this node, the local file's `ProxyConfig` (the bootstrap).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -14,10 +18,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use strait_config::load::{parse_sources, read_sources, Source};
-use strait_config::{ConfigErrors, Snapshot};
+use strait_config::spec::Resource;
+use strait_config::{ConfigErrors, LoadedDoc};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 
 use crate::active::EndpointRegistry;
+use crate::control::ControlUpdate;
 use crate::listen::{BindError, Listeners};
 use crate::metrics::{CONFIG_RELOADS, CONFIG_VERSION};
 use crate::shared::{draining, Drain, Shared};
@@ -33,22 +40,77 @@ pub enum ReloadError {
     Bind(#[from] BindError),
 }
 
+/// The documents of the last applied control version.
+#[derive(Debug)]
+struct ControlDocs {
+    version: u64,
+    docs: Vec<LoadedDoc>,
+}
+
 /// Owns everything a reload changes.
 pub struct Reloader {
-    path: PathBuf,
+    path: Option<PathBuf>,
+    /// The local file's documents (the bootstrap when a control is attached).
+    local: Vec<LoadedDoc>,
+    control: Option<ControlDocs>,
+    control_url: Arc<str>,
     shared: Arc<Shared>,
     registry: EndpointRegistry,
     listeners: Listeners,
     fingerprint: u64,
 }
 
+/// Where the first config comes from.
+#[derive(Debug)]
+pub enum Initial {
+    /// A file or directory.
+    File(PathBuf),
+    /// A file (the bootstrap), or nothing, plus the control's first version.
+    Control {
+        /// Bootstrap file, if any.
+        path: Option<PathBuf>,
+        /// The control's first version (when it answered before the proxy started).
+        first: Option<ControlUpdate>,
+        /// The control's URL, for `/config`'s `source`.
+        url: Arc<str>,
+    },
+}
+
 impl Reloader {
     /// Loads the first config and binds its listeners; fails if either fails.
-    pub async fn start(path: PathBuf, prometheus: PrometheusHandle) -> Result<Self, ReloadError> {
-        let (sources, fingerprint) = read(&path)?;
-        let snapshot = compile(&sources)?;
+    pub async fn start(
+        initial: Initial,
+        prometheus: PrometheusHandle,
+    ) -> Result<Self, ReloadError> {
+        let (path, first, control_url) = match initial {
+            Initial::File(path) => (Some(path), None, Arc::from("")),
+            Initial::Control { path, first, url } => (path, first, url),
+        };
+        let (local, fingerprint) = match &path {
+            Some(p) => {
+                let (sources, fingerprint) = read(p)?;
+                (parse_sources(&sources)?, fingerprint)
+            }
+            None => (Vec::new(), 0),
+        };
+        let control = match first {
+            Some(update) => match parse_control(&update.text) {
+                Ok(docs) => {
+                    let version = update.version;
+                    let _ = update.verdict.send(Ok(()));
+                    Some(ControlDocs { version, docs })
+                }
+                Err(e) => {
+                    let _ = update.verdict.send(Err(e.to_string()));
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
+        let snapshot = strait_config::compile(&effective(&local, control.as_ref()))?;
+        let label = label(path.as_deref(), &control_url, control.as_ref());
         let mut registry = EndpointRegistry::default();
-        let active = registry.build(1, source_label(&path), snapshot);
+        let active = registry.build(1, label.clone(), snapshot);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(active),
             prometheus,
@@ -61,9 +123,12 @@ impl Reloader {
             .await?;
         metrics::gauge!(CONFIG_VERSION).set(1.0);
         metrics::counter!(CONFIG_RELOADS, "result" => "applied").increment(1);
-        tracing::info!(version = 1u64, source = %path.display(), "config applied");
+        tracing::info!(version = 1u64, source = %label, "config applied");
         Ok(Self {
             path,
+            local,
+            control,
+            control_url,
             shared,
             registry,
             listeners,
@@ -76,8 +141,8 @@ impl Reloader {
         self.shared.clone()
     }
 
-    /// Watches for SIGHUP and file changes until draining starts.
-    pub async fn run(mut self, poll: Duration) {
+    /// Watches for SIGHUP, file changes and control versions until draining starts.
+    pub async fn run(mut self, poll: Duration, mut updates: Option<mpsc::Receiver<ControlUpdate>>) {
         let mut hangup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -92,41 +157,83 @@ impl Reloader {
             let forced = tokio::select! {
                 Some(()) = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
                 _ = tick.tick() => false,
+                Some(update) = async { match updates.as_mut() { Some(u) => u.recv().await, None => std::future::pending().await } } => {
+                    self.apply_control(update).await;
+                    continue;
+                }
                 () = draining(&mut drain) => return,
             };
-            self.reload(forced).await;
+            if self.path.is_some() {
+                self.reload(forced).await;
+            }
+        }
+    }
+
+    /// Applies one version from the control and answers it (ACK, or NACK with the errors).
+    async fn apply_control(&mut self, update: ControlUpdate) {
+        let candidate = match parse_control(&update.text) {
+            Ok(docs) => ControlDocs {
+                version: update.version,
+                docs,
+            },
+            Err(e) => {
+                let error = ReloadError::from(e);
+                let _ = update.verdict.send(Err(error.to_string()));
+                return self.reject(error, self.fingerprint);
+            }
+        };
+        let docs = effective(&self.local, Some(&candidate));
+        let label = label(self.path.as_deref(), &self.control_url, Some(&candidate));
+        match self.apply(&docs, label.clone()).await {
+            Ok(version) => {
+                tracing::info!(version, source = %label, trigger = "control", "config applied");
+                self.control = Some(candidate);
+                let _ = update.verdict.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = update.verdict.send(Err(e.to_string()));
+                self.reject(e, self.fingerprint);
+            }
         }
     }
 
     /// Re-reads the config and applies it if it changed and is valid. `forced` (SIGHUP) only
     /// makes an unchanged config say so in the log.
     pub async fn reload(&mut self, forced: bool) {
-        let (sources, fingerprint) = match read(&self.path) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let (sources, fingerprint) = match read(&path) {
             Ok(read) => read,
             Err(e) => return self.reject(e.into(), 0),
         };
         if fingerprint == self.fingerprint {
             if forced {
-                tracing::info!(source = %self.path.display(), "config unchanged since the last reload; nothing to do");
+                tracing::info!(source = %path.display(), "config unchanged since the last reload; nothing to do");
             }
             return;
         }
-        match self.apply(&sources).await {
+        let local = match parse_sources(&sources) {
+            Ok(docs) => docs,
+            Err(e) => return self.reject(e.into(), fingerprint),
+        };
+        let docs = effective(&local, self.control.as_ref());
+        let label = label(Some(&path), &self.control_url, self.control.as_ref());
+        match self.apply(&docs, label.clone()).await {
             Ok(version) => {
                 self.fingerprint = fingerprint;
-                tracing::info!(version, source = %self.path.display(), trigger = if forced { "signal" } else { "file change" }, "config applied");
+                self.local = local;
+                tracing::info!(version, source = %label, trigger = if forced { "signal" } else { "file change" }, "config applied");
             }
             Err(e) => self.reject(e, fingerprint),
         }
     }
 
-    async fn apply(&mut self, sources: &[Source]) -> Result<u64, ReloadError> {
-        let snapshot = compile(sources)?;
+    async fn apply(&mut self, docs: &[LoadedDoc], label: Arc<str>) -> Result<u64, ReloadError> {
+        let snapshot = strait_config::compile(docs)?;
         self.listeners.reconcile(&snapshot, &self.shared).await?;
         let version = self.shared.config.load().version + 1;
-        let active = self
-            .registry
-            .build(version, source_label(&self.path), snapshot);
+        let active = self.registry.build(version, label, snapshot);
         self.shared.config.store(Arc::new(active));
         metrics::gauge!(CONFIG_VERSION).set(version as f64);
         metrics::counter!(CONFIG_RELOADS, "result" => "applied").increment(1);
@@ -157,10 +264,38 @@ fn read(path: &std::path::Path) -> Result<(Vec<Source>, u64), ConfigErrors> {
     Ok((sources, hasher.finish()))
 }
 
-fn compile(sources: &[Source]) -> Result<Snapshot, ConfigErrors> {
-    strait_config::compile(&parse_sources(sources)?)
+/// The control's documents, labelled `<control>` in errors.
+fn parse_control(text: &str) -> Result<Vec<LoadedDoc>, ConfigErrors> {
+    parse_sources(&[Source {
+        file: "<control>".into(),
+        text: text.to_owned(),
+    }])
 }
 
-fn source_label(path: &std::path::Path) -> Arc<str> {
-    format!("file:{}", path.display()).into()
+/// What to compile: the local set alone, or the control's documents plus the local
+/// `ProxyConfig` when the control has none for this node.
+fn effective(local: &[LoadedDoc], control: Option<&ControlDocs>) -> Vec<LoadedDoc> {
+    let Some(control) = control else {
+        return local.to_vec();
+    };
+    let is_proxy = |d: &&LoadedDoc| matches!(d.resource, Resource::ProxyConfig(_));
+    let mut docs: Vec<LoadedDoc> = if control.docs.iter().any(|d| is_proxy(&d)) {
+        Vec::new()
+    } else {
+        local.iter().filter(is_proxy).cloned().collect()
+    };
+    docs.extend(control.docs.iter().cloned());
+    docs
+}
+
+fn label(
+    path: Option<&std::path::Path>,
+    control_url: &str,
+    control: Option<&ControlDocs>,
+) -> Arc<str> {
+    match (control, path) {
+        (Some(c), _) => format!("control:{control_url} version {}", c.version).into(),
+        (None, Some(p)) => format!("file:{}", p.display()).into(),
+        (None, None) => "none".into(),
+    }
 }

@@ -4,11 +4,13 @@
 
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod metrics;
 pub mod process;
 pub mod upstream;
 pub mod wait;
 
+pub use control::Control;
 pub use process::Proxy;
 pub use upstream::{CaptureUpstream, TcpEcho, Upstream};
 pub use wait::eventually;

@@ -69,6 +69,32 @@ impl Proxy {
         Self::start_in(dir, &["--watch-interval", "200ms"])
     }
 
+    /// Starts the proxy attached to a control as `node`, with `bootstrap` (a ProxyConfig:
+    /// admin and listeners) used until the control answers.
+    pub fn start_with_control(
+        bootstrap: &str,
+        control: &str,
+        node: &str,
+        token_file: &Path,
+    ) -> Self {
+        let dir = TempDir::new("proxy");
+        std::fs::write(dir.path().join("config.yaml"), bootstrap).expect("write config");
+        let token = token_file.to_string_lossy().into_owned();
+        Self::start_in(
+            dir,
+            &[
+                "--watch-interval",
+                "200ms",
+                "--control",
+                control,
+                "--node",
+                node,
+                "--token-file",
+                &token,
+            ],
+        )
+    }
+
     fn start_in(dir: TempDir, extra: &[&str]) -> Self {
         let mut child = Command::new(proxy_bin())
             .arg("--config")

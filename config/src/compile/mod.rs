@@ -41,13 +41,40 @@ impl Errors {
 /// Services by `(namespace, name)`, for resolving `backendRefs`.
 pub(crate) type ServiceIndexMap = HashMap<(String, String), ServiceIndex>;
 
-/// Validates and compiles a set of documents into a snapshot.
-///
-/// The set must contain exactly one `ProxyConfig`.
-pub fn compile(docs: &[LoadedDoc]) -> Result<Snapshot, ConfigErrors> {
+/// Validates a set of documents the way the control process stores them: any number of
+/// `ProxyConfig`s (one per node, each checked on its own), and Services and routes checked
+/// together (references, weights, regexes...) without tying routes to any node's listeners.
+pub fn validate(docs: &[LoadedDoc]) -> Result<(), ConfigErrors> {
     let mut errors = Errors::default();
     names::check_unique(docs, &mut errors);
+    let (proxies, others): (Vec<&LoadedDoc>, Vec<&LoadedDoc>) = docs
+        .iter()
+        .partition(|d| matches!(d.resource, Resource::ProxyConfig(_)));
+    for doc in proxies {
+        proxy::compile(doc, &mut errors);
+    }
+    let others: Vec<LoadedDoc> = others.into_iter().cloned().collect();
+    let (services, index) = compile_services(&others, &mut errors);
+    http_route::compile_all(&others, None, &services, &index, &mut errors);
+    tcp_route::compile_all(&others, None, &services, &index, &mut errors);
+    if errors.0.is_empty() {
+        Ok(())
+    } else {
+        Err(sorted(errors))
+    }
+}
 
+fn sorted(mut errors: Errors) -> ConfigErrors {
+    errors.0.sort_by(|a, b| {
+        (&a.file, a.mark.line, a.mark.column).cmp(&(&b.file, b.mark.line, b.mark.column))
+    });
+    ConfigErrors(errors.0)
+}
+
+fn compile_services(
+    docs: &[LoadedDoc],
+    errors: &mut Errors,
+) -> (Vec<Arc<crate::snapshot::Service>>, ServiceIndexMap) {
     let mut services = Vec::new();
     let mut service_docs: Vec<&LoadedDoc> = docs
         .iter()
@@ -60,7 +87,7 @@ pub fn compile(docs: &[LoadedDoc]) -> Result<Snapshot, ConfigErrors> {
     let mut index = ServiceIndexMap::new();
     for doc in service_docs {
         if let Resource::Service(svc) = &doc.resource {
-            let compiled = service::compile(doc, svc, &mut errors);
+            let compiled = service::compile(doc, svc, errors);
             index.insert(
                 (svc.metadata.namespace.clone(), svc.metadata.name.clone()),
                 services.len(),
@@ -68,6 +95,17 @@ pub fn compile(docs: &[LoadedDoc]) -> Result<Snapshot, ConfigErrors> {
             services.push(Arc::new(compiled));
         }
     }
+    (services, index)
+}
+
+/// Validates and compiles a set of documents into a snapshot.
+///
+/// The set must contain exactly one `ProxyConfig`.
+pub fn compile(docs: &[LoadedDoc]) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Errors::default();
+    names::check_unique(docs, &mut errors);
+
+    let (services, index) = compile_services(docs, &mut errors);
 
     let proxy_docs: Vec<&LoadedDoc> = docs
         .iter()
@@ -112,12 +150,7 @@ pub fn compile(docs: &[LoadedDoc]) -> Result<Snapshot, ConfigErrors> {
             rule_count,
             resources: docs.iter().map(|d| d.resource.clone()).collect(),
         }),
-        _ => {
-            errors.0.sort_by(|a, b| {
-                (&a.file, a.mark.line, a.mark.column).cmp(&(&b.file, b.mark.line, b.mark.column))
-            });
-            Err(ConfigErrors(errors.0))
-        }
+        _ => Err(sorted(errors)),
     }
 }
 

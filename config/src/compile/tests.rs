@@ -190,3 +190,44 @@ fn unknown_kind_and_bad_api_version() {
         "{err}"
     );
 }
+
+fn validate_str(text: &str) -> Vec<String> {
+    let docs = crate::load::parse_sources(&[crate::Source {
+        file: "store.yaml".into(),
+        text: text.to_owned(),
+    }])
+    .expect("parses");
+    match super::validate(&docs) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn validate_needs_no_proxy_config_and_accepts_one_per_node() {
+    let service_only = HEAD.split("---\n").nth(1).unwrap();
+    assert!(validate_str(service_only).is_empty());
+    let two_nodes = format!(
+        "{HEAD}---\n{}",
+        HEAD.split("---\n")
+            .next()
+            .unwrap()
+            .replace("name: p", "name: q")
+    );
+    assert!(
+        validate_str(&two_nodes).is_empty(),
+        "{:?}",
+        validate_str(&two_nodes)
+    );
+    let bad = format!(
+        "{service_only}---\n{}",
+        route("backendRefs: [{name: nope}]")
+    );
+    let errors = validate_str(&bad);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("store.yaml:"), "{errors:?}");
+    assert!(
+        errors[0].contains("spec.rules[0].backendRefs[0].name"),
+        "{errors:?}"
+    );
+}

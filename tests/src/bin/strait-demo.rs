@@ -49,7 +49,8 @@ async fn main() -> anyhow::Result<()> {
         cfg = config.display()
     );
     let options = strait_proxy::app::Options {
-        config,
+        config: Some(config),
+        control: None,
         watch_interval: Duration::from_secs(1),
     };
     let result = strait_proxy::app::run(options).await;

@@ -1,0 +1,224 @@
+//! The proxy's side of config push: one long-lived HTTP/2 stream to the control, a config
+//! version per line, an ACK or NACK for each.
+//!
+//! When the control goes away the proxy keeps serving its last good config and reconnects
+//! with jittered exponential backoff; on reconnect the control sends the current version, so
+//! the proxy resyncs without anyone noticing.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// Longest line (one config version) accepted from the control.
+const MAX_LINE: usize = 16 * 1024 * 1024;
+/// First and largest reconnect delays (each jittered).
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
+
+/// Where and who: the control's URL, this node's name, the token, the listeners to report.
+#[derive(Debug, Clone)]
+pub struct ControlTarget {
+    /// `http://host:port`.
+    pub url: Uri,
+    /// Node name.
+    pub node: String,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Listener names of the bootstrap config (the control attaches routes to them).
+    pub listeners: Vec<String>,
+}
+
+/// One version from the control, and where to send the verdict.
+#[derive(Debug)]
+pub struct ControlUpdate {
+    /// The control's version number.
+    pub version: u64,
+    /// The documents, as YAML text (JSON documents separated by `---`).
+    pub text: String,
+    /// Ok(()) to ACK, Err(message) to NACK.
+    pub verdict: oneshot::Sender<Result<(), String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeSnapshot {
+    version: u64,
+    documents: Vec<serde_json::Value>,
+}
+
+/// Why a session with the control ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("http/2: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("control answered {0}")]
+    Status(StatusCode),
+    #[error("bad message from control: {0}")]
+    Message(String),
+    #[error("stream ended")]
+    Ended,
+    #[error("the proxy is shutting down")]
+    Closed,
+}
+
+/// Keeps a session with the control open for as long as `updates` has a receiver.
+pub async fn run(target: ControlTarget, updates: mpsc::Sender<ControlUpdate>) {
+    let mut delay = BACKOFF.0;
+    loop {
+        let started = tokio::time::Instant::now();
+        match session(&target, &updates).await {
+            Err(SessionError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(control = %target.url, error = %e, "control connection lost; serving the last good config");
+            }
+            Ok(()) => {}
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            delay = BACKOFF.0;
+        }
+        let jittered = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
+        tokio::time::sleep(jittered).await;
+        delay = (delay * 2).min(BACKOFF.1);
+    }
+}
+
+async fn session(
+    target: &ControlTarget,
+    updates: &mpsc::Sender<ControlUpdate>,
+) -> Result<(), SessionError> {
+    let authority = target
+        .url
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .ok_or_else(|| SessionError::Message("control URL has no host".into()))?;
+    let stream = TcpStream::connect(&authority)
+        .await
+        .map_err(SessionError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let path = format!(
+        "/v1/push/stream?node={}&listeners={}",
+        encode(&target.node),
+        encode(&target.listeners.join(","))
+    );
+    let response = sender
+        .send_request(request(target, Method::GET, &path, Bytes::new())?)
+        .await?;
+    if response.status() != StatusCode::OK {
+        return Err(SessionError::Status(response.status()));
+    }
+    tracing::info!(control = %target.url, node = %target.node, "connected to control");
+    let mut body = response.into_body();
+    let mut buffer = BytesMut::new();
+    loop {
+        let Some(frame) = body.frame().await else {
+            return Err(SessionError::Ended);
+        };
+        if let Ok(data) = frame?.into_data() {
+            buffer.extend_from_slice(&data);
+        }
+        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+            let line = buffer.split_to(end + 1);
+            let line = &line[..end];
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue; // keep-alive
+            }
+            let snapshot: NodeSnapshot =
+                serde_json::from_slice(line).map_err(|e| SessionError::Message(e.to_string()))?;
+            let verdict = apply(snapshot.version, &snapshot.documents, updates).await?;
+            acknowledge(&mut sender, target, snapshot.version, verdict).await?;
+        }
+        if buffer.len() > MAX_LINE {
+            return Err(SessionError::Message("config line too long".into()));
+        }
+    }
+}
+
+async fn apply(
+    version: u64,
+    documents: &[serde_json::Value],
+    updates: &mpsc::Sender<ControlUpdate>,
+) -> Result<Result<(), String>, SessionError> {
+    let text = documents
+        .iter()
+        .map(serde_json::Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let (tx, rx) = oneshot::channel();
+    updates
+        .send(ControlUpdate {
+            version,
+            text,
+            verdict: tx,
+        })
+        .await
+        .map_err(|_| SessionError::Closed)?;
+    rx.await.map_err(|_| SessionError::Closed)
+}
+
+async fn acknowledge(
+    sender: &mut http2::SendRequest<Full<Bytes>>,
+    target: &ControlTarget,
+    version: u64,
+    verdict: Result<(), String>,
+) -> Result<(), SessionError> {
+    let body = serde_json::json!({
+        "node": target.node,
+        "version": version,
+        "accepted": verdict.is_ok(),
+        "error": verdict.err(),
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    sender.ready().await?;
+    let resp = sender
+        .send_request(request(target, Method::POST, "/v1/push/ack", bytes)?)
+        .await?;
+    if !resp.status().is_success() {
+        tracing::warn!(status = resp.status().as_u16(), "control refused the ACK");
+    }
+    let _ = resp.into_body().collect().await;
+    Ok(())
+}
+
+fn request(
+    target: &ControlTarget,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, SessionError> {
+    let uri = format!(
+        "{}://{}{path}",
+        target.url.scheme_str().unwrap_or("http"),
+        target.url.authority().map_or("", |a| a.as_str())
+    );
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = &target.token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    req.body(Full::new(body))
+        .map_err(|e| SessionError::Message(e.to_string()))
+}
+
+/// Percent-encodes a query value (node names and listener lists are plain already; this
+/// keeps a stray `&` or space from breaking the query).
+fn encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}

@@ -1,0 +1,251 @@
+//! The `strait-control` process under test, and `straitctl`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+
+use crate::client::{http1, send};
+use crate::process::TempDir;
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running control with its own data directory and token.
+pub struct Control {
+    child: Option<Child>,
+    dir: TempDir,
+    logs: Arc<Mutex<Vec<String>>>,
+    address: SocketAddr,
+    token: String,
+}
+
+impl Control {
+    /// Starts a control on a fresh data directory, a free port and a new token.
+    pub fn start() -> Self {
+        let dir = TempDir::new("control");
+        let token = format!("test-token-{:016x}", fastrand::u64(..));
+        std::fs::write(dir.path().join("token"), &token).expect("write token");
+        let mut control = Self {
+            child: None,
+            dir,
+            logs: Arc::default(),
+            address: ([127, 0, 0, 1], 0).into(),
+            token,
+        };
+        control.spawn();
+        control
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(bin("strait-control"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--listen")
+            .arg(self.address.to_string())
+            .arg("--token-file")
+            .arg(self.token_file())
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn strait-control");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("logs").push(line);
+            }
+        });
+        self.logs = logs;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(address) = self.listening() {
+                self.address = address;
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "strait-control exited at startup ({status}):\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control did not start:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn listening(&self) -> Option<SocketAddr> {
+        self.json_logs()
+            .iter()
+            .find(|v| v["fields"]["message"] == "listening")
+            .and_then(|v| v["fields"]["address"].as_str()?.parse().ok())
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The bearer token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The file holding the token.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.path().join("token")
+    }
+
+    /// A directory for test files (removed with the control).
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the process with SIGKILL (no chance to flush anything).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same data directory and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match std::net::TcpListener::bind(self.address) {
+                Ok(probe) => {
+                    drop(probe);
+                    break;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("port {} not free again: {e}", self.address),
+            }
+        }
+        self.spawn();
+    }
+
+    /// Every log line of the current process.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("logs").clone()
+    }
+
+    /// Log lines parsed as JSON.
+    pub fn json_logs(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Calls the API with the token: (status, JSON body or `null`).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        self.call_as(Some(&self.token), method, path, body).await
+    }
+
+    /// Calls the API presenting `token` (None: no Authorization header).
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url()));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let bytes = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(serde_json::to_vec(&b).expect("json"))
+            }
+            None => Bytes::new(),
+        };
+        let answer = send(&http1(), req.body(Full::new(bytes)).expect("request"))
+            .await
+            .expect("control answers");
+        let json = if answer.body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&answer.body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&answer.body).into_owned())
+            })
+        };
+        (answer.status.as_u16(), json)
+    }
+
+    /// Applies YAML text through the API (as file `name`).
+    pub async fn apply(&self, name: &str, yaml: &str) -> (u16, serde_json::Value) {
+        self.call(
+            Method::POST,
+            "/v1/apply",
+            Some(serde_json::json!({"files": [{"name": name, "content": yaml}]})),
+        )
+        .await
+    }
+
+    /// Runs `straitctl ARGS` against this control (blocking; use from `spawn_blocking` or
+    /// tests that do not serve anything in-process meanwhile).
+    pub fn straitctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("straitctl"))
+            .arg("--server")
+            .arg(self.url())
+            .arg("--token-file")
+            .arg(self.token_file())
+            .args(args)
+            .output()
+            .expect("run straitctl")
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- strait-control logs ----\n{}\n---- end ----",
+                self.logs().join("\n")
+            );
+        }
+    }
+}
