@@ -1,4 +1,23 @@
-//! `strait-control`: the companion control process of the Strait sidecar.
+//! `strait-control`: the companion control process of the Strait sidecar — the versioned
+//! policy store, the service registry, config push to proxies with ACK/NACK, and the event
+//! bus, all durable in one embedded database (redb) in `--data-dir`.
 //!
-//! Not built yet. The registry, policy store, config push and event bus are tracked by the
-//! control-process issue; until then proxies run from local YAML (`strait-proxy --config`).
+//! ```text
+//!  straitctl / proxies / services ──HTTP (bearer token)──▶ api
+//!     api ─▶ policy (validate with strait-config, resourceVersion, history) ─┐
+//!     api ─▶ registry (TTL heartbeats, discovery)  ──────────────────────────┼─▶ revision ─▶ push ─▶ proxies
+//!     api ─▶ bus (topics, groups, durable subscriptions, dead letters)       │   (watch)     (NDJSON stream,
+//!                                  store (redb, one file) ◀──────────────────┘                ACK/NACK)
+//! ```
+
+pub mod api;
+pub mod auth;
+pub mod bus;
+pub mod cli;
+pub mod events;
+pub mod openapi;
+pub mod policy;
+pub mod push;
+pub mod registry;
+pub mod server;
+pub mod store;

@@ -68,26 +68,35 @@ impl Listeners {
                 (l.name.clone(), shape)
             })
             .collect();
-        let mut fresh = Vec::new();
-        for (name, shape) in &wanted {
-            if !self.running.contains_key(name) {
-                fresh.push((name.clone(), *shape, bind(name, shape.address).await?));
-            }
-        }
         let stale: Vec<Arc<str>> = self
             .running
             .iter()
             .filter(|(name, r)| !wanted.iter().any(|(n, s)| n == *name && *s == r.shape))
             .map(|(name, _)| name.clone())
             .collect();
+        // Bind every new address before touching a running listener: if one bind fails, the
+        // config is rejected and everything keeps serving as it was.
+        let mut fresh = Vec::new();
+        let mut rebind_in_place = Vec::new();
+        for (name, shape) in &wanted {
+            match self.running.get(name) {
+                None => fresh.push((name.clone(), *shape, bind(name, shape.address).await?)),
+                Some(r) if r.shape == *shape => {}
+                Some(r) if r.shape.address == shape.address => {
+                    rebind_in_place.push((name.clone(), *shape));
+                }
+                Some(_) => fresh.push((name.clone(), *shape, bind(name, shape.address).await?)),
+            }
+        }
         for name in stale {
             if let Some(old) = self.running.remove(&name) {
                 let _ = old.stop.send(());
                 let _ = old.task.await;
             }
-            if let Some((_, shape)) = wanted.iter().find(|(n, _)| *n == name) {
-                fresh.push((name.clone(), *shape, bind(&name, shape.address).await?));
-            }
+        }
+        // Same address, new settings: the port is free only once the old listener stopped.
+        for (name, shape) in rebind_in_place {
+            fresh.push((name.clone(), shape, bind(&name, shape.address).await?));
         }
         for (name, shape, socket) in fresh {
             let (stop, stopped) = oneshot::channel();

@@ -219,3 +219,28 @@ async fn endpoint_pools_survive_a_reload() {
         "pooled connection kept across the reload: {body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_cannot_bind_rejects_the_config_and_keeps_the_old_listener() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let proxy = Proxy::start(&config(&a, &b, "a"));
+    let url = format!("{}/", proxy.url("web"));
+    assert_eq!(get(&http1(), &url, "h", &[]).await.unwrap().status, 200);
+    // Move `web` to an address that is taken (upstream a's).
+    let moved = config(&a, &b, "a").replace(
+        "{name: web, address: 127.0.0.1:0",
+        &format!("{{name: web, address: \"{}\"", a.address()),
+    );
+    assert_ne!(moved, config(&a, &b, "a"));
+    proxy.write_config(&moved);
+    proxy.signal("HUP");
+    eventually("rejection logged", Duration::from_secs(10), || async {
+        (proxy.count_messages("config rejected") >= 1).then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        let answer = get(&http1(), &url, "h", &[]).await.unwrap();
+        assert_eq!(answer.status, 200, "the old listener still serves");
+        assert_eq!(answer.header("x-upstream"), "a");
+    }
+}

@@ -1,0 +1,348 @@
+//! The service registry: instances register with a TTL and heartbeat; an instance whose TTL
+//! lapses is removed (and an event says so). Services with `discovery: registry` take their
+//! endpoints from here.
+//!
+//! Registrations are durable; heartbeats are kept in memory only (a heartbeat per instance per
+//! few seconds is not worth an fsync). After a restart every stored instance gets one fresh TTL
+//! to heartbeat again before it can expire.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redb::{Database, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::events::EventSink;
+use crate::policy::Revisions;
+use crate::store::{self, db, JsonTable, StoreError};
+
+/// Instances: id → [`Instance`].
+pub const INSTANCES: JsonTable = TableDefinition::new("instances");
+
+/// What an instance registers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Registration {
+    /// Service name (as in a Service resource's `metadata.name`).
+    pub service: String,
+    /// Namespace; `default` when omitted.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// IP address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Version label (e.g. `v2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// What it can do (e.g. `grpc`, `payments`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Seconds without a heartbeat before the instance is removed. Default 30.
+    #[serde(default = "default_ttl")]
+    pub ttl_seconds: u32,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+fn default_ttl() -> u32 {
+    30
+}
+
+/// A registered instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    /// Assigned id.
+    pub id: String,
+    /// What it registered.
+    #[serde(flatten)]
+    pub registration: Registration,
+    /// Unix milliseconds.
+    pub registered_at: u64,
+}
+
+impl Instance {
+    /// `ip:port`.
+    pub fn endpoint(&self) -> String {
+        std::net::SocketAddr::new(self.registration.address, self.registration.port).to_string()
+    }
+}
+
+/// Discovery query; empty fields match everything.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Query {
+    /// Service name.
+    pub service: Option<String>,
+    /// Namespace.
+    pub namespace: Option<String>,
+    /// Must carry this tag.
+    pub tag: Option<String>,
+    /// Must have this capability.
+    pub capability: Option<String>,
+}
+
+/// Why a registry call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// Unknown instance.
+    #[error("no instance {0}")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The registry.
+pub struct Registry {
+    db: Arc<Database>,
+    revisions: Arc<Revisions>,
+    events: Arc<dyn EventSink>,
+    /// Instances and when each was last heard from.
+    live: Mutex<HashMap<String, (Instance, Instant)>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+const MAX_NAME: usize = 253;
+const MAX_LIST: usize = 64;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn check(reg: &Registration) -> Result<(), RegistryError> {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= MAX_NAME
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    if !name_ok(&reg.service) {
+        return Err(RegistryError::Invalid(format!(
+            "service: `{}` is not a valid name (lowercase letters, digits, `-`, `.`; at most {MAX_NAME})",
+            reg.service
+        )));
+    }
+    if !name_ok(&reg.namespace) {
+        return Err(RegistryError::Invalid(format!(
+            "namespace: `{}` is not a valid name",
+            reg.namespace
+        )));
+    }
+    if reg.port == 0 {
+        return Err(RegistryError::Invalid("port: must not be 0".into()));
+    }
+    if !(1..=3600).contains(&reg.ttl_seconds) {
+        return Err(RegistryError::Invalid(
+            "ttlSeconds: must be between 1 and 3600".into(),
+        ));
+    }
+    let too_long = |v: &[String]| v.len() > MAX_LIST || v.iter().any(|s| s.len() > MAX_NAME);
+    if too_long(&reg.tags) || too_long(&reg.capabilities) || reg.metadata.len() > MAX_LIST {
+        return Err(RegistryError::Invalid(format!(
+            "tags, capabilities, metadata: at most {MAX_LIST} entries of at most {MAX_NAME} characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Loads stored instances (each gets a fresh TTL).
+    pub fn open(
+        db: Arc<Database>,
+        revisions: Arc<Revisions>,
+        events: Arc<dyn EventSink>,
+    ) -> Result<Self, StoreError> {
+        let now = Instant::now();
+        let live = store::scan::<Instance>(&db, INSTANCES, "")?
+            .into_iter()
+            .map(|(id, i)| (id, (i, now)))
+            .collect();
+        Ok(Self {
+            db,
+            revisions,
+            events,
+            live: Mutex::new(live),
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instance, Instant)>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an instance; returns it with its id.
+    pub fn register(&self, registration: Registration) -> Result<Instance, RegistryError> {
+        check(&registration)?;
+        let instance = Instance {
+            id: format!("{:016x}", fastrand::u64(..)),
+            registration,
+            registered_at: now_ms(),
+        };
+        let revision = self.write(|t| {
+            t.insert(instance.id.as_str(), store::encode(&instance)?.as_slice())
+                .map_err(db)?;
+            Ok(())
+        })?;
+        self.live()
+            .insert(instance.id.clone(), (instance.clone(), Instant::now()));
+        self.revisions.announce(revision);
+        self.events.emit(
+            "mesh.registry.registered",
+            serde_json::to_value(&instance).unwrap_or_default(),
+        );
+        Ok(instance)
+    }
+
+    /// Renews an instance's TTL.
+    pub fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
+        match self.live().get_mut(id) {
+            Some((_, seen)) => {
+                *seen = Instant::now();
+                Ok(())
+            }
+            None => Err(RegistryError::NotFound(id.to_owned())),
+        }
+    }
+
+    /// Removes an instance.
+    pub fn deregister(&self, id: &str) -> Result<Instance, RegistryError> {
+        let Some((instance, _)) = self.live().remove(id) else {
+            return Err(RegistryError::NotFound(id.to_owned()));
+        };
+        let revision = self.write(|t| {
+            t.remove(id).map_err(db)?;
+            Ok(())
+        })?;
+        self.revisions.announce(revision);
+        self.events.emit(
+            "mesh.registry.deregistered",
+            serde_json::to_value(&instance).unwrap_or_default(),
+        );
+        Ok(instance)
+    }
+
+    /// Instances matching `query`, by service then id.
+    pub fn find(&self, query: &Query) -> Vec<Instance> {
+        let mut out: Vec<Instance> = self
+            .live()
+            .values()
+            .map(|(i, _)| i)
+            .filter(|i| {
+                let r = &i.registration;
+                query.service.as_ref().is_none_or(|s| &r.service == s)
+                    && query.namespace.as_ref().is_none_or(|n| &r.namespace == n)
+                    && query.tag.as_ref().is_none_or(|t| r.tags.contains(t))
+                    && query
+                        .capability
+                        .as_ref()
+                        .is_none_or(|c| r.capabilities.contains(c))
+            })
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.registration.namespace, &a.registration.service, &a.id).cmp(&(
+                &b.registration.namespace,
+                &b.registration.service,
+                &b.id,
+            ))
+        });
+        out
+    }
+
+    /// `ip:port` of every instance of `namespace/service`, sorted.
+    pub fn endpoints(&self, namespace: &str, service: &str) -> Vec<String> {
+        let mut eps: Vec<String> = self
+            .live()
+            .values()
+            .filter(|(i, _)| {
+                i.registration.namespace == namespace && i.registration.service == service
+            })
+            .map(|(i, _)| i.endpoint())
+            .collect();
+        eps.sort();
+        eps.dedup();
+        eps
+    }
+
+    /// Removes every instance whose TTL lapsed; returns them.
+    pub fn expire(&self) -> Result<Vec<Instance>, RegistryError> {
+        let now = Instant::now();
+        let expired: Vec<Instance> = {
+            let mut live = self.live();
+            let ids: Vec<String> = live
+                .iter()
+                .filter(|(_, (i, seen))| {
+                    now.duration_since(*seen)
+                        > Duration::from_secs(u64::from(i.registration.ttl_seconds))
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter()
+                .filter_map(|id| live.remove(id).map(|(i, _)| i))
+                .collect()
+        };
+        if expired.is_empty() {
+            return Ok(expired);
+        }
+        let revision = self.write(|t| {
+            for i in &expired {
+                t.remove(i.id.as_str()).map_err(db)?;
+            }
+            Ok(())
+        })?;
+        self.revisions.announce(revision);
+        for i in &expired {
+            tracing::info!(id = %i.id, service = %i.registration.service, endpoint = %i.endpoint(), "instance expired");
+            self.events.emit(
+                "mesh.registry.expired",
+                serde_json::to_value(i).unwrap_or_default(),
+            );
+        }
+        Ok(expired)
+    }
+
+    /// Expires lapsed instances every `every` until the task is dropped.
+    pub async fn sweep(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.expire() {
+                tracing::error!(error = %e, "registry sweep failed");
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        change: impl FnOnce(&mut redb::Table<&'static str, &'static [u8]>) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let revision = Revisions::next(&tx)?;
+        {
+            let mut t = tx.open_table(INSTANCES).map_err(db)?;
+            change(&mut t)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(revision)
+    }
+}

@@ -1,0 +1,110 @@
+//! `strait-control serve`: open the data directory, start the components, serve the API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::api::{self, AppState};
+use crate::auth::Token;
+use crate::events::EventSink;
+use crate::policy::{PolicyStore, Revisions, HISTORY, META, RESOURCES};
+use crate::push::Push;
+use crate::registry::{Registry, INSTANCES};
+
+/// How to run the control.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where state lives.
+    pub data_dir: PathBuf,
+    /// API address.
+    pub listen: SocketAddr,
+    /// Bearer token file; generated into the data dir when absent.
+    pub token_file: Option<PathBuf>,
+    /// How often lapsed registry instances are removed.
+    pub sweep_interval: Duration,
+    /// Install the process-wide metrics recorder (off when another component of the same
+    /// process owns it, as in the demo; `/metrics` is then empty).
+    pub install_metrics: bool,
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn serve(options: Options) -> anyhow::Result<()> {
+    let prometheus = if options.install_metrics {
+        PrometheusBuilder::new()
+            .install_recorder()
+            .context("cannot install the metrics recorder")?
+    } else {
+        PrometheusBuilder::new().build_recorder().handle()
+    };
+    let token = match &options.token_file {
+        Some(path) => Token::load(path)
+            .with_context(|| format!("cannot read token file {}", path.display()))?,
+        None => {
+            std::fs::create_dir_all(&options.data_dir)?;
+            let path = options.data_dir.join("token");
+            let token = match Token::load(&path) {
+                Ok(t) => t,
+                Err(_) => Token::generate(&path)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+            };
+            tracing::info!(token_file = %path.display(), "no --token-file: using the token in the data directory");
+            token
+        }
+    };
+    let db = crate::store::open(&options.data_dir, &[RESOURCES, HISTORY, META, INSTANCES])
+        .with_context(|| format!("cannot open the store in {}", options.data_dir.display()))?;
+    let bus = crate::bus::Bus::open(db.clone()).context("cannot open the event bus")?;
+    bus.spawn_background();
+    let events: Arc<dyn EventSink> = bus.clone();
+    let revisions = Revisions::load(&db)?;
+    let policy = Arc::new(PolicyStore::open(db.clone(), revisions.clone())?);
+    let registry = Arc::new(Registry::open(
+        db.clone(),
+        revisions.clone(),
+        events.clone(),
+    )?);
+    tokio::spawn(registry.clone().sweep(options.sweep_interval));
+    let push = Arc::new(Push::new(
+        policy.clone(),
+        registry.clone(),
+        revisions,
+        events,
+    ));
+    let state = Arc::new(AppState {
+        policy,
+        registry,
+        push,
+        prometheus,
+        openapi: crate::openapi::document(crate::bus::Bus::openapi_paths()),
+    });
+    let app = api::router(state, token, bus.router());
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(address = %address, data_dir = %options.data_dir.display(), "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
