@@ -21,26 +21,30 @@ const HTTP_CHECK: &str = "{http: {path: /healthz}, interval: 200ms, timeout: 100
 const BOUND: Duration = Duration::from_millis(200 * 2 + 1000);
 
 async fn healthy(proxy: &Proxy, address: &str) -> bool {
-    let c = clusters(proxy.admin()).await;
-    let endpoint = cluster(&c, "up")["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["address"] == address)
-        .cloned()
+    // Two reads (/clusters, /metrics) may straddle a flip: read again until they agree.
+    let mut last = None;
+    for _ in 0..10 {
+        let c = clusters(proxy.admin()).await;
+        let endpoint = cluster(&c, "up")["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == address)
+            .cloned()
+            .unwrap();
+        let metric = value(
+            &scrape(proxy.admin()).await,
+            "strait_endpoint_healthy",
+            &[("service", "up"), ("endpoint", address)],
+        )
         .unwrap();
-    let metric = value(
-        &scrape(proxy.admin()).await,
-        "strait_endpoint_healthy",
-        &[("service", "up"), ("endpoint", address)],
-    )
-    .unwrap();
-    assert_eq!(
-        endpoint["healthy"],
-        metric == 1.0,
-        "metric and /clusters agree"
-    );
-    endpoint["healthy"].as_bool().unwrap()
+        let shown = endpoint["healthy"].as_bool().unwrap();
+        if shown == (metric == 1.0) {
+            return shown;
+        }
+        last = Some((shown, metric));
+    }
+    panic!("/clusters and strait_endpoint_healthy keep disagreeing: {last:?}");
 }
 
 async fn served_by(client: &HttpClient, url: &str, n: usize) -> Vec<String> {
