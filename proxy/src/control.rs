@@ -5,6 +5,7 @@
 //! with jittered exponential backoff; on reconnect the control sends the current version, so
 //! the proxy resyncs without anyone noticing.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -20,6 +21,36 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_LINE: usize = 16 * 1024 * 1024;
 /// First and largest reconnect delays (each jittered).
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
+
+/// Mesh events waiting to be published (bounded: beyond this, new events are dropped).
+const EVENT_QUEUE: usize = 1024;
+
+static EVENTS: OnceLock<mpsc::Sender<MeshEvent>> = OnceLock::new();
+
+/// Something that happened in this proxy that the mesh should hear about.
+#[derive(Debug)]
+pub struct MeshEvent {
+    topic: &'static str,
+    priority: &'static str,
+    data: serde_json::Value,
+}
+
+/// Publishes a mesh event (`mesh.circuit.opened`, `mesh.endpoint.ejected`...) on the control's
+/// event bus when the proxy is attached to one. Never blocks the caller: events wait in a
+/// bounded queue while the control is away, and are dropped when it is full.
+pub fn publish(
+    topic: &'static str,
+    priority: &'static str,
+    data: impl FnOnce() -> serde_json::Value,
+) {
+    if let Some(events) = EVENTS.get() {
+        let _ = events.try_send(MeshEvent {
+            topic,
+            priority,
+            data: data(),
+        });
+    }
+}
 
 /// Where and who: the control's URL, this node's name, the token, the listeners to report.
 #[derive(Debug, Clone)]
@@ -70,10 +101,12 @@ enum SessionError {
 
 /// Keeps a session with the control open for as long as `updates` has a receiver.
 pub async fn run(target: ControlTarget, updates: mpsc::Sender<ControlUpdate>) {
+    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    let _ = EVENTS.set(events_tx);
     let mut delay = BACKOFF.0;
     loop {
         let started = tokio::time::Instant::now();
-        match session(&target, &updates).await {
+        match session(&target, &updates, &mut events).await {
             Err(SessionError::Closed) => return,
             Err(e) => {
                 tracing::warn!(control = %target.url, error = %e, "control connection lost; serving the last good config");
@@ -92,6 +125,7 @@ pub async fn run(target: ControlTarget, updates: mpsc::Sender<ControlUpdate>) {
 async fn session(
     target: &ControlTarget,
     updates: &mpsc::Sender<ControlUpdate>,
+    events: &mut mpsc::Receiver<MeshEvent>,
 ) -> Result<(), SessionError> {
     let authority = target
         .url
@@ -126,7 +160,14 @@ async fn session(
     let mut body = response.into_body();
     let mut buffer = BytesMut::new();
     loop {
-        let Some(frame) = body.frame().await else {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            Some(event) = events.recv() => {
+                send_event(&mut sender, target, event).await?;
+                continue;
+            }
+        };
+        let Some(frame) = frame else {
             return Err(SessionError::Ended);
         };
         if let Ok(data) = frame?.into_data() {
@@ -190,6 +231,34 @@ async fn acknowledge(
         .await?;
     if !resp.status().is_success() {
         tracing::warn!(status = resp.status().as_u16(), "control refused the ACK");
+    }
+    let _ = resp.into_body().collect().await;
+    Ok(())
+}
+
+async fn send_event(
+    sender: &mut http2::SendRequest<Full<Bytes>>,
+    target: &ControlTarget,
+    event: MeshEvent,
+) -> Result<(), SessionError> {
+    let body = serde_json::json!({
+        "priority": event.priority,
+        "source": format!("proxy/{}", target.node),
+        "metadata": {"node": target.node},
+        "data": event.data,
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    sender.ready().await?;
+    let path = format!("/v1/events/{}", event.topic);
+    let resp = sender
+        .send_request(request(target, Method::POST, &path, bytes)?)
+        .await?;
+    if !resp.status().is_success() {
+        tracing::debug!(
+            topic = event.topic,
+            status = resp.status().as_u16(),
+            "control refused a mesh event"
+        );
     }
     let _ = resp.into_body().collect().await;
     Ok(())

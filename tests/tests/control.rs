@@ -241,6 +241,14 @@ async fn the_proxy_survives_kill_9_of_the_control_and_resyncs_after_restart() {
     )
     .await;
 
+    let (status, instance) = control
+        .call(
+            Method::POST,
+            "/v1/registry/instances",
+            Some(json!({"service": "a", "address": "127.0.0.1", "port": 9, "ttlSeconds": 60})),
+        )
+        .await;
+    assert_eq!(status, 201);
     control.kill9();
     for _ in 0..10 {
         assert_eq!(upstream_of(&proxy, "h").await, "a", "keeps serving");
@@ -257,6 +265,13 @@ async fn the_proxy_survives_kill_9_of_the_control_and_resyncs_after_restart() {
         list["items"].as_array().unwrap().len(),
         3,
         "state intact: {list}"
+    );
+    let (_, instances) = control
+        .call(Method::GET, "/v1/registry/instances", None)
+        .await;
+    assert_eq!(
+        instances["items"][0]["id"], instance["id"],
+        "registration intact"
     );
     eventually("reconnected", Duration::from_secs(15), || async {
         (proxy_status(&control, "pod-1").await["connected"] == true).then_some(())
@@ -464,4 +479,65 @@ async fn openapi_lists_what_is_served() {
             );
         }
     }
+}
+
+async fn history(control: &Control, topic: &str) -> serde_json::Value {
+    let (_, body) = control
+        .call(Method::GET, &format!("/v1/events/{topic}/history"), None)
+        .await;
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_publish_mesh_events_on_the_bus() {
+    let up = Upstream::start("up").await;
+    up.fail_with(Some(500));
+    let mut control = Control::start();
+    let breaking = format!(
+        "---
+apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {{name: up}}
+spec:
+  protocol: http1
+  endpoints: [{{address: \"{}\"}}]
+  circuitBreaker: {{failureThreshold: 2, openTimeout: 30s}}
+",
+        up.address()
+    );
+    control
+        .apply("mesh.yaml", &(breaking + &route("r", "h", "up")))
+        .await;
+    let proxy =
+        Proxy::start_with_control(&bootstrap(), &control.url(), "pod-7", &control.token_file());
+    eventually("config applied", Duration::from_secs(5), || async {
+        (upstream_of(&proxy, "h").await == "500 ").then_some(())
+    })
+    .await;
+    upstream_of(&proxy, "h").await;
+    assert_eq!(upstream_of(&proxy, "h").await, "503 circuit-open");
+
+    let opened = eventually(
+        "mesh.circuit.opened published",
+        Duration::from_secs(5),
+        || async {
+            let body = history(&control, "mesh.circuit.opened").await;
+            let items = body["items"]
+                .as_array()
+                .or(body["events"].as_array())
+                .cloned()?;
+            items.first().cloned()
+        },
+    )
+    .await;
+    assert_eq!(opened["data"]["service"], "up", "{opened}");
+    assert_eq!(opened["source"], "proxy/pod-7", "{opened}");
+    assert_eq!(opened["priority"], "high", "{opened}");
+    let applied = history(&control, "mesh.config.applied").await;
+    assert!(applied.to_string().contains("pod-7"), "{applied}");
+
+    // Durable: the published events survive kill -9 of the control.
+    control.restart();
+    let body = history(&control, "mesh.circuit.opened").await;
+    assert!(body.to_string().contains("proxy/pod-7"), "{body}");
 }

@@ -257,11 +257,21 @@ impl Breaker {
         if moved {
             self.gauge.set(f64::from(to as u8));
             let service = &*self.service;
-            match to {
-                CircuitState::Open => tracing::warn!(service, "circuit opened"),
-                CircuitState::HalfOpen => tracing::info!(service, "circuit half-open"),
-                CircuitState::Closed => tracing::info!(service, "circuit closed"),
-            }
+            let (topic, priority) = match to {
+                CircuitState::Open => {
+                    tracing::warn!(service, "circuit opened");
+                    ("mesh.circuit.opened", "high")
+                }
+                CircuitState::HalfOpen => {
+                    tracing::info!(service, "circuit half-open");
+                    ("mesh.circuit.half-open", "normal")
+                }
+                CircuitState::Closed => {
+                    tracing::info!(service, "circuit closed");
+                    ("mesh.circuit.closed", "normal")
+                }
+            };
+            crate::control::publish(topic, priority, || serde_json::json!({"service": service}));
         }
         moved
     }

@@ -62,6 +62,11 @@ async fn run(endpoint: Arc<Endpoint>, protocol: ServiceProtocol, check: HealthCh
                     && endpoint.set_out(OutOfRotation::Unhealthy, false)
                 {
                     tracing::info!(service = %endpoint.service, endpoint = %endpoint.label, "endpoint healthy");
+                    crate::control::publish(
+                        "mesh.endpoint.healthy",
+                        "normal",
+                        || serde_json::json!({"service": &*endpoint.service, "endpoint": &*endpoint.label}),
+                    );
                 }
             }
             Err(why) => {
@@ -73,6 +78,11 @@ async fn run(endpoint: Arc<Endpoint>, protocol: ServiceProtocol, check: HealthCh
                     && endpoint.set_out(OutOfRotation::Unhealthy, true)
                 {
                     tracing::warn!(service = %endpoint.service, endpoint = %endpoint.label, error = %why, "endpoint unhealthy");
+                    crate::control::publish(
+                        "mesh.endpoint.unhealthy",
+                        "high",
+                        || serde_json::json!({"service": &*endpoint.service, "endpoint": &*endpoint.label, "error": why}),
+                    );
                 }
             }
         }

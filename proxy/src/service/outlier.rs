@@ -121,6 +121,10 @@ impl Outlier {
             duration_ms = millis(duration),
             "endpoint ejected"
         );
+        crate::control::publish("mesh.endpoint.ejected", "high", || {
+            serde_json::json!({"service": &*endpoint.service, "endpoint": &*endpoint.label,
+                "ejections": multiplier, "durationMs": millis(duration)})
+        });
         let (this, endpoint) = (self.clone(), endpoint.clone());
         tokio::spawn(async move {
             tokio::time::sleep(duration).await;
@@ -132,6 +136,11 @@ impl Outlier {
             counts.returned_at_ms.store(now_ms(), Ordering::Relaxed);
             if endpoint.set_out(OutOfRotation::Ejected, false) {
                 tracing::info!(service = %endpoint.service, endpoint = %endpoint.label, "endpoint returned");
+                crate::control::publish(
+                    "mesh.endpoint.returned",
+                    "normal",
+                    || serde_json::json!({"service": &*endpoint.service, "endpoint": &*endpoint.label}),
+                );
             }
         });
     }
