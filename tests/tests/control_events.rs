@@ -704,6 +704,68 @@ async fn straitctl_events() {
     assert!(err.contains("no durable subscription"), "{err}");
 }
 
+/// Publishes `count` events to `bench.endpoint.ejected` from `concurrency` tasks, each with
+/// its own kept-alive connection, waiting for every 201.
+async fn publish_load(control: &Arc<Control>, count: usize, concurrency: usize) {
+    let payload = json!({"data": {"service": "checkout", "endpoint": "10.0.0.7:8080", "reason": "5 consecutive 5xx"}}).to_string();
+    let mut publishers = Vec::new();
+    for p in 0..concurrency {
+        let control = control.clone();
+        let payload = payload.clone();
+        publishers.push(tokio::spawn(async move {
+            let client = http1();
+            for _ in (p..count).step_by(concurrency) {
+                let request = Request::post(format!(
+                    "{}/v1/events/bench.endpoint.ejected",
+                    control.url()
+                ))
+                .header("authorization", format!("Bearer {}", control.token()))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(payload.clone())))
+                .expect("request");
+                let response = client.request(request).await.expect("publish");
+                assert_eq!(response.status(), 201);
+                response.into_body().collect().await.expect("body");
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.expect("publisher");
+    }
+}
+
+/// Consumes `count` events of durable subscription `bench`, acknowledging them as a good
+/// client would: while one ack request is in flight, the next ids accumulate (group ack).
+/// Returns when the last ack is committed.
+async fn consume_load(control: Arc<Control>, count: usize) -> Instant {
+    let mut events = Events::open(&control, "durable=bench").await;
+    let (ids_tx, mut ids_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let acker_control = control.clone();
+    let acker = tokio::spawn(async move {
+        let mut acked = 0;
+        while let Some(first) = ids_rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(id) = ids_rx.try_recv() {
+                batch.push(id);
+            }
+            acked += ack(&acker_control, "bench", &batch).await;
+        }
+        acked
+    });
+    for _ in 0..count {
+        let event = events.next().await;
+        ids_tx.send(id(&event)).expect("acker running");
+    }
+    drop(ids_tx);
+    let acked = acker.await.expect("acker");
+    assert_eq!(acked, count as u64);
+    Instant::now()
+}
+
+fn rate(count: usize, d: Duration) -> String {
+    format!("{:.0}/s ({d:.2?})", count as f64 / d.as_secs_f64())
+}
+
 /// Publish and delivery rates of one control (see the file's docs for the command).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a measurement, not a test: run it on a release build"]
@@ -718,75 +780,48 @@ async fn bus_throughput() {
         )
         .await;
     assert_eq!(status, 201);
-    let payload = json!({"data": {"service": "checkout", "endpoint": "10.0.0.7:8080", "reason": "5 consecutive 5xx"}});
 
+    // 1. Publish into the durable subscription's backlog (nobody connected), then drain it.
     for concurrency in [1, 16, 64] {
         let count = if concurrency == 1 { 2_000 } else { EVENTS };
-        let mut events = Events::open(&control, "durable=bench").await;
-        // Consumer: reads and acks in batches as events arrive.
-        let consumer_control = control.clone();
-        let consumer = tokio::spawn(async move {
-            let mut received = 0;
-            let mut batch = Vec::new();
-            while received < count {
-                let event = events.next().await;
-                batch.push(id(&event));
-                received += 1;
-                events.parse();
-                if events.ready.is_empty() || batch.len() >= 500 {
-                    ack(&consumer_control, "bench", &batch).await;
-                    batch.clear();
-                }
-            }
-            if !batch.is_empty() {
-                ack(&consumer_control, "bench", &batch).await;
-            }
-            Instant::now()
-        });
         let start = Instant::now();
-        let mut publishers = Vec::new();
-        for p in 0..concurrency {
-            let control = control.clone();
-            let payload = payload.clone();
-            publishers.push(tokio::spawn(async move {
-                let client = http1();
-                for _ in (p..count).step_by(concurrency) {
-                    let request = Request::post(format!(
-                        "{}/v1/events/bench.endpoint.ejected",
-                        control.url()
-                    ))
-                    .header("authorization", format!("Bearer {}", control.token()))
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(payload.to_string())))
-                    .expect("request");
-                    let response = client.request(request).await.expect("publish");
-                    assert_eq!(response.status(), 201);
-                    response.into_body().collect().await.expect("body");
-                }
-            }));
-        }
-        for p in publishers {
-            p.await.expect("publisher");
-        }
+        publish_load(&control, count, concurrency).await;
+        let published = start.elapsed();
+        let start = Instant::now();
+        let done = consume_load(control.clone(), count).await;
+        println!(
+            "bus_throughput: {count} events, {concurrency} publishers, no consumer: publish {}; then drain the backlog (deliver + ack): {}",
+            rate(count, published),
+            rate(count, done - start)
+        );
+        wait_disconnected(&control, "bench").await;
+    }
+
+    // 2. Publish and consume at the same time.
+    for concurrency in [16, 64] {
+        let consumer = tokio::spawn(consume_load(control.clone(), EVENTS));
+        eventually("the consumer", WAIT, || async {
+            (subscription(&control, "bench").await["consumers"] == 1).then_some(())
+        })
+        .await;
+        let start = Instant::now();
+        publish_load(&control, EVENTS, concurrency).await;
         let published = start.elapsed();
         let done = tokio::time::timeout(Duration::from_secs(120), consumer)
             .await
             .expect("consumer in time")
             .expect("consumer");
-        let delivered = done.duration_since(start);
         println!(
-            "bus_throughput: {count} events, {concurrency} publishers: published {:.0}/s ({:.2?}), delivered+acked {:.0}/s ({:.2?})",
-            count as f64 / published.as_secs_f64(),
-            published,
-            count as f64 / delivered.as_secs_f64(),
-            delivered,
+            "bus_throughput: {EVENTS} events, {concurrency} publishers, 1 consumer connected: publish {}, published to acked {}",
+            rate(EVENTS, published),
+            rate(EVENTS, done - start)
         );
         wait_disconnected(&control, "bench").await;
-        let sub = subscription(&control, "bench").await;
-        assert_eq!(
-            (sub["backlog"].clone(), sub["unacked"].clone()),
-            (json!(0), json!(0)),
-            "{sub}"
-        );
     }
+    let sub = subscription(&control, "bench").await;
+    assert_eq!(
+        (sub["backlog"].clone(), sub["unacked"].clone()),
+        (json!(0), json!(0)),
+        "{sub}"
+    );
 }

@@ -153,7 +153,9 @@ impl Bus {
 
     /// Publishes `event` to `topic` (dotted, e.g. `mesh.config.applied`) and returns it as
     /// stored, once committed. Blocks the calling thread for the commit (a few milliseconds):
-    /// from async code prefer [`Bus::publish_async`].
+    /// from async code prefer [`Bus::publish_async`], for fire-and-forget
+    /// [`Bus::publish_nowait`]. Never call it while holding a redb write transaction on the
+    /// bus's database: the bus's writer would wait for that transaction, and it for the bus.
     pub fn publish(&self, topic: &str, event: NewEvent) -> Result<Event, BusError> {
         topic::validate_topic(topic)?;
         event.validate()?;
@@ -166,6 +168,21 @@ impl Bus {
         })?;
         let stored = rx.recv().map_err(|_| BusError::Closed)??;
         Ok(stored.event.clone())
+    }
+
+    /// Publishes without waiting: the event is committed with the writer's next batch and a
+    /// failure is only logged. For best-effort mesh events from synchronous code that must
+    /// not block (and must never be called while holding a redb write transaction on the
+    /// same database, which [`Bus::publish`] would wait for forever).
+    pub fn publish_nowait(&self, topic: &str, event: NewEvent) -> Result<(), BusError> {
+        topic::validate_topic(topic)?;
+        event.validate()?;
+        self.send(Op::Publish {
+            topic: topic.to_owned(),
+            event,
+            size_hint: 0,
+            reply: Reply::Detached,
+        })
     }
 
     /// [`Bus::publish`] without blocking a thread.

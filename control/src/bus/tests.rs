@@ -218,6 +218,36 @@ async fn history_keeps_the_last_hundred() {
     assert_eq!(history.len(), 100);
     assert_eq!(history[0].event.data, json!(20));
     assert_eq!(history[99].event.data, json!(119));
+
+    // The blocking and the fire-and-forget forms.
+    let blocking = bus.clone();
+    let event = tokio::task::spawn_blocking(move || {
+        let event = super::NewEvent {
+            data: json!("sync"),
+            ..Default::default()
+        };
+        blocking.publish("h.sync", event)
+    })
+    .await
+    .expect("joined")
+    .expect("published");
+    assert_eq!(bus.history("h.sync", 1).expect("history")[0].event, event);
+    let event = super::NewEvent {
+        data: json!("nowait"),
+        ..Default::default()
+    };
+    bus.publish_nowait("h.sync", event).expect("queued");
+    assert!(bus
+        .publish_nowait("h..x", super::NewEvent::default())
+        .is_err());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bus.history("h.sync", 10).expect("history").len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nowait event never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

@@ -32,6 +32,8 @@ pub(crate) enum Reply<T> {
     Async(oneshot::Sender<Result<T, BusError>>),
     /// A blocking caller.
     Blocking(SyncSender<Result<T, BusError>>),
+    /// Nobody waits: a failure is logged.
+    Detached,
 }
 
 impl<T> Reply<T> {
@@ -40,6 +42,11 @@ impl<T> Reply<T> {
         match self {
             Reply::Async(tx) => drop(tx.send(result)),
             Reply::Blocking(tx) => drop(tx.send(result)),
+            Reply::Detached => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "event bus change not saved");
+                }
+            }
         }
     }
 }
