@@ -76,6 +76,18 @@ fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, BusError> {
         .map_err(|e| BusError::BadRequest(format!("query: {}", e.body_text())))
 }
 
+/// Runs a store read off the async workers (a history can be 100 MiB).
+async fn blocking<T, F>(read: F) -> Result<T, BusError>
+where
+    F: FnOnce() -> Result<T, BusError> + Send + 'static,
+    T: Send + 'static,
+{
+    // A join error means the read panicked or the runtime is shutting down.
+    tokio::task::spawn_blocking(read)
+        .await
+        .unwrap_or(Err(BusError::Closed))
+}
+
 /// `POST /v1/events/{topic}`: publish; 201 with the stored event once committed.
 async fn publish(State(bus): State<Arc<Bus>>, Path(topic): Path<String>, body: Body) -> Answer {
     super::topic::validate_topic(&topic)?;
@@ -95,7 +107,10 @@ struct HistoryQuery {
 async fn history(State(bus): State<Arc<Bus>>, Path(topic): Path<String>, uri: Uri) -> Answer {
     let q: HistoryQuery = query(&uri)?;
     let limit = q.limit.unwrap_or(HISTORY_PER_TOPIC).min(HISTORY_PER_TOPIC);
-    let events = bus.history(&topic, limit)?;
+    let events = {
+        let (bus, topic) = (bus.clone(), topic.clone());
+        blocking(move || bus.history(&topic, limit)).await?
+    };
     // The events are already JSON: splice them rather than decode and encode again.
     let mut out = Vec::with_capacity(64 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
     out.extend_from_slice(b"{\"topic\":");
@@ -319,7 +334,7 @@ async fn dead_letters(State(bus): State<Arc<Bus>>, Path(name): Path<String>, uri
         .limit
         .unwrap_or(DEAD_LETTERS_DEFAULT)
         .min(DEAD_LETTERS_MAX);
-    let letters = bus.dead_letters(&name, limit)?;
+    let letters = blocking(move || bus.dead_letters(&name, limit)).await?;
     Ok(Json(serde_json::json!({ "deadLetters": letters })).into_response())
 }
 

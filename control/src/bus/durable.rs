@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -12,9 +13,46 @@ use tokio::sync::Notify;
 use super::event::{Priority, StoredEvent};
 use super::subscription::SubscriptionConfig;
 
-/// Bytes of event bodies one subscription keeps in memory; beyond that, bodies are read back
-/// from the store when delivered.
-const BODY_CACHE_BYTES: usize = 16 << 20;
+/// Bytes of event bodies all durable backlogs keep in memory together (counted once per
+/// subscription holding them); beyond that, bodies are read back from the store when
+/// delivered.
+pub(crate) const BODY_CACHE_BYTES: usize = 64 << 20;
+
+/// The memory budget shared by the backlogs of all durable subscriptions.
+#[derive(Debug)]
+pub(crate) struct BodyCache {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl BodyCache {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Takes `bytes` from the budget if they fit.
+    fn reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let total = used.checked_add(bytes)?;
+                (total <= self.limit).then_some(total)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes in use.
+    #[cfg(test)]
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
 
 /// A durable subscription: its state and the consumers waiting on it.
 #[derive(Debug)]
@@ -92,7 +130,8 @@ pub(crate) struct DurableState {
     /// In-flight ids by deadline, earliest first.
     deadlines: BTreeSet<(Instant, u64)>,
     dead: BTreeMap<u64, DeadLetter>,
-    cached_bytes: usize,
+    /// Where this subscription's cached bodies are counted.
+    cache: Arc<BodyCache>,
     /// Connected consumers.
     pub consumers: usize,
     /// Set when the subscription is deleted: its consumers' streams end.
@@ -100,14 +139,14 @@ pub(crate) struct DurableState {
 }
 
 impl DurableState {
-    pub fn new(config: SubscriptionConfig) -> Self {
+    pub fn new(config: SubscriptionConfig, cache: Arc<BodyCache>) -> Self {
         Self {
             config,
             backlog: BTreeMap::new(),
             in_flight: HashMap::new(),
             deadlines: BTreeSet::new(),
             dead: BTreeMap::new(),
-            cached_bytes: 0,
+            cache,
             consumers: 0,
             deleted: false,
         }
@@ -121,8 +160,7 @@ impl DurableState {
         deliveries: u32,
         body: Option<Arc<StoredEvent>>,
     ) {
-        let body = body.filter(|b| self.cached_bytes + b.size() <= BODY_CACHE_BYTES);
-        self.cached_bytes += body.as_ref().map_or(0, |b| b.size());
+        let body = body.filter(|b| self.cache.reserve(b.size()));
         self.backlog.insert(
             (Reverse(priority.rank()), id),
             Message {
@@ -139,7 +177,9 @@ impl DurableState {
     }
 
     fn forget(&mut self, message: &Message) {
-        self.cached_bytes -= message.body.as_ref().map_or(0, |b| b.size());
+        if let Some(body) = &message.body {
+            self.cache.release(body.size());
+        }
     }
 
     /// Hands up to `max` messages to `consumer`, in priority then id order, within the
@@ -283,6 +323,19 @@ impl DurableState {
     }
 }
 
+impl Drop for DurableState {
+    fn drop(&mut self) {
+        let cached = self
+            .backlog
+            .values()
+            .chain(self.in_flight.values().map(|f| &f.message))
+            .filter_map(|m| m.body.as_ref())
+            .map(|b| b.size())
+            .sum();
+        self.cache.release(cached);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -294,13 +347,24 @@ mod tests {
     const DEADLINE: Duration = Duration::from_millis(200);
 
     fn state(max_deliveries: u32, max_in_flight: u32) -> DurableState {
-        DurableState::new(SubscriptionConfig {
-            pattern: Pattern::parse(">").expect("pattern"),
-            filters: Filters::default(),
-            ack_deadline: DEADLINE,
+        state_with(
             max_deliveries,
             max_in_flight,
-        })
+            BodyCache::new(BODY_CACHE_BYTES),
+        )
+    }
+
+    fn state_with(max_deliveries: u32, max_in_flight: u32, cache: Arc<BodyCache>) -> DurableState {
+        DurableState::new(
+            SubscriptionConfig {
+                pattern: Pattern::parse(">").expect("pattern"),
+                filters: Filters::default(),
+                ack_deadline: DEADLINE,
+                max_deliveries,
+                max_in_flight,
+            },
+            cache,
+        )
     }
 
     fn ids(deliveries: &[Delivery]) -> Vec<u64> {
@@ -394,25 +458,37 @@ mod tests {
     }
 
     #[test]
-    fn bodies_are_cached_within_a_budget() {
-        let mut s = state(5, 100);
-        let big = StoredEvent::new(crate::bus::event::Event {
+    fn bodies_are_cached_within_a_shared_budget() {
+        let cache = BodyCache::new(1000);
+        let mut a = state_with(5, 100, cache.clone());
+        let mut b = state_with(5, 100, cache.clone());
+        let body = StoredEvent::new(crate::bus::event::Event {
             id: 1,
             topic: "t".into(),
             priority: Priority::Normal,
             source: None,
             metadata: Default::default(),
-            data: serde_json::Value::String("x".repeat(BODY_CACHE_BYTES / 2)),
+            data: serde_json::Value::String("x".repeat(300)),
             published_at: String::new(),
         })
         .expect("encode");
-        for id in 1..=3 {
-            s.enqueue(id, Priority::Normal, 0, Some(big.clone()));
-        }
-        let got = s.take(Instant::now(), 1, 10);
+        let size = body.size();
+        assert!(size > 300 && size < 500, "{size}");
+        a.enqueue(1, Priority::Normal, 0, Some(body.clone()));
+        a.enqueue(2, Priority::Normal, 0, Some(body.clone()));
+        b.enqueue(1, Priority::Normal, 0, Some(body.clone()));
+        assert_eq!(cache.used(), 2 * size, "the third does not fit");
+        let got = a.take(Instant::now(), 1, 10);
         let cached: Vec<bool> = got.iter().map(|d| d.body.is_some()).collect();
-        assert_eq!(cached, [true, false, false]);
-        s.ack(&[1, 2, 3]);
-        assert_eq!(s.cached_bytes, 0);
+        assert_eq!(cached, [true, true]);
+        assert!(b.take(Instant::now(), 1, 10)[0].body.is_none());
+        a.ack(&[1]);
+        assert_eq!(cache.used(), size);
+        drop(a);
+        assert_eq!(
+            cache.used(),
+            0,
+            "a deleted subscription gives its share back"
+        );
     }
 }

@@ -45,7 +45,7 @@ use tokio::sync::oneshot;
 pub use error::BusError;
 pub use event::{Event, Filters, NewEvent, Priority};
 
-use durable::{DeadLetter, Durable, DurableState, Outcome};
+use durable::{BodyCache, DeadLetter, Durable, DurableState, Outcome, BODY_CACHE_BYTES};
 use event::{now_millis, rfc3339, StoredEvent};
 use live::Registry;
 use store::Store;
@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     store: Store,
     live: Mutex<Registry>,
     durables: Mutex<HashMap<String, Arc<Durable>>>,
+    /// Memory for event bodies in durable backlogs.
+    cache: Arc<BodyCache>,
 }
 
 /// The event bus. Create it with [`Bus::open`], serve [`Bus::router`], and call
@@ -95,6 +97,7 @@ impl Bus {
         let mut durables = HashMap::new();
         let mut routes = Vec::new();
         let mut generation = 0;
+        let cache = BodyCache::new(BODY_CACHE_BYTES);
         for (name, stored) in loaded.subscriptions {
             let config = match SubscriptionConfig::from_stored(stored) {
                 Ok(config) => config,
@@ -105,7 +108,11 @@ impl Bus {
             };
             generation += 1;
             routes.push((name.clone(), generation, config.clone()));
-            let durable = Durable::new(name.clone(), generation, DurableState::new(config));
+            let durable = Durable::new(
+                name.clone(),
+                generation,
+                DurableState::new(config, cache.clone()),
+            );
             durables.insert(name, Arc::new(durable));
         }
         for m in loaded.messages {
@@ -134,6 +141,7 @@ impl Bus {
             store,
             live: Mutex::default(),
             durables: Mutex::new(durables),
+            cache,
         });
         let (ops, rx) = std::sync::mpsc::channel();
         let init = WriterInit {
@@ -302,7 +310,7 @@ impl Bus {
                         )));
                     }
                     let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                    let state = DurableState::new(config.clone());
+                    let state = DurableState::new(config.clone(), self.shared.cache.clone());
                     let durable = Durable::new(name.to_owned(), generation, state);
                     map.insert(name.to_owned(), Arc::new(durable));
                     (true, generation)

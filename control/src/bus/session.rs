@@ -40,6 +40,8 @@ enum Source {
 pub(crate) struct Session {
     bus: Arc<Bus>,
     source: Source,
+    /// Set once the stream has said why it ends.
+    ended: bool,
 }
 
 impl Bus {
@@ -71,6 +73,7 @@ impl Bus {
         Ok(Session {
             bus: self.clone(),
             source: Source::Live(sub),
+            ended: false,
         })
     }
 
@@ -85,6 +88,7 @@ impl Bus {
         Ok(Session {
             bus: self.clone(),
             source: Source::Durable { durable, consumer },
+            ended: false,
         })
     }
 
@@ -122,10 +126,23 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// The next chunk of the stream: events, or a keep-alive comment; `None` ends the stream.
+    /// The next chunk of the stream: events, a keep-alive comment, or a last comment saying
+    /// why the stream ends; `None` ends it.
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
         match tokio::time::timeout(KEEP_ALIVE, self.next_events()).await {
-            Ok(chunk) => chunk,
+            Ok(Some(chunk)) => Some(chunk),
+            Ok(None) => {
+                self.ended = true;
+                Some(Bytes::from_static(match self.source {
+                    Source::Live(_) => {
+                        b": disconnected: this subscriber fell too far behind (its queue is full)\n\n"
+                    }
+                    Source::Durable { .. } => b": disconnected: the subscription was deleted\n\n",
+                }))
+            }
             Err(_) => Some(Bytes::from_static(b": keep-alive\n\n")),
         }
     }
@@ -148,7 +165,7 @@ impl Session {
                 notified.as_mut().enable();
                 let taken = self.bus.take(durable, *consumer)?;
                 if !taken.is_empty() {
-                    if let Some(chunk) = self.encode_durable(durable, taken) {
+                    if let Some(chunk) = self.encode_durable(durable, taken).await {
                         return Some(chunk);
                     }
                     continue;
@@ -159,7 +176,7 @@ impl Session {
     }
 
     /// Encodes deliveries, reading bodies that are not cached from the store.
-    fn encode_durable(&self, durable: &Durable, taken: Vec<Delivery>) -> Option<Bytes> {
+    async fn encode_durable(&self, durable: &Durable, taken: Vec<Delivery>) -> Option<Bytes> {
         let missing: Vec<u64> = taken
             .iter()
             .filter(|d| d.body.is_none())
@@ -168,7 +185,9 @@ impl Session {
         let mut loaded = if missing.is_empty() {
             Vec::new()
         } else {
-            match self.bus.shared.store.events(&missing) {
+            let shared = self.bus.shared.clone();
+            let read = tokio::task::spawn_blocking(move || shared.store.events(&missing)).await;
+            match read.unwrap_or(Err(BusError::Closed)) {
                 Ok(events) => events,
                 Err(error) => {
                     // They stay in flight and are redelivered after the ack deadline.

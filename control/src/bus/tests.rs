@@ -448,3 +448,26 @@ async fn subscribe_refusals() {
     let (got, error) = call(&url, Method::GET, "/v1/subscribe?durable=x&pattern=b", None).await;
     assert_eq!(got, StatusCode::CONFLICT, "{error}");
 }
+
+#[tokio::test]
+async fn deleting_a_subscription_ends_its_streams_with_a_reason() {
+    let db = TempDb::new();
+    let bus = Bus::open(db.open()).expect("open");
+    let url = serve(&bus).await;
+    let mut events = Events::open(&url, "/v1/subscribe?durable=gone&pattern=g").await;
+    let (status, _) = call(&url, Method::DELETE, "/v1/subscriptions/gone", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = next_chunk(&mut events.body).await.expect("stream") {
+            rest.extend_from_slice(&chunk);
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.contains(": disconnected: the subscription was deleted"),
+        "{rest}"
+    );
+}
