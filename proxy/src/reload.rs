@@ -171,6 +171,7 @@ impl Reloader {
 
     /// Applies one version from the control and answers it (ACK, or NACK with the errors).
     async fn apply_control(&mut self, update: ControlUpdate) {
+        let started = std::time::Instant::now();
         let candidate = match parse_control(&update.text) {
             Ok(docs) => ControlDocs {
                 version: update.version,
@@ -186,7 +187,7 @@ impl Reloader {
         let label = label(self.path.as_deref(), &self.control_url, Some(&candidate));
         match self.apply(&docs, label.clone()).await {
             Ok(version) => {
-                tracing::info!(version, source = %label, trigger = "control", "config applied");
+                tracing::info!(version, source = %label, trigger = "control", duration_ms = started.elapsed().as_secs_f64() * 1000.0, "config applied");
                 self.control = Some(candidate);
                 let _ = update.verdict.send(Ok(()));
             }
@@ -203,6 +204,7 @@ impl Reloader {
         let Some(path) = self.path.clone() else {
             return;
         };
+        let started = std::time::Instant::now();
         let (sources, fingerprint) = match read(&path) {
             Ok(read) => read,
             Err(e) => return self.reject(e.into(), 0),
@@ -223,7 +225,7 @@ impl Reloader {
             Ok(version) => {
                 self.fingerprint = fingerprint;
                 self.local = local;
-                tracing::info!(version, source = %label, trigger = if forced { "signal" } else { "file change" }, "config applied");
+                tracing::info!(version, source = %label, trigger = if forced { "signal" } else { "file change" }, duration_ms = started.elapsed().as_secs_f64() * 1000.0, "config applied");
             }
             Err(e) => self.reject(e, fingerprint),
         }

@@ -1,0 +1,314 @@
+//! Load generators: closed-loop saturation, open-loop fixed rate (latency measured from the
+//! intended send time, so a stall cannot hide behind coordinated omission), HTTP/2 streams,
+//! TCP bulk transfer, idle keep-alive connections.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// What a run produced.
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    /// Requests answered 2xx.
+    pub ok: u64,
+    /// Requests that failed or were not 2xx.
+    pub errors: u64,
+    /// Body bytes received.
+    pub bytes: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Latencies in microseconds (fixed-rate runs).
+    pub latency: Option<Histogram<u64>>,
+}
+
+impl Run {
+    /// Requests per second.
+    pub fn rps(&self) -> f64 {
+        self.ok as f64 / self.seconds.max(1e-9)
+    }
+}
+
+async fn connect_h1(addr: SocketAddr) -> Option<http1::SendRequest<Empty<Bytes>>> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    Some(sender)
+}
+
+fn get(host: &str, path: &str) -> Request<Empty<Bytes>> {
+    Request::get(path)
+        .header("host", host)
+        .body(Empty::new())
+        .expect("static request")
+}
+
+/// One request on `sender`: Ok(body bytes) for a 2xx answer.
+async fn once(
+    sender: &mut http1::SendRequest<Empty<Bytes>>,
+    host: &str,
+    path: &str,
+) -> Option<u64> {
+    sender.ready().await.ok()?;
+    let resp = sender.send_request(get(host, path)).await.ok()?;
+    let ok = resp.status().is_success();
+    let mut body = resp.into_body();
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            n += data.len() as u64;
+        }
+    }
+    ok.then_some(n)
+}
+
+/// `conns` connections, each sending its next request as soon as the last is answered.
+pub async fn saturate(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    conns: usize,
+    duration: Duration,
+) -> Run {
+    let (ok, errors, bytes) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let (ok, errors, bytes) = (ok.clone(), errors.clone(), bytes.clone());
+            let (host, path) = (host.to_owned(), path.to_owned());
+            tokio::spawn(async move {
+                let mut sender = None;
+                while Instant::now() < deadline {
+                    if sender.is_none() {
+                        sender = connect_h1(addr).await;
+                    }
+                    let Some(s) = sender.as_mut() else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    match once(s, &host, &path).await {
+                        Some(n) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            bytes.fetch_add(n, Ordering::Relaxed);
+                        }
+                        None => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            sender = None;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    Run {
+        ok: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+        latency: None,
+    }
+}
+
+/// `rate` requests per second for `duration` over `conns` connections; each connection owns
+/// every `conns`-th slot of the schedule. Latency counts from the slot's intended time.
+pub async fn fixed_rate(
+    addr: SocketAddr,
+    host: &str,
+    rate: u64,
+    duration: Duration,
+    conns: usize,
+) -> Run {
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let histogram = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+    ));
+    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let tasks: Vec<_> = (0..conns)
+        .map(|k| {
+            let (histogram, ok, errors, host) = (
+                histogram.clone(),
+                ok.clone(),
+                errors.clone(),
+                host.to_owned(),
+            );
+            tokio::spawn(async move {
+                let mut local =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+                let mut sender = connect_h1(addr).await;
+                let mut i = k as u64;
+                while i < total {
+                    let intended = start + interval * i as u32;
+                    tokio::time::sleep_until(intended).await;
+                    let answered = match sender.as_mut() {
+                        Some(s) => once(s, &host, "/").await.is_some(),
+                        None => false,
+                    };
+                    if answered {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        let micros = intended.elapsed().as_micros() as u64;
+                        let _ = local.record(micros.max(1));
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        sender = connect_h1(addr).await;
+                    }
+                    i += conns as u64;
+                }
+                if let Ok(mut h) = histogram.lock() {
+                    let _ = h.add(&local);
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let latency = histogram.lock().map(|h| h.clone()).ok();
+    Run {
+        ok: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        bytes: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        latency,
+    }
+}
+
+/// One h2c connection with `streams` requests in flight at all times.
+pub async fn h2_streams(addr: SocketAddr, host: &str, streams: usize, duration: Duration) -> Run {
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return Run {
+            errors: 1,
+            seconds: 1.0,
+            ..Run::default()
+        };
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok((sender, conn)) =
+        http2::handshake::<_, _, Empty<Bytes>>(TokioExecutor::new(), TokioIo::new(stream)).await
+    else {
+        return Run {
+            errors: 1,
+            seconds: 1.0,
+            ..Run::default()
+        };
+    };
+    tokio::spawn(conn);
+    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let authority = format!("http://{host}/");
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| {
+            let (mut sender, ok, errors, uri) = (
+                sender.clone(),
+                ok.clone(),
+                errors.clone(),
+                authority.clone(),
+            );
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let req = Request::get(&uri)
+                        .body(Empty::new())
+                        .expect("static request");
+                    let result = async {
+                        sender.ready().await.ok()?;
+                        let resp = sender.send_request(req).await.ok()?;
+                        let good = resp.status().is_success();
+                        resp.into_body().collect().await.ok()?;
+                        good.then_some(())
+                    }
+                    .await;
+                    match result {
+                        Some(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        None => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    Run {
+        ok: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        bytes: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        latency: None,
+    }
+}
+
+/// Writes `total` bytes over one TCP connection to `addr`; returns the run (bytes, seconds).
+pub async fn bulk(addr: SocketAddr, total: u64) -> Run {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return Run {
+            errors: 1,
+            seconds: 1.0,
+            ..Run::default()
+        };
+    };
+    let chunk = vec![0u8; 256 * 1024];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        if stream.write_all(&chunk).await.is_err() {
+            return Run {
+                errors: 1,
+                bytes: sent,
+                seconds: started.elapsed().as_secs_f64(),
+                ..Run::default()
+            };
+        }
+        sent += chunk.len() as u64;
+    }
+    let _ = stream.shutdown().await;
+    Run {
+        ok: 1,
+        bytes: sent,
+        seconds: started.elapsed().as_secs_f64(),
+        ..Run::default()
+    }
+}
+
+/// Opens `n` keep-alive connections, each after one answered request; holds them open.
+pub async fn idle_connections(
+    addr: SocketAddr,
+    host: &str,
+    n: usize,
+) -> (Vec<http1::SendRequest<Empty<Bytes>>>, u64) {
+    let mut held = Vec::with_capacity(n);
+    let mut failed = 0;
+    for _ in 0..n {
+        let opened = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut s = connect_h1(addr).await?;
+            once(&mut s, host, "/").await.map(|_| s)
+        })
+        .await;
+        match opened {
+            Ok(Some(s)) => held.push(s),
+            _ => failed += 1,
+        }
+    }
+    (held, failed)
+}

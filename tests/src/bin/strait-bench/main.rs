@@ -1,0 +1,598 @@
+//! `strait-bench`: Strait against direct, nginx and haproxy, in one run.
+//!
+//! ```text
+//! cargo run --release -p strait-tests --bin strait-bench [-- --quick] [--rounds N] [--seconds S]
+//! ```
+//!
+//! Proxies run pinned to CPU 0; this process (load generator and upstream, one thread) to
+//! CPU 1. Targets are interleaved round by round; each figure is the median of the rounds with
+//! min–max. Writes `target/bench/results.md` and `results.json`. `--quick` is the CI smoke
+//! mode: one short round, and a non-zero exit if Strait errors or drops requests (never on
+//! timings).
+
+mod load;
+mod procstat;
+mod targets;
+mod upstream;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::json;
+use targets::Target;
+
+/// Run settings.
+#[derive(Debug, Clone)]
+struct Settings {
+    quick: bool,
+    rounds: usize,
+    seconds: f64,
+    idle_connections: usize,
+    route_counts: Vec<usize>,
+    tcp_bytes: u64,
+}
+
+impl Settings {
+    fn from_args() -> Result<Self, String> {
+        let mut s = Self {
+            quick: false,
+            rounds: 3,
+            seconds: 5.0,
+            idle_connections: 10_000,
+            route_counts: vec![10, 1_000, 10_000],
+            tcp_bytes: 2 << 30,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => {
+                    s.quick = true;
+                    s.rounds = 1;
+                    s.seconds = 1.0;
+                    s.idle_connections = 500;
+                    s.route_counts = vec![10, 1_000];
+                    s.tcp_bytes = 64 << 20;
+                }
+                "--rounds" => {
+                    s.rounds = args
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--rounds N")?
+                }
+                "--seconds" => {
+                    s.seconds = args
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--seconds S")?
+                }
+                other => {
+                    return Err(format!(
+                        "unknown argument {other}; use --quick, --rounds N, --seconds S"
+                    ))
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+}
+
+/// Samples per (scenario, metric, target), one per round.
+#[derive(Debug, Default)]
+struct Results {
+    samples: BTreeMap<(String, String), BTreeMap<String, Vec<f64>>>,
+    order: Vec<(String, String)>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Results {
+    fn add(&mut self, scenario: &str, metric: &str, target: &str, value: f64) {
+        let key = (scenario.to_owned(), metric.to_owned());
+        if !self.samples.contains_key(&key) {
+            self.order.push(key.clone());
+        }
+        self.samples
+            .entry(key)
+            .or_default()
+            .entry(target.to_owned())
+            .or_default()
+            .push(value);
+    }
+
+    fn errors(&mut self, target: &str, n: u64) {
+        *self.errors.entry(target.to_owned()).or_default() += n;
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn cpu(target: &Target) -> Option<f64> {
+    target.pid().and_then(procstat::cpu_seconds)
+}
+
+fn main() -> ExitCode {
+    let settings = match Settings::from_args() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("strait-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    raise_fd_limit();
+    if !procstat::pin_self(1) {
+        eprintln!("strait-bench: cannot pin to CPU 1; figures will be noisier");
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("strait-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings.clone())) {
+        Ok(results) => {
+            let strait_errors: u64 = results
+                .errors
+                .iter()
+                .filter(|(t, _)| t.starts_with("strait"))
+                .map(|(_, n)| n)
+                .sum();
+            if settings.quick && strait_errors > 0 {
+                eprintln!("strait-bench: Strait failed {strait_errors} requests");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("strait-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit read and write exactly one rlimit struct we own.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+fn strait_bin() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe.parent().ok_or("no target dir")?;
+    let bin = dir.join("strait-proxy");
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} is missing: build it first (`cargo build --release -p strait-proxy`)",
+            bin.display()
+        ))
+    }
+}
+
+async fn run(settings: Settings) -> Result<Results, String> {
+    let bin = strait_bin()?;
+    let out_dir = bin
+        .parent()
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+        .join("bench");
+    std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
+    let work = out_dir.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let up = upstream::http().await.map_err(|e| e.to_string())?;
+    let sink = upstream::sink().await.map_err(|e| e.to_string())?;
+
+    let mut results = Results::default();
+    let mut skipped = Vec::new();
+    let mut targets = vec![
+        targets::direct(up, sink),
+        targets::strait(&bin, up, sink, 1, &work)?,
+    ];
+    for (name, started) in [
+        ("nginx", targets::nginx(up, sink, &work)),
+        ("haproxy", targets::haproxy(up, sink, &work)),
+    ] {
+        match started {
+            Some(Ok(t)) => targets.push(t),
+            Some(Err(e)) => skipped.push(format!("{name}: failed to start ({e})")),
+            None => skipped.push(format!("{name}: not installed (apt-get install -y {name})")),
+        }
+    }
+    for s in &skipped {
+        eprintln!("skipped {s}");
+    }
+    // Idle RSS first, before any traffic.
+    for t in &targets {
+        if let Some(rss) = t.pid().and_then(procstat::rss_bytes) {
+            results.add(
+                "memory",
+                "idle RSS (MiB)",
+                &t.name,
+                rss as f64 / (1 << 20) as f64,
+            );
+        }
+    }
+    let d = settings.duration();
+    eprintln!("warming up");
+    for t in &targets {
+        load::saturate(t.http, "bench", "/", 8, Duration::from_millis(300)).await;
+    }
+    for round in 1..=settings.rounds {
+        eprintln!("round {round}/{}", settings.rounds);
+        for t in &targets {
+            // 1. HTTP/1.1 keep-alive saturation and CPU per request.
+            let before = cpu(t);
+            let r = load::saturate(t.http, "bench", "/", 32, d).await;
+            results.errors(&t.name, r.errors);
+            results.add("http1 small", "requests/s (32 conns)", &t.name, r.rps());
+            if let (Some(b), Some(a)) = (before, cpu(t)) {
+                results.add(
+                    "http1 small",
+                    "proxy CPU µs/request",
+                    &t.name,
+                    (a - b) * 1e6 / r.ok.max(1) as f64,
+                );
+            }
+            for rate in [2_000u64, 5_000] {
+                let r = load::fixed_rate(t.http, "bench", rate, d, 64).await;
+                results.errors(&t.name, r.errors);
+                if let Some(h) = &r.latency {
+                    for (q, label) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+                        results.add(
+                            "http1 small",
+                            &format!("{label} ms @ {}k rps", rate / 1000),
+                            &t.name,
+                            h.value_at_quantile(q) as f64 / 1000.0,
+                        );
+                    }
+                }
+            }
+            // 2. HTTP/2 with 100 concurrent streams.
+            let before = cpu(t);
+            let r = load::h2_streams(t.h2, "bench", 100, d).await;
+            results.errors(&t.name, r.errors);
+            results.add("h2c 100 streams", "requests/s", &t.name, r.rps());
+            if let (Some(b), Some(a)) = (before, cpu(t)) {
+                results.add(
+                    "h2c 100 streams",
+                    "proxy CPU µs/request",
+                    &t.name,
+                    (a - b) * 1e6 / r.ok.max(1) as f64,
+                );
+            }
+            // 3. 1 MiB responses.
+            let before = cpu(t);
+            let r = load::saturate(t.http, "bench", "/big", 4, d).await;
+            results.errors(&t.name, r.errors);
+            let mb = r.bytes as f64 / 1e6;
+            results.add("1 MiB responses", "MB/s", &t.name, mb / r.seconds);
+            if let (Some(b), Some(a)) = (before, cpu(t)) {
+                results.add(
+                    "1 MiB responses",
+                    "proxy CPU ms/MB",
+                    &t.name,
+                    (a - b) * 1e3 / mb.max(1e-9),
+                );
+            }
+            // 4. Opaque TCP bulk.
+            let before = cpu(t);
+            let r = load::bulk(t.tcp, settings.tcp_bytes).await;
+            results.errors(&t.name, r.errors);
+            results.add(
+                "tcp bulk",
+                "MB/s",
+                &t.name,
+                r.bytes as f64 / 1e6 / r.seconds,
+            );
+            if let (Some(b), Some(a)) = (before, cpu(t)) {
+                results.add(
+                    "tcp bulk",
+                    "proxy CPU s/GB",
+                    &t.name,
+                    (a - b) / (r.bytes as f64 / 1e9),
+                );
+            }
+        }
+    }
+    routes(&settings, &bin, up, sink, &work, &mut results).await?;
+    reloads(&settings, &bin, up, sink, &work, &mut results).await?;
+    // 5. Memory with idle keep-alive connections (last: it leaves connections behind).
+    for t in &targets {
+        let Some(pid) = t.pid() else { continue };
+        let before = procstat::rss_bytes(pid).unwrap_or(0);
+        let (held, failed) =
+            load::idle_connections(t.http, "bench", settings.idle_connections).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = procstat::rss_bytes(pid).unwrap_or(0);
+        results.errors(&t.name, failed);
+        results.add(
+            "memory",
+            &format!("RSS with {} idle conns (MiB)", settings.idle_connections),
+            &t.name,
+            after as f64 / (1 << 20) as f64,
+        );
+        results.add(
+            "memory",
+            "KiB per idle connection",
+            &t.name,
+            after.saturating_sub(before) as f64 / 1024.0 / held.len().max(1) as f64,
+        );
+        drop(held);
+    }
+    report(&settings, &targets, &skipped, &results, &out_dir)?;
+    Ok(results)
+}
+
+/// Scenario 6, route-table scaling: CPU per request with N rules, the request matching the
+/// last.
+async fn routes(
+    settings: &Settings,
+    bin: &Path,
+    up: SocketAddr,
+    sink: SocketAddr,
+    work: &Path,
+    results: &mut Results,
+) -> Result<(), String> {
+    let mut instances = Vec::new();
+    for &n in &settings.route_counts {
+        instances.push((n, targets::strait(bin, up, sink, n, work)?));
+    }
+    for (_, t) in &instances {
+        load::saturate(t.http, "bench", "/", 8, Duration::from_millis(300)).await;
+    }
+    for _ in 0..settings.rounds {
+        for (n, t) in &instances {
+            let before = cpu(t);
+            let r = load::saturate(t.http, "bench", "/", 32, settings.duration()).await;
+            results.errors("strait", r.errors);
+            if let (Some(b), Some(a)) = (before, cpu(t)) {
+                results.add(
+                    "route scaling",
+                    &format!("CPU µs/request, {n} routes"),
+                    "strait",
+                    (a - b) * 1e6 / r.ok.max(1) as f64,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Scenario 7, reloads under load: p99 at 2k rps with a reload every 100 ms vs none, and the
+/// compile + swap time of the largest route table (from the proxy's `config applied` logs).
+async fn reloads(
+    settings: &Settings,
+    bin: &Path,
+    up: SocketAddr,
+    sink: SocketAddr,
+    work: &Path,
+    results: &mut Results,
+) -> Result<(), String> {
+    let routes = settings.route_counts.iter().copied().max().unwrap_or(10);
+    let t = targets::strait(bin, up, sink, routes, work)?;
+    let config = t.config.clone().ok_or("no config")?;
+    let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
+    for _ in 0..settings.rounds {
+        let quiet = load::fixed_rate(t.http, "bench", 2_000, settings.duration(), 64).await;
+        results.errors("strait", quiet.errors);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reloader = {
+            let (stop, config, text) = (stop.clone(), config.clone(), text.clone());
+            let pid = t.pid();
+            std::thread::spawn(move || {
+                let mut marker = 1;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let next = text.replace("marker: \"0\"", &format!("marker: \"{marker}\""));
+                    let _ = std::fs::write(&config, next);
+                    if let Some(pid) = pid {
+                        let _ = std::process::Command::new("kill")
+                            .arg("-HUP")
+                            .arg(pid.to_string())
+                            .status();
+                    }
+                    marker += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let busy = load::fixed_rate(t.http, "bench", 2_000, settings.duration(), 64).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = reloader.join();
+        results.errors("strait", busy.errors);
+        if let (Some(q), Some(b)) = (&quiet.latency, &busy.latency) {
+            results.add(
+                "reload under load",
+                "p99 ms @ 2k rps, no reloads",
+                "strait",
+                q.value_at_quantile(0.99) as f64 / 1000.0,
+            );
+            results.add(
+                "reload under load",
+                "p99 ms @ 2k rps, reload every 100 ms",
+                "strait",
+                b.value_at_quantile(0.99) as f64 / 1000.0,
+            );
+        }
+    }
+    let log =
+        std::fs::read_to_string(work.join(format!("strait-{routes}.log"))).unwrap_or_default();
+    let durations: Vec<f64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "config applied")
+        .filter_map(|v| v["fields"]["duration_ms"].as_f64())
+        .collect();
+    if !durations.is_empty() {
+        results.add(
+            "reload under load",
+            &format!("compile + swap of {routes} routes (ms)"),
+            "strait",
+            median(&durations),
+        );
+    }
+    Ok(())
+}
+
+fn report(
+    settings: &Settings,
+    targets: &[Target],
+    skipped: &[String],
+    results: &Results,
+    out_dir: &Path,
+) -> Result<(), String> {
+    let names: Vec<String> = {
+        let mut n: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+        n.dedup();
+        n
+    };
+    let has_nginx = names.iter().any(|n| n == "nginx");
+    let command = format!(
+        "cargo run --release -p strait-tests --bin strait-bench --{}",
+        if settings.quick {
+            " --quick".to_owned()
+        } else {
+            format!(
+                " --rounds {} --seconds {}",
+                settings.rounds, settings.seconds
+            )
+        }
+    );
+    let mut md = String::new();
+    let _ = writeln!(md, "Machine: {}  ", procstat::machine());
+    let _ = writeln!(
+        md,
+        "Peers: {}  ",
+        targets
+            .iter()
+            .filter(|t| t.version != "-")
+            .map(|t| format!("{} {}", t.name, t.version))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    if !skipped.is_empty() {
+        let _ = writeln!(md, "Skipped: {}  ", skipped.join("; "));
+    }
+    let _ = writeln!(
+        md,
+        "Command: `{command}` ({} round(s) of {} s, median [min–max])\n",
+        settings.rounds, settings.seconds
+    );
+    let _ = write!(md, "| scenario | metric |");
+    for n in &names {
+        let _ = write!(md, " {n} |");
+    }
+    if has_nginx {
+        let _ = write!(md, " strait / nginx |");
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "|{}",
+        "---|".repeat(2 + names.len() + usize::from(has_nginx))
+    );
+    let mut json_rows = Vec::new();
+    for key in &results.order {
+        let Some(by_target) = results.samples.get(key) else {
+            continue;
+        };
+        let _ = write!(md, "| {} | {} |", key.0, key.1);
+        for n in &names {
+            match by_target.get(n) {
+                Some(v) => {
+                    let (lo, hi) = v
+                        .iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
+                            (l.min(x), h.max(x))
+                        });
+                    if v.len() > 1 {
+                        let _ = write!(md, " {} [{}–{}] |", fmt(median(v)), fmt(lo), fmt(hi));
+                    } else {
+                        let _ = write!(md, " {} |", fmt(median(v)));
+                    }
+                }
+                None => {
+                    let _ = write!(md, " |");
+                }
+            }
+        }
+        if has_nginx {
+            match (by_target.get("strait"), by_target.get("nginx")) {
+                (Some(s), Some(n)) if median(n) > 0.0 => {
+                    let _ = write!(md, " {:.2}× |", median(s) / median(n));
+                }
+                _ => {
+                    let _ = write!(md, " |");
+                }
+            }
+        }
+        let _ = writeln!(md);
+        json_rows.push(json!({
+            "scenario": key.0, "metric": key.1,
+            "targets": by_target.iter().map(|(t, v)| (t.clone(), json!({"median": median(v), "samples": v}))).collect::<serde_json::Map<_, _>>(),
+        }));
+    }
+    if !results.errors.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nFailed requests: {}",
+            results
+                .errors
+                .iter()
+                .map(|(t, n)| format!("{t} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("{md}");
+    std::fs::write(out_dir.join("results.md"), &md).map_err(|e| e.to_string())?;
+    let doc = json!({
+        "machine": procstat::machine(),
+        "command": command,
+        "peers": targets.iter().map(|t| json!({"name": t.name, "version": t.version})).collect::<Vec<_>>(),
+        "skipped": skipped,
+        "errors": results.errors,
+        "results": json_rows,
+        "at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    });
+    std::fs::write(
+        out_dir.join("results.json"),
+        serde_json::to_vec_pretty(&doc).unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    eprintln!("written: {}", out_dir.join("results.md").display());
+    Ok(())
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
