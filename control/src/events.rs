@@ -23,7 +23,8 @@ impl EventSink for crate::bus::Bus {
             metadata: Default::default(),
             data,
         };
-        if let Err(e) = self.publish(topic, event) {
+        // Queued, not awaited: callers run on the async workers and must not wait for a commit.
+        if let Err(e) = self.publish_nowait(topic, event) {
             tracing::warn!(topic, error = %e, "cannot publish mesh event");
         }
     }

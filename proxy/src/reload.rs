@@ -38,6 +38,59 @@ pub enum ReloadError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The reload's blocking work panicked (a bug).
+    #[error("reload failed: {0}")]
+    Internal(String),
+}
+
+/// Runs CPU-heavy reload work (reading, parsing, compiling, building the runtime) on one
+/// background thread at low scheduling priority, so that a reload — even of thousands of
+/// routes, even every 100 ms, even on a proxy confined to one core — takes CPU only when the
+/// request path does not want it.
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ReloadError> {
+    static WORKER: std::sync::OnceLock<std::sync::mpsc::Sender<Job>> = std::sync::OnceLock::new();
+    type Job = Box<dyn FnOnce() + Send>;
+    let worker = WORKER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name("strait-reload".into())
+            .spawn(move || {
+                lower_priority();
+                for job in rx {
+                    job();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the reload thread");
+        }
+        tx
+    });
+    let runtime = tokio::runtime::Handle::current();
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        // Building the runtime starts tasks (health checks): give it the runtime's context.
+        let _context = runtime.enter();
+        let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+    });
+    worker
+        .send(job)
+        .map_err(|_| ReloadError::Internal("the reload thread is gone".into()))?;
+    match result.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(ReloadError::Internal("reload work panicked".into())),
+        Err(_) => Err(ReloadError::Internal("the reload thread is gone".into())),
+    }
+}
+
+/// Nice 10 for the calling thread (Linux scheduling priority is per thread).
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority only changes this thread's nice value.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
 }
 
 /// The documents of the last applied control version.
@@ -185,7 +238,7 @@ impl Reloader {
         };
         let docs = effective(&self.local, Some(&candidate));
         let label = label(self.path.as_deref(), &self.control_url, Some(&candidate));
-        match self.apply(&docs, label.clone()).await {
+        match self.apply(docs, label.clone()).await {
             Ok(version) => {
                 tracing::info!(version, source = %label, trigger = "control", duration_ms = started.elapsed().as_secs_f64() * 1000.0, "config applied");
                 self.control = Some(candidate);
@@ -205,23 +258,35 @@ impl Reloader {
             return;
         };
         let started = std::time::Instant::now();
-        let (sources, fingerprint) = match read(&path) {
-            Ok(read) => read,
-            Err(e) => return self.reject(e.into(), 0),
+        // Reading, hashing and parsing a large config is CPU work: keep it off the workers
+        // that serve requests.
+        let reading = path.clone();
+        let known = self.fingerprint;
+        let read = off_thread(move || {
+            read(&reading).map(|(sources, fingerprint)| {
+                let parsed = (fingerprint != known).then(|| parse_sources(&sources));
+                (fingerprint, parsed)
+            })
+        })
+        .await;
+        let (fingerprint, parsed) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return self.reject(e.into(), 0),
+            Err(e) => return self.reject(e, 0),
         };
-        if fingerprint == self.fingerprint {
+        let Some(parsed) = parsed else {
             if forced {
                 tracing::info!(source = %path.display(), "config unchanged since the last reload; nothing to do");
             }
             return;
-        }
-        let local = match parse_sources(&sources) {
+        };
+        let local = match parsed {
             Ok(docs) => docs,
             Err(e) => return self.reject(e.into(), fingerprint),
         };
         let docs = effective(&local, self.control.as_ref());
         let label = label(Some(&path), &self.control_url, self.control.as_ref());
-        match self.apply(&docs, label.clone()).await {
+        match self.apply(docs, label.clone()).await {
             Ok(version) => {
                 self.fingerprint = fingerprint;
                 self.local = local;
@@ -231,12 +296,22 @@ impl Reloader {
         }
     }
 
-    async fn apply(&mut self, docs: &[LoadedDoc], label: Arc<str>) -> Result<u64, ReloadError> {
-        let snapshot = strait_config::compile(docs)?;
+    /// Compiles `docs` and builds the runtime for them on a blocking thread (a big route table
+    /// takes milliseconds), binds new listeners, then swaps the new version in.
+    async fn apply(&mut self, docs: Vec<LoadedDoc>, label: Arc<str>) -> Result<u64, ReloadError> {
+        let snapshot = off_thread(move || strait_config::compile(&docs)).await??;
         self.listeners.reconcile(&snapshot, &self.shared).await?;
         let version = self.shared.config.load().version + 1;
-        let active = self.registry.build(version, label, snapshot);
-        self.shared.config.store(Arc::new(active));
+        let mut registry = std::mem::take(&mut self.registry);
+        let (registry, active) = off_thread(move || {
+            let active = registry.build(version, label, snapshot);
+            (registry, active)
+        })
+        .await?;
+        self.registry = registry;
+        let previous = self.shared.config.swap(Arc::new(active));
+        // Freeing a big table is work too; requests still on it keep it alive until they end.
+        let _ = off_thread(move || drop(previous)).await;
         metrics::gauge!(CONFIG_VERSION).set(version as f64);
         metrics::counter!(CONFIG_RELOADS, "result" => "applied").increment(1);
         Ok(version)
