@@ -40,6 +40,15 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
     } else {
         PrometheusBuilder::new().build_recorder().handle()
     };
+    // Drain histogram samples on a timer (the exporter does not when installed this way).
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let token = match &options.token_file {
         Some(path) => Token::load(path)
             .with_context(|| format!("cannot read token file {}", path.display()))?,

@@ -52,6 +52,16 @@ pub enum StartError {
 /// up to the configured drain timeout, and returns.
 pub async fn run(options: Options) -> Result<(), StartError> {
     let prometheus = crate::metrics::install()?;
+    // Histogram samples wait in the recorder until drained: drain them on a timer, or a proxy
+    // nobody scrapes would grow without bound.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signal)?;
 
