@@ -11,7 +11,8 @@ use http::header::{HeaderName, HeaderValue};
 
 use crate::matching::RouteTable;
 use crate::spec::{
-    FaultSpec, LbPolicy, ListenerProtocol, MirrorSpec, RateLimitSpec, Resource, ServiceProtocol,
+    FaultSpec, LbPolicy, ListenerMode, ListenerProtocol, MirrorSpec, RateLimitSpec, Resource,
+    ServiceProtocol,
 };
 
 /// Index of a service in [`Snapshot::services`].
@@ -63,6 +64,8 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Concurrent connection cap.
     pub max_connections: usize,
+    /// Explicit, or intercepting inbound/outbound traffic (original destination recovered).
+    pub mode: ListenerMode,
     /// HTTP routes or the TCP route.
     pub serves: Serves,
 }

@@ -10,7 +10,7 @@ use crate::error::FieldPath;
 use crate::load::LoadedDoc;
 use crate::matching::{RouteEntries, RouteTable};
 use crate::snapshot::{Listener, ProxySettings, Serves, TcpRoute};
-use crate::spec::{ListenerProtocol, Resource};
+use crate::spec::{ListenerMode, ListenerProtocol, Resource};
 
 /// A listener before routes are attached.
 pub(crate) struct ListenerDraft {
@@ -18,6 +18,7 @@ pub(crate) struct ListenerDraft {
     pub address: SocketAddr,
     pub protocol: ListenerProtocol,
     pub max_connections: usize,
+    pub mode: ListenerMode,
 }
 
 /// The compiled ProxyConfig.
@@ -127,11 +128,13 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
                 format!("`{address}` is already used by another listener or the admin server"),
             );
         }
+        check_mode(errors, doc, &here, l.mode, address);
         listeners.push(ListenerDraft {
             name: l.name.clone(),
             address,
             protocol: l.protocol,
             max_connections: l.max_connections.unwrap_or(default_max_conns) as usize,
+            mode: l.mode,
         });
     }
 
@@ -147,6 +150,41 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
         },
         listeners,
     })
+}
+
+/// An intercepting listener receives traffic the iptables rules redirect to a fixed port; an
+/// inbound one also receives it on the pod's address (REDIRECT in PREROUTING rewrites the
+/// destination to the receiving interface's address, never to loopback).
+fn check_mode(
+    errors: &mut Errors,
+    doc: &LoadedDoc,
+    here: &FieldPath,
+    mode: ListenerMode,
+    address: SocketAddr,
+) {
+    if mode.is_explicit() {
+        return;
+    }
+    if address.port() == 0 {
+        errors.at(
+            doc,
+            &here.key("address"),
+            format!(
+                "a `mode: {}` listener needs a fixed port: the iptables rules redirect to it",
+                mode.as_str()
+            ),
+        );
+    }
+    if mode == ListenerMode::Inbound && address.ip().is_loopback() {
+        errors.at(
+            doc,
+            &here.key("address"),
+            format!(
+                "`{address}` is a loopback address, but redirected inbound traffic arrives on the \
+                 pod's address: bind 0.0.0.0 (or [::])"
+            ),
+        );
+    }
 }
 
 /// Resolves `parentRefs` to listener indexes: every listener of `protocol` when empty.
@@ -217,6 +255,7 @@ pub(crate) fn attach_routes(
             name: l.name.into(),
             address: l.address,
             max_connections: l.max_connections,
+            mode: l.mode,
             serves: match l.protocol {
                 ListenerProtocol::Http => Serves::Http(RouteTable::new(
                     http.get_mut(i)

@@ -231,3 +231,65 @@ fn validate_needs_no_proxy_config_and_accepts_one_per_node() {
         "{errors:?}"
     );
 }
+
+fn listener_errors(listener: &str) -> Vec<String> {
+    let text = format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {{name: p}}
+spec:
+  admin: 127.0.0.1:0
+  listeners:
+    - {listener}
+"
+    );
+    match load_str("cfg.yaml", &text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn intercepting_listeners_compile_with_their_mode() {
+    let text = "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {name: p}
+spec:
+  admin: 127.0.0.1:0
+  listeners:
+    - {name: in, address: 0.0.0.0:15302, protocol: http, mode: inbound}
+    - {name: out, address: 127.0.0.1:15301, protocol: http, mode: outbound}
+    - {name: web, address: 127.0.0.1:0, protocol: http}
+";
+    let snapshot = load_str("cfg.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    let modes: Vec<_> = snapshot.listeners.iter().map(|l| l.mode).collect();
+    use crate::spec::ListenerMode;
+    assert_eq!(
+        modes,
+        [
+            ListenerMode::Inbound,
+            ListenerMode::Outbound,
+            ListenerMode::Explicit
+        ]
+    );
+}
+
+#[test]
+fn intercepting_listeners_need_a_fixed_port_and_inbound_a_non_loopback_address() {
+    let errs = listener_errors("{name: out, address: 127.0.0.1:0, protocol: http, mode: outbound}");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("spec.listeners[0].address") && errs[0].contains("fixed port"),
+        "{errs:?}"
+    );
+    let errs =
+        listener_errors("{name: in, address: 127.0.0.1:15302, protocol: tcp, mode: inbound}");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("spec.listeners[0].address") && errs[0].contains("loopback"),
+        "{errs:?}"
+    );
+    let errs = listener_errors("{name: in, address: 0.0.0.0:1, protocol: http, mode: sideways}");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("spec.listeners[0].mode"), "{errs:?}");
+}

@@ -40,6 +40,42 @@ pub struct ListenerSpec {
     /// Concurrent connections accepted on this listener; overrides `limits.maxConnections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// `explicit` (default: clients address the listener), or `inbound` / `outbound`: the
+    /// listener receives connections redirected by `strait-proxy init-iptables` and recovers
+    /// each one's original destination (`SO_ORIGINAL_DST`). On an intercepting listener
+    /// traffic no route claims is passed through to that original destination, and an `http`
+    /// listener also passes through connections that are not HTTP.
+    #[serde(default, skip_serializing_if = "ListenerMode::is_explicit")]
+    pub mode: ListenerMode,
+}
+
+/// How traffic reaches a listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// Clients connect to the listener's address.
+    #[default]
+    Explicit,
+    /// The pod's inbound TCP, redirected here by the iptables rules.
+    Inbound,
+    /// The pod's outbound TCP, redirected here by the iptables rules.
+    Outbound,
+}
+
+impl ListenerMode {
+    /// Whether the listener is addressed directly (no original destination to recover).
+    pub fn is_explicit(&self) -> bool {
+        *self == Self::Explicit
+    }
+
+    /// The name used in YAML and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Explicit => "explicit",
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
 }
 
 /// What a listener speaks.
