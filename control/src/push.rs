@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::events::EventSink;
-use crate::policy::{PolicyStore, Revisions};
+use crate::policy::{PolicyStore, Revisions, StoredResource};
 use crate::registry::Registry;
 use crate::store::StoreError;
 
@@ -82,6 +82,8 @@ pub struct Push {
     revisions: Arc<Revisions>,
     events: Arc<dyn EventSink>,
     proxies: Mutex<BTreeMap<String, ProxyStatus>>,
+    /// The stored resources at one revision, read once for every proxy rendering it.
+    cached: Mutex<Option<(u64, Arc<Vec<StoredResource>>)>>,
 }
 
 impl std::fmt::Debug for Push {
@@ -123,6 +125,7 @@ impl Push {
             revisions,
             events,
             proxies: Mutex::new(BTreeMap::new()),
+            cached: Mutex::new(None),
         }
     }
 
@@ -134,7 +137,7 @@ impl Push {
     /// should run at the current revision.
     pub fn render(&self, node: &str, listeners: &[String]) -> Result<NodeSnapshot, StoreError> {
         let version = *self.revisions.watch().borrow();
-        let resources = self.policy.list(None, None)?;
+        let resources = self.resources_at(version)?;
         let proxy_config = resources
             .iter()
             .find(|r| r.kind == "ProxyConfig" && r.name == node);
@@ -153,7 +156,7 @@ impl Push {
         if let Some(pc) = proxy_config {
             documents.push(pc.document.clone());
         }
-        for r in &resources {
+        for r in resources.iter() {
             match r.kind.as_str() {
                 "Service" => documents.push(self.with_endpoints(&r.document)),
                 "HTTPRoute" | "TCPRoute" => {
@@ -165,6 +168,23 @@ impl Push {
             }
         }
         Ok(NodeSnapshot { version, documents })
+    }
+
+    /// Every stored resource, read from the store once per revision however many proxies ask.
+    fn resources_at(&self, version: u64) -> Result<Arc<Vec<StoredResource>>, StoreError> {
+        let cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((at, resources)) = cached {
+            if at == version {
+                return Ok(resources);
+            }
+        }
+        let resources = Arc::new(self.policy.list(None, None)?);
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, resources.clone()));
+        Ok(resources)
     }
 
     /// A Service document with `discovery: registry` turned into static endpoints.
