@@ -18,6 +18,7 @@ pub mod error;
 pub mod load;
 pub mod matching;
 pub mod redact;
+pub mod sidecar;
 pub mod snapshot;
 pub mod spec;
 pub mod yaml;

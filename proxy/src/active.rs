@@ -79,6 +79,9 @@ pub struct ListenerRuntime {
     pub rules: Vec<Vec<RequestMetrics>>,
     /// For requests answered before a route was chosen.
     pub unrouted: RequestMetrics,
+    /// For intercepted requests no route claims, passed through to their original destination
+    /// (`route=""`, `service="passthrough"`); intercepting listeners only.
+    pub passthrough: Option<RequestMetrics>,
 }
 
 impl Active {
@@ -307,6 +310,13 @@ fn listener_runtime(listener: &Listener, snapshot: &Snapshot) -> ListenerRuntime
     ListenerRuntime {
         rules,
         unrouted: unrouted(&listener.name),
+        passthrough: (!listener.mode.is_explicit()).then(|| {
+            RequestMetrics::new(
+                &listener.name,
+                &Arc::from(""),
+                &Arc::from(crate::intercept::passthrough::SERVICE),
+            )
+        }),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/clusters`.
+//! The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/clusters`, and
+//! `POST /shutdown` (from loopback only) so a Job's main container can end its sidecar.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,8 +22,8 @@ use crate::shared::Shared;
 /// 503 and `/metrics` stays scrapeable.
 pub async fn serve(socket: TcpListener, shared: Arc<Shared>) {
     loop {
-        let stream = match socket.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match socket.accept().await {
+            Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -31,7 +32,7 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, shared.clone()));
+            let service = service_fn(move |req| answer(req, peer, shared.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -41,8 +42,12 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>) {
 
 async fn answer(
     req: Request<Incoming>,
+    peer: std::net::SocketAddr,
     shared: Arc<Shared>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/shutdown" {
+        return Ok(shutdown(req.method(), peer, &shared));
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"));
     }
@@ -62,9 +67,28 @@ async fn answer(
         "/clusters" => json_response(&clusters(&shared)),
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /metrics /ready /live /config /clusters\n",
+            "admin endpoints: /metrics /ready /live /config /clusters, POST /shutdown\n",
         ),
     })
+}
+
+/// `POST /shutdown`: starts the same drain as SIGTERM. Only a process in the pod may ask (the
+/// admin port is reachable from the pod network for probes and scrapes): the peer must be on
+/// loopback. A Job's container calls it when its work is done, so the Job can complete.
+fn shutdown(method: &Method, peer: std::net::SocketAddr, shared: &Shared) -> Response<Full<Bytes>> {
+    if method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+    }
+    if !peer.ip().to_canonical().is_loopback() {
+        tracing::warn!(client = %peer, "POST /shutdown refused: not from loopback");
+        return text(
+            StatusCode::FORBIDDEN,
+            "shutdown is accepted from loopback only\n",
+        );
+    }
+    tracing::info!(client = %peer, "POST /shutdown: draining");
+    shared.shutdown.notify_one();
+    text(StatusCode::ACCEPTED, "draining\n")
 }
 
 fn config(shared: &Shared) -> serde_json::Value {

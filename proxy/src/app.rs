@@ -115,6 +115,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
+        () = shared.shutdown.notified() => "POST /shutdown",
     };
     let deadline = shared.config.load().snapshot.proxy.drain_timeout;
     tracing::info!(

@@ -11,7 +11,8 @@
 //!                      │      → stream response back (body returns the connection to the pool)
 //!                      └─ tcp::serve ──▶ pick service/endpoint → splice both ways (half-close)
 //!
-//!  admin: /metrics /ready /live /config /clusters
+//!  admin: /metrics /ready /live /config /clusters, POST /shutdown (loopback only)
+//!  intercept: mode inbound/outbound listeners: SO_ORIGINAL_DST, sniff, passthrough
 //! ```
 //!
 //! The active config is one immutable value: a request uses the version it loaded to the end.
@@ -24,6 +25,7 @@ pub mod app;
 pub mod clock;
 pub mod control;
 pub mod http;
+pub mod intercept;
 pub mod listen;
 pub mod logging;
 pub mod metrics;

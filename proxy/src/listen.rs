@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strait_config::spec::ListenerProtocol;
+use strait_config::spec::{ListenerMode, ListenerProtocol};
 use strait_config::Snapshot;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
@@ -33,6 +33,7 @@ struct Shape {
     address: SocketAddr,
     protocol: ListenerProtocol,
     max_connections: usize,
+    mode: ListenerMode,
 }
 
 struct Running {
@@ -64,6 +65,7 @@ impl Listeners {
                     address: l.address,
                     protocol: l.protocol(),
                     max_connections: l.max_connections,
+                    mode: l.mode,
                 };
                 (l.name.clone(), shape)
             })
@@ -137,10 +139,13 @@ async fn accept_loop(
     let rejected = metrics::counter!(CONNECTIONS_REJECTED, "listener" => name.clone());
     let active = metrics::gauge!(CONNECTIONS_ACTIVE, "listener" => name.clone());
     let mut drain = shared.drain.watch();
+    // The app may still call out while it shuts down: an outbound listener keeps accepting
+    // through the drain window, until the process exits.
+    let keep_accepting = shape.mode == ListenerMode::Outbound;
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
-            () = draining(&mut drain) => break,
+            () = draining(&mut drain), if !keep_accepting => break,
             accepted = socket.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -161,11 +166,16 @@ async fn accept_loop(
         let (shared, name, active) = (shared.clone(), name.clone(), active.clone());
         tokio::spawn(async move {
             active.increment(1.0);
-            match shape.protocol {
-                ListenerProtocol::Http => {
-                    crate::http::server::serve(stream, peer, name, shared, token).await
+            match (shape.mode, shape.protocol) {
+                (ListenerMode::Inbound | ListenerMode::Outbound, protocol) => {
+                    crate::intercept::serve(stream, peer, name, protocol, shared, token).await
                 }
-                ListenerProtocol::Tcp => crate::tcp::serve(stream, peer, name, shared, token).await,
+                (ListenerMode::Explicit, ListenerProtocol::Http) => {
+                    crate::http::server::serve(stream, peer, name, shared, token, None).await
+                }
+                (ListenerMode::Explicit, ListenerProtocol::Tcp) => {
+                    crate::tcp::serve(stream, peer, name, shared, token).await
+                }
             }
             active.decrement(1.0);
             drop(permit);

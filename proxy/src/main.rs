@@ -1,4 +1,5 @@
-//! `strait-proxy`: parse arguments, then run the proxy or check a config.
+//! `strait-proxy`: parse arguments, then run the proxy, check a config, or install the pod's
+//! interception rules (`init-iptables`, so the init image is the proxy image).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +11,10 @@ use strait_proxy::logging::{self, LogFormat};
 
 /// Strait's sidecar proxy.
 #[derive(Debug, Parser)]
-#[command(name = "strait-proxy", version, about)]
+#[command(name = "strait-proxy", version, about, subcommand_negates_reqs = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Config file or directory of YAML files to serve from (hot reloaded).
     #[arg(long, value_name = "PATH", required_unless_present_any = ["check", "control"])]
     config: Option<PathBuf>,
@@ -35,12 +38,28 @@ struct Args {
     watch_interval: Duration,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Install the nat rules that redirect the pod's TCP to the proxy (run as root with
+    /// NET_ADMIN, in the pod's network namespace, before the proxy starts).
+    InitIptables(strait_proxy::intercept::iptables::InitArgs),
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     strait_config::spec::Duration::parse(text).map(|d| d.get())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::InitIptables(init)) = &args.command {
+        return match strait_proxy::intercept::iptables::run_init(init, &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("strait-proxy init-iptables: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(path) = args.check {
         return check(&path);
     }

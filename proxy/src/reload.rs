@@ -169,6 +169,7 @@ impl Reloader {
             prometheus,
             ready: Default::default(),
             drain: Drain::default(),
+            shutdown: Default::default(),
         });
         let mut listeners = Listeners::default();
         listeners

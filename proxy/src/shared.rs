@@ -21,6 +21,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Shutdown coordination.
     pub drain: Drain,
+    /// Notified by `POST /shutdown` on the admin port: the same drain as SIGTERM follows.
+    pub shutdown: tokio::sync::Notify,
 }
 
 impl Shared {

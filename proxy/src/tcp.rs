@@ -88,7 +88,7 @@ pub async fn serve(
 
 /// Copies both ways; each direction's EOF is passed on as a write shutdown (half-close).
 /// Returns `(bytes to upstream, bytes to client)`.
-async fn splice(
+pub(crate) async fn splice(
     mut client: TcpStream,
     mut upstream: TcpStream,
     idle: Duration,

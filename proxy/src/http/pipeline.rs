@@ -46,6 +46,8 @@ pub struct Conn {
     pub client: ClientHeaders,
     /// Process-wide state.
     pub shared: Arc<Shared>,
+    /// Where an intercepted connection was going: requests no route claims go there.
+    pub original: Option<crate::intercept::passthrough::OriginalDestination>,
 }
 
 /// What the request path learned, for metrics and the access log.
@@ -56,6 +58,7 @@ struct Exchange {
     position: usize,
     service: Option<Arc<str>>,
     endpoint: Option<Arc<str>>,
+    passthrough: bool,
 }
 
 /// Serves one request; never fails (refusals become responses).
@@ -97,6 +100,10 @@ pub async fn handle(
     if let Some(li) = exchange.listener {
         let metrics = match &exchange.rule {
             Some(rule) => active.request_metrics(li, rule, exchange.position),
+            None if exchange.passthrough => active
+                .listeners
+                .get(li)
+                .and_then(|l| l.passthrough.as_ref()),
             None => active.listeners.get(li).map(|l| &l.unrouted),
         };
         if let Some(m) = metrics {
@@ -148,7 +155,15 @@ async fn forward(
         method: req.method(),
         headers: req.headers(),
     };
-    let rule = table.find(&view).ok_or(ProxyError::NoRoute)?.clone();
+    let Some(rule) = table.find(&view).cloned() else {
+        // Intercepted traffic no route claims goes where it was going.
+        let original = conn.original.as_ref().ok_or(ProxyError::NoRoute)?;
+        exchange.passthrough = true;
+        exchange.service = Some(Arc::from(crate::intercept::passthrough::SERVICE));
+        exchange.endpoint = Some(original.address.to_string().into());
+        let (response, _) = crate::intercept::passthrough::http(req, authority, original).await?;
+        return Ok(response);
+    };
     exchange.rule = Some(rule.clone());
     apply_policies(&rule, active, conn, req.headers()).await?;
     let (position, si) = match rule.backends.single() {

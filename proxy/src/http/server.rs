@@ -12,18 +12,21 @@ use tokio::net::TcpStream;
 
 use super::headers::ClientHeaders;
 use super::pipeline::{handle, Conn};
+use crate::intercept::passthrough::OriginalDestination;
 use crate::shared::{draining, ConnToken, Shared};
 
 /// How long a client may take to send request headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `stream` until the client closes or draining finishes it.
+/// Serves `stream` until the client closes or draining finishes it. `original` is where an
+/// intercepted connection was going (requests no route claims are passed through to it).
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<str>,
     shared: Arc<Shared>,
     _token: ConnToken,
+    original: Option<OriginalDestination>,
 ) {
     let _ = stream.set_nodelay(true);
     let limits = shared.config.load().snapshot.proxy.clone();
@@ -47,6 +50,7 @@ pub async fn serve(
         listener: listener.clone(),
         peer,
         shared,
+        original,
     });
     let service = service_fn(move |req| handle(req, conn.clone()));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

@@ -84,6 +84,22 @@ impl Endpoint {
         }
     }
 
+    /// An endpoint outside any configured service (an intercepted connection's original
+    /// destination): same pool and accounting, but no `strait_endpoint_healthy` series, whose
+    /// cardinality would follow every address the pod talks to.
+    pub fn unlisted(service: &str, address: SocketAddr, pool: Pool) -> Self {
+        Self {
+            address,
+            label: address.to_string().into(),
+            service: service.into(),
+            in_flight: AtomicU64::new(0),
+            out: AtomicU8::new(0),
+            outlier: EndpointOutlier::default(),
+            healthy: metrics::Gauge::noop(),
+            pool,
+        }
+    }
+
     /// Whether the endpoint takes requests now.
     pub fn is_available(&self) -> bool {
         self.out.load(Ordering::Relaxed) == 0

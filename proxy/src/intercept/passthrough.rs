@@ -1,0 +1,152 @@
+//! Passing intercepted traffic through to where it was going: what no route claims on an
+//! intercepting listener reaches its original destination unchanged (no route is not a 404
+//! for a pod's own traffic).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+
+use crate::http::body::{ResponseBody, UpstreamBody};
+use crate::http::error::ProxyError;
+use crate::http::headers::{strip_hop_by_hop, wants_upgrade};
+use crate::http::tunnel;
+use crate::http::upstream::{self, Dial};
+use crate::metrics::TCP_CONNECTIONS;
+use crate::service::endpoint::{Endpoint, Pool};
+
+/// How long connecting to an original destination may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a passed-through TCP connection may stay silent both ways.
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The `service` label of passed-through requests.
+pub const SERVICE: &str = "passthrough";
+/// Idle upstream HTTP/1 connections kept per intercepted connection.
+const IDLE_PER_CONNECTION: usize = 4;
+
+/// The original destination of one intercepted connection, with a connection pool of its own
+/// (created on first use: HTTP/2 when the client speaks HTTP/2, HTTP/1.1 otherwise).
+#[derive(Debug)]
+pub struct OriginalDestination {
+    /// Where the connection was going.
+    pub address: SocketAddr,
+    endpoint: OnceLock<Arc<Endpoint>>,
+}
+
+impl OriginalDestination {
+    /// The destination `address`, nothing connected yet.
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            endpoint: OnceLock::new(),
+        }
+    }
+
+    fn endpoint(&self, http2: bool) -> &Arc<Endpoint> {
+        self.endpoint.get_or_init(|| {
+            let pool = if http2 {
+                Pool::Http2(Default::default())
+            } else {
+                Pool::Http1(Box::new(crossbeam_queue::ArrayQueue::new(
+                    IDLE_PER_CONNECTION,
+                )))
+            };
+            Arc::new(Endpoint::unlisted(SERVICE, self.address, pool))
+        })
+    }
+}
+
+/// Sends `req` to the original destination as it is (hop-by-hop headers aside) and streams
+/// the answer back. Returns the endpoint label for the access log.
+pub async fn http(
+    mut req: Request<Incoming>,
+    authority: Authority,
+    original: &OriginalDestination,
+) -> Result<(Response<ResponseBody>, Arc<str>), ProxyError> {
+    let downstream_version = req.version();
+    let http2 = downstream_version == Version::HTTP_2;
+    let upgrade = downstream_version == Version::HTTP_11 && wants_upgrade(req.headers());
+    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    if parts.headers.contains_key(TRANSFER_ENCODING) {
+        // RFC 9112 §6.3: never forward both.
+        parts.headers.remove(CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if http2 {
+        parts.headers.remove(HOST);
+        parts.uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("request target"))?;
+    } else {
+        parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(HOST) {
+            let value = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| ProxyError::BadRequest("authority"))?;
+            parts.headers.insert(HOST, value);
+        }
+        parts.uri = Uri::from(path);
+    }
+    let endpoint = original.endpoint(http2);
+    let in_flight = endpoint.start_request();
+    let dial = Dial {
+        timeout: CONNECT_TIMEOUT,
+        limits: None,
+    };
+    let request = Request::from_parts(parts, UpstreamBody::Streamed(body));
+    let (mut response, pooled) = upstream::send(endpoint, dial, request).await?;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        if let Some(client) = on_client_upgrade {
+            tunnel::spawn(
+                client,
+                hyper::upgrade::on(&mut response),
+                endpoint.label.clone(),
+            );
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, switching && upgrade);
+    parts.version = downstream_version;
+    let body = ResponseBody::Upstream {
+        inner: body,
+        in_flight: Some(in_flight),
+        slot: None,
+        reuse: if switching { None } else { pooled },
+    };
+    Ok((Response::from_parts(parts, body), endpoint.label.clone()))
+}
+
+/// Copies an opaque TCP connection to its original destination and back.
+pub async fn tcp(client: TcpStream, peer: SocketAddr, destination: SocketAddr, listener: Arc<str>) {
+    metrics::counter!(TCP_CONNECTIONS, "listener" => listener.clone()).increment(1);
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination))
+        .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::warn!(listener = %listener, client = %peer, endpoint = %destination, error = %e, "passthrough connect failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(listener = %listener, client = %peer, endpoint = %destination, "passthrough connect timed out");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let result = crate::tcp::splice(client, upstream, TCP_IDLE_TIMEOUT, &listener).await;
+    tracing::debug!(listener = %listener, client = %peer, endpoint = %destination, result = ?result, "passthrough connection closed");
+}
