@@ -43,9 +43,59 @@ pub enum StartError {
     /// Neither a config file nor a control was given.
     #[error("nothing to serve: give --config PATH, --control URL, or both")]
     NoConfig,
+    /// The control named in the config cannot be used.
+    #[error("{0}")]
+    Control(String),
     /// Stopped before the control sent a first config.
     #[error("stopped while waiting for the first config from the control")]
     Interrupted,
+}
+
+/// The control named by the `ProxyConfig` of the files at `path` (`spec.control`), if any. A
+/// relative `tokenFile` is relative to the config's directory.
+fn control_from_file(path: &std::path::Path) -> Result<Option<ControlTarget>, StartError> {
+    let Ok(snapshot) = strait_config::load_path(path) else {
+        // Invalid: the reloader reports why.
+        return Ok(None);
+    };
+    let spec = snapshot.resources.iter().find_map(|r| match r {
+        strait_config::spec::Resource::ProxyConfig(doc) => doc.spec.control.clone(),
+        _ => None,
+    });
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let bad = |message: String| StartError::Control(message);
+    let url: http::Uri = spec
+        .address
+        .parse()
+        .map_err(|e| bad(format!("spec.control.address {}: {e}", spec.address)))?;
+    if url.scheme_str() != Some("http") || url.authority().is_none() {
+        return Err(bad(format!(
+            "spec.control.address {}: expected http://HOST:PORT",
+            spec.address
+        )));
+    }
+    let token = match &spec.token_file {
+        Some(file) => {
+            let base = if path.is_dir() {
+                path
+            } else {
+                path.parent().unwrap_or(std::path::Path::new("."))
+            };
+            let file = base.join(file);
+            let token = std::fs::read_to_string(&file)
+                .map_err(|e| bad(format!("spec.control.tokenFile {}: {e}", file.display())))?;
+            Some(token.trim().to_owned())
+        }
+        None => None,
+    };
+    Ok(Some(ControlTarget {
+        url,
+        node: spec.node,
+        token,
+        listeners: Vec::new(),
+    }))
 }
 
 /// Runs until SIGTERM or SIGINT, then drains: stops accepting, lets in-flight requests finish
@@ -66,7 +116,13 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signal)?;
 
     let (updates, mut received) = tokio::sync::mpsc::channel::<ControlUpdate>(1);
-    let initial = match (options.config.clone(), options.control.clone()) {
+    // `--control` wins; otherwise the bootstrap's `spec.control`, if it has one.
+    let control = match (&options.control, &options.config) {
+        (Some(target), _) => Some(target.clone()),
+        (None, Some(path)) => control_from_file(path)?,
+        (None, None) => None,
+    };
+    let initial = match (options.config.clone(), control.clone()) {
         (None, None) => return Err(StartError::NoConfig),
         (Some(path), None) => Initial::File(path),
         (path, Some(mut target)) => {
@@ -95,7 +151,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
             Initial::Control { path, first, url }
         }
     };
-    let control_attached = options.control.is_some();
+    let control_attached = control.is_some();
     let reloader = Reloader::start(initial, prometheus).await?;
     let shared = reloader.shared();
     let admin_address = shared.config.load().snapshot.proxy.admin;

@@ -69,6 +69,17 @@ impl Proxy {
         Self::start_in(dir, &["--watch-interval", "200ms"])
     }
 
+    /// Starts the proxy on `yaml` with extra files next to it (`(name, content)`), such as a
+    /// token file the config names.
+    pub fn start_with_files(yaml: &str, files: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("proxy");
+        std::fs::write(dir.path().join("config.yaml"), yaml).expect("write config");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("write file");
+        }
+        Self::start_in(dir, &["--watch-interval", "200ms"])
+    }
+
     /// Starts the proxy attached to a control as `node`, with `bootstrap` (a ProxyConfig:
     /// admin and listeners) used until the control answers.
     pub fn start_with_control(

@@ -541,3 +541,30 @@ spec:
     let body = history(&control, "mesh.circuit.opened").await;
     assert!(body.to_string().contains("proxy/pod-7"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstrap_can_name_the_control_instead_of_the_command_line() {
+    let a = Upstream::start("a").await;
+    let control = Control::start();
+    control
+        .apply(
+            "mesh.yaml",
+            &(service("a", &a.address()) + &route("r", "h", "a")),
+        )
+        .await;
+    let bootstrap = bootstrap().replace(
+        "spec:\n",
+        &format!(
+            "spec:\n  control: {{address: \"{}\", node: pod-9, tokenFile: token}}\n",
+            control.url()
+        ),
+    );
+    let proxy = Proxy::start_with_files(&bootstrap, &[("token", control.token())]);
+    eventually(
+        "config from the control named in spec.control",
+        Duration::from_secs(5),
+        || async { (upstream_of(&proxy, "h").await == "a").then_some(()) },
+    )
+    .await;
+    assert_eq!(proxy_status(&control, "pod-9").await["connected"], true);
+}
