@@ -12,6 +12,24 @@ if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# The interception test needs iptables, iproute2 and setpriv (util-linux); the manifest test
+# validates deploy/ and injected output offline with kubernetes-validate.
+missing=""
+for tool in iptables:iptables ip:iproute2 setpriv:util-linux; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || missing="$missing ${tool##*:}"
+done
+if [ -n "$missing" ]; then
+  echo "test.sh: installing$missing for the interception test"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "test.sh: installing kubernetes-validate (pip) for the offline manifest check"
+  python3 -m pip install -q kubernetes-validate
+fi
+
 # The end-to-end tests start target/debug/strait-proxy: build it first.
 cargo build --workspace --bins
 cargo test --workspace "$@"

@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod metrics;
+pub mod netns;
 pub mod process;
 pub mod upstream;
 pub mod wait;

@@ -1,0 +1,272 @@
+//! Network namespaces for interception tests: a "pod" namespace between a "client" and a
+//! "backend" namespace, each link a veth pair, and a way to run async code (servers, clients)
+//! inside any of them from the test process.
+//!
+//! ```text
+//!  client 10.77.1.1 ── veth ── 10.77.1.2  pod  10.77.2.1 ── veth ── 10.77.2.2 backend
+//! ```
+//!
+//! Needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN). [`Mesh::create`] says why when it cannot, so a
+//! test can skip loudly; everything it creates is deleted on drop.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// The pod's address on the client link (the "app" address clients dial).
+pub const POD_ADDRESS: &str = "10.77.1.2";
+/// The client's address.
+pub const CLIENT_ADDRESS: &str = "10.77.1.1";
+/// The pod's address on the backend link.
+pub const POD_BACKEND_SIDE: &str = "10.77.2.1";
+/// The backend's address.
+pub const BACKEND_ADDRESS: &str = "10.77.2.2";
+
+/// Three namespaces wired client ↔ pod ↔ backend.
+#[derive(Debug)]
+pub struct Mesh {
+    /// Client namespace name.
+    pub client: String,
+    /// Pod namespace name.
+    pub pod: String,
+    /// Backend namespace name.
+    pub backend: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip`: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+impl Mesh {
+    /// Creates the namespaces and links, named after `tag` and this process; an error says
+    /// why namespaces cannot be made here.
+    pub fn create(tag: &str) -> Result<Self, String> {
+        let id = std::process::id();
+        let name = |role: &str| format!("strait-{tag}-{id}-{role}");
+        let mesh = Self {
+            client: name("client"),
+            pod: name("pod"),
+            backend: name("backend"),
+        };
+        // From here on, drop cleans up whatever was created.
+        for ns in [&mesh.client, &mesh.pod, &mesh.backend] {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        let links = [
+            (&mesh.client, CLIENT_ADDRESS, &mesh.pod, POD_ADDRESS, "c"),
+            (
+                &mesh.pod,
+                POD_BACKEND_SIDE,
+                &mesh.backend,
+                BACKEND_ADDRESS,
+                "b",
+            ),
+        ];
+        for (left, left_ip, right, right_ip, short) in links {
+            let (a, b) = (format!("st{id}{short}0"), format!("st{id}{short}1"));
+            ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
+            ip(&["link", "set", &a, "netns", left])?;
+            ip(&["link", "set", &b, "netns", right])?;
+            ip(&[
+                "-n",
+                left,
+                "addr",
+                "add",
+                &format!("{left_ip}/24"),
+                "dev",
+                &a,
+            ])?;
+            ip(&[
+                "-n",
+                right,
+                "addr",
+                "add",
+                &format!("{right_ip}/24"),
+                "dev",
+                &b,
+            ])?;
+            ip(&["-n", left, "link", "set", &a, "up"])?;
+            ip(&["-n", right, "link", "set", &b, "up"])?;
+        }
+        Ok(mesh)
+    }
+
+    /// Runs `program args` inside namespace `ns` and returns its output (error on failure).
+    pub fn exec(&self, ns: &str, program: &Path, args: &[&str]) -> Result<String, String> {
+        let output = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() {
+            Ok(text)
+        } else {
+            Err(format!("{} {args:?} failed: {text}", program.display()))
+        }
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth ends inside it (and so their peers).
+        for ns in [&self.client, &self.pod, &self.backend] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// A single-threaded tokio runtime on its own thread inside a network namespace: every socket
+/// the tasks spawned on it create belongs to that namespace.
+pub struct NsRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsRuntime {
+    /// Starts the runtime inside namespace `ns` (by name, as `ip netns` knows it).
+    pub fn start(ns: &str) -> Result<Self, String> {
+        let path = format!("/var/run/netns/{ns}");
+        let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: `file` is an open namespace file for the whole call; setns changes only
+            // this thread's network namespace, which is what we want.
+            let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if entered != 0 {
+                let _ = ready_tx.send(Err(format!("setns: {}", std::io::Error::last_os_error())));
+                return;
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(runtime.handle().clone()));
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        });
+        let handle = ready_rx
+            .recv()
+            .map_err(|_| "namespace thread died".to_owned())??;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `future` inside the namespace and returns its output.
+    pub async fn run<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.handle.spawn(future).await {
+            Ok(output) => output,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+impl Drop for NsRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A process started inside a namespace, its stderr captured, killed on drop.
+pub struct NsProcess {
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl NsProcess {
+    /// Starts `program args` inside `ns`, prefixed by `wrapper` (e.g. `setpriv --reuid=...`).
+    pub fn spawn(ns: &str, wrapper: &[&str], program: &Path, args: &[&str]) -> Self {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).args(wrapper);
+        let mut child = command
+            .arg(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let sink = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut logs) = sink.lock() {
+                        logs.push(line);
+                    }
+                }
+            });
+        }
+        Self {
+            child: Some(child),
+            logs,
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+}
+
+impl Drop for NsProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- process logs ---\n{}", self.logs());
+        }
+    }
+}

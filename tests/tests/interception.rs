@@ -1,0 +1,313 @@
+//! Transparent interception for real: network namespaces stand in for a client, a pod and a
+//! backend; `strait-proxy init-iptables` installs the rules in the pod namespace; the proxy
+//! runs there as its own UID (like the injected sidecar). Neither the client nor the app knows
+//! the proxy exists, yet both directions go through it.
+//!
+//! Needs root, `ip` (iproute2), `iptables` and `setpriv`. Skips — loudly — only where network
+//! namespaces cannot be created.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
+use strait_tests::client::{get, http1};
+use strait_tests::metrics::value;
+use strait_tests::netns::{
+    Mesh, NsProcess, NsRuntime, BACKEND_ADDRESS, CLIENT_ADDRESS, POD_ADDRESS,
+};
+use strait_tests::process::{proxy_bin, TempDir};
+use strait_tests::{eventually, TcpEcho, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const APP_PORT: u16 = 8080;
+const APP_OTHER_PORT: u16 = 8081;
+const BACKEND_PORT: u16 = 9000;
+const BACKEND_ECHO_PORT: u16 = 9001;
+
+fn sidecar_config() -> String {
+    format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {{name: sidecar}}
+spec:
+  admin: 0.0.0.0:{ADMIN_PORT}
+  drainTimeout: 2s
+  listeners:
+    - {{name: inbound, address: 0.0.0.0:{INBOUND_PORT}, protocol: http, mode: inbound}}
+    - {{name: outbound, address: 127.0.0.1:{OUTBOUND_PORT}, protocol: http, mode: outbound}}
+---
+apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {{name: app}}
+spec:
+  protocol: http1
+  endpoints: [{{address: \"127.0.0.1:{APP_PORT}\"}}]
+---
+apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {{name: backend}}
+spec:
+  protocol: http1
+  endpoints: [{{address: \"{BACKEND_ADDRESS}:{BACKEND_PORT}\"}}]
+---
+apiVersion: strait.dev/v1alpha1
+kind: HTTPRoute
+metadata: {{name: app-inbound}}
+spec:
+  parentRefs: [{{name: inbound}}]
+  hostnames: [app.strait.test]
+  rules:
+    - backendRefs: [{{name: app}}]
+      requestHeaders: {{set: {{x-strait-inbound: routed}}}}
+      responseHeaders: {{set: {{x-strait-route: app-inbound}}}}
+---
+apiVersion: strait.dev/v1alpha1
+kind: HTTPRoute
+metadata: {{name: backend-outbound}}
+spec:
+  parentRefs: [{{name: outbound}}]
+  hostnames: [backend.strait.test]
+  rules:
+    - backendRefs: [{{name: backend}}]
+      requestHeaders: {{set: {{x-strait-outbound: routed}}}}
+"
+    )
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().expect("address")
+}
+
+/// A raw TCP exchange: write `bytes`, half-close, read everything back.
+async fn tcp_round_trip(to: SocketAddr, bytes: &'static [u8]) -> Vec<u8> {
+    let mut stream = tokio::net::TcpStream::connect(to).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test]
+async fn pod_traffic_goes_through_the_proxy_both_ways() {
+    let mesh = match Mesh::create("icpt") {
+        Ok(mesh) => mesh,
+        Err(why) => {
+            eprintln!(
+                "\n*** SKIPPED interception test: cannot create network namespaces here ({why}).\n\
+                 *** It needs root with CAP_SYS_ADMIN/CAP_NET_ADMIN, iproute2 and iptables.\n"
+            );
+            return;
+        }
+    };
+    let client = NsRuntime::start(&mesh.client).expect("client namespace runtime");
+    let pod = NsRuntime::start(&mesh.pod).expect("pod namespace runtime");
+    let backend = NsRuntime::start(&mesh.backend).expect("backend namespace runtime");
+
+    // The app: two ports on every address of the pod. The backend: HTTP and a TCP echo.
+    let app = pod
+        .run(Upstream::http1_at("app", addr("0.0.0.0", APP_PORT)))
+        .await
+        .expect("app");
+    let app_other = pod
+        .run(Upstream::http1_at(
+            "app-other",
+            addr("0.0.0.0", APP_OTHER_PORT),
+        ))
+        .await
+        .expect("app other port");
+    let backend_http = backend
+        .run(Upstream::http1_at("backend", addr("0.0.0.0", BACKEND_PORT)))
+        .await
+        .expect("backend");
+    let _echo = backend
+        .run(TcpEcho::start_at(addr("0.0.0.0", BACKEND_ECHO_PORT)))
+        .await
+        .expect("echo");
+
+    // The init step, twice: the second run must leave the same rules.
+    let bin = proxy_bin();
+    mesh.exec(&mesh.pod, &bin, &["init-iptables"])
+        .expect("init-iptables");
+    let iptables = std::path::Path::new("iptables");
+    let first = mesh
+        .exec(&mesh.pod, iptables, &["-t", "nat", "-S"])
+        .expect("iptables -S");
+    mesh.exec(&mesh.pod, &bin, &["init-iptables"])
+        .expect("init-iptables again");
+    let second = mesh
+        .exec(&mesh.pod, iptables, &["-t", "nat", "-S"])
+        .expect("iptables -S");
+    assert_eq!(first, second, "init-iptables is not idempotent");
+    assert!(first.contains("STRAIT_OUTBOUND"), "{first}");
+
+    // The proxy, as its own UID, like the injected sidecar.
+    let dir = TempDir::new("interception");
+    let config = dir.path().join("sidecar.yaml");
+    std::fs::write(&config, sidecar_config()).expect("write config");
+    let uid = PROXY_UID.to_string();
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut proxy = NsProcess::spawn(
+        &mesh.pod,
+        &["setpriv", &reuid, &regid, "--clear-groups"],
+        &bin,
+        &["--config", &config_arg, "--log-format", "json"],
+    );
+    let admin = addr(POD_ADDRESS, ADMIN_PORT);
+    let ready = eventually("the proxy is ready", Duration::from_secs(15), || {
+        let exited = proxy.exited();
+        let probe = client.run(async move {
+            get(&http1(), &format!("http://{admin}/ready"), "admin", &[])
+                .await
+                .ok()
+                .map(|a| a.status.as_u16())
+        });
+        async move {
+            if exited {
+                return Some(false);
+            }
+            (probe.await == Some(200)).then_some(true)
+        }
+    })
+    .await;
+    assert!(ready, "the proxy exited:\n{}", proxy.logs());
+
+    // Inbound: the client dials the app's address; the proxy's route rewrites the request.
+    let app_url = format!("http://{POD_ADDRESS}:{APP_PORT}/hello");
+    let answer = client
+        .run(async move { get(&http1(), &app_url, "app.strait.test", &[]).await })
+        .await
+        .expect("inbound request");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("x-upstream"), "app");
+    assert_eq!(answer.header("x-strait-route"), "app-inbound");
+    let seen = answer.json();
+    assert_eq!(seen["headers"]["x-strait-inbound"][0], "routed", "{seen}");
+    assert_eq!(
+        seen["headers"]["x-forwarded-for"][0], CLIENT_ADDRESS,
+        "the app sees the real client: {seen}"
+    );
+    assert_eq!(app.hits(), 1);
+
+    // Inbound, no route for this host: passed through to the port the client dialled.
+    let other_url = format!("http://{POD_ADDRESS}:{APP_OTHER_PORT}/other");
+    let answer = client
+        .run(async move { get(&http1(), &other_url, "10.77.1.2:8081", &[]).await })
+        .await
+        .expect("inbound passthrough");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("x-upstream"), "app-other");
+    assert!(answer.json()["headers"]["x-strait-inbound"].is_null());
+
+    // Outbound: the app calls the backend by address; the proxy routes by Host and rewrites.
+    let backend_url = format!("http://{BACKEND_ADDRESS}:{BACKEND_PORT}/api");
+    let url = backend_url.clone();
+    let answer = pod
+        .run(async move { get(&http1(), &url, "backend.strait.test", &[]).await })
+        .await
+        .expect("outbound request");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("x-upstream"), "backend");
+    assert_eq!(answer.json()["headers"]["x-strait-outbound"][0], "routed");
+
+    // Outbound, no route: passed through unchanged (not a 404).
+    let url = backend_url.clone();
+    let answer = pod
+        .run(async move { get(&http1(), &url, "elsewhere.example", &[]).await })
+        .await
+        .expect("outbound passthrough");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer.json()["headers"]["x-strait-outbound"].is_null());
+    assert_eq!(backend_http.hits(), 2);
+
+    // Outbound opaque TCP (not HTTP): passed through to the original destination.
+    let echo = addr(BACKEND_ADDRESS, BACKEND_ECHO_PORT);
+    let echoed = pod
+        .run(tcp_round_trip(echo, b"\x00\x01binary, not http"))
+        .await;
+    assert_eq!(echoed, b"\x00\x01binary, not http");
+
+    // The proxy counted all of it.
+    let metrics = client
+        .run(async move {
+            get(&http1(), &format!("http://{admin}/metrics"), "admin", &[])
+                .await
+                .map(|a| String::from_utf8_lossy(&a.body).into_owned())
+        })
+        .await
+        .expect("scrape");
+    let count = |labels: &[(&str, &str)]| value(&metrics, "strait_requests_total", labels);
+    assert_eq!(
+        count(&[
+            ("listener", "inbound"),
+            ("route", "app-inbound"),
+            ("code", "200")
+        ]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        count(&[
+            ("listener", "outbound"),
+            ("route", "backend-outbound"),
+            ("code", "200")
+        ]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        count(&[("listener", "inbound"), ("service", "passthrough")]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        count(&[("listener", "outbound"), ("service", "passthrough")]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "strait_tcp_connections_total",
+            &[("listener", "outbound")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // /shutdown is refused from outside the pod, accepted from inside it.
+    let refused = client
+        .run(async move { post(admin, "/shutdown").await })
+        .await;
+    assert_eq!(refused, 403);
+    let local_admin = addr("127.0.0.1", ADMIN_PORT);
+    let accepted = pod
+        .run(async move { post(local_admin, "/shutdown").await })
+        .await;
+    assert_eq!(accepted, 202);
+    let exited = eventually(
+        "the proxy exits after /shutdown",
+        Duration::from_secs(10),
+        || {
+            let done = proxy.exited();
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    let () = exited;
+    assert!(proxy.logs().contains("POST /shutdown"), "{}", proxy.logs());
+    drop((app, app_other, backend_http));
+}
+
+async fn post(to: SocketAddr, path: &str) -> u16 {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let req = http::Request::post(format!("http://{to}{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    strait_tests::client::send(&http1(), req)
+        .await
+        .map(|a| a.status.as_u16())
+        .unwrap_or(0)
+}
