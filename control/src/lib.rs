@@ -15,6 +15,7 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod events;
+pub mod inject;
 pub mod openapi;
 pub mod policy;
 pub mod push;

@@ -33,7 +33,49 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        #[command(flatten)]
+        webhook: WebhookArgs,
     },
+}
+
+/// The sidecar-injection webhook (HTTPS, separate from the API).
+#[derive(Debug, clap::Args)]
+struct WebhookArgs {
+    /// HTTPS address of the mutating admission webhook (`POST /inject`); off when absent.
+    #[arg(long, value_name = "ADDR", requires_all = ["webhook_cert", "webhook_key"])]
+    webhook_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the webhook (its Service DNS name in the SANs).
+    #[arg(long, value_name = "FILE")]
+    webhook_cert: Option<PathBuf>,
+    /// PEM private key for the webhook.
+    #[arg(long, value_name = "FILE")]
+    webhook_key: Option<PathBuf>,
+    /// PEM CA: client certificates it signed are accepted instead of the bearer token.
+    #[arg(long, value_name = "FILE")]
+    webhook_client_ca: Option<PathBuf>,
+    /// Proxy image injected pods get.
+    #[arg(long, value_name = "IMAGE", default_value = strait_control::inject::settings::DEFAULT_PROXY_IMAGE)]
+    inject_proxy_image: String,
+    /// Control URL injected proxies connect to.
+    #[arg(long, value_name = "URL", default_value = strait_control::inject::settings::DEFAULT_CONTROL_ADDRESS)]
+    inject_control_address: String,
+}
+
+impl WebhookArgs {
+    fn options(self) -> Option<strait_control::inject::server::WebhookOptions> {
+        let listen = self.webhook_listen?;
+        Some(strait_control::inject::server::WebhookOptions {
+            listen,
+            cert: self.webhook_cert?,
+            key: self.webhook_key?,
+            client_ca: self.webhook_client_ca,
+            settings: strait_control::inject::Settings {
+                proxy_image: self.inject_proxy_image,
+                control_address: self.inject_control_address,
+                ..Default::default()
+            },
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,7 +90,10 @@ fn main() -> ExitCode {
         listen,
         token_file,
         log_format,
+        webhook,
     } = Args::parse().command;
+    // The workspace's one rustls provider, installed before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -74,6 +119,7 @@ fn main() -> ExitCode {
         token_file,
         sweep_interval: Duration::from_millis(250),
         install_metrics: true,
+        webhook: webhook.options(),
     };
     match runtime.block_on(strait_control::server::serve(options)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,8 @@ pub struct Options {
     /// Install the process-wide metrics recorder (off when another component of the same
     /// process owns it, as in the demo; `/metrics` is then empty).
     pub install_metrics: bool,
+    /// The sidecar-injection webhook's HTTPS listener, if wanted.
+    pub webhook: Option<crate::inject::server::WebhookOptions>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -63,6 +65,21 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
             tracing::info!(token_file = %path.display(), "no --token-file: using the token in the data directory");
             token
         }
+    };
+    let webhook = match &options.webhook {
+        Some(w) => {
+            let (listener, tls) = crate::inject::server::bind(w)
+                .await
+                .context("cannot start the injection webhook")?;
+            tracing::info!(address = %listener.local_addr()?, "injection webhook listening (TLS)");
+            Some(tokio::spawn(crate::inject::server::serve(
+                listener,
+                tls,
+                w.settings.clone(),
+                token.clone(),
+            )))
+        }
+        None => None,
     };
     let db = crate::store::open(&options.data_dir, &[RESOURCES, HISTORY, META, INSTANCES])
         .with_context(|| format!("cannot open the store in {}", options.data_dir.display()))?;
@@ -100,6 +117,9 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown())
         .await
         .context("server failed")?;
+    if let Some(task) = webhook {
+        task.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

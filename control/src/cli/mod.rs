@@ -102,6 +102,8 @@ enum Command {
     /// The event bus.
     #[command(subcommand)]
     Events(crate::bus::cli::EventsCommand),
+    /// Add the Strait sidecar to workloads in YAML (local; writes the result to stdout).
+    Inject(crate::inject::cli::InjectArgs),
     /// Is the control up, and what does it hold?
     Status,
 }
@@ -142,6 +144,9 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(command: Command, server: &str, token: Option<String>) -> u8 {
+    if let Command::Inject(args) = &command {
+        return crate::inject::cli::run(args);
+    }
     if let Command::Events(cmd) = command {
         return match crate::bus::cli::run(cmd, server, token.as_deref()).await {
             Ok(code) => u8::try_from(code).unwrap_or(1),
@@ -403,7 +408,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), Failure> {
                 count(&instances)
             );
         }
-        Command::Events(_) => {}
+        Command::Events(_) | Command::Inject(_) => {}
     }
     Ok(())
 }

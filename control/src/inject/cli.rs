@@ -1,0 +1,88 @@
+//! `straitctl inject -f FILE|-`: writes the injected YAML to stdout and a line per workload
+//! to stderr, like `linkerd inject`. Needs no control: injection is local.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use super::pod::Scope;
+use super::settings::Settings;
+use super::workload::{inject_documents, Change};
+
+/// Arguments of `straitctl inject`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InjectArgs {
+    /// YAML (or JSON) file with Deployments, StatefulSets, DaemonSets, Jobs, CronJobs,
+    /// ReplicaSets, Pods; `-` reads stdin. Other kinds pass through unchanged. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Inject every workload not annotated `strait.dev/inject: disabled`, as a namespace
+    /// labelled `strait.dev/inject=enabled` does (default: only those annotated `enabled`).
+    #[arg(long)]
+    pub force: bool,
+    /// Proxy image (also used by the `strait-init` container).
+    #[arg(long, default_value = super::settings::DEFAULT_PROXY_IMAGE)]
+    pub proxy_image: String,
+    /// Control URL the proxies connect to.
+    #[arg(long, default_value = super::settings::DEFAULT_CONTROL_ADDRESS)]
+    pub control_address: String,
+}
+
+impl InjectArgs {
+    /// The injection settings these flags describe.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            proxy_image: self.proxy_image.clone(),
+            control_address: self.control_address.clone(),
+            ..Settings::default()
+        }
+    }
+}
+
+/// Runs the command; returns the exit code (0 ok, 1 a document could not be injected, 2 a
+/// file could not be read).
+pub fn run(args: &InjectArgs) -> u8 {
+    let scope = if args.force {
+        Scope::Everything
+    } else {
+        Scope::Pod
+    };
+    let settings = args.settings();
+    let mut output = String::new();
+    for path in &args.paths {
+        let (name, text) = if path.as_os_str() == "-" {
+            let mut text = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+                eprintln!("straitctl inject: cannot read stdin: {e}");
+                return 2;
+            }
+            ("<stdin>".to_owned(), text)
+        } else {
+            match std::fs::read_to_string(path) {
+                Ok(text) => (path.display().to_string(), text),
+                Err(e) => {
+                    eprintln!("straitctl inject: cannot read {}: {e}", path.display());
+                    return 2;
+                }
+            }
+        };
+        match inject_documents(&text, scope, &settings) {
+            Ok((injected, reports)) => {
+                output.push_str(&injected);
+                for report in reports {
+                    match report.change {
+                        Change::Injected => eprintln!("{} injected", report.object),
+                        Change::Skipped(why) => {
+                            eprintln!("{} skipped: {}", report.object, why.reason())
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("straitctl inject: {name}: {e}");
+                return 1;
+            }
+        }
+    }
+    print!("{output}");
+    0
+}
