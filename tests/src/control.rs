@@ -26,6 +26,11 @@ fn bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Path of the built `straitctl` binary.
+pub fn straitctl_bin() -> PathBuf {
+    bin("straitctl")
+}
+
 /// A running control with its own data directory and token.
 pub struct Control {
     child: Option<Child>,
@@ -33,11 +38,17 @@ pub struct Control {
     logs: Arc<Mutex<Vec<String>>>,
     address: SocketAddr,
     token: String,
+    extra: Vec<String>,
 }
 
 impl Control {
     /// Starts a control on a fresh data directory, a free port and a new token.
     pub fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts a control like [`start`](Self::start), with extra `serve` arguments.
+    pub fn start_with_args(extra: &[&str]) -> Self {
         let dir = TempDir::new("control");
         let token = format!("test-token-{:016x}", fastrand::u64(..));
         std::fs::write(dir.path().join("token"), &token).expect("write token");
@@ -47,6 +58,7 @@ impl Control {
             logs: Arc::default(),
             address: ([127, 0, 0, 1], 0).into(),
             token,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         control.spawn();
         control
@@ -62,6 +74,7 @@ impl Control {
             .arg("--token-file")
             .arg(self.token_file())
             .args(["--log-format", "json"])
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

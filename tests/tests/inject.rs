@@ -1,0 +1,492 @@
+//! Sidecar injection, as users run it: `straitctl inject` on each workload kind (golden files
+//! under tests/fixtures/inject/golden), and the webhook on real AdmissionReview JSON over TLS.
+//!
+//! `STRAIT_BLESS=1 cargo test -p strait-tests --test inject` rewrites the golden files; review
+//! the diff before committing it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use strait_tests::control::straitctl_bin;
+use strait_tests::process::TempDir;
+use strait_tests::Control;
+
+const KINDS: [&str; 7] = [
+    "deployment",
+    "statefulset",
+    "daemonset",
+    "job",
+    "cronjob",
+    "replicaset",
+    "pod",
+];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/inject")
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn inject(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = Command::new(straitctl_bin())
+        .arg("inject")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run straitctl inject");
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.unwrap_or_default().as_bytes())
+            .expect("write stdin");
+    }
+    let output = child.wait_with_output().expect("straitctl inject");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn inject_file(path: &Path, extra: &[&str]) -> Run {
+    let path = path.to_string_lossy().into_owned();
+    let mut args = vec!["-f", path.as_str()];
+    args.extend(extra);
+    inject(&args, None)
+}
+
+/// Compares `actual` with the golden file, or rewrites it under `STRAIT_BLESS=1`.
+fn golden(name: &str, actual: &str) {
+    let path = fixtures().join("golden").join(name);
+    if std::env::var_os("STRAIT_BLESS").is_some() {
+        std::fs::write(&path, actual).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with STRAIT_BLESS=1 to create it)",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let first = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(e, a)| e != a)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} differs from the output at line {}:\n  golden: {:?}\n  actual: {:?}\n--- actual output ---\n{actual}",
+            path.display(),
+            first + 1,
+            expected.lines().nth(first),
+            actual.lines().nth(first)
+        );
+    }
+}
+
+#[test]
+fn each_workload_kind_matches_its_golden_output() {
+    for kind in KINDS {
+        let run = inject_file(&fixtures().join(format!("{kind}.yaml")), &[]);
+        assert_eq!(run.code, 0, "{kind}: {}", run.stderr);
+        assert!(run.stderr.contains(" injected"), "{kind}: {}", run.stderr);
+        golden(&format!("{kind}.yaml"), &run.stdout);
+    }
+}
+
+#[test]
+fn injecting_twice_gives_the_same_output() {
+    for kind in KINDS {
+        let once = inject_file(&fixtures().join(format!("{kind}.yaml")), &[]);
+        let twice = inject(&["-f", "-"], Some(&once.stdout));
+        assert_eq!(twice.code, 0, "{kind}: {}", twice.stderr);
+        assert_eq!(twice.stdout, once.stdout, "{kind}: not idempotent");
+        assert!(
+            twice.stderr.contains("already injected"),
+            "{}",
+            twice.stderr
+        );
+        let again = inject_file(&fixtures().join(format!("{kind}.yaml")), &[]);
+        assert_eq!(again.stdout, once.stdout, "{kind}: not deterministic");
+    }
+}
+
+#[test]
+fn other_kinds_opted_out_and_already_injected_are_echoed_byte_for_byte() {
+    let input = std::fs::read_to_string(fixtures().join("untouched.yaml")).expect("fixture");
+    let run = inject_file(&fixtures().join("untouched.yaml"), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, format!("---\n{input}"));
+    for line in [
+        "deployment/shop/legacy skipped: strait.dev/inject: disabled",
+        "deployment/shop/plain skipped: not opted in",
+        "pod/shop/done skipped: already injected",
+        "daemonset/kube-system/cni skipped: hostNetwork pods are never injected",
+    ] {
+        assert!(run.stderr.contains(line), "{line} in:\n{}", run.stderr);
+    }
+}
+
+#[test]
+fn force_injects_what_is_not_opted_out() {
+    let run = inject_file(&fixtures().join("untouched.yaml"), &["--force"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("deployment/shop/plain injected"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("deployment/shop/legacy skipped"),
+        "{}",
+        run.stderr
+    );
+    assert!(run
+        .stderr
+        .contains("pod/shop/done skipped: already injected"));
+    golden("untouched-force.yaml", &run.stdout);
+}
+
+#[test]
+fn a_bad_annotation_is_an_error_naming_it() {
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    strait.dev/inject: enabled\n    strait.dev/exclude-outbound-ports: \"http\"\nspec:\n  containers: [{name: a, image: a}]\n";
+    let run = inject(&["-f", "-"], Some(yaml));
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("document 1 (pod/p)")
+            && run.stderr.contains("strait.dev/exclude-outbound-ports")
+            && run.stderr.contains("`http` is not a port"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "nothing is printed on error");
+}
+
+// ---- the webhook ----
+
+struct Pki {
+    dir: TempDir,
+    ca: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Pki {
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, written as PEM.
+    fn new() -> Self {
+        let dir = TempDir::new("webhook-pki");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(
+            ca_params,
+            rcgen::KeyPair::generate().expect("key"),
+        )
+        .expect("CA");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
+        for (name, sans) in [
+            (
+                "server",
+                vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            ),
+            ("client", vec!["kube-apiserver".to_owned()]),
+        ] {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = rcgen::CertificateParams::new(sans)
+                .expect("params")
+                .signed_by(&key, &ca)
+                .expect("sign");
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).expect("write");
+            std::fs::write(
+                dir.path().join(format!("{name}-key.pem")),
+                key.serialize_pem(),
+            )
+            .expect("write");
+        }
+        let ca = ca.der().clone();
+        Self { dir, ca }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    fn client(&self, with_cert: bool) -> tokio_rustls::TlsConnector {
+        use rustls::pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("root");
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let config = if with_cert {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(self.path("client.pem"))
+                .expect("client cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client cert");
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(self.path("client-key.pem"))
+                .expect("client key");
+            builder
+                .with_client_auth_cert(certs, key)
+                .expect("client auth")
+        } else {
+            builder.with_no_client_auth()
+        };
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+struct Webhook {
+    control: Control,
+    pki: Pki,
+    address: std::net::SocketAddr,
+}
+
+impl Webhook {
+    fn start() -> Self {
+        let pki = Pki::new();
+        let (cert, key, ca) = (
+            pki.path("server.pem"),
+            pki.path("server-key.pem"),
+            pki.path("ca.pem"),
+        );
+        let control = Control::start_with_args(&[
+            "--webhook-listen",
+            "127.0.0.1:0",
+            "--webhook-cert",
+            &cert,
+            "--webhook-key",
+            &key,
+            "--webhook-client-ca",
+            &ca,
+        ]);
+        let address = control
+            .json_logs()
+            .iter()
+            .find(|v| v["fields"]["message"] == "injection webhook listening (TLS)")
+            .and_then(|v| v["fields"]["address"].as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("no webhook address in:\n{}", control.logs().join("\n")));
+        Self {
+            control,
+            pki,
+            address,
+        }
+    }
+
+    /// POSTs `body` to `path` over TLS; returns the status and the JSON answer.
+    async fn post(
+        &self,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+        client_cert: bool,
+    ) -> (u16, Value) {
+        let tcp = tokio::net::TcpStream::connect(self.address)
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let tls = self
+            .pki
+            .client(client_cert)
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP handshake");
+        tokio::spawn(connection);
+        let mut req = http::Request::post(path)
+            .header("host", "strait-control.strait-system.svc")
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+        (status, json)
+    }
+}
+
+fn admission(name: &str) -> String {
+    std::fs::read_to_string(fixtures().join("admission").join(name)).expect("admission fixture")
+}
+
+/// The JSON Patch of an AdmissionReview answer, decoded (checking the wire format on the way).
+fn decoded_patch(answer: &Value) -> Value {
+    let response = &answer["response"];
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    assert_eq!(response["allowed"], true, "{answer}");
+    assert_eq!(response["patchType"], "JSONPatch", "{answer}");
+    let text = response["patch"]
+        .as_str()
+        .expect("patch is a base64 string");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("valid base64");
+    serde_json::from_slice(&bytes).expect("patch is JSON")
+}
+
+#[tokio::test]
+async fn webhook_patches_pods_from_real_admission_reviews() {
+    let hook = Webhook::start();
+    let token = hook.control.token().to_owned();
+    let review = admission("pod-create.json");
+    let (status, answer) = hook.post("/inject", &review, Some(&token), false).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+    let patch = decoded_patch(&answer);
+    golden(
+        "admission-pod-create.patch.json",
+        &format!("{}\n", serde_json::to_string_pretty(&patch).expect("JSON")),
+    );
+    // Annotation keys are escaped; the containers go first in initContainers, which is created.
+    let paths: Vec<&str> = patch
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|op| op["path"].as_str())
+        .collect();
+    assert!(
+        paths.contains(&"/metadata/annotations/prometheus.io~1scrape"),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&"/spec/initContainers"), "{paths:?}");
+    assert!(paths.contains(&"/spec/volumes/-"), "{paths:?}");
+
+    // The same review again: the same answer.
+    let (_, again) = hook.post("/inject", &review, Some(&token), false).await;
+    assert_eq!(again, answer);
+
+    // Applying the patch gives a pod with the proxy as a native sidecar after strait-init.
+    let mut pod: Value =
+        serde_json::from_str::<Value>(&review).expect("JSON")["request"]["object"].clone();
+    let ops: Vec<strait_control::inject::patch::Op> = patch
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|op| {
+            strait_control::inject::patch::Op::add(
+                op["path"].as_str().unwrap_or_default(),
+                op["value"].clone(),
+            )
+        })
+        .collect();
+    strait_control::inject::patch::apply(&mut pod, &ops).expect("the patch applies");
+    assert_eq!(pod["spec"]["initContainers"][0]["name"], "strait-init");
+    assert_eq!(pod["spec"]["initContainers"][1]["name"], "strait-proxy");
+    assert_eq!(pod["spec"]["initContainers"][1]["restartPolicy"], "Always");
+    assert_eq!(
+        pod["metadata"]["annotations"]["strait.dev/injected"],
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+#[tokio::test]
+async fn webhook_leaves_opted_out_pods_and_honours_namespace_opt_in() {
+    let hook = Webhook::start();
+    let token = hook.control.token().to_owned();
+    let (status, answer) = hook
+        .post(
+            "/inject",
+            &admission("pod-opted-out.json"),
+            Some(&token),
+            false,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer["response"],
+        serde_json::json!({"uid": "b2a1c0de-0000-4000-8000-000000000002", "allowed": true})
+    );
+    // Opted out even where the namespace opted in.
+    let (_, answer) = hook
+        .post(
+            "/inject/namespace-enabled",
+            &admission("pod-opted-out.json"),
+            Some(&token),
+            false,
+        )
+        .await;
+    assert!(answer["response"].get("patch").is_none(), "{answer}");
+
+    let unannotated = admission("pod-unannotated.json");
+    let (_, answer) = hook
+        .post("/inject", &unannotated, Some(&token), false)
+        .await;
+    assert!(
+        answer["response"].get("patch").is_none(),
+        "not opted in: {answer}"
+    );
+    let (_, answer) = hook
+        .post(
+            "/inject/namespace-enabled",
+            &unannotated,
+            Some(&token),
+            false,
+        )
+        .await;
+    let patch = decoded_patch(&answer);
+    // No annotations map yet: it is created whole, before anything is added to it.
+    assert_eq!(patch[0]["path"], "/metadata/annotations", "{patch}");
+    golden(
+        "admission-pod-unannotated.namespace-enabled.patch.json",
+        &format!("{}\n", serde_json::to_string_pretty(&patch).expect("JSON")),
+    );
+
+    let (status, answer) = hook
+        .post(
+            "/inject",
+            &admission("pod-bad-annotation.json"),
+            Some(&token),
+            false,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let message = answer["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("strait.dev/exclude-outbound-ports"),
+        "{message}"
+    );
+
+    let (status, _) = hook
+        .post("/inject", "{\"not\": \"a review\"}", Some(&token), false)
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn webhook_requires_the_token_or_a_client_certificate() {
+    let hook = Webhook::start();
+    let review = admission("pod-create.json");
+    let (status, _) = hook.post("/inject", &review, None, false).await;
+    assert_eq!(status, 401, "neither token nor certificate");
+    let (status, _) = hook
+        .post("/inject", &review, Some("wrong-token"), false)
+        .await;
+    assert_eq!(status, 401, "a wrong token");
+    let (status, answer) = hook.post("/inject", &review, None, true).await;
+    assert_eq!(status, 200, "a client certificate from the CA: {answer}");
+    decoded_patch(&answer);
+}
