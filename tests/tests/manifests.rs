@@ -1,0 +1,360 @@
+//! Everything in deploy/ and everything injection produces is valid for a real cluster:
+//! Kubernetes objects against the Kubernetes 1.33 OpenAPI schemas (offline, with
+//! `kubernetes-validate --strict`), Strait resources with Strait's own validator, and the
+//! Grafana dashboard against the proxy's real metric names.
+//!
+//! `kubernetes-validate` comes from pip (scripts/test.sh installs it). Without it the schema
+//! tests skip loudly, unless `STRAIT_REQUIRE_KUBERNETES_VALIDATE=1` (CI) makes that a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
+use strait_control::inject::yaml;
+use strait_tests::process::{proxy_bin, TempDir};
+
+/// The Kubernetes version the manifests target (native sidecars are stable from 1.33).
+const KUBERNETES: &str = "1.33.0";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every document of a YAML file, as JSON, with its position.
+fn documents(path: &Path) -> Vec<(usize, Value)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    yaml::split_documents(&text)
+        .iter()
+        .enumerate()
+        .filter_map(|(i, part)| {
+            let doc = yaml::parse(part)
+                .unwrap_or_else(|e| panic!("{} document {}: {e}", path.display(), i + 1))?;
+            Some((i + 1, yaml::to_json(&doc)))
+        })
+        .collect()
+}
+
+/// API groups served by Kubernetes itself (schemas in kubernetes-validate).
+fn is_kubernetes(api_version: &str, kind: &str) -> bool {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let builtin = group.is_empty()
+        || group.ends_with(".k8s.io") && !group.starts_with("apiserver.config")
+        || ["apps", "batch", "policy", "autoscaling"].contains(&group);
+    builtin && !(api_version == "v1" && kind == "Config")
+}
+
+/// The non-Kubernetes documents deploy/ may hold, each checked some other way below.
+fn is_known_other(api_version: &str, kind: &str) -> bool {
+    matches!(
+        (api_version, kind),
+        ("strait.dev/v1alpha1", _)
+            | ("kind.x-k8s.io/v1alpha4", "Cluster")
+            | ("apiserver.config.k8s.io/v1", "AdmissionConfiguration")
+            | ("v1", "Config")
+            | ("monitoring.coreos.com/v1", "PodMonitor")
+    )
+}
+
+fn validator() -> Option<PathBuf> {
+    let found = Command::new("kubernetes-validate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some(PathBuf::from("kubernetes-validate"));
+    }
+    let required = std::env::var("STRAIT_REQUIRE_KUBERNETES_VALIDATE").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "kubernetes-validate is not installed (pip install kubernetes-validate)"
+    );
+    eprintln!(
+        "\n*** SKIPPED: kubernetes-validate is not installed; `pip install kubernetes-validate` \
+         (scripts/test.sh does) to check manifests against the Kubernetes schemas.\n"
+    );
+    None
+}
+
+/// Validates each `(label, document)` in its own file; panics with the validator's words.
+fn validate(validator: &Path, docs: &[(String, Value)]) {
+    let dir = TempDir::new("k8s-validate");
+    let mut files = Vec::new();
+    for (i, (label, doc)) in docs.iter().enumerate() {
+        let name: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = dir.path().join(format!("{i:03}-{name}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(doc).expect("JSON")).expect("write");
+        files.push(path);
+    }
+    let output = Command::new(validator)
+        .args(["--strict", "-k", KUBERNETES])
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "kubernetes-validate failed:\n{text}"
+    );
+    // Every document must have been checked against a schema, none skipped as unknown.
+    let passed = text
+        .lines()
+        .filter(|l| l.contains(" passed for resource "))
+        .count();
+    assert_eq!(
+        passed,
+        docs.len(),
+        "not every document was validated:\n{text}"
+    );
+}
+
+#[test]
+fn deploy_manifests_validate_against_the_kubernetes_schemas() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("deploy"), &mut files);
+    let mut kubernetes = Vec::new();
+    for path in &files {
+        for (i, doc) in documents(path) {
+            let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+            let kind = doc["kind"].as_str().unwrap_or_default();
+            let label = format!(
+                "{}#{i} {kind}",
+                path.strip_prefix(root()).unwrap_or(path).display()
+            );
+            if is_kubernetes(api_version, kind) {
+                kubernetes.push((label, doc));
+            } else {
+                assert!(
+                    is_known_other(api_version, kind),
+                    "{label}: unexpected apiVersion {api_version}"
+                );
+            }
+        }
+    }
+    assert!(
+        kubernetes.len() >= 20,
+        "only {} Kubernetes objects found in deploy/",
+        kubernetes.len()
+    );
+    let kinds: Vec<&str> = kubernetes
+        .iter()
+        .filter_map(|(_, d)| d["kind"].as_str())
+        .collect();
+    for wanted in [
+        "Namespace",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ClusterRole",
+        "MutatingWebhookConfiguration",
+        "ConfigMap",
+        "Job",
+    ] {
+        assert!(kinds.contains(&wanted), "deploy/ has no {wanted}");
+    }
+    if let Some(validator) = validator() {
+        validate(&validator, &kubernetes);
+    }
+}
+
+fn patched_admission_pod() -> Value {
+    let fixtures = root().join("tests/fixtures/inject");
+    let review: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("admission/pod-create.json")).expect("fixture"),
+    )
+    .expect("JSON");
+    let patch: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("golden/admission-pod-create.patch.json"))
+            .expect("golden"),
+    )
+    .expect("JSON");
+    let ops: Vec<strait_control::inject::patch::Op> = patch
+        .iter()
+        .map(|op| {
+            strait_control::inject::patch::Op::add(
+                op["path"].as_str().unwrap_or_default(),
+                op["value"].clone(),
+            )
+        })
+        .collect();
+    let mut pod = review["request"]["object"].clone();
+    strait_control::inject::patch::apply(&mut pod, &ops).expect("the golden patch applies");
+    // The validator names what it checks; the API server fills in a generateName'd name.
+    pod["metadata"]["name"] = Value::from("reviews-v1-6b8f9c7d5-x2k9p");
+    pod
+}
+
+#[test]
+fn injected_output_validates_against_the_kubernetes_schemas() {
+    let golden = root().join("tests/fixtures/inject/golden");
+    let mut files = Vec::new();
+    yaml_files(&golden, &mut files);
+    let mut docs = Vec::new();
+    for path in &files {
+        for (i, doc) in documents(path) {
+            docs.push((
+                format!(
+                    "{}#{i}",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                ),
+                doc,
+            ));
+        }
+    }
+    assert!(docs.len() >= 10, "golden outputs missing: {}", docs.len());
+    docs.push(("webhook-patched-pod".into(), patched_admission_pod()));
+    if let Some(validator) = validator() {
+        validate(&validator, &docs);
+    }
+}
+
+#[test]
+fn the_validator_rejects_a_wrong_manifest() {
+    let Some(validator) = validator() else { return };
+    let mut pod = patched_admission_pod();
+    // A typo in a field the injector writes: strict validation must catch it.
+    pod["spec"]["initContainers"][1]["restartPolicyy"] = Value::from("Always");
+    let dir = TempDir::new("k8s-validate-bad");
+    let path = dir.path().join("bad.json");
+    std::fs::write(&path, serde_json::to_vec(&pod).expect("JSON")).expect("write");
+    let output = Command::new(validator)
+        .args(["--strict", "-k", KUBERNETES])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(
+        !output.status.success(),
+        "an unknown field passed validation"
+    );
+}
+
+#[test]
+fn the_sidecar_bootstrap_uses_the_fixed_ports_and_passes_check() {
+    let path = root().join("deploy/proxy/sidecar.yaml");
+    let snapshot = strait_config::load_path(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snapshot.proxy.admin.port(), ADMIN_PORT);
+    let port = |name: &str| {
+        snapshot
+            .listeners
+            .iter()
+            .find(|l| &*l.name == name)
+            .map(|l| l.address.port())
+    };
+    assert_eq!(
+        port(strait_config::sidecar::INBOUND_LISTENER),
+        Some(INBOUND_PORT)
+    );
+    assert_eq!(
+        port(strait_config::sidecar::OUTBOUND_LISTENER),
+        Some(OUTBOUND_PORT)
+    );
+    let check = Command::new(proxy_bin())
+        .arg("--check")
+        .arg(&path)
+        .output()
+        .expect("strait-proxy --check");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn the_example_policies_validate_with_the_sidecar_bootstrap() {
+    let policies = documents(&root().join("deploy/policies.yaml"));
+    let data = policies
+        .iter()
+        .find(|(_, d)| d["kind"] == "ConfigMap")
+        .map(|(_, d)| d["data"].clone())
+        .expect("a ConfigMap");
+    let sidecar =
+        std::fs::read_to_string(root().join("deploy/proxy/sidecar.yaml")).expect("sidecar");
+    for (name, text) in data.as_object().expect("data") {
+        let text = text.as_str().expect("text");
+        let set = format!("{sidecar}\n---\n{text}");
+        let snapshot =
+            strait_config::load_str(name, &set).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!snapshot.services.is_empty(), "{name}: no Services");
+    }
+}
+
+#[test]
+fn the_dashboard_uses_the_proxys_metric_names() {
+    use strait_proxy::metrics::*;
+    let known = [
+        REQUESTS_TOTAL,
+        REQUEST_DURATION,
+        CONFIG_RELOADS,
+        CONFIG_VERSION,
+        TCP_CONNECTIONS,
+        TCP_BYTES,
+        CONNECTIONS_REJECTED,
+        CONNECTIONS_ACTIVE,
+        UPSTREAM_RETRIES,
+        RATELIMIT_REJECTED,
+        CIRCUIT_STATE,
+        ENDPOINT_HEALTHY,
+    ];
+    let text = std::fs::read_to_string(root().join("deploy/observability/grafana-dashboard.json"))
+        .expect("dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let mut used = std::collections::BTreeSet::new();
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().expect("expr");
+            let names: Vec<String> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("strait_"))
+                .map(|w| {
+                    ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| w.strip_suffix(s))
+                        .unwrap_or(w)
+                        .to_owned()
+                })
+                .collect();
+            assert!(!names.is_empty(), "no Strait metric in `{expr}`");
+            for name in names {
+                assert!(
+                    known.contains(&name.as_str()),
+                    "`{name}` is not a proxy metric (in `{expr}`)"
+                );
+                used.insert(name);
+            }
+        }
+    }
+    assert!(
+        used.contains(REQUESTS_TOTAL) && used.contains(REQUEST_DURATION),
+        "{used:?}"
+    );
+}
