@@ -141,10 +141,19 @@ async fn accept_loop(
     let mut drain = shared.drain.watch();
     // The app may still call out while it shuts down: an outbound listener keeps accepting
     // through the drain window, until the process exits.
+    // (The reloader stops at the drain and drops its senders: only an explicit stop, a reload
+    // that removes the listener, ends an outbound listener then.)
     let keep_accepting = shape.mode == ListenerMode::Outbound;
+    let mut stop_pending = true;
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut stop => break,
+            stopped = &mut stop, if stop_pending => {
+                if stopped.is_ok() || !keep_accepting {
+                    break;
+                }
+                stop_pending = false;
+                continue;
+            }
             () = draining(&mut drain), if !keep_accepting => break,
             accepted = socket.accept() => match accepted {
                 Ok(pair) => pair,

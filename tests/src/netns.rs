@@ -56,6 +56,7 @@ impl Mesh {
     /// Creates the namespaces and links, named after `tag` and this process; an error says
     /// why namespaces cannot be made here.
     pub fn create(tag: &str) -> Result<Self, String> {
+        remove_stale(tag);
         let id = std::process::id();
         let name = |role: &str| format!("strait-{tag}-{id}-{role}");
         let mesh = Self {
@@ -128,6 +129,29 @@ impl Mesh {
     }
 }
 
+/// Deletes namespaces an earlier run (killed before it could clean up) left behind: those
+/// named after `tag` and a process that no longer exists.
+fn remove_stale(tag: &str) {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    let prefix = format!("strait-{tag}-");
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let pid = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = ip(&["netns", "del", name]);
+            }
+        }
+    }
+}
+
 impl Drop for Mesh {
     fn drop(&mut self) {
         // Deleting a namespace deletes the veth ends inside it (and so their peers).
@@ -183,6 +207,15 @@ impl NsRuntime {
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+
+    /// Starts `future` inside the namespace; await the handle for its output.
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(future)
     }
 
     /// Runs `future` inside the namespace and returns its output.

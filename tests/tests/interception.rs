@@ -281,11 +281,51 @@ async fn pod_traffic_goes_through_the_proxy_both_ways() {
         .run(async move { post(admin, "/shutdown").await })
         .await;
     assert_eq!(refused, 403);
+
+    // Draining: a slow inbound request is in flight when the pod's shutdown begins...
+    let slow_url = format!("http://{POD_ADDRESS}:{APP_PORT}/delay/1500");
+    let slow = client.spawn(async move { get(&http1(), &slow_url, "app.strait.test", &[]).await });
+    eventually(
+        "the slow request is in flight",
+        Duration::from_secs(10),
+        || {
+            let clusters = client.run(async move {
+                get(&http1(), &format!("http://{admin}/clusters"), "admin", &[])
+                    .await
+                    .ok()
+                    .map(|a| a.json())
+            });
+            async move {
+                let clusters = clusters.await?;
+                let services = clusters["services"].as_array()?;
+                let app = services.iter().find(|s| s["name"] == "app")?;
+                (app["endpoints"][0]["inFlight"] == 1).then_some(())
+            }
+        },
+    )
+    .await;
     let local_admin = addr("127.0.0.1", ADMIN_PORT);
     let accepted = pod
         .run(async move { post(local_admin, "/shutdown").await })
         .await;
     assert_eq!(accepted, 202);
+    // ...the app can still call out while it shuts down (outbound keeps accepting)...
+    let url = backend_url.clone();
+    let answer = pod
+        .run(async move { get(&http1(), &url, "backend.strait.test", &[]).await })
+        .await
+        .expect("outbound request while draining");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["headers"]["x-strait-outbound"][0], "routed");
+    // ...new inbound connections are no longer taken...
+    let url = format!("http://{POD_ADDRESS}:{APP_PORT}/late");
+    let late = client
+        .run(async move { get(&http1(), &url, "app.strait.test", &[]).await })
+        .await;
+    assert!(late.is_err(), "inbound accepted while draining: {late:?}");
+    // ...and the request in flight completes.
+    let slow = slow.await.expect("slow task").expect("slow request");
+    assert_eq!(slow.status, 200, "{slow:?}");
     let exited = eventually(
         "the proxy exits after /shutdown",
         Duration::from_secs(10),

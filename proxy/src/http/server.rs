@@ -45,6 +45,13 @@ pub async fn serve(
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(30));
     let mut drain = shared.drain.watch();
+    // Accepted while draining (an outbound listener keeps accepting so the app can still call
+    // out): serve one request and close, rather than shut down a connection whose request has
+    // not been read yet.
+    let late = shared.drain.is_draining();
+    if late {
+        builder.http1().keep_alive(false);
+    }
     let conn = Arc::new(Conn {
         client: ClientHeaders::new(peer.ip()),
         listener: listener.clone(),
@@ -57,7 +64,7 @@ pub async fn serve(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = draining(&mut drain) => {
+        () = draining(&mut drain), if !late => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
