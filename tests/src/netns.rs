@@ -53,8 +53,8 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl Mesh {
-    /// Creates the namespaces and links, named after `tag` and this process; an error says
-    /// why namespaces cannot be made here.
+    /// Creates the namespaces and links, named after `tag` and this process. An error says
+    /// why namespaces cannot be made here (skip); a failure after that panics.
     pub fn create(tag: &str) -> Result<Self, String> {
         remove_stale(tag);
         let id = std::process::id();
@@ -64,11 +64,23 @@ impl Mesh {
             pod: name("pod"),
             backend: name("backend"),
         };
-        // From here on, drop cleans up whatever was created.
+        // From here on, drop cleans up whatever was created. Only failing to create a
+        // namespace is a reason to skip; anything after that is a failure.
         for ns in [&mesh.client, &mesh.pod, &mesh.backend] {
             ip(&["netns", "add", ns])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        let must = |result: Result<(), String>| {
+            if let Err(e) = result {
+                panic!("setting up the namespaces: {e}");
+            }
+        };
+        for ns in [&mesh.client, &mesh.pod, &mesh.backend] {
+            must(ip(&["-n", ns, "link", "set", "lo", "up"]));
+        }
+        // Interface names are global while being created: unique per process and mesh, and at
+        // most 15 characters.
+        static MESHES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MESHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let links = [
             (&mesh.client, CLIENT_ADDRESS, &mesh.pod, POD_ADDRESS, "c"),
             (
@@ -80,30 +92,15 @@ impl Mesh {
             ),
         ];
         for (left, left_ip, right, right_ip, short) in links {
-            let (a, b) = (format!("st{id}{short}0"), format!("st{id}{short}1"));
-            ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
-            ip(&["link", "set", &a, "netns", left])?;
-            ip(&["link", "set", &b, "netns", right])?;
-            ip(&[
-                "-n",
-                left,
-                "addr",
-                "add",
-                &format!("{left_ip}/24"),
-                "dev",
-                &a,
-            ])?;
-            ip(&[
-                "-n",
-                right,
-                "addr",
-                "add",
-                &format!("{right_ip}/24"),
-                "dev",
-                &b,
-            ])?;
-            ip(&["-n", left, "link", "set", &a, "up"])?;
-            ip(&["-n", right, "link", "set", &b, "up"])?;
+            let (a, b) = (format!("s{id}-{n}{short}0"), format!("s{id}-{n}{short}1"));
+            let (left_cidr, right_cidr) = (format!("{left_ip}/24"), format!("{right_ip}/24"));
+            must(ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]));
+            must(ip(&["link", "set", &a, "netns", left]));
+            must(ip(&["link", "set", &b, "netns", right]));
+            must(ip(&["-n", left, "addr", "add", &left_cidr, "dev", &a]));
+            must(ip(&["-n", right, "addr", "add", &right_cidr, "dev", &b]));
+            must(ip(&["-n", left, "link", "set", &a, "up"]));
+            must(ip(&["-n", right, "link", "set", &b, "up"]));
         }
         Ok(mesh)
     }

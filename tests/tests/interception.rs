@@ -143,35 +143,8 @@ async fn pod_traffic_goes_through_the_proxy_both_ways() {
 
     // The proxy, as its own UID, like the injected sidecar.
     let dir = TempDir::new("interception");
-    let config = dir.path().join("sidecar.yaml");
-    std::fs::write(&config, sidecar_config()).expect("write config");
-    let uid = PROXY_UID.to_string();
-    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
-    let config_arg = config.to_string_lossy().into_owned();
-    let mut proxy = NsProcess::spawn(
-        &mesh.pod,
-        &["setpriv", &reuid, &regid, "--clear-groups"],
-        &bin,
-        &["--config", &config_arg, "--log-format", "json"],
-    );
+    let mut proxy = start_sidecar(&mesh, &client, &dir, &sidecar_config()).await;
     let admin = addr(POD_ADDRESS, ADMIN_PORT);
-    let ready = eventually("the proxy is ready", Duration::from_secs(15), || {
-        let exited = proxy.exited();
-        let probe = client.run(async move {
-            get(&http1(), &format!("http://{admin}/ready"), "admin", &[])
-                .await
-                .ok()
-                .map(|a| a.status.as_u16())
-        });
-        async move {
-            if exited {
-                return Some(false);
-            }
-            (probe.await == Some(200)).then_some(true)
-        }
-    })
-    .await;
-    assert!(ready, "the proxy exited:\n{}", proxy.logs());
 
     // Inbound: the client dials the app's address; the proxy's route rewrites the request.
     let app_url = format!("http://{POD_ADDRESS}:{APP_PORT}/hello");
@@ -338,6 +311,127 @@ async fn pod_traffic_goes_through_the_proxy_both_ways() {
     let () = exited;
     assert!(proxy.logs().contains("POST /shutdown"), "{}", proxy.logs());
     drop((app, app_other, backend_http));
+}
+
+/// Starts the proxy in the pod namespace as UID 1530 (like the injected sidecar) on `yaml`,
+/// and waits until its `/ready` answers 200 from the client namespace.
+async fn start_sidecar(mesh: &Mesh, client: &NsRuntime, dir: &TempDir, yaml: &str) -> NsProcess {
+    let config = dir.path().join("sidecar.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let uid = PROXY_UID.to_string();
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut proxy = NsProcess::spawn(
+        &mesh.pod,
+        &["setpriv", &reuid, &regid, "--clear-groups"],
+        &proxy_bin(),
+        &["--config", &config_arg, "--log-format", "json"],
+    );
+    let admin = addr(POD_ADDRESS, ADMIN_PORT);
+    let ready = eventually("the proxy is ready", Duration::from_secs(15), || {
+        let exited = proxy.exited();
+        let probe = client.run(async move {
+            get(&http1(), &format!("http://{admin}/ready"), "admin", &[])
+                .await
+                .ok()
+                .map(|a| a.status.as_u16())
+        });
+        async move {
+            if exited {
+                return Some(false);
+            }
+            (probe.await == Some(200)).then_some(true)
+        }
+    })
+    .await;
+    assert!(ready, "the proxy exited:\n{}", proxy.logs());
+    proxy
+}
+
+/// An outbound listener for opaque TCP: with a TCPRoute, connections go where the route says;
+/// without one, to where they were going.
+#[tokio::test]
+async fn opaque_tcp_is_routed_by_a_tcp_route_or_passed_through() {
+    let mesh = match Mesh::create("icpt-tcp") {
+        Ok(mesh) => mesh,
+        Err(why) => {
+            eprintln!("\n*** SKIPPED TCP interception test: cannot create network namespaces here ({why}).\n");
+            return;
+        }
+    };
+    let client = NsRuntime::start(&mesh.client).expect("client namespace runtime");
+    let pod = NsRuntime::start(&mesh.pod).expect("pod namespace runtime");
+    let backend = NsRuntime::start(&mesh.backend).expect("backend namespace runtime");
+    let _echo = backend
+        .run(TcpEcho::start_at(addr("0.0.0.0", BACKEND_ECHO_PORT)))
+        .await
+        .expect("echo");
+    let _http = backend
+        .run(Upstream::http1_at("backend", addr("0.0.0.0", BACKEND_PORT)))
+        .await
+        .expect("backend");
+    mesh.exec(&mesh.pod, &proxy_bin(), &["init-iptables", "--no-inbound"])
+        .expect("init-iptables");
+    let head = format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {{name: sidecar}}
+spec:
+  admin: 0.0.0.0:{ADMIN_PORT}
+  listeners:
+    - {{name: outbound, address: 127.0.0.1:{OUTBOUND_PORT}, protocol: tcp, mode: outbound}}
+"
+    );
+
+    // No TCPRoute: even an HTTP request is bytes, passed through to the port dialled.
+    let dir = TempDir::new("interception-tcp");
+    let proxy = start_sidecar(&mesh, &client, &dir, &head).await;
+    let http_target = addr(BACKEND_ADDRESS, BACKEND_PORT);
+    let answer = pod
+        .run(async move {
+            // No half-close: the HTTP server answers, then closes (`Connection: close`).
+            let mut stream = tokio::net::TcpStream::connect(http_target)
+                .await
+                .expect("connect");
+            stream
+                .write_all(b"GET /x HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
+            let mut out = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+            out
+        })
+        .await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("x-upstream: backend"), "{text}");
+    drop(proxy);
+
+    // With a TCPRoute: the connection to the HTTP port is taken to the echo service instead.
+    let routed = format!(
+        "{head}---
+apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  protocol: tcp
+  endpoints: [{{address: \"{BACKEND_ADDRESS}:{BACKEND_ECHO_PORT}\"}}]
+---
+apiVersion: strait.dev/v1alpha1
+kind: TCPRoute
+metadata: {{name: to-echo}}
+spec:
+  parentRefs: [{{name: outbound}}]
+  backendRefs: [{{name: echo}}]
+"
+    );
+    let dir = TempDir::new("interception-tcp-routed");
+    let proxy = start_sidecar(&mesh, &client, &dir, &routed).await;
+    let echoed = pod
+        .run(tcp_round_trip(http_target, b"ping through the route"))
+        .await;
+    assert_eq!(echoed, b"ping through the route", "{}", proxy.logs());
 }
 
 async fn post(to: SocketAddr, path: &str) -> u16 {
