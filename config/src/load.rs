@@ -9,14 +9,17 @@ use crate::spec::{Document, Resource, API_VERSION, KINDS};
 use crate::yaml::{parse_documents, Node};
 
 /// One parsed document with the tree it came from (kept to locate later errors).
+///
+/// Cloning is cheap (reference counts): a reload combines sets of documents without copying
+/// trees, and snapshots share the resources.
 #[derive(Debug, Clone)]
 pub struct LoadedDoc {
     /// File (or label) it was read from.
     pub file: Arc<Path>,
     /// The YAML tree, for mapping field paths to lines.
-    pub root: Node,
+    pub root: Arc<Node>,
     /// The typed resource.
-    pub resource: Resource,
+    pub resource: Arc<Resource>,
 }
 
 /// A text to parse, with the name its errors will carry.
@@ -87,8 +90,8 @@ pub fn parse_sources(sources: &[Source]) -> Result<Vec<LoadedDoc>, ConfigErrors>
             match parse_resource(&doc.root) {
                 Ok(resource) => docs.push(LoadedDoc {
                     file: file.clone(),
-                    root: doc.root,
-                    resource,
+                    root: Arc::new(doc.root),
+                    resource: Arc::new(resource),
                 }),
                 Err((mark, path, message)) => errors.push(ConfigError {
                     file: source.file.clone(),

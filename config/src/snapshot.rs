@@ -30,7 +30,7 @@ pub struct Snapshot {
     /// Number of HTTP rules; [`HttpRule::id`] is below it.
     pub rule_count: usize,
     /// The resources as read, for `/config` (redact before showing).
-    pub resources: Vec<Resource>,
+    pub resources: Vec<Arc<Resource>>,
 }
 
 impl Snapshot {

@@ -245,7 +245,8 @@ impl PolicyStore {
                 let m = doc.resource.metadata();
                 let kind = doc.resource.kind();
                 let k = key(kind, &m.namespace, &m.name);
-                let mut document = serde_json::to_value(&doc.resource).map_err(StoreError::from)?;
+                let mut document =
+                    serde_json::to_value(&*doc.resource).map_err(StoreError::from)?;
                 strip_version(&mut document);
                 let previous = current.get(&k);
                 if let Some(prev) = previous {

@@ -93,7 +93,12 @@ fn shutdown(method: &Method, peer: std::net::SocketAddr, shared: &Shared) -> Res
 
 fn config(shared: &Shared) -> serde_json::Value {
     let active = shared.config.load();
-    let resources: Vec<_> = active.snapshot.resources.iter().map(redacted).collect();
+    let resources: Vec<_> = active
+        .snapshot
+        .resources
+        .iter()
+        .map(|r| redacted(r))
+        .collect();
     json!({
         "version": active.version,
         "source": &*active.source,

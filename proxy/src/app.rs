@@ -58,7 +58,7 @@ fn control_from_file(path: &std::path::Path) -> Result<Option<ControlTarget>, St
         // Invalid: the reloader reports why.
         return Ok(None);
     };
-    let spec = snapshot.resources.iter().find_map(|r| match r {
+    let spec = snapshot.resources.iter().find_map(|r| match &**r {
         strait_config::spec::Resource::ProxyConfig(doc) => doc.spec.control.clone(),
         _ => None,
     });

@@ -22,6 +22,7 @@
 pub mod active;
 pub mod admin;
 pub mod app;
+pub mod background;
 pub mod clock;
 pub mod control;
 pub mod http;

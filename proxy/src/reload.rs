@@ -24,6 +24,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::active::EndpointRegistry;
+use crate::background;
 use crate::control::ControlUpdate;
 use crate::listen::{BindError, Listeners};
 use crate::metrics::{CONFIG_RELOADS, CONFIG_VERSION};
@@ -43,54 +44,14 @@ pub enum ReloadError {
     Internal(String),
 }
 
-/// Runs CPU-heavy reload work (reading, parsing, compiling, building the runtime) on one
-/// background thread at low scheduling priority, so that a reload — even of thousands of
-/// routes, even every 100 ms, even on a proxy confined to one core — takes CPU only when the
-/// request path does not want it.
+/// Runs CPU-heavy reload work (reading, parsing, compiling, building the runtime) on the
+/// low-priority background thread.
 async fn off_thread<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ReloadError> {
-    static WORKER: std::sync::OnceLock<std::sync::mpsc::Sender<Job>> = std::sync::OnceLock::new();
-    type Job = Box<dyn FnOnce() + Send>;
-    let worker = WORKER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let spawned = std::thread::Builder::new()
-            .name("strait-reload".into())
-            .spawn(move || {
-                lower_priority();
-                for job in rx {
-                    job();
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the reload thread");
-        }
-        tx
-    });
-    let runtime = tokio::runtime::Handle::current();
-    let (done, result) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        // Building the runtime starts tasks (health checks): give it the runtime's context.
-        let _context = runtime.enter();
-        let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
-    });
-    worker
-        .send(job)
-        .map_err(|_| ReloadError::Internal("the reload thread is gone".into()))?;
-    match result.await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(_)) => Err(ReloadError::Internal("reload work panicked".into())),
-        Err(_) => Err(ReloadError::Internal("the reload thread is gone".into())),
-    }
-}
-
-/// Nice 10 for the calling thread (Linux scheduling priority is per thread).
-fn lower_priority() {
-    // SAFETY: gettid has no preconditions; setpriority only changes this thread's nice value.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-    }
+    background::run(work)
+        .await
+        .map_err(|e| ReloadError::Internal(e.to_string()))
 }
 
 /// The documents of the last applied control version.
@@ -242,7 +203,9 @@ impl Reloader {
         match self.apply(docs, label.clone()).await {
             Ok(version) => {
                 tracing::info!(version, source = %label, trigger = "control", duration_ms = started.elapsed().as_secs_f64() * 1000.0, "config applied");
-                self.control = Some(candidate);
+                if let Some(old) = self.control.replace(candidate) {
+                    background::retire(Arc::new(old));
+                }
                 let _ = update.verdict.send(Ok(()));
             }
             Err(e) => {
@@ -290,7 +253,8 @@ impl Reloader {
         match self.apply(docs, label.clone()).await {
             Ok(version) => {
                 self.fingerprint = fingerprint;
-                self.local = local;
+                // The replaced trees are big: free them off the request path.
+                background::retire(Arc::new(std::mem::replace(&mut self.local, local)));
                 tracing::info!(version, source = %label, trigger = if forced { "signal" } else { "file change" }, duration_ms = started.elapsed().as_secs_f64() * 1000.0, "config applied");
             }
             Err(e) => self.reject(e, fingerprint),
@@ -311,8 +275,8 @@ impl Reloader {
         .await?;
         self.registry = registry;
         let previous = self.shared.config.swap(Arc::new(active));
-        // Freeing a big table is work too; requests still on it keep it alive until they end.
-        let _ = off_thread(move || drop(previous)).await;
+        // Freeing a big table is work too, done once the last request on it has ended.
+        background::retire(previous);
         metrics::gauge!(CONFIG_VERSION).set(version as f64);
         metrics::counter!(CONFIG_RELOADS, "result" => "applied").increment(1);
         Ok(version)
@@ -356,7 +320,7 @@ fn effective(local: &[LoadedDoc], control: Option<&ControlDocs>) -> Vec<LoadedDo
     let Some(control) = control else {
         return local.to_vec();
     };
-    let is_proxy = |d: &&LoadedDoc| matches!(d.resource, Resource::ProxyConfig(_));
+    let is_proxy = |d: &&LoadedDoc| matches!(*d.resource, Resource::ProxyConfig(_));
     let mut docs: Vec<LoadedDoc> = if control.docs.iter().any(|d| is_proxy(&d)) {
         Vec::new()
     } else {

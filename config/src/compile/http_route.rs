@@ -44,7 +44,7 @@ pub(crate) fn compile_all(
 ) -> (Vec<Vec<RouteEntries>>, usize) {
     let mut routes: Vec<(&LoadedDoc, &Document<HttpRouteSpec>)> = docs
         .iter()
-        .filter_map(|d| match &d.resource {
+        .filter_map(|d| match &*d.resource {
             Resource::HttpRoute(r) => Some((d, r)),
             _ => None,
         })
@@ -348,7 +348,7 @@ pub(crate) fn backend_services(
     errors: &mut Errors,
     as_list: bool,
 ) -> Option<WeightedServices> {
-    let want_http = matches!(doc.resource, Resource::HttpRoute(_));
+    let want_http = matches!(*doc.resource, Resource::HttpRoute(_));
     if refs.is_empty() {
         errors.at(
             doc,

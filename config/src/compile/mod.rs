@@ -49,7 +49,7 @@ pub fn validate(docs: &[LoadedDoc]) -> Result<(), ConfigErrors> {
     names::check_unique(docs, &mut errors);
     let (proxies, others): (Vec<&LoadedDoc>, Vec<&LoadedDoc>) = docs
         .iter()
-        .partition(|d| matches!(d.resource, Resource::ProxyConfig(_)));
+        .partition(|d| matches!(*d.resource, Resource::ProxyConfig(_)));
     for doc in proxies {
         proxy::compile(doc, &mut errors);
     }
@@ -78,7 +78,7 @@ fn compile_services(
     let mut services = Vec::new();
     let mut service_docs: Vec<&LoadedDoc> = docs
         .iter()
-        .filter(|d| matches!(d.resource, Resource::Service(_)))
+        .filter(|d| matches!(*d.resource, Resource::Service(_)))
         .collect();
     service_docs.sort_by(|a, b| {
         let (ma, mb) = (a.resource.metadata(), b.resource.metadata());
@@ -86,7 +86,7 @@ fn compile_services(
     });
     let mut index = ServiceIndexMap::new();
     for doc in service_docs {
-        if let Resource::Service(svc) = &doc.resource {
+        if let Resource::Service(svc) = &*doc.resource {
             let compiled = service::compile(doc, svc, errors);
             index.insert(
                 (svc.metadata.namespace.clone(), svc.metadata.name.clone()),
@@ -109,7 +109,7 @@ pub fn compile(docs: &[LoadedDoc]) -> Result<Snapshot, ConfigErrors> {
 
     let proxy_docs: Vec<&LoadedDoc> = docs
         .iter()
-        .filter(|d| matches!(d.resource, Resource::ProxyConfig(_)))
+        .filter(|d| matches!(*d.resource, Resource::ProxyConfig(_)))
         .collect();
     let proxy = match proxy_docs.as_slice() {
         [one] => proxy::compile(one, &mut errors),

@@ -52,7 +52,7 @@ fn parse_addr(
 
 /// Validates and compiles the ProxyConfig document.
 pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledProxy> {
-    let Resource::ProxyConfig(pc) = &doc.resource else {
+    let Resource::ProxyConfig(pc) = &*doc.resource else {
         return None;
     };
     let spec = &pc.spec;

@@ -21,7 +21,7 @@ pub(crate) fn compile_all(
 ) -> Vec<Option<Arc<TcpRoute>>> {
     let mut per_listener: Vec<Option<Arc<TcpRoute>>> = vec![None; listeners.map_or(0, <[_]>::len)];
     for doc in docs {
-        let Resource::TcpRoute(route) = &doc.resource else {
+        let Resource::TcpRoute(route) = &*doc.resource else {
             continue;
         };
         let at = FieldPath::root().key("spec");

@@ -34,7 +34,12 @@ struct Settings {
     idle_connections: usize,
     route_counts: Vec<usize>,
     tcp_bytes: u64,
+    /// Scenarios to run (`--only`); all when empty.
+    only: Vec<String>,
 }
+
+/// Scenario names accepted by `--only`.
+const SCENARIOS: [&str; 7] = ["http1", "h2c", "big", "tcp", "memory", "routes", "reload"];
 
 impl Settings {
     fn from_args() -> Result<Self, String> {
@@ -45,6 +50,7 @@ impl Settings {
             idle_connections: 10_000,
             route_counts: vec![10, 1_000, 10_000],
             tcp_bytes: 2 << 30,
+            only: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -69,14 +75,33 @@ impl Settings {
                         .and_then(|v| v.parse().ok())
                         .ok_or("--seconds S")?
                 }
+                "--only" => {
+                    let list = args.next().ok_or("--only SCENARIO[,SCENARIO...]")?;
+                    for name in list.split(',') {
+                        if !SCENARIOS.contains(&name) {
+                            return Err(format!(
+                                "unknown scenario {name}; one of {}",
+                                SCENARIOS.join(", ")
+                            ));
+                        }
+                        s.only.push(name.to_owned());
+                    }
+                }
                 other => {
                     return Err(format!(
-                        "unknown argument {other}; use --quick, --rounds N, --seconds S"
+                        "unknown argument {other}; use --quick, --rounds N, --seconds S, \
+                         --only SCENARIO[,SCENARIO...] ({})",
+                        SCENARIOS.join(", ")
                     ))
                 }
             }
         }
         Ok(s)
+    }
+
+    /// Whether scenario `name` runs.
+    fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|n| n == name)
     }
 
     fn duration(&self) -> Duration {
@@ -244,84 +269,96 @@ async fn run(settings: Settings) -> Result<Results, String> {
     for round in 1..=settings.rounds {
         eprintln!("round {round}/{}", settings.rounds);
         for t in &targets {
-            // 1. HTTP/1.1 keep-alive saturation and CPU per request.
-            let before = cpu(t);
-            let r = load::saturate(t.http, "bench", "/", 32, d).await;
-            results.errors(&t.name, r.errors);
-            results.add("http1 small", "requests/s (32 conns)", &t.name, r.rps());
-            if let (Some(b), Some(a)) = (before, cpu(t)) {
-                results.add(
-                    "http1 small",
-                    "proxy CPU µs/request",
-                    &t.name,
-                    (a - b) * 1e6 / r.ok.max(1) as f64,
-                );
-            }
-            for rate in [2_000u64, 5_000] {
-                let r = load::fixed_rate(t.http, "bench", rate, d, 64).await;
+            if settings.runs("http1") {
+                // 1. HTTP/1.1 keep-alive saturation and CPU per request.
+                let before = cpu(t);
+                let r = load::saturate(t.http, "bench", "/", 32, d).await;
                 results.errors(&t.name, r.errors);
-                if let Some(h) = &r.latency {
-                    for (q, label) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
-                        results.add(
-                            "http1 small",
-                            &format!("{label} ms @ {}k rps", rate / 1000),
-                            &t.name,
-                            h.value_at_quantile(q) as f64 / 1000.0,
-                        );
+                results.add("http1 small", "requests/s (32 conns)", &t.name, r.rps());
+                if let (Some(b), Some(a)) = (before, cpu(t)) {
+                    results.add(
+                        "http1 small",
+                        "proxy CPU µs/request",
+                        &t.name,
+                        (a - b) * 1e6 / r.ok.max(1) as f64,
+                    );
+                }
+                for rate in [2_000u64, 5_000] {
+                    let r = load::fixed_rate(t.http, "bench", rate, d, 64).await;
+                    results.errors(&t.name, r.errors);
+                    if let Some(h) = &r.latency {
+                        for (q, label) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+                            results.add(
+                                "http1 small",
+                                &format!("{label} ms @ {}k rps", rate / 1000),
+                                &t.name,
+                                h.value_at_quantile(q) as f64 / 1000.0,
+                            );
+                        }
                     }
                 }
             }
-            // 2. HTTP/2 with 100 concurrent streams.
-            let before = cpu(t);
-            let r = load::h2_streams(t.h2, "bench", 100, d).await;
-            results.errors(&t.name, r.errors);
-            results.add("h2c 100 streams", "requests/s", &t.name, r.rps());
-            if let (Some(b), Some(a)) = (before, cpu(t)) {
-                results.add(
-                    "h2c 100 streams",
-                    "proxy CPU µs/request",
-                    &t.name,
-                    (a - b) * 1e6 / r.ok.max(1) as f64,
-                );
+            if settings.runs("h2c") {
+                // 2. HTTP/2 with 100 concurrent streams.
+                let before = cpu(t);
+                let r = load::h2_streams(t.h2, "bench", 100, d).await;
+                results.errors(&t.name, r.errors);
+                results.add("h2c 100 streams", "requests/s", &t.name, r.rps());
+                if let (Some(b), Some(a)) = (before, cpu(t)) {
+                    results.add(
+                        "h2c 100 streams",
+                        "proxy CPU µs/request",
+                        &t.name,
+                        (a - b) * 1e6 / r.ok.max(1) as f64,
+                    );
+                }
             }
-            // 3. 1 MiB responses.
-            let before = cpu(t);
-            let r = load::saturate(t.http, "bench", "/big", 4, d).await;
-            results.errors(&t.name, r.errors);
-            let mb = r.bytes as f64 / 1e6;
-            results.add("1 MiB responses", "MB/s", &t.name, mb / r.seconds);
-            if let (Some(b), Some(a)) = (before, cpu(t)) {
-                results.add(
-                    "1 MiB responses",
-                    "proxy CPU ms/MB",
-                    &t.name,
-                    (a - b) * 1e3 / mb.max(1e-9),
-                );
+            if settings.runs("big") {
+                // 3. 1 MiB responses.
+                let before = cpu(t);
+                let r = load::saturate(t.http, "bench", "/big", 4, d).await;
+                results.errors(&t.name, r.errors);
+                let mb = r.bytes as f64 / 1e6;
+                results.add("1 MiB responses", "MB/s", &t.name, mb / r.seconds);
+                if let (Some(b), Some(a)) = (before, cpu(t)) {
+                    results.add(
+                        "1 MiB responses",
+                        "proxy CPU ms/MB",
+                        &t.name,
+                        (a - b) * 1e3 / mb.max(1e-9),
+                    );
+                }
             }
-            // 4. Opaque TCP bulk.
-            let before = cpu(t);
-            let r = load::bulk(t.tcp, settings.tcp_bytes).await;
-            results.errors(&t.name, r.errors);
-            results.add(
-                "tcp bulk",
-                "MB/s",
-                &t.name,
-                r.bytes as f64 / 1e6 / r.seconds,
-            );
-            if let (Some(b), Some(a)) = (before, cpu(t)) {
+            if settings.runs("tcp") {
+                // 4. Opaque TCP bulk.
+                let before = cpu(t);
+                let r = load::bulk(t.tcp, settings.tcp_bytes).await;
+                results.errors(&t.name, r.errors);
                 results.add(
                     "tcp bulk",
-                    "proxy CPU s/GB",
+                    "MB/s",
                     &t.name,
-                    (a - b) / (r.bytes as f64 / 1e9),
+                    r.bytes as f64 / 1e6 / r.seconds,
                 );
+                if let (Some(b), Some(a)) = (before, cpu(t)) {
+                    results.add(
+                        "tcp bulk",
+                        "proxy CPU s/GB",
+                        &t.name,
+                        (a - b) / (r.bytes as f64 / 1e9),
+                    );
+                }
             }
         }
     }
-    routes(&settings, &bin, up, sink, &work, &mut results).await?;
-    reloads(&settings, &bin, up, sink, &work, &mut results).await?;
+    if settings.runs("routes") {
+        routes(&settings, &bin, up, sink, &work, &mut results).await?;
+    }
+    if settings.runs("reload") {
+        reloads(&settings, &bin, up, sink, &work, &mut results).await?;
+    }
     // 5. Memory with idle keep-alive connections (last: it leaves connections behind).
-    for t in &targets {
+    for t in targets.iter().filter(|_| settings.runs("memory")) {
         let Some(pid) = t.pid() else { continue };
         let before = procstat::rss_bytes(pid).unwrap_or(0);
         let (held, failed) =

@@ -1,0 +1,188 @@
+//! The background lane: one low-priority thread for reload work and for freeing retired
+//! config.
+//!
+//! Reading, parsing and compiling a large config, building its runtime, and freeing the
+//! version it replaces are all CPU work that no request waits for. They run here so that a
+//! reload — even of 10,000 routes, even every 100 ms, even on a proxy confined to one core —
+//! takes CPU only when the request path does not want it. The thread is `SCHED_IDLE` (nice 19
+//! where that is refused): a worker that wakes for a request preempts it at once.
+//!
+//! A retired config version is freed here too, but only once the requests still using it have
+//! ended: whoever drops the last reference frees it, and that must not be a worker in the
+//! middle of a request.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// How often retired values still in use are looked at again.
+const REAP_EVERY: Duration = Duration::from_millis(50);
+
+/// Why background work did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum BackgroundError {
+    /// The background thread could not be started or has ended.
+    #[error("the background thread is gone")]
+    Gone,
+    /// The work panicked (a bug).
+    #[error("background work panicked")]
+    Panicked,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A value to free once nothing else holds it.
+trait Retired: Send {
+    /// Whether someone other than the background thread still holds it.
+    fn in_use(&self) -> bool;
+}
+
+impl<T: Send + Sync> Retired for Arc<T> {
+    fn in_use(&self) -> bool {
+        Arc::strong_count(self) > 1
+    }
+}
+
+enum Work {
+    Run(Job),
+    Retire(Box<dyn Retired>),
+}
+
+fn lane() -> Option<&'static mpsc::Sender<Work>> {
+    static LANE: OnceLock<Option<mpsc::Sender<Work>>> = OnceLock::new();
+    LANE.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Work>();
+        let spawned = std::thread::Builder::new()
+            .name("strait-background".into())
+            .spawn(move || {
+                lower_priority();
+                serve(&rx);
+            });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the background thread");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+fn serve(rx: &mpsc::Receiver<Work>) {
+    let mut retired: Vec<Box<dyn Retired>> = Vec::new();
+    loop {
+        let next = if retired.is_empty() {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(REAP_EVERY)
+        };
+        match next {
+            Ok(Work::Run(job)) => job(),
+            Ok(Work::Retire(value)) => retired.push(value),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        // Dropping the ones no request holds any more frees them, here.
+        retired.retain(|value| value.in_use());
+    }
+}
+
+/// Runs `work` on the background thread, inside the current tokio runtime's context (the
+/// runtime it builds may start tasks), and waits for its result.
+pub async fn run<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BackgroundError> {
+    let lane = lane().ok_or(BackgroundError::Gone)?;
+    let runtime = tokio::runtime::Handle::current();
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _context = runtime.enter();
+        let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+    });
+    lane.send(Work::Run(job))
+        .map_err(|_| BackgroundError::Gone)?;
+    match result.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(BackgroundError::Panicked),
+        Err(_) => Err(BackgroundError::Gone),
+    }
+}
+
+/// Frees `value` on the background thread once no one else holds it (without waiting).
+/// Without a background thread it is dropped here.
+pub fn retire<T: Send + Sync + 'static>(value: Arc<T>) {
+    if let Some(lane) = lane() {
+        // A send only fails when the thread has ended; the value then drops here.
+        let _ = lane.send(Work::Retire(Box::new(value)));
+    }
+}
+
+/// `SCHED_IDLE` for the calling thread, or nice 19 if refused (both are per thread on Linux).
+fn lower_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_IDLE.
+    let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if idle != 0 {
+        // SAFETY: gettid has no preconditions; setpriority only changes this thread's nice.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    async fn dropped_within(flag: &AtomicBool, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if flag.load(Ordering::SeqCst) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        flag.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn work_runs_on_the_background_thread() {
+        let name = run(|| std::thread::current().name().map(str::to_owned))
+            .await
+            .expect("ran");
+        assert_eq!(name.as_deref(), Some("strait-background"));
+        assert!(matches!(
+            run(|| panic!("boom")).await,
+            Err(BackgroundError::Panicked)
+        ));
+        // The lane survives a panicking job.
+        assert_eq!(run(|| 7).await.expect("ran"), 7);
+    }
+
+    #[tokio::test]
+    async fn a_retired_value_is_freed_only_after_its_last_user_lets_go() {
+        let freed = Arc::new(AtomicBool::new(false));
+        let value = Arc::new(Flag(freed.clone()));
+        let user = value.clone();
+        retire(value);
+        assert!(
+            !dropped_within(&freed, Duration::from_millis(200)).await,
+            "freed while still in use"
+        );
+        drop(user);
+        assert!(
+            dropped_within(&freed, Duration::from_secs(2)).await,
+            "not freed after its last user let go"
+        );
+    }
+}
