@@ -258,10 +258,7 @@ pub(crate) fn attach_routes(
             mode: l.mode,
             serves: match l.protocol {
                 ListenerProtocol::Http => Serves::Http(RouteTable::new(
-                    http.get_mut(i)
-                        .map(std::mem::take)
-                        .unwrap_or_default()
-                        .as_slice(),
+                    http.get_mut(i).map(std::mem::take).unwrap_or_default(),
                 )),
                 ListenerProtocol::Tcp => Serves::Tcp(tcp.get_mut(i).and_then(Option::take)),
             },

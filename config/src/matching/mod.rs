@@ -184,13 +184,15 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table from routes in config order.
-    pub fn new(routes: &[RouteEntries]) -> Self {
+    pub fn new(routes: Vec<RouteEntries>) -> Self {
         let mut exact: HashMap<String, Vec<MatchEntry>> = HashMap::new();
         let mut wildcard: HashMap<String, Vec<MatchEntry>> = HashMap::new();
         let mut any_host = Vec::new();
         for route in routes {
             if route.hostnames.is_empty() {
-                any_host.extend(route.entries.iter().cloned());
+                // Most routes name no host: their entries move, not copy.
+                any_host.extend(route.entries);
+                continue;
             }
             for host in &route.hostnames {
                 match host.strip_prefix('*') {
