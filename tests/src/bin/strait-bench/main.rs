@@ -475,23 +475,45 @@ async fn reloads(
             );
         }
     }
-    let log =
-        std::fs::read_to_string(work.join(format!("strait-{routes}.log"))).unwrap_or_default();
-    let durations: Vec<f64> = log
+    let log_path = work.join(format!("strait-{routes}.log"));
+    let under_load = reload_durations(&log_path);
+    // The same reload on an idle proxy: the cost of the work itself, without the requests
+    // that preempt the low-priority reload thread.
+    for marker in 1..=5 {
+        let next = text.replace("marker: \"0\"", &format!("marker: \"idle-{marker}\""));
+        std::fs::write(&config, next).map_err(|e| e.to_string())?;
+        if let Some(pid) = t.pid() {
+            let _ = std::process::Command::new("kill")
+                .arg("-HUP")
+                .arg(pid.to_string())
+                .status();
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let all = reload_durations(&log_path);
+    let idle = all.get(under_load.len()..).unwrap_or_default();
+    for (label, durations) in [("at 2k rps", under_load.as_slice()), ("idle", idle)] {
+        if !durations.is_empty() {
+            results.add(
+                "reload under load",
+                &format!("compile + swap of {routes} routes, {label} (ms)"),
+                "strait",
+                median(durations),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The `duration_ms` of every reload the proxy logged as applied, in order.
+fn reload_durations(log: &Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["fields"]["message"] == "config applied")
         .filter_map(|v| v["fields"]["duration_ms"].as_f64())
-        .collect();
-    if !durations.is_empty() {
-        results.add(
-            "reload under load",
-            &format!("compile + swap of {routes} routes (ms)"),
-            "strait",
-            median(&durations),
-        );
-    }
-    Ok(())
+        .collect()
 }
 
 fn report(
