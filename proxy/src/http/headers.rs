@@ -32,9 +32,19 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
+/// Whether `name` may be hop-by-hop without a `Connection` header naming it.
+fn maybe_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION || name == TE || name == UPGRADE || HOP_BY_HOP.contains(name)
+}
+
 /// Removes hop-by-hop headers. With `upgrade`, `Upgrade` and `Connection: upgrade` survive so
 /// the protocol switch reaches the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one pass over their few names instead of a lookup per
+    // hop-by-hop name (this runs twice per request).
+    if !upgrade && !headers.keys().any(maybe_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         // Headers named by Connection are hop-by-hop too. Collect first: we mutate the map.
         let named: Vec<HeaderName> = headers
@@ -157,6 +167,25 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed_and_the_rest_untouched() {
+        for name in [
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "trailer",
+        ] {
+            let mut h = map(&[("x-kept", "yes"), (name, "1"), ("te", "trailers")]);
+            strip_hop_by_hop(&mut h, false);
+            let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, vec!["x-kept", "te"], "{name}");
+        }
+        let mut none = map(&[("x-kept", "yes"), ("accept", "*/*")]);
+        let before = none.clone();
+        strip_hop_by_hop(&mut none, false);
+        assert_eq!(none, before);
     }
 
     #[test]
