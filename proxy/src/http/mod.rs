@@ -1,6 +1,7 @@
 //! The HTTP side of the proxy.
 
 pub mod body;
+pub mod deadline;
 pub mod error;
 pub mod headers;
 pub mod mirror;

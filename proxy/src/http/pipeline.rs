@@ -24,6 +24,7 @@ use strait_config::snapshot::{HashKey, HttpRule, ProxySettings, Serves};
 use strait_config::spec::ServiceProtocol;
 
 use super::body::ResponseBody;
+use super::deadline::within;
 use super::error::ProxyError;
 use super::headers::{strip_hop_by_hop, wants_upgrade, ClientHeaders};
 use super::retry::{backoff, retryable, RequestBody};
@@ -161,7 +162,11 @@ async fn forward(
         exchange.passthrough = true;
         exchange.service = Some(Arc::from(crate::intercept::passthrough::SERVICE));
         exchange.endpoint = Some(original.address.to_string().into());
-        let (response, _) = crate::intercept::passthrough::http(req, authority, original).await?;
+        // Boxed: a rare path whose future would otherwise widen every request's.
+        let (response, _) = Box::pin(crate::intercept::passthrough::http(
+            req, authority, original,
+        ))
+        .await?;
         return Ok(response);
     };
     exchange.rule = Some(rule.clone());
@@ -226,13 +231,14 @@ async fn forward(
         Some(breaker) => breaker.start_request()?,
         None => None,
     };
-    let exchange_future = send_with_retries(&rule, service, runtime, hash, parts, body, exchange);
-    let sent = match rule.request_timeout {
-        Some(limit) => tokio::time::timeout(limit, exchange_future)
-            .await
-            .map_err(|_| ProxyError::Timeout)??,
-        None => exchange_future.await?,
-    };
+    // Built inside the call, not bound to a name: a named future moved into `within` would
+    // keep its own slot in this function's state beside the one `within` holds.
+    let sent = within(
+        rule.request_timeout,
+        send_with_retries(&rule, service, runtime, hash, parts, body, exchange),
+    )
+    .await
+    .map_err(|_| ProxyError::Timeout)??;
     let Sent {
         mut response,
         pooled,
@@ -405,13 +411,12 @@ async fn send_with_retries(
             .for_attempt()
             .ok_or(ProxyError::Internal("request body already sent"))?;
         let in_flight = endpoint.start_request();
-        let send = upstream::send(&endpoint, dial, Request::from_parts(this_head, this_body));
-        let outcome = match rule.per_try_timeout {
-            Some(limit) => tokio::time::timeout(limit, send)
-                .await
-                .unwrap_or(Err(ProxyError::Timeout)),
-            None => send.await,
-        };
+        let outcome = within(
+            rule.per_try_timeout,
+            upstream::send(&endpoint, dial, Request::from_parts(this_head, this_body)),
+        )
+        .await
+        .unwrap_or(Err(ProxyError::Timeout));
         let failed = match &outcome {
             Ok((response, _)) => response.status().is_server_error(),
             Err(e) => e.is_upstream(),

@@ -63,7 +63,9 @@ pub async fn send(
         Pool::Http1(idle) => {
             let (mut sender, reused) = match checkout(idle).await {
                 Some(sender) => (sender, true),
-                None => (connect_http1(endpoint, dial).await?, false),
+                // Connecting is the rare path: boxed, its future does not widen every
+                // request's.
+                None => (Box::pin(connect_http1(endpoint, dial)).await?, false),
             };
             let result = match sender.try_send_request(req).await {
                 // A pooled connection closed by the upstream before the request went out: the
@@ -72,7 +74,7 @@ pub async fn send(
                     let req = e
                         .take_message()
                         .ok_or(ProxyError::UpstreamReset(e.into_error()))?;
-                    sender = connect_http1(endpoint, dial).await?;
+                    sender = Box::pin(connect_http1(endpoint, dial)).await?;
                     sender.send_request(req).await
                 }
                 other => other.map_err(|e| e.into_error()),
@@ -88,7 +90,7 @@ pub async fn send(
             let mut sender = match shared.load_full() {
                 Some(s) if !s.is_closed() => (*s).clone(),
                 _ => {
-                    let s = connect_http2(endpoint, dial).await?;
+                    let s = Box::pin(connect_http2(endpoint, dial)).await?;
                     shared.store(Some(Arc::new(s.clone())));
                     s
                 }
