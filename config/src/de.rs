@@ -399,7 +399,7 @@ struct MapAccess<'a> {
 }
 
 fn key_seg(key: &Node) -> PathSeg {
-    PathSeg::Key(key.as_str().unwrap_or("?").to_owned())
+    PathSeg::Key(key.as_str().unwrap_or("?").to_owned().into())
 }
 
 impl<'de> de::MapAccess<'de> for MapAccess<'_> {

@@ -1,5 +1,6 @@
 //! Configuration errors: each names the file, line, column and field path of what is wrong.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathSeg {
     /// A mapping key, e.g. `spec`.
-    Key(String),
+    Key(Cow<'static, str>),
     /// A sequence index, e.g. `[0]`.
     Index(usize),
 }
@@ -23,7 +24,7 @@ impl FieldPath {
     }
 
     /// This path extended by a mapping key.
-    pub fn key(&self, key: impl Into<String>) -> Self {
+    pub fn key(&self, key: impl Into<Cow<'static, str>>) -> Self {
         let mut segs = self.0.clone();
         segs.push(PathSeg::Key(key.into()));
         Self(segs)

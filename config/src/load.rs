@@ -110,7 +110,7 @@ pub fn parse_sources(sources: &[Source]) -> Result<Vec<LoadedDoc>, ConfigErrors>
 }
 
 fn parse_resource(root: &Node) -> Result<Resource, (Mark, FieldPath, String)> {
-    let at = |key: &str| FieldPath(vec![PathSeg::Key(key.to_owned())]);
+    let at = |key: &str| FieldPath(vec![PathSeg::Key(key.to_owned().into())]);
     let Some(kind_node) = root.get("kind") else {
         return Err((
             root.mark,

@@ -263,7 +263,7 @@ impl Builder<'_, '_> {
                         break;
                     }
                     let key = self.node(event, key_at, depth + 1)?;
-                    let segment = || PathSeg::Key(key.as_str().unwrap_or("?").to_owned());
+                    let segment = || PathSeg::Key(key.as_str().unwrap_or("?").to_owned().into());
                     if let Some(name) = key.as_str() {
                         if let Some((first, _)) =
                             entries.iter().find(|(k, _)| k.as_str() == Some(name))

@@ -520,7 +520,7 @@ fn header_edits(
         |errors: &mut Errors, key: &str, map: &std::collections::BTreeMap<String, String>| {
             map.iter()
                 .filter_map(|(name, value)| {
-                    let path = at.key(key).key(name.as_str());
+                    let path = at.key(key.to_owned()).key(name.clone());
                     let n = name_of(errors, path.clone(), name)?;
                     match HeaderValue::from_str(value) {
                         Ok(v) => Some((n, v)),
