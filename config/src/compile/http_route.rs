@@ -67,14 +67,19 @@ pub(crate) fn compile_all(
             errors,
         );
         if let Some(listeners) = listeners {
-            for l in attached_listeners(
+            let attached = attached_listeners(
                 errors,
                 doc,
                 listeners,
                 &route.spec.parent_refs,
                 ListenerProtocol::Http,
-            ) {
-                per_listener[l].push(entries.clone());
+            );
+            // Usually one listener: the last one takes the entries, the others copy them.
+            if let Some((&last, others)) = attached.split_last() {
+                for &l in others {
+                    per_listener[l].push(entries.clone());
+                }
+                per_listener[last].push(entries);
             }
         }
     }
