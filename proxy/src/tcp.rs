@@ -1,5 +1,6 @@
-//! Opaque TCP proxying: pick a backend per connection, then copy bytes both ways, honouring
-//! half-close, until both sides finish or the idle timeout passes.
+//! Opaque TCP proxying: pick a backend per connection, then copy bytes both ways (zero-copy
+//! through kernel pipes where possible), honouring half-close, until both sides finish or the
+//! idle timeout passes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,9 @@ use tokio::time::Instant;
 
 use crate::metrics::{TCP_BYTES, TCP_CONNECTIONS};
 use crate::shared::{ConnToken, Shared};
+use zero_copy::Pipe;
+
+mod zero_copy;
 
 /// Proxies one client connection accepted on a TCP listener.
 pub async fn serve(
@@ -88,25 +92,65 @@ pub async fn serve(
 
 /// Copies both ways; each direction's EOF is passed on as a write shutdown (half-close).
 /// Returns `(bytes to upstream, bytes to client)`.
+///
+/// Bytes move through kernel pipes with splice(2) (`zero_copy`); when the pipes cannot be had
+/// (out of descriptors, pipe budget spent) through a buffer in user space.
 pub(crate) async fn splice(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
+    client: TcpStream,
+    upstream: TcpStream,
     idle: Duration,
     listener: &Arc<str>,
 ) -> std::io::Result<(u64, u64)> {
-    let (cr, cw) = client.split();
-    let (ur, uw) = upstream.split();
+    let mode = match (Pipe::new(), Pipe::new()) {
+        (Ok(up), Ok(down)) => Mode::ZeroCopy { up, down },
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(listener = %listener, error = %e, "no pipes for splice; copying through a buffer");
+            Mode::Buffered
+        }
+    };
+    relay(client, upstream, mode, idle, listener).await
+}
+
+/// How the bytes of one connection cross the proxy.
+enum Mode {
+    /// socket → pipe → socket with splice(2), one pipe per direction.
+    ZeroCopy { up: Pipe, down: Pipe },
+    /// read into a buffer, write it out.
+    Buffered,
+}
+
+/// `splice` with the mode chosen.
+async fn relay(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    mode: Mode,
+    idle: Duration,
+    listener: &Arc<str>,
+) -> std::io::Result<(u64, u64)> {
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
-    let up_bytes =
-        metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "upstream");
-    let down_bytes =
-        metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "downstream");
+    let up_progress = Progress {
+        bytes: metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "upstream"),
+        last: &last,
+        epoch,
+    };
+    let down_progress = Progress {
+        bytes: metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "downstream"),
+        last: &last,
+        epoch,
+    };
     let copy = async {
-        tokio::try_join!(
-            pump(cr, uw, &up_bytes, &last, epoch),
-            pump(ur, cw, &down_bytes, &last, epoch)
-        )
+        match mode {
+            Mode::ZeroCopy { up, down } => tokio::try_join!(
+                zero_copy::pump(&client, &upstream, up, &up_progress),
+                zero_copy::pump(&upstream, &client, down, &down_progress)
+            ),
+            Mode::Buffered => {
+                let (cr, cw) = client.split();
+                let (ur, uw) = upstream.split();
+                tokio::try_join!(pump(cr, uw, &up_progress), pump(ur, cw, &down_progress))
+            }
+        }
     };
     let watchdog = async {
         loop {
@@ -124,13 +168,24 @@ pub(crate) async fn splice(
     }
 }
 
-async fn pump<R, W>(
-    mut from: R,
-    mut to: W,
-    bytes: &metrics::Counter,
-    last: &AtomicU64,
+/// Where one direction reports the bytes that reached the other side: its byte counter and the
+/// idle watchdog's clock (shared by both directions).
+struct Progress<'a> {
+    bytes: metrics::Counter,
+    last: &'a AtomicU64,
     epoch: Instant,
-) -> std::io::Result<u64>
+}
+
+impl Progress<'_> {
+    fn moved(&self, n: usize) {
+        self.bytes.increment(n as u64);
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The buffered copy of one direction.
+async fn pump<R, W>(mut from: R, mut to: W, progress: &Progress<'_>) -> std::io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -145,7 +200,104 @@ where
         }
         to.write_all(buf.get(..n).unwrap_or_default()).await?;
         total += n as u64;
-        bytes.increment(n as u64);
-        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        progress.moved(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (near, far) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (near.expect("connect"), far.expect("accept").0)
+    }
+
+    fn payload(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..len).map(|_| rng.u8(..)).collect()
+    }
+
+    /// client ⇄ relay ⇄ server: a few MiB each way at once; the client then half-closes, and
+    /// the server, having seen that EOF, still answers before it closes too.
+    async fn both_ways_with_half_close(mode: Mode) {
+        let (client, proxy_client) = socket_pair().await;
+        let (proxy_upstream, server) = socket_pair().await;
+        let listener: Arc<str> = Arc::from("test");
+        let relay = tokio::spawn(async move {
+            relay(
+                proxy_client,
+                proxy_upstream,
+                mode,
+                Duration::from_secs(30),
+                &listener,
+            )
+            .await
+        });
+        let up = payload(5 << 20, 1);
+        let down = payload(3 << 20, 2);
+        let after_eof = b"sent after the client's EOF".to_vec();
+
+        let (mut client_r, mut client_w) = client.into_split();
+        let (mut server_r, mut server_w) = server.into_split();
+        let sent = up.clone();
+        let client_writes = tokio::spawn(async move {
+            client_w.write_all(&sent).await.expect("client write");
+            client_w.shutdown().await.expect("client shutdown");
+        });
+        let client_reads = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client_r.read_to_end(&mut got).await.expect("client read");
+            got
+        });
+        let (sent, tail) = (down.clone(), after_eof.clone());
+        let server = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let (read, ()) = tokio::join!(server_r.read_to_end(&mut got), async {
+                server_w.write_all(&sent).await.expect("server write");
+            });
+            read.expect("server read");
+            // The client's EOF has arrived; this direction must still be open.
+            server_w.write_all(&tail).await.expect("write after EOF");
+            server_w.shutdown().await.expect("server shutdown");
+            got
+        });
+
+        let deadline = Duration::from_secs(20);
+        let at_server = tokio::time::timeout(deadline, server)
+            .await
+            .expect("server done in time")
+            .expect("server task");
+        client_writes.await.expect("client writer");
+        let at_client = tokio::time::timeout(deadline, client_reads)
+            .await
+            .expect("client sees EOF in time")
+            .expect("client reader");
+        let moved = tokio::time::timeout(deadline, relay)
+            .await
+            .expect("relay ends")
+            .expect("relay task")
+            .expect("relay result");
+
+        assert!(at_server == up, "upstream bytes differ");
+        let mut expected = down;
+        expected.extend_from_slice(&after_eof);
+        assert!(at_client == expected, "downstream bytes differ");
+        assert_eq!(moved, (up.len() as u64, expected.len() as u64));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn zero_copy_moves_both_ways_intact_and_passes_half_close_on() {
+        let (up, down) = (Pipe::new().expect("pipe"), Pipe::new().expect("pipe"));
+        both_ways_with_half_close(Mode::ZeroCopy { up, down }).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_buffered_fallback_does_the_same() {
+        both_ways_with_half_close(Mode::Buffered).await;
     }
 }

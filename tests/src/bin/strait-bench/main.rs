@@ -534,7 +534,7 @@ fn report(
         n
     };
     let has_nginx = names.iter().any(|n| n == "nginx");
-    let command = format!(
+    let mut command = format!(
         "cargo run --release -p strait-tests --bin strait-bench --{}",
         if settings.quick {
             " --quick".to_owned()
@@ -545,6 +545,9 @@ fn report(
             )
         }
     );
+    if !settings.only.is_empty() {
+        let _ = write!(command, " --only {}", settings.only.join(","));
+    }
     let mut md = String::new();
     let _ = writeln!(md, "Machine: {}  ", procstat::machine());
     let _ = writeln!(
