@@ -20,15 +20,18 @@ pub struct DeError {
 }
 
 /// Deserializes `T` from `node`.
-pub fn from_node<T: DeserializeOwned>(node: &Node) -> Result<T, DeError> {
+///
+/// The error is boxed: it carries a field path, and the success path should not pay for moving
+/// it around.
+pub fn from_node<T: DeserializeOwned>(node: &Node) -> Result<T, Box<DeError>> {
     T::deserialize(NodeDe(node)).map_err(|e| {
         let mut segs = e.rev_path;
         segs.reverse();
-        DeError {
+        Box::new(DeError {
             message: e.message,
-            path: FieldPath(segs),
+            path: FieldPath::from(segs),
             mark: e.mark.unwrap_or(node.mark),
-        }
+        })
     })
 }
 
@@ -526,7 +529,7 @@ mod tests {
         Pair { a: u32 },
     }
 
-    fn parse(text: &str) -> Result<Doc, DeError> {
+    fn parse(text: &str) -> Result<Doc, Box<DeError>> {
         from_node(&parse_documents(text).unwrap()[0].root)
     }
 

@@ -4,6 +4,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 
+use smallvec::SmallVec;
+
 /// One step of a field path: a mapping key or a sequence index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathSeg {
@@ -14,32 +16,48 @@ pub enum PathSeg {
 }
 
 /// Where in a document a value sits, e.g. `spec.rules[0].backendRefs[1].name`.
+///
+/// Compiling builds a path for every field it checks, and nearly all of them are never used
+/// (only an error keeps one), so the segments live inline: extending a path copies a few words
+/// instead of allocating.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldPath(pub Vec<PathSeg>);
+pub struct FieldPath(SmallVec<[PathSeg; INLINE_SEGMENTS]>);
+
+/// Segments a path holds without allocating: `spec.rules[0].matches[0].headers[0].name` is 8.
+const INLINE_SEGMENTS: usize = 8;
 
 impl FieldPath {
     /// The empty path: the document root.
     pub fn root() -> Self {
-        Self(Vec::new())
+        Self(SmallVec::new())
     }
 
     /// This path extended by a mapping key.
     pub fn key(&self, key: impl Into<Cow<'static, str>>) -> Self {
-        let mut segs = self.0.clone();
-        segs.push(PathSeg::Key(key.into()));
-        Self(segs)
+        self.extended(PathSeg::Key(key.into()))
     }
 
     /// This path extended by a sequence index.
     pub fn index(&self, index: usize) -> Self {
-        let mut segs = self.0.clone();
-        segs.push(PathSeg::Index(index));
+        self.extended(PathSeg::Index(index))
+    }
+
+    fn extended(&self, segment: PathSeg) -> Self {
+        let mut segs = SmallVec::with_capacity(self.0.len() + 1);
+        segs.extend(self.0.iter().cloned());
+        segs.push(segment);
         Self(segs)
     }
 
     /// The segments, outermost first.
     pub fn segments(&self) -> &[PathSeg] {
         &self.0
+    }
+}
+
+impl From<Vec<PathSeg>> for FieldPath {
+    fn from(segments: Vec<PathSeg>) -> Self {
+        Self(SmallVec::from_vec(segments))
     }
 }
 

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::de::from_node;
-use crate::error::{ConfigError, ConfigErrors, FieldPath, Mark, PathSeg};
+use crate::de::{from_node, DeError};
+use crate::error::{ConfigError, ConfigErrors, FieldPath, Mark};
 use crate::spec::{Document, Resource, API_VERSION, KINDS};
 use crate::yaml::{parse_documents, Node};
 
@@ -80,7 +80,7 @@ pub fn parse_sources(sources: &[Source]) -> Result<Vec<LoadedDoc>, ConfigErrors>
                 errors.push(ConfigError {
                     file: source.file.clone(),
                     mark: e.mark,
-                    path: FieldPath(e.path),
+                    path: FieldPath::from(e.path),
                     message: e.message,
                 });
                 continue;
@@ -93,12 +93,19 @@ pub fn parse_sources(sources: &[Source]) -> Result<Vec<LoadedDoc>, ConfigErrors>
                     root: Arc::new(doc.root),
                     resource: Arc::new(resource),
                 }),
-                Err((mark, path, message)) => errors.push(ConfigError {
-                    file: source.file.clone(),
-                    mark,
-                    path,
-                    message,
-                }),
+                Err(e) => {
+                    let DeError {
+                        message,
+                        path,
+                        mark,
+                    } = *e;
+                    errors.push(ConfigError {
+                        file: source.file.clone(),
+                        mark,
+                        path,
+                        message,
+                    })
+                }
             }
         }
     }
@@ -109,10 +116,11 @@ pub fn parse_sources(sources: &[Source]) -> Result<Vec<LoadedDoc>, ConfigErrors>
     }
 }
 
-fn parse_resource(root: &Node) -> Result<Resource, (Mark, FieldPath, String)> {
-    let at = |key: &str| FieldPath(vec![PathSeg::Key(key.to_owned().into())]);
+/// Reads one document as the resource its `kind` names.
+fn parse_resource(root: &Node) -> Result<Resource, Box<DeError>> {
+    let at = |key: &str| FieldPath::root().key(key.to_owned());
     let Some(kind_node) = root.get("kind") else {
-        return Err((
+        return Err(refused(
             root.mark,
             FieldPath::root(),
             format!("missing `kind`; expected one of {}", KINDS.join(", ")),
@@ -122,37 +130,41 @@ fn parse_resource(root: &Node) -> Result<Resource, (Mark, FieldPath, String)> {
         Some(API_VERSION) => {}
         Some(other) => {
             let node = root.get("apiVersion").unwrap_or(root);
-            return Err((
+            return Err(refused(
                 node.mark,
                 at("apiVersion"),
                 format!("unsupported apiVersion `{other}`; this build reads `{API_VERSION}`"),
             ));
         }
         None => {
-            return Err((
+            return Err(refused(
                 root.mark,
                 at("apiVersion"),
                 format!("missing `apiVersion`; write `apiVersion: {API_VERSION}`"),
             ))
         }
     }
-    let typed = |e: crate::de::DeError| (e.mark, e.path, e.message);
     match kind_node.as_str() {
         Some("ProxyConfig") => from_node::<Document<_>>(root).map(Resource::ProxyConfig),
         Some("Service") => from_node::<Document<_>>(root).map(Resource::Service),
         Some("HTTPRoute") => from_node::<Document<_>>(root).map(Resource::HttpRoute),
         Some("TCPRoute") => from_node::<Document<_>>(root).map(Resource::TcpRoute),
-        other => {
-            return Err((
-                kind_node.mark,
-                at("kind"),
-                format!(
-                    "unknown kind `{}`; expected one of {}",
-                    other.unwrap_or("?"),
-                    KINDS.join(", ")
-                ),
-            ))
-        }
+        other => Err(refused(
+            kind_node.mark,
+            at("kind"),
+            format!(
+                "unknown kind `{}`; expected one of {}",
+                other.unwrap_or("?"),
+                KINDS.join(", ")
+            ),
+        )),
     }
-    .map_err(typed)
+}
+
+fn refused(mark: Mark, path: FieldPath, message: String) -> Box<DeError> {
+    Box::new(DeError {
+        message,
+        path,
+        mark,
+    })
 }

@@ -127,10 +127,11 @@ fn compile_route(
         compiled.id = *next_rule_id;
         *next_rule_id += 1;
         let compiled = Arc::new(compiled);
-        let matches: Vec<HttpMatchSpec> = if rule.matches.is_empty() {
-            vec![HttpMatchSpec::default()]
+        let match_all = [HttpMatchSpec::default()];
+        let matches = if rule.matches.is_empty() {
+            &match_all[..]
         } else {
-            rule.matches.clone()
+            &rule.matches[..]
         };
         for (m, spec) in matches.iter().enumerate() {
             let matcher = compile_match(doc, &here.key("matches").index(m), spec, errors);
