@@ -108,20 +108,26 @@ impl Reloader {
             None => (Vec::new(), 0),
         };
         let control = match first {
-            Some(update) => match parse_control(&update.text) {
-                Ok(docs) => {
-                    let version = update.version;
-                    let _ = update.verdict.send(Ok(()));
-                    Some(ControlDocs { version, docs })
-                }
+            Some(ControlUpdate {
+                version,
+                text,
+                verdict,
+            }) => match parse_control(text) {
+                Ok(docs) => Some((ControlDocs { version, docs }, verdict)),
                 Err(e) => {
-                    let _ = update.verdict.send(Err(e.to_string()));
+                    let _ = verdict.send(Err(e.to_string()));
                     return Err(e.into());
                 }
             },
             None => None,
         };
-        let snapshot = strait_config::compile(&effective(&local, control.as_ref()))?;
+        // The first version is answered once it has compiled: an ACK means it serves.
+        let (control, verdict) = control.unzip();
+        let compiled = strait_config::compile(&effective(&local, control.as_ref()));
+        if let Some(verdict) = verdict {
+            let _ = verdict.send(compiled.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        let snapshot = compiled?;
         let label = label(path.as_deref(), &control_url, control.as_ref());
         let mut registry = EndpointRegistry::default();
         let active = registry.build(1, label.clone(), snapshot);
@@ -187,29 +193,35 @@ impl Reloader {
     /// Applies one version from the control and answers it (ACK, or NACK with the errors).
     async fn apply_control(&mut self, update: ControlUpdate) {
         let started = std::time::Instant::now();
-        let candidate = match parse_control(&update.text) {
-            Ok(docs) => ControlDocs {
-                version: update.version,
-                docs,
-            },
-            Err(e) => {
-                let error = ReloadError::from(e);
-                let _ = update.verdict.send(Err(error.to_string()));
+        let ControlUpdate {
+            version,
+            text,
+            verdict,
+        } = update;
+        let parsed = off_thread(move || parse_control(text))
+            .await
+            .and_then(|parsed| parsed.map_err(ReloadError::from));
+        let candidate = match parsed {
+            Ok(docs) => ControlDocs { version, docs },
+            Err(error) => {
+                let _ = verdict.send(Err(error.to_string()));
                 return self.reject(error, self.fingerprint);
             }
         };
+        let parse = started.elapsed();
         let docs = effective(&self.local, Some(&candidate));
         let label = label(self.path.as_deref(), &self.control_url, Some(&candidate));
         match self.apply(docs, label.clone()).await {
             Ok(version) => {
-                tracing::info!(version, source = %label, trigger = "control", duration_ms = started.elapsed().as_secs_f64() * 1000.0, "config applied");
+                let took = Phases::since(started, parse);
+                tracing::info!(version, source = %label, trigger = "control", duration_ms = took.total_ms, parse_ms = took.parse_ms, compile_ms = took.compile_ms, "config applied");
                 if let Some(old) = self.control.replace(candidate) {
                     background::retire(Arc::new(old));
                 }
-                let _ = update.verdict.send(Ok(()));
+                let _ = verdict.send(Ok(()));
             }
             Err(e) => {
-                let _ = update.verdict.send(Err(e.to_string()));
+                let _ = verdict.send(Err(e.to_string()));
                 self.reject(e, self.fingerprint);
             }
         }
@@ -248,6 +260,7 @@ impl Reloader {
             Ok(docs) => docs,
             Err(e) => return self.reject(e.into(), fingerprint),
         };
+        let parse = started.elapsed();
         let docs = effective(&local, self.control.as_ref());
         let label = label(Some(&path), &self.control_url, self.control.as_ref());
         match self.apply(docs, label.clone()).await {
@@ -255,7 +268,8 @@ impl Reloader {
                 self.fingerprint = fingerprint;
                 // The replaced trees are big: free them off the request path.
                 background::retire(Arc::new(std::mem::replace(&mut self.local, local)));
-                tracing::info!(version, source = %label, trigger = if forced { "signal" } else { "file change" }, duration_ms = started.elapsed().as_secs_f64() * 1000.0, "config applied");
+                let took = Phases::since(started, parse);
+                tracing::info!(version, source = %label, trigger = if forced { "signal" } else { "file change" }, duration_ms = took.total_ms, parse_ms = took.parse_ms, compile_ms = took.compile_ms, "config applied");
             }
             Err(e) => self.reject(e, fingerprint),
         }
@@ -307,11 +321,31 @@ fn read(path: &std::path::Path) -> Result<(Vec<Source>, u64), ConfigErrors> {
 }
 
 /// The control's documents, labelled `<control>` in errors.
-fn parse_control(text: &str) -> Result<Vec<LoadedDoc>, ConfigErrors> {
+fn parse_control(text: String) -> Result<Vec<LoadedDoc>, ConfigErrors> {
     parse_sources(&[Source {
         file: "<control>".into(),
-        text: text.to_owned(),
+        text,
     }])
+}
+
+/// Where the time of an applied reload went, in milliseconds: reading and parsing the YAML
+/// into resources, then compiling, building the runtime and swapping it in.
+struct Phases {
+    total_ms: f64,
+    parse_ms: f64,
+    compile_ms: f64,
+}
+
+impl Phases {
+    /// The phases of a reload that started at `started` and spent `parse` reading and parsing.
+    fn since(started: std::time::Instant, parse: std::time::Duration) -> Self {
+        let total = started.elapsed();
+        Self {
+            total_ms: total.as_secs_f64() * 1000.0,
+            parse_ms: parse.as_secs_f64() * 1000.0,
+            compile_ms: total.saturating_sub(parse).as_secs_f64() * 1000.0,
+        }
+    }
 }
 
 /// What to compile: the local set alone, or the control's documents plus the local
