@@ -53,6 +53,8 @@ pub struct ProxySettings {
     pub max_header_bytes: usize,
     /// Header count limit.
     pub max_headers: usize,
+    /// How long an HTTP/1 client has to send a request head (idle keep-alive included).
+    pub header_read_timeout: Duration,
 }
 
 /// A listener and what it serves.

@@ -198,3 +198,99 @@ async fn connections_over_the_limit_are_closed() {
         Some(1.0)
     );
 }
+
+/// Reads one HTTP/1 response from `stream` (a `content-length` body); returns its head.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head
+}
+
+/// Reads until the proxy closes the connection; returns what came and when it closed.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> (String, std::time::Instant) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await;
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        std::time::Instant::now(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_and_idle_keep_alive_are_closed_but_a_steady_client_is_served() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let up = Upstream::start("up").await;
+    let yaml = proxy("  limits: {headerReadTimeout: 2s}")
+        + &service("up", "http1", &[(up.address(), 1)], "")
+        + &http_route("r", "  rules:\n    - {backendRefs: [{name: up}]}");
+    let proxy = Proxy::start(&yaml);
+    let addr = proxy.listener("web");
+    let request = b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n";
+
+    // Half a head, then nothing: the connection is closed once the timeout has passed.
+    let slowloris = async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let (answer, closed) = until_closed(&mut s).await;
+        (answer, closed - started)
+    };
+    // One request, then silence: the idle keep-alive connection is closed after the timeout.
+    let idle = async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let head = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let answered = std::time::Instant::now();
+        let (_, closed) = until_closed(&mut s).await;
+        closed - answered
+    };
+    // A request the upstream takes 1.5 s to answer, then 1 s of keep-alive silence, then the
+    // next request: the wait for its head began when the first was answered, so it is
+    // within the timeout and served (though more than 2 s have passed since the first head).
+    let steady = async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut statuses = Vec::new();
+        s.write_all(b"GET /delay/1500 HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        statuses.push(read_response(&mut s).await);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        s.write_all(request).await.unwrap();
+        statuses.push(read_response(&mut s).await);
+        statuses
+    };
+    let ((answer, slow_closed), idle_closed, statuses) = tokio::join!(slowloris, idle, steady);
+
+    assert_eq!(answer, "", "closed without an answer");
+    assert!(
+        slow_closed >= Duration::from_millis(1900) && slow_closed < Duration::from_secs(6),
+        "slow head closed after {slow_closed:?}"
+    );
+    assert!(
+        idle_closed >= Duration::from_millis(1900) && idle_closed < Duration::from_secs(6),
+        "idle connection closed after {idle_closed:?}"
+    );
+    for status in &statuses {
+        assert!(status.starts_with("HTTP/1.1 200"), "{statuses:?}");
+    }
+}

@@ -29,6 +29,8 @@ pub(crate) struct CompiledProxy {
 
 const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
 const DEFAULT_MAX_HEADERS: u32 = 100;
+/// How long a client has to send a request head, by default.
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 
 fn parse_addr(
@@ -86,6 +88,12 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
         1_000_000,
     );
     check_positive(errors, doc, &at.key("drainTimeout"), spec.drain_timeout);
+    check_positive(
+        errors,
+        doc,
+        &limits_at.key("headerReadTimeout"),
+        limits.header_read_timeout,
+    );
     let default_max_conns = limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
 
     let mut listeners = Vec::new();
@@ -147,6 +155,9 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
             access_log: spec.access_log.as_ref().is_none_or(|a| a.enabled),
             max_header_bytes: limits.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES) as usize,
             max_headers: limits.max_headers.unwrap_or(DEFAULT_MAX_HEADERS) as usize,
+            header_read_timeout: limits
+                .header_read_timeout
+                .map_or(DEFAULT_HEADER_READ_TIMEOUT, |d| d.get()),
         },
         listeners,
     })

@@ -127,4 +127,9 @@ pub struct LimitsSpec {
     /// Concurrent connections per listener; beyond it new connections are closed. Default 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// How long an HTTP/1 client has to send a request's headers, counted from when the proxy
+    /// starts waiting for them (so it also closes idle keep-alive connections); after it the
+    /// connection is closed. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<Duration>,
 }

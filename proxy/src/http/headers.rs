@@ -4,8 +4,10 @@
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, TE, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, TE, TRANSFER_ENCODING,
+    UPGRADE,
 };
+use smallvec::SmallVec;
 
 /// `x-forwarded-for`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -45,33 +47,41 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if !upgrade && !headers.keys().any(maybe_hop_by_hop) {
         return;
     }
-    if headers.contains_key(CONNECTION) {
-        // Headers named by Connection are hop-by-hop too. Collect first: we mutate the map.
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(upgrade && n == UPGRADE))
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // Connection's values name more hop-by-hop headers; they are moved out first.
+    let listed: SmallVec<[HeaderValue; 2]> = match headers.entry(CONNECTION) {
+        Entry::Occupied(connection) => connection.remove_entry_mult().1.collect(),
+        Entry::Vacant(_) => SmallVec::new(),
+    };
+    let tokens: SmallVec<[&str; 4]> = listed
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    let named = |name: &HeaderName| tokens.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()));
+    // One more pass decides what goes, so that only headers present are looked up (the
+    // usual `Connection: keep-alive` names none).
+    let mut doomed: SmallVec<[HeaderName; 2]> = SmallVec::new();
+    for (name, value) in headers.iter() {
+        let goes = if name == UPGRADE {
+            !upgrade
+        } else if name == TE {
+            // `TE: trailers` announces the client accepts trailers (gRPC needs it); other TE
+            // values are hop-by-hop.
+            value != "trailers" || named(name)
+        } else {
+            HOP_BY_HOP.contains(name) || named(name)
+        };
+        if goes && !doomed.contains(name) {
+            doomed.push(name.clone());
         }
-        headers.remove(CONNECTION);
     }
-    for name in &HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
-    }
-    // `TE: trailers` announces the client accepts trailers (gRPC needs it); other TE values
-    // are hop-by-hop.
-    if headers.get(TE).is_some_and(|v| v != "trailers") {
-        headers.remove(TE);
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
 }
 
@@ -156,8 +166,10 @@ mod tests {
     #[test]
     fn strips_connection_and_the_headers_it_names() {
         let mut h = map(&[
-            ("connection", "keep-alive, x-secret-hop"),
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("connection", " x-other-hop ,"),
             ("x-secret-hop", "1"),
+            ("x-other-hop", "2"),
             ("keep-alive", "timeout=5"),
             ("transfer-encoding", "chunked"),
             ("te", "gzip"),
@@ -167,6 +179,17 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_stays_unless_connection_names_it() {
+        let mut h = map(&[("te", "trailers"), ("connection", "keep-alive")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert!(h.get("connection").is_none());
+        let mut h = map(&[("te", "trailers"), ("connection", "TE")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

@@ -15,9 +15,6 @@ use super::pipeline::{handle, Conn};
 use crate::intercept::passthrough::OriginalDestination;
 use crate::shared::{draining, ConnToken, Shared};
 
-/// How long a client may take to send request headers (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves `stream` until the client closes or draining finishes it. `original` is where an
 /// intercepted connection was going (requests no route claims are passed through to it).
 pub async fn serve(
@@ -35,7 +32,8 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The slowloris guard, which also closes idle keep-alive connections.
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
         .max_headers(limits.max_headers * 2);
     builder

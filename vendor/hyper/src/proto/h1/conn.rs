@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 #[cfg(feature = "server")]
 use std::time::Duration;
+#[cfg(feature = "server")]
+use std::time::Instant; // strait patch
 
 use crate::rt::{Read, Write};
 use bytes::{Buf, Bytes};
@@ -68,6 +70,8 @@ where
                 h1_header_read_timeout_fut: None,
                 #[cfg(feature = "server")]
                 h1_header_read_timeout_running: false,
+                #[cfg(feature = "server")]
+                h1_header_read_deadline: None, // strait patch
                 #[cfg(feature = "server")]
                 date_header: true,
                 #[cfg(feature = "server")]
@@ -228,16 +232,15 @@ where
             if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
                 let deadline = self.state.timer.now() + h1_header_read_timeout;
                 self.state.h1_header_read_timeout_running = true;
-                match &mut self.state.h1_header_read_timeout_fut {
-                    Some(h1_header_read_timeout_fut) => {
-                        trace!("resetting h1 header read timeout timer");
-                        self.state.timer.reset(h1_header_read_timeout_fut, deadline);
-                    }
-                    None => {
-                        trace!("setting h1 header read timeout timer");
-                        self.state.h1_header_read_timeout_fut =
-                            Some(self.state.timer.sleep_until(deadline));
-                    }
+                // strait patch: per message only the deadline is stored. The timer is created
+                // once per connection and left set between messages; one that fires before the
+                // current deadline is moved to it (below, when the read is pending). Was: a
+                // timer created, registered and dropped for every request.
+                self.state.h1_header_read_deadline = Some(deadline);
+                if self.state.h1_header_read_timeout_fut.is_none() {
+                    trace!("setting h1 header read timeout timer");
+                    self.state.h1_header_read_timeout_fut =
+                        Some(self.state.timer.sleep_until(deadline));
                 }
             }
         }
@@ -263,14 +266,21 @@ where
             Poll::Pending => {
                 #[cfg(feature = "server")]
                 if self.state.h1_header_read_timeout_running {
-                    if let Some(h1_header_read_timeout_fut) =
-                        &mut self.state.h1_header_read_timeout_fut
-                    {
-                        if Pin::new(h1_header_read_timeout_fut).poll(cx).is_ready() {
-                            self.state.h1_header_read_timeout_running = false;
+                    if let (Some(h1_header_read_timeout_fut), Some(deadline)) = (
+                        &mut self.state.h1_header_read_timeout_fut,
+                        self.state.h1_header_read_deadline,
+                    ) {
+                        // strait patch: a timer that fires early was set for an earlier
+                        // message; move it to this one's deadline (was: `if`, timing out).
+                        while Pin::new(&mut *h1_header_read_timeout_fut).poll(cx).is_ready() {
+                            if self.state.timer.now() >= deadline {
+                                self.state.h1_header_read_timeout_running = false;
 
-                            warn!("read header from client timeout");
-                            return Poll::Ready(Some(Err(crate::Error::new_header_timeout())));
+                                warn!("read header from client timeout");
+                                return Poll::Ready(Some(Err(crate::Error::new_header_timeout())));
+                            }
+                            trace!("moving h1 header read timeout timer");
+                            self.state.timer.reset(h1_header_read_timeout_fut, deadline);
                         }
                     }
                 }
@@ -282,7 +292,7 @@ where
         #[cfg(feature = "server")]
         {
             self.state.h1_header_read_timeout_running = false;
-            self.state.h1_header_read_timeout_fut = None;
+            // strait patch: the timer is kept for the next message (was: dropped here).
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
@@ -962,6 +972,10 @@ struct State {
     h1_header_read_timeout_fut: Option<Pin<Box<dyn Sleep>>>,
     #[cfg(feature = "server")]
     h1_header_read_timeout_running: bool,
+    // strait patch: when the head being read must have arrived; the timer above may be set
+    // earlier (for a previous message) and is moved here when it fires.
+    #[cfg(feature = "server")]
+    h1_header_read_deadline: Option<Instant>,
     #[cfg(feature = "server")]
     date_header: bool,
     #[cfg(feature = "server")]
