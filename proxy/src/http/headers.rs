@@ -119,33 +119,29 @@ impl ClientHeaders {
     pub fn append_to(&self, headers: &mut HeaderMap) {
         append_list(headers, &X_FORWARDED_FOR, &self.ip);
         append_list(headers, &FORWARDED, &self.forwarded);
-        if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        }
+        headers
+            .entry(&X_FORWARDED_PROTO)
+            .or_insert(HeaderValue::from_static("http"));
     }
 }
 
-/// Appends `value` to a comma-separated list header, folding repeated fields into one.
+/// Appends `value` to a comma-separated list header, folding repeated fields into one. One
+/// lookup of `name` whether or not it is there.
 fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
-    let mut existing = headers.get_all(name).iter().peekable();
-    if existing.peek().is_none() {
-        headers.insert(name.clone(), value.clone());
-        return;
-    }
+    let mut existing = match headers.entry(name) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(value.clone());
+            return;
+        }
+        Entry::Occupied(existing) => existing,
+    };
     let mut joined = Vec::with_capacity(64);
-    for v in existing {
+    for v in existing.iter() {
         joined.extend_from_slice(v.as_bytes());
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(value.as_bytes());
-    match HeaderValue::from_bytes(&joined) {
-        Ok(v) => {
-            headers.insert(name.clone(), v);
-        }
-        Err(_) => {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
+    existing.insert(HeaderValue::from_bytes(&joined).unwrap_or_else(|_| value.clone()));
 }
 
 #[cfg(test)]
