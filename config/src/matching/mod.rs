@@ -285,13 +285,20 @@ fn sort_by_precedence(entries: &mut [MatchEntry]) {
 
 /// Normalises a Host / `:authority` value for lookup: strips the port and userinfo, lowercases.
 /// Returns a borrowed slice when nothing needs lowering (the common case).
+/// Runs for every request, hence byte scans rather than `str` pattern searches.
 pub fn normalize_host(authority: &str) -> std::borrow::Cow<'_, str> {
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // The delimiters are ASCII, so every index below is a char boundary.
+    let after = |delimiter: Option<usize>| delimiter.map_or(0, |at| at + 1);
+    let host = authority
+        .get(after(authority.bytes().rposition(|b| b == b'@'))..)
+        .unwrap_or(authority);
     let host = if let Some(rest) = host.strip_prefix('[') {
         // IPv6 literal: keep the brackets' content.
-        rest.split_once(']').map_or(rest, |(h, _)| h)
+        let end = rest.bytes().position(|b| b == b']').unwrap_or(rest.len());
+        rest.get(..end).unwrap_or(rest)
     } else {
-        host.split_once(':').map_or(host, |(h, _)| h)
+        let end = host.bytes().position(|b| b == b':').unwrap_or(host.len());
+        host.get(..end).unwrap_or(host)
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
