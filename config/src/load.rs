@@ -118,7 +118,7 @@ pub fn parse_sources(sources: &[Source]) -> Result<Vec<LoadedDoc>, ConfigErrors>
 
 /// Reads one document as the resource its `kind` names.
 fn parse_resource(root: &Node) -> Result<Resource, Box<DeError>> {
-    let at = |key: &str| FieldPath::root().key(key.to_owned());
+    let at = |key: &'static str| FieldPath::root().key(key);
     let Some(kind_node) = root.get("kind") else {
         return Err(refused(
             root.mark,

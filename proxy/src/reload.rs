@@ -121,7 +121,7 @@ impl Reloader {
             },
             None => None,
         };
-        // The first version is answered once it has compiled: an ACK means it serves.
+        // The first version is answered once it has compiled, not merely parsed.
         let (control, verdict) = control.unzip();
         let compiled = strait_config::compile(&effective(&local, control.as_ref()));
         if let Some(verdict) = verdict {
