@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         return check(&path);
     }
     logging::init(args.log_format);
+    raise_open_files_limit();
     let control = match control_target(&args) {
         Ok(c) => c,
         Err(message) => {
@@ -93,6 +94,16 @@ fn main() -> ExitCode {
             eprintln!("strait-proxy: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every connection holds descriptors (two sockets, and two pipes when TCP is spliced), far
+/// more than the soft limit of 1024 a container often starts with (containerd 2 under systemd
+/// gives 1024 soft, 524288 hard). The soft limit is raised to the hard one, as Go programs do.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }
 

@@ -178,6 +178,11 @@ impl Proxy {
         }
     }
 
+    /// The proxy's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The admin server address.
     pub fn admin(&self) -> SocketAddr {
         self.listener("admin")
