@@ -139,27 +139,28 @@ pub async fn fixed_rate(
 ) -> Run {
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let histogram = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
     ));
     let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut lanes = Vec::with_capacity(conns);
     let tasks: Vec<_> = (0..conns)
-        .map(|k| {
+        .map(|_| {
             let (histogram, ok, errors, host) = (
                 histogram.clone(),
                 ok.clone(),
                 errors.clone(),
                 host.to_owned(),
             );
+            let (lane, mut sends) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            lanes.push(lane);
             tokio::spawn(async move {
                 let mut local =
                     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
                 let mut sender = connect_h1(addr).await;
-                let mut i = k as u64;
-                while i < total {
-                    let intended = start + interval * i as u32;
-                    tokio::time::sleep_until(intended).await;
+                // A request whose time came while this connection was busy waits here with its
+                // intended time: the wait counts in its latency.
+                while let Some(intended) = sends.recv().await {
                     let answered = match sender.as_mut() {
                         Some(s) => once(s, &host, "/").await.is_some(),
                         None => false,
@@ -172,7 +173,6 @@ pub async fn fixed_rate(
                         errors.fetch_add(1, Ordering::Relaxed);
                         sender = connect_h1(addr).await;
                     }
-                    i += conns as u64;
                 }
                 if let Ok(mut h) = histogram.lock() {
                     let _ = h.add(&local);
@@ -181,9 +181,12 @@ pub async fn fixed_rate(
         })
         .collect();
     let started = Instant::now();
+    let start = started + Duration::from_millis(50);
+    let pacer = std::thread::spawn(move || pace(start, interval, total, &lanes));
     for t in tasks {
         let _ = t.await;
     }
+    let _ = pacer.join();
     let latency = histogram.lock().map(|h| h.clone()).ok();
     Run {
         ok: ok.load(Ordering::Relaxed),
@@ -191,6 +194,32 @@ pub async fn fixed_rate(
         bytes: 0,
         seconds: started.elapsed().as_secs_f64(),
         latency,
+    }
+}
+
+/// Hands request `i` to connection `i % lanes` at its intended time `start + i × interval`,
+/// from a thread that sleeps to the microsecond: tokio's timer ticks in whole milliseconds, and
+/// its lateness (up to 1 ms) would be counted in every latency measured from the intended time.
+/// Returning drops the lanes, which ends the connections' loops.
+fn pace(
+    start: Instant,
+    interval: Duration,
+    total: u64,
+    lanes: &[tokio::sync::mpsc::UnboundedSender<Instant>],
+) {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and changes only this thread's timer slack
+    // (50 µs by default, by which every sleep would overrun).
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+    for (i, lane) in (0..total).zip(lanes.iter().cycle()) {
+        let intended = start + interval.mul_f64(i as f64);
+        if let Some(wait) = intended.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if lane.send(intended).is_err() {
+            return;
+        }
     }
 }
 
