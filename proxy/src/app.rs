@@ -98,6 +98,9 @@ fn control_from_file(path: &std::path::Path) -> Result<Option<ControlTarget>, St
     }))
 }
 
+/// How long a proxy that cannot start waits for its NACK to reach the control.
+const NACK_DELIVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Runs until SIGTERM or SIGINT, then drains: stops accepting, lets in-flight requests finish
 /// up to the configured drain timeout, and returns.
 pub async fn run(options: Options) -> Result<(), StartError> {
@@ -122,6 +125,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         (None, Some(path)) => control_from_file(path)?,
         (None, None) => None,
     };
+    let mut session = None;
     let initial = match (options.config.clone(), control.clone()) {
         (None, None) => return Err(StartError::NoConfig),
         (Some(path), None) => Initial::File(path),
@@ -137,7 +141,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
                         .collect();
                 }
             }
-            tokio::spawn(crate::control::run(target, updates));
+            session = Some(tokio::spawn(crate::control::run(target, updates)));
             let first = if path.is_none() {
                 tracing::info!(control = %url, "waiting for the first config from the control");
                 tokio::select! {
@@ -152,7 +156,18 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         }
     };
     let control_attached = control.is_some();
-    let reloader = Reloader::start(initial, prometheus).await?;
+    let reloader = match Reloader::start(initial, prometheus).await {
+        Ok(reloader) => reloader,
+        Err(e) => {
+            // A first version from the control that cannot serve was NACKed: let that answer
+            // reach the control before exiting (the session ends once no one takes versions).
+            drop(received);
+            if let Some(session) = session {
+                let _ = tokio::time::timeout(NACK_DELIVERY, session).await;
+            }
+            return Err(e.into());
+        }
+    };
     let shared = reloader.shared();
     let admin_address = shared.config.load().snapshot.proxy.admin;
     let admin = TcpListener::bind(admin_address)

@@ -183,6 +183,11 @@ async fn session(
                 serde_json::from_slice(line).map_err(|e| SessionError::Message(e.to_string()))?;
             let verdict = apply(snapshot.version, &snapshot.documents, updates).await?;
             acknowledge(&mut sender, target, snapshot.version, verdict).await?;
+            if updates.is_closed() {
+                // The proxy stopped taking versions (it could not start): the answer was the
+                // last thing to say.
+                return Err(SessionError::Closed);
+            }
         }
         if buffer.len() > MAX_LINE {
             return Err(SessionError::Message("config line too long".into()));

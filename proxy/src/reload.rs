@@ -21,7 +21,7 @@ use strait_config::load::{parse_sources, read_sources, Source};
 use strait_config::spec::Resource;
 use strait_config::{ConfigErrors, LoadedDoc};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::active::EndpointRegistry;
 use crate::background;
@@ -121,13 +121,15 @@ impl Reloader {
             },
             None => None,
         };
-        // The first version is answered once it has compiled, not merely parsed.
+        // The first version is answered once it serves: compiled, and its listeners bound.
         let (control, verdict) = control.unzip();
-        let compiled = strait_config::compile(&effective(&local, control.as_ref()));
-        if let Some(verdict) = verdict {
-            let _ = verdict.send(compiled.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-        }
-        let snapshot = compiled?;
+        let snapshot = match strait_config::compile(&effective(&local, control.as_ref())) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                answer(verdict, Err(e.to_string()));
+                return Err(e.into());
+            }
+        };
         let label = label(path.as_deref(), &control_url, control.as_ref());
         let mut registry = EndpointRegistry::default();
         let active = registry.build(1, label.clone(), snapshot);
@@ -139,9 +141,14 @@ impl Reloader {
             shutdown: Default::default(),
         });
         let mut listeners = Listeners::default();
-        listeners
+        let bound = listeners
             .reconcile(&shared.config.load().snapshot, &shared)
-            .await?;
+            .await;
+        answer(
+            verdict,
+            bound.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        );
+        bound?;
         metrics::gauge!(CONFIG_VERSION).set(1.0);
         metrics::counter!(CONFIG_RELOADS, "result" => "applied").increment(1);
         tracing::info!(version = 1u64, source = %label, "config applied");
@@ -325,6 +332,14 @@ fn read(path: &std::path::Path) -> Result<(Vec<Source>, u64), ConfigErrors> {
         s.text.hash(&mut hasher);
     }
     Ok((sources, hasher.finish()))
+}
+
+/// ACKs (`Ok`) or NACKs a control version, when there is one to answer.
+fn answer(verdict: Option<oneshot::Sender<Result<(), String>>>, result: Result<(), String>) {
+    if let Some(verdict) = verdict {
+        // The control may have gone; the proxy carries on either way.
+        let _ = verdict.send(result);
+    }
 }
 
 /// The control's documents, labelled `<control>` in errors.

@@ -433,6 +433,55 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_version_the_proxy_cannot_serve_is_nacked_not_acked() {
+    let control = Control::start();
+    // This node's listener address is taken (the control's own port): the version compiles,
+    // but the proxy cannot bind it, so it must not ACK it.
+    let taken = control.url().trim_start_matches("http://").to_owned();
+    let node_config = format!(
+        "---
+apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {{name: pod-9}}
+spec:
+  admin: 127.0.0.1:0
+  listeners: [{{name: web, address: \"{taken}\", protocol: http}}]
+"
+    );
+    let (status, body) = control.apply("node.yaml", &node_config).await;
+    assert_eq!(status, 200, "{body}");
+    // No bootstrap file: the proxy waits for the control's first version and starts on it.
+    let mut child = std::process::Command::new(strait_tests::process::proxy_bin())
+        .args([
+            "--control",
+            &control.url(),
+            "--node",
+            "pod-9",
+            "--token-file",
+        ])
+        .arg(control.token_file())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let exited = eventually("the proxy gives up", Duration::from_secs(10), || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(!exited.success(), "{exited:?}");
+    let p = proxy_status(&control, "pod-9").await;
+    let nack = p["lastNack"].as_array().cloned().unwrap_or_default();
+    assert!(
+        nack.get(1)
+            .and_then(|e| e.as_str())
+            .is_some_and(|e| e.contains(&taken)),
+        "the NACK carries the bind error: {p}"
+    );
+    assert!(p["lastAck"].is_null(), "never ACKed: {p}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_lists_what_is_served() {
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
