@@ -8,8 +8,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use super::error::UpstreamError;
+use super::h1;
 use crate::service::breaker::Slot;
-use crate::service::endpoint::{InFlight, PooledHttp1};
+use crate::service::endpoint::InFlight;
 
 /// The body sent upstream: the client's streamed body, or a small body the proxy made.
 #[derive(Debug)]
@@ -54,20 +56,56 @@ impl Body for UpstreamBody {
     }
 }
 
+/// An upstream's response body, by the client that read its head.
+#[derive(Debug)]
+pub enum UpstreamResponseBody {
+    /// Read off a pooled HTTP/1 connection by the task polling it.
+    Http1(h1::Body),
+    /// Streamed from hyper's HTTP/2 client.
+    Http2(Incoming),
+}
+
+impl Body for UpstreamResponseBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        match self.get_mut() {
+            Self::Http1(b) => Pin::new(b).poll_frame(cx).map_err(UpstreamError::Http1),
+            Self::Http2(b) => Pin::new(b).poll_frame(cx).map_err(UpstreamError::Http2),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Http1(b) => b.is_end_stream(),
+            Self::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Http1(b) => b.size_hint(),
+            Self::Http2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The body returned to the client.
 #[derive(Debug)]
 pub enum ResponseBody {
     /// An upstream response streamed through; holds the endpoint's in-flight slot until the
-    /// body ends, and gives the HTTP/1 connection back to its pool when it ends cleanly.
+    /// body ends (an HTTP/1 connection goes back to its pool by itself when its body is read).
     Upstream {
         /// The upstream body.
-        inner: Incoming,
+        inner: UpstreamResponseBody,
         /// Counts the request as in flight on its endpoint while the body streams.
         in_flight: Option<InFlight>,
         /// Counts it against the service's `maxRequests` while the body streams.
         slot: Option<Slot>,
-        /// The HTTP/1 connection to return to the pool at end of stream.
-        reuse: Option<PooledHttp1>,
     },
     /// A response the proxy made itself.
     Local(Full<Bytes>),
@@ -84,31 +122,26 @@ impl ResponseBody {
         Self::Local(Full::new(Bytes::new()))
     }
 
+    /// The exchange is over: the endpoint and the breaker stop counting it.
     fn finish(&mut self) {
         if let Self::Upstream {
-            in_flight,
-            slot,
-            reuse,
-            ..
+            in_flight, slot, ..
         } = self
         {
             in_flight.take();
             slot.take();
-            if let Some(conn) = reuse.take() {
-                conn.release();
-            }
         }
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         let polled = match this {
             Self::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
@@ -118,23 +151,8 @@ impl Body for ResponseBody {
                     .map_err(|never| match never {})
             }
         };
-        match &polled {
-            Poll::Ready(None) => this.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                // A broken upstream body: the connection is not reusable.
-                if let Self::Upstream {
-                    reuse,
-                    in_flight,
-                    slot,
-                    ..
-                } = this
-                {
-                    reuse.take();
-                    in_flight.take();
-                    slot.take();
-                }
-            }
-            _ => {}
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.finish();
         }
         polled
     }
@@ -151,17 +169,5 @@ impl Body for ResponseBody {
             Self::Upstream { inner, .. } => inner.size_hint(),
             Self::Local(full) => full.size_hint(),
         }
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        // The server may never poll a body it knows is empty (HEAD, 204, 304): still reuse it.
-        if let Self::Upstream { inner, reuse, .. } = self {
-            if !inner.is_end_stream() {
-                reuse.take();
-            }
-        }
-        self.finish();
     }
 }

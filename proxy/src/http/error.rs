@@ -36,9 +36,10 @@ pub enum ProxyError {
     /// Upstream: connecting failed.
     #[error("connect to upstream failed: {0}")]
     Connect(#[source] std::io::Error),
-    /// Upstream: connection reset or closed before a complete response.
+    /// Upstream: connection reset or closed before a complete response, or a response that
+    /// is not valid HTTP.
     #[error("upstream reset: {0}")]
-    UpstreamReset(#[source] hyper::Error),
+    UpstreamReset(#[source] UpstreamError),
     /// The route's request timeout expired.
     #[error("request timed out")]
     Timeout,
@@ -51,6 +52,28 @@ pub enum ProxyError {
     /// A state config validation should have made impossible.
     #[error("internal error: {0}")]
     Internal(&'static str),
+}
+
+/// How an upstream exchange broke, by the client that carried it.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Over HTTP/1 (Strait's own client).
+    #[error(transparent)]
+    Http1(#[from] super::h1::Error),
+    /// Over HTTP/2 (hyper's client).
+    #[error(transparent)]
+    Http2(#[from] hyper::Error),
+}
+
+impl From<super::h1::Error> for ProxyError {
+    fn from(e: super::h1::Error) -> Self {
+        use super::h1::Error;
+        match e {
+            Error::RequestBody(e) => Self::RequestBody(e),
+            Error::RequestBodyLength => Self::BadRequest("request body does not match its length"),
+            other => Self::UpstreamReset(UpstreamError::Http1(other)),
+        }
+    }
 }
 
 impl From<Refusal> for ProxyError {

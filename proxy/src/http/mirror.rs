@@ -63,12 +63,10 @@ pub fn spawn(head: http::request::Parts, body: Bytes, service: &Service, runtime
         };
         let request = Request::from_parts(head, UpstreamBody::Full(Some(body)));
         let copy = async {
-            let (response, pooled) = upstream::send(&endpoint, dial, request).await?;
+            let response = upstream::send(&endpoint, dial, request).await?;
             let status = response.status();
-            let drained = response.into_body().collect().await.is_ok();
-            if let (true, Some(conn)) = (drained, pooled) {
-                conn.release();
-            }
+            // Read to the end, so that an HTTP/1 connection goes back to its pool.
+            let _ = response.into_body().collect().await;
             Ok::<_, super::error::ProxyError>(status)
         };
         match tokio::time::timeout(MIRROR_TIMEOUT, copy).await {

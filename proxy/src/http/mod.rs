@@ -3,6 +3,7 @@
 pub mod body;
 pub mod deadline;
 pub mod error;
+pub mod h1;
 pub mod headers;
 pub mod mirror;
 pub mod pipeline;

@@ -23,7 +23,7 @@ use strait_config::matching::{normalize_host, RequestView};
 use strait_config::snapshot::{HashKey, HttpRule, ProxySettings, Serves};
 use strait_config::spec::ServiceProtocol;
 
-use super::body::ResponseBody;
+use super::body::{ResponseBody, UpstreamResponseBody};
 use super::deadline::within;
 use super::error::ProxyError;
 use super::headers::{strip_hop_by_hop, wants_upgrade, ClientHeaders};
@@ -33,7 +33,7 @@ use super::{mirror, tunnel, upstream};
 use crate::active::{Active, ServiceRuntime};
 use crate::service::balance::affinity_hash;
 use crate::service::breaker::{Attempt, Breaker};
-use crate::service::endpoint::{Endpoint, InFlight, PooledHttp1};
+use crate::service::endpoint::{Endpoint, InFlight};
 use crate::shared::Shared;
 
 /// What a connection knows about itself, shared by its requests.
@@ -240,24 +240,17 @@ async fn forward(
     .await
     .map_err(|_| ProxyError::Timeout)??;
     let Sent {
-        mut response,
-        pooled,
+        response,
         in_flight,
         endpoint,
         tries,
     } = sent;
 
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let (mut parts, mut body) = response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        if let Some(client) = on_client_upgrade {
-            tunnel::spawn(
-                client,
-                hyper::upgrade::on(&mut response),
-                endpoint.label.clone(),
-            );
-        }
+        tunnel::join(on_client_upgrade, &mut body, &endpoint.label);
     }
-    let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching && upgrade);
     if !rule.response_headers.is_empty() {
         rule.response_headers.apply(&mut parts.headers);
@@ -272,7 +265,6 @@ async fn forward(
         inner: body,
         in_flight: Some(in_flight),
         slot,
-        reuse: if switching { None } else { pooled },
     };
     Ok(Response::from_parts(parts, body))
 }
@@ -357,8 +349,7 @@ fn upstream_head(
 
 /// A response and what produced it.
 struct Sent {
-    response: Response<Incoming>,
-    pooled: Option<PooledHttp1>,
+    response: Response<UpstreamResponseBody>,
     in_flight: InFlight,
     endpoint: Arc<Endpoint>,
     tries: u32,
@@ -418,7 +409,7 @@ async fn send_with_retries(
         .await
         .unwrap_or(Err(ProxyError::Timeout));
         let failed = match &outcome {
-            Ok((response, _)) => response.status().is_server_error(),
+            Ok(response) => response.status().is_server_error(),
             Err(e) => e.is_upstream(),
         };
         if let (Some(b), Some(attempt)) = (breaker, admitted.take()) {
@@ -427,9 +418,9 @@ async fn send_with_retries(
         if let Some(outlier) = &runtime.outlier {
             outlier.record(&endpoint, failed, runtime.endpoints.len());
         }
-        let outcome = outcome.map(|(response, pooled)| (response, pooled, in_flight));
+        let outcome = outcome.map(|response| (response, in_flight));
         let retry = match policy {
-            Some(p) if retry_possible && retryable(p, outcome.as_ref().map(|(r, _, _)| r)) => {
+            Some(p) if retry_possible && retryable(p, outcome.as_ref().map(|(r, _)| r)) => {
                 p.budget
                     .is_none_or(|(percent, floor)| runtime.state.budget.try_retry(percent, floor))
                     && admit_retry(breaker, &mut admitted)
@@ -437,9 +428,8 @@ async fn send_with_retries(
             _ => false,
         };
         let (Some(p), true) = (policy, retry) else {
-            return outcome.map(|(response, pooled, in_flight)| Sent {
+            return outcome.map(|(response, in_flight)| Sent {
                 response,
-                pooled,
                 in_flight,
                 endpoint,
                 tries,
@@ -447,7 +437,7 @@ async fn send_with_retries(
         };
         runtime.state.retries.increment(1);
         match &outcome {
-            Ok((response, _, _)) => {
+            Ok((response, _)) => {
                 tracing::debug!(endpoint = %endpoint.label, status = response.status().as_u16(), "retrying")
             }
             Err(e) => tracing::debug!(endpoint = %endpoint.label, error = %e, "retrying"),

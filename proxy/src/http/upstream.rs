@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::body::UpstreamBody;
+use super::body::{UpstreamBody, UpstreamResponseBody};
 use super::error::ProxyError;
+use super::h1;
 use crate::service::breaker::{Breaker, Slot};
-use crate::service::endpoint::{Endpoint, Http1Sender, Http2Sender, Pool, PooledHttp1};
+use crate::service::endpoint::{Endpoint, Http2Sender, Pool};
 
 /// Opens a TCP connection to the endpoint within `timeout`.
 pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, ProxyError> {
@@ -52,39 +52,45 @@ impl Dial<'_> {
     }
 }
 
-/// Sends `req` to `endpoint`; on success also returns the HTTP/1 connection to give back to the
-/// pool once the response body has been read.
+/// Sends `req` to `endpoint` and returns the response once its head has arrived; its body
+/// streams from the upstream as it is polled.
 pub async fn send(
     endpoint: &Arc<Endpoint>,
     dial: Dial<'_>,
     req: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Option<PooledHttp1>), ProxyError> {
+) -> Result<Response<UpstreamResponseBody>, ProxyError> {
     match &endpoint.pool {
         Pool::Http1(idle) => {
-            let (mut sender, reused) = match checkout(idle).await {
-                Some(sender) => (sender, true),
+            let (head, body) = req.into_parts();
+            let (mut conn, reused) = match checkout(idle) {
+                Some(conn) => (conn, true),
                 // Connecting is the rare path: boxed, its future does not widen every
                 // request's.
                 None => (Box::pin(connect_http1(endpoint, dial)).await?, false),
             };
-            let result = match sender.try_send_request(req).await {
-                // A pooled connection closed by the upstream before the request went out: the
-                // request is intact, so send it on a fresh connection.
-                Err(mut e) if reused && e.message().is_some() => {
-                    let req = e
-                        .take_message()
-                        .ok_or(ProxyError::UpstreamReset(e.into_error()))?;
-                    sender = Box::pin(connect_http1(endpoint, dial)).await?;
-                    sender.send_request(req).await
+            // A pooled connection the upstream closed while it idled (the race its keep-alive
+            // timeout leaves): a request that can be sent again as it was, and whose method
+            // makes a second delivery harmless, goes out once more on a fresh connection.
+            let again = (reused && head.method.is_idempotent())
+                .then(|| h1::encode::replayable(&body))
+                .flatten();
+            let answer = match (conn.send(&head, body).await, again) {
+                (Err(h1::Error::Closed), Some(body)) => {
+                    conn = Box::pin(connect_http1(endpoint, dial)).await?;
+                    conn.send(&head, body).await
                 }
-                other => other.map_err(|e| e.into_error()),
+                (answer, _) => answer,
             };
-            let resp = result.map_err(classify)?;
-            let pooled = PooledHttp1 {
-                sender,
+            let (head, unsent) = answer?;
+            let lease = h1::Lease {
+                conn,
                 endpoint: endpoint.clone(),
             };
-            Ok((resp, Some(pooled)))
+            let body = h1::Body::new(&head, lease, unsent);
+            Ok(Response::from_parts(
+                head.parts,
+                UpstreamResponseBody::Http1(body),
+            ))
         }
         Pool::Http2(shared) => {
             let mut sender = match shared.load_full() {
@@ -97,41 +103,27 @@ pub async fn send(
             };
             sender.ready().await.map_err(classify)?;
             let resp = sender.send_request(req).await.map_err(classify)?;
-            Ok((resp, None))
+            Ok(resp.map(UpstreamResponseBody::Http2))
         }
         Pool::Tcp => Err(ProxyError::Internal("HTTP request routed to a TCP service")),
     }
 }
 
-/// Takes an idle connection that is still usable, discarding dead ones.
-async fn checkout(idle: &crossbeam_queue::ArrayQueue<Http1Sender>) -> Option<Http1Sender> {
-    while let Some(mut sender) = idle.pop() {
-        if sender.is_closed() {
-            continue;
-        }
-        if sender.ready().await.is_ok() {
-            return Some(sender);
+/// Takes an idle connection that is still usable, closing dead ones.
+fn checkout(idle: &crossbeam_queue::ArrayQueue<h1::Connection>) -> Option<h1::Connection> {
+    while let Some(mut conn) = idle.pop() {
+        if conn.is_reusable() {
+            return Some(conn);
         }
     }
     None
 }
 
-async fn connect_http1(endpoint: &Endpoint, dial: Dial<'_>) -> Result<Http1Sender, ProxyError> {
+async fn connect_http1(endpoint: &Endpoint, dial: Dial<'_>) -> Result<h1::Connection, ProxyError> {
     let (pending, connection) = dial.slots()?;
-    let io = TokioIo::new(connect(endpoint, dial.timeout).await?);
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(ProxyError::UpstreamReset)?;
+    let stream = connect(endpoint, dial.timeout).await?;
     drop(pending);
-    let label = endpoint.label.clone();
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(endpoint = %label, error = %e, "upstream connection closed");
-        }
-        drop(connection);
-    });
-    Ok(sender)
+    Ok(h1::Connection::new(stream, connection))
 }
 
 async fn connect_http2(endpoint: &Endpoint, dial: Dial<'_>) -> Result<Http2Sender, ProxyError> {
@@ -142,7 +134,7 @@ async fn connect_http2(endpoint: &Endpoint, dial: Dial<'_>) -> Result<Http2Sende
         .keep_alive_interval(Duration::from_secs(30))
         .handshake(io)
         .await
-        .map_err(ProxyError::UpstreamReset)?;
+        .map_err(|e| ProxyError::UpstreamReset(e.into()))?;
     drop(pending);
     let label = endpoint.label.clone();
     tokio::spawn(async move {
@@ -160,6 +152,6 @@ fn classify(e: hyper::Error) -> ProxyError {
     if e.is_user() {
         ProxyError::RequestBody(e)
     } else {
-        ProxyError::UpstreamReset(e)
+        ProxyError::UpstreamReset(e.into())
     }
 }

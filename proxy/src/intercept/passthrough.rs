@@ -107,25 +107,18 @@ pub async fn http(
         limits: None,
     };
     let request = Request::from_parts(parts, UpstreamBody::Streamed(body));
-    let (mut response, pooled) = upstream::send(endpoint, dial, request).await?;
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let response = upstream::send(endpoint, dial, request).await?;
+    let (mut parts, mut body) = response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        if let Some(client) = on_client_upgrade {
-            tunnel::spawn(
-                client,
-                hyper::upgrade::on(&mut response),
-                endpoint.label.clone(),
-            );
-        }
+        tunnel::join(on_client_upgrade, &mut body, &endpoint.label);
     }
-    let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching && upgrade);
     parts.version = downstream_version;
     let body = ResponseBody::Upstream {
         inner: body,
         in_flight: Some(in_flight),
         slot: None,
-        reuse: if switching { None } else { pooled },
     };
     Ok((Response::from_parts(parts, body), endpoint.label.clone()))
 }

@@ -11,14 +11,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 
 use super::balance::Candidate;
 use super::outlier::EndpointOutlier;
 use crate::http::body::UpstreamBody;
+use crate::http::h1;
 
-/// An HTTP/1 connection ready for its next request.
-pub type Http1Sender = http1::SendRequest<UpstreamBody>;
 /// A shared HTTP/2 connection.
 pub type Http2Sender = http2::SendRequest<UpstreamBody>;
 
@@ -26,7 +25,7 @@ pub type Http2Sender = http2::SendRequest<UpstreamBody>;
 #[derive(Debug)]
 pub enum Pool {
     /// Idle HTTP/1 keep-alive connections (lock-free queue; boxed: it is cache-padded).
-    Http1(Box<ArrayQueue<Http1Sender>>),
+    Http1(Box<ArrayQueue<h1::Connection>>),
     /// One multiplexed HTTP/2 connection, replaced when it closes.
     Http2(ArcSwapOption<Http2Sender>),
     /// TCP: a connection per client connection, nothing pooled.
@@ -164,25 +163,5 @@ pub struct InFlight(Arc<Endpoint>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// An HTTP/1 connection lent to one exchange; [`release`](Self::release) gives it back.
-#[derive(Debug)]
-pub struct PooledHttp1 {
-    /// The connection.
-    pub sender: Http1Sender,
-    /// Whose pool it returns to.
-    pub endpoint: Arc<Endpoint>,
-}
-
-impl PooledHttp1 {
-    /// Returns the connection to the idle queue (dropped, and so closed, when the queue is full).
-    pub fn release(self) {
-        if let Pool::Http1(queue) = &self.endpoint.pool {
-            if !self.sender.is_closed() {
-                let _ = queue.push(self.sender);
-            }
-        }
     }
 }

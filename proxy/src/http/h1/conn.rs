@@ -1,0 +1,192 @@
+//! One keep-alive connection to an upstream and one exchange on it: write the request, read
+//! the response head. The body is read later, by [`super::Body`], from the same connection.
+
+use std::future::poll_fn;
+use std::io;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::BytesMut;
+use http::request::Parts;
+use http::Method;
+use tokio::net::TcpStream;
+
+use super::decode::{self, Framing as ResponseFraming, Head, MAX_HEAD_BYTES};
+use super::encode;
+use super::write::{RequestWriter, WriteFailure};
+use super::Error;
+use crate::http::body::UpstreamBody;
+use crate::http::headers::wants_upgrade;
+use crate::service::breaker::Slot;
+
+/// Bytes read from the socket at a time while a head is incomplete.
+const READ_CHUNK: usize = 8 * 1024;
+/// A buffer grown past this by a large message is not kept while the connection idles.
+const KEEP_BUFFER: usize = 16 * 1024;
+
+/// An open HTTP/1.1 connection to an upstream, idle or lent to one exchange.
+#[derive(Debug)]
+pub struct Connection {
+    pub(super) stream: TcpStream,
+    /// Bytes received and not consumed yet.
+    pub(super) input: BytesMut,
+    /// The last request's output buffer, kept for its capacity.
+    pub(super) output: Vec<u8>,
+    /// Counts against the service's `maxConnections` while the connection is open.
+    _slot: Option<Slot>,
+}
+
+impl Connection {
+    /// Wraps a connected stream; `slot` is held until the connection closes.
+    pub fn new(stream: TcpStream, slot: Option<Slot>) -> Self {
+        Self {
+            stream,
+            input: BytesMut::new(),
+            output: Vec::new(),
+            _slot: slot,
+        }
+    }
+
+    /// Whether an idle connection can take a request: the upstream has neither closed it
+    /// nor sent anything unasked. Costs a syscall only when the reactor saw the socket turn
+    /// readable since its last read.
+    pub fn is_reusable(&mut self) -> bool {
+        if !self.input.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Readies the connection for the idle pool: buffers a large message grew are let go.
+    pub fn idle(&mut self) {
+        if self.input.capacity() > KEEP_BUFFER {
+            self.input = BytesMut::new();
+        }
+        if self.output.capacity() > KEEP_BUFFER {
+            self.output = Vec::new();
+        }
+    }
+
+    /// The socket and the bytes already read past a 101 response, for a tunnel.
+    pub fn into_upgraded(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.input)
+    }
+
+    /// Reads more into `input`, at least `want` bytes of room (bounded); `Ok(0)` at end of
+    /// stream.
+    pub(super) fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        want: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.input.reserve(want);
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.input) {
+                // Stale readiness: `try_read_buf` cleared it, so the next poll waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    /// Sends a request and reads the final response head (interim 1xx responses are
+    /// dropped; a 101 is final when the request asked to upgrade).
+    ///
+    /// HTTP/1 is full duplex: an upstream may answer before it has read the whole body (an
+    /// echo, an early 413). Then the head is returned with the writer that still has body to
+    /// send, for the response body to drive as it is read.
+    pub async fn send(
+        &mut self,
+        head: &Parts,
+        body: UpstreamBody,
+    ) -> Result<(Head, Option<RequestWriter>), Error> {
+        let framing = encode::framing(head, &body);
+        let mut output = std::mem::take(&mut self.output);
+        output.clear();
+        encode::head(&mut output, head, framing);
+        let mut writer = Some(RequestWriter::new(output, body, framing));
+        let upgrade = wants_upgrade(&head.headers);
+        let mut received = !self.input.is_empty();
+        let mut write_failed = false;
+        let mut answer = poll_fn(|cx| {
+            if let Some(w) = writer.as_mut() {
+                match w.poll_write(cx, &mut self.stream) {
+                    Poll::Ready(Ok(())) => {
+                        if let Some(done) = writer.take() {
+                            self.output = done.into_buffer();
+                        }
+                    }
+                    Poll::Ready(Err(WriteFailure::Client(e))) => return Poll::Ready(Err(e)),
+                    // The upstream stopped reading; it may still have answered.
+                    Poll::Ready(Err(WriteFailure::Socket(_))) => {
+                        writer = None;
+                        write_failed = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            self.poll_head(cx, &head.method, upgrade, &mut received)
+        })
+        .await?;
+        if write_failed {
+            answer.keep_alive = false;
+        }
+        Ok((answer, writer))
+    }
+
+    /// Reads until a final response head is complete.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        method: &Method,
+        upgrade: bool,
+        received: &mut bool,
+    ) -> Poll<Result<Head, Error>> {
+        loop {
+            if !self.input.is_empty() {
+                if let Some(head) = decode::head(&mut self.input, method)? {
+                    match head.framing {
+                        ResponseFraming::Switched if !upgrade => {
+                            return Poll::Ready(Err(Error::Malformed(
+                                "101 to a request that did not upgrade",
+                            )))
+                        }
+                        ResponseFraming::Switched => return Poll::Ready(Ok(head)),
+                        _ if head.parts.status.is_informational() => continue,
+                        _ => return Poll::Ready(Ok(head)),
+                    }
+                }
+                if self.input.len() >= MAX_HEAD_BYTES {
+                    return Poll::Ready(Err(Error::HeadTooLarge));
+                }
+            }
+            let read = ready!(self.poll_fill(cx, READ_CHUNK));
+            match read {
+                Ok(0) if *received => return Poll::Ready(Err(Error::Truncated)),
+                Ok(0) => return Poll::Ready(Err(Error::Closed)),
+                Ok(_) => *received = true,
+                Err(e) if !*received && is_reset(&e) => return Poll::Ready(Err(Error::Closed)),
+                Err(e) => return Poll::Ready(Err(Error::Io(e))),
+            }
+        }
+    }
+}
+
+/// Errors that mean the peer closed or reset the connection.
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
+}
