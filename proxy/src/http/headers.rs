@@ -27,8 +27,7 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
 }
 
-/// Whether a `Connection` field lists `token`.
-pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers.get_all(CONNECTION).iter().any(|v| {
         v.to_str()
             .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))

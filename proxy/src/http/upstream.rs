@@ -110,7 +110,9 @@ pub async fn send(
 }
 
 /// Takes an idle connection that is still usable, closing dead ones.
-fn checkout(idle: &crossbeam_queue::ArrayQueue<h1::Connection>) -> Option<h1::Connection> {
+fn checkout(
+    idle: &crossbeam_queue::ArrayQueue<Box<h1::Connection>>,
+) -> Option<Box<h1::Connection>> {
     while let Some(mut conn) = idle.pop() {
         if conn.is_reusable() {
             return Some(conn);
@@ -119,7 +121,10 @@ fn checkout(idle: &crossbeam_queue::ArrayQueue<h1::Connection>) -> Option<h1::Co
     None
 }
 
-async fn connect_http1(endpoint: &Endpoint, dial: Dial<'_>) -> Result<h1::Connection, ProxyError> {
+async fn connect_http1(
+    endpoint: &Endpoint,
+    dial: Dial<'_>,
+) -> Result<Box<h1::Connection>, ProxyError> {
     let (pending, connection) = dial.slots()?;
     let stream = connect(endpoint, dial.timeout).await?;
     drop(pending);

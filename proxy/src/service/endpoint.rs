@@ -25,7 +25,7 @@ pub type Http2Sender = http2::SendRequest<UpstreamBody>;
 #[derive(Debug)]
 pub enum Pool {
     /// Idle HTTP/1 keep-alive connections (lock-free queue; boxed: it is cache-padded).
-    Http1(Box<ArrayQueue<h1::Connection>>),
+    Http1(Box<ArrayQueue<Box<h1::Connection>>>),
     /// One multiplexed HTTP/2 connection, replaced when it closes.
     Http2(ArcSwapOption<Http2Sender>),
     /// TCP: a connection per client connection, nothing pooled.

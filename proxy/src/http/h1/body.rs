@@ -20,7 +20,7 @@ use crate::service::endpoint::{Endpoint, Pool};
 #[derive(Debug)]
 pub struct Lease {
     /// The connection.
-    pub conn: Connection,
+    pub conn: Box<Connection>,
     /// Whose pool it returns to.
     pub endpoint: Arc<Endpoint>,
 }
@@ -71,7 +71,6 @@ pub struct Body {
     /// The connection it is read from; `None` once the body is complete or broken.
     lease: Option<Lease>,
     /// The rest of the request, when the upstream answered before reading all of it.
-    /// (Boxed: rare, and large beside the rest.)
     writer: Option<Box<RequestWriter>>,
     keep_alive: bool,
 }
@@ -80,7 +79,7 @@ impl Body {
     /// The body that follows `head` on the leased connection, with what is left to write of
     /// the request. A body already read whole with its head (the common small response)
     /// releases the connection at once.
-    pub fn new(head: &Head, mut lease: Lease, writer: Option<RequestWriter>) -> Self {
+    pub fn new(head: &Head, mut lease: Lease, writer: Option<Box<RequestWriter>>) -> Self {
         let input = &mut lease.conn.input;
         let remaining = match head.framing {
             Framing::Empty => Remaining::Done,
@@ -95,7 +94,7 @@ impl Body {
         let mut body = Self {
             remaining,
             lease: Some(lease),
-            writer: writer.map(Box::new),
+            writer,
             keep_alive: head.keep_alive,
         };
         if matches!(body.remaining, Remaining::Whole(_) | Remaining::Done) {
@@ -110,7 +109,7 @@ impl Body {
             return None;
         }
         self.remaining = Remaining::Done;
-        self.lease.take().map(|l| l.conn.into_upgraded())
+        self.lease.take().map(|l| (*l.conn).into_upgraded())
     }
 
     /// The body is read: keep the connection when the exchange left it clean (the request

@@ -36,14 +36,15 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Wraps a connected stream; `slot` is held until the connection closes.
-    pub fn new(stream: TcpStream, slot: Option<Slot>) -> Self {
-        Self {
+    /// Wraps a connected stream; `slot` is held until the connection closes. Boxed: it moves
+    /// between the pool and each exchange, and a pointer moves cheaper than the connection.
+    pub fn new(stream: TcpStream, slot: Option<Slot>) -> Box<Self> {
+        Box::new(Self {
             stream,
             input: BytesMut::new(),
             output: Vec::new(),
             _slot: slot,
-        }
+        })
     }
 
     /// Whether an idle connection can take a request: the upstream has neither closed it
@@ -107,7 +108,7 @@ impl Connection {
         &mut self,
         head: &Parts,
         body: UpstreamBody,
-    ) -> Result<(Head, Option<RequestWriter>), Error> {
+    ) -> Result<(Head, Option<Box<RequestWriter>>), Error> {
         let framing = encode::framing(head, &body);
         let mut output = std::mem::take(&mut self.output);
         output.clear();
@@ -139,7 +140,8 @@ impl Connection {
         if write_failed {
             answer.keep_alive = false;
         }
-        Ok((answer, writer))
+        // Boxed: rarely there, and the result passes through several frames.
+        Ok((answer, writer.map(Box::new)))
     }
 
     /// Reads until a final response head is complete.

@@ -4,12 +4,13 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING,
+};
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
 
 use super::Error;
-use crate::http::headers::connection_has;
 
 /// Most header fields a response head may carry.
 pub const MAX_HEADERS: usize = 128;
@@ -48,6 +49,10 @@ pub struct Head {
 
 /// Takes one response head off the front of `buf`; `Ok(None)` when it is not complete yet.
 /// `method` is the request's (a response to HEAD has no body).
+///
+/// The fields that describe this connection rather than the message are consumed here, not
+/// returned: `Transfer-Encoding`, `Keep-Alive`, and `Connection` when it lists nothing but
+/// `close` and `keep-alive` (one that names other fields is kept, for the hop to strip them).
 pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -69,14 +74,22 @@ pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> 
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
+    let mut connection = ConnectionFields::default();
     // Values are sliced out of the head once it is frozen, not copied: note where they are.
     let base = buf.as_ptr() as usize;
     let mut fields: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Error::Malformed("header name"))?;
+        if !connection.read(&name, field.value)? {
+            continue;
+        }
         let start = field.value.as_ptr() as usize - base;
         fields.push((name, start, start + field.value.len()));
+    }
+    if connection.chunked.is_some() {
+        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never pass both on.
+        fields.retain(|(name, _, _)| *name != CONTENT_LENGTH);
     }
     let bytes = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
@@ -85,13 +98,11 @@ pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> 
             .map_err(|_| Error::Malformed("header value"))?;
         headers.append(name, value);
     }
-    let framing = framing(status, version, method, &mut headers)?;
+    let framing = framing(status, version, method, &connection);
     let keep_alive = framing != Framing::UntilClose
         && framing != Framing::Switched
-        && match version {
-            Version::HTTP_11 => !connection_has(&headers, "close"),
-            _ => connection_has(&headers, "keep-alive") && !connection_has(&headers, "close"),
-        };
+        && !connection.close
+        && (version == Version::HTTP_11 || connection.keep_alive);
     let mut response = http::Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -103,65 +114,104 @@ pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> 
     }))
 }
 
-/// RFC 9112 §6.3. A response with both Transfer-Encoding and Content-Length loses the latter.
+/// What a head's connection-level fields say, read in the one pass over its fields.
+#[derive(Debug, Default)]
+struct ConnectionFields {
+    /// `Content-Length` (all its values agree).
+    length: Option<u64>,
+    /// `Transfer-Encoding` is present: whether its final coding is chunked.
+    chunked: Option<bool>,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
+}
+
+impl ConnectionFields {
+    /// Notes what the field says about framing and the connection; false when the field is
+    /// consumed here rather than passed on.
+    fn read(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, Error> {
+        if name == CONTENT_LENGTH {
+            // A list of identical values is one length (§6.3 item 5); differing ones are not.
+            for part in value.split(|&b| b == b',') {
+                let n = parse_length(trim(part)).ok_or(Error::Malformed("content-length"))?;
+                if self.length.is_some_and(|m| m != n) {
+                    return Err(Error::Malformed("conflicting content-length"));
+                }
+                self.length = Some(n);
+            }
+            Ok(true)
+        } else if name == TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().map(trim);
+            self.chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            Ok(false)
+        } else if name == CONNECTION {
+            let mut names_others = false;
+            for token in value.split(|&b| b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !token.is_empty() {
+                    names_others = true;
+                }
+            }
+            Ok(names_others)
+        } else {
+            Ok(name.as_str() != "keep-alive")
+        }
+    }
+}
+
+/// `bytes` without surrounding spaces and tabs.
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// RFC 9112 §6.3.
 fn framing(
     status: StatusCode,
     version: Version,
     method: &Method,
-    headers: &mut HeaderMap,
-) -> Result<Framing, Error> {
+    connection: &ConnectionFields,
+) -> Framing {
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(Framing::Switched);
+        return Framing::Switched;
     }
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok(Framing::Empty);
+        return Framing::Empty;
     }
-    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let chunked = version == Version::HTTP_11
-            && last
-                .to_str()
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
-        headers.remove(CONTENT_LENGTH);
-        // Any other final coding (or one on HTTP/1.0) runs until the connection closes.
-        return Ok(if chunked {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        });
+    match (connection.chunked, connection.length) {
+        // Chunked only as the final coding, and only in HTTP/1.1; any other coding runs until
+        // the connection closes.
+        (Some(true), _) if version == Version::HTTP_11 => Framing::Chunked,
+        (Some(_), _) => Framing::UntilClose,
+        (None, Some(0)) => Framing::Empty,
+        (None, Some(n)) => Framing::Length(n),
+        (None, None) => Framing::UntilClose,
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let text = value
-            .to_str()
-            .map_err(|_| Error::Malformed("content-length"))?;
-        // A list of identical values is one length (§6.3 item 5); differing values are not.
-        for part in text.split(',') {
-            let n = parse_length(part.trim()).ok_or(Error::Malformed("content-length"))?;
-            if length.is_some_and(|m| m != n) {
-                return Err(Error::Malformed("conflicting content-length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-        None => Framing::UntilClose,
-    })
 }
 
 /// Digits only (no sign, no spaces), at most 19 of them.
-fn parse_length(text: &str) -> Option<u64> {
-    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+fn parse_length(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 19 {
         return None;
     }
-    text.parse().ok()
+    text.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// Where a chunked body's decoder is.
@@ -388,6 +438,29 @@ mod tests {
         assert!(ka(
             "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn connection_fields_are_consumed() {
+        let head = parse(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-App: 1\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<_> = head.parts.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-app"]);
+        let naming = parse(
+            "HTTP/1.1 200 OK\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nContent-Length: 1\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            naming.parts.headers["connection"], "close, x-hop",
+            "kept: it names x-hop"
+        );
+        assert!(!naming.keep_alive);
     }
 
     #[test]
