@@ -36,6 +36,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct Drain {
     signal: watch::Sender<bool>,
+    /// Set before `signal` wakes anyone: one load tells a poll whether draining started.
+    started: AtomicBool,
     open: Arc<()>,
 }
 
@@ -47,6 +49,7 @@ impl Default for Drain {
     fn default() -> Self {
         Self {
             signal: watch::channel(false).0,
+            started: AtomicBool::new(false),
             open: Arc::new(()),
         }
     }
@@ -55,12 +58,13 @@ impl Default for Drain {
 impl Drain {
     /// Starts draining: acceptors stop, connections close once idle.
     pub fn start(&self) {
+        self.started.store(true, Ordering::Release);
         self.signal.send_replace(true);
     }
 
     /// Whether draining has started.
     pub fn is_draining(&self) -> bool {
-        *self.signal.borrow()
+        self.started.load(Ordering::Acquire)
     }
 
     /// A receiver that sees `true` when draining starts.
@@ -94,4 +98,45 @@ impl Drain {
 /// Resolves when draining starts (or the drain handle is gone).
 pub async fn draining(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|d| *d).await;
+}
+
+pin_project_lite::pin_project! {
+    /// [`draining`] for a `select!` beside a busy future, which polls every branch at every
+    /// wake: once its first poll has registered the task with the signal, it is polled again
+    /// only after draining started (the flag is set before the signal wakes the task).
+    #[must_use = "futures do nothing unless polled"]
+    pub struct UntilDrain<'a, F> {
+        #[pin]
+        signal: F,
+        drain: &'a Drain,
+        registered: bool,
+    }
+}
+
+/// Waits for `signal` (a [`draining`] future of `drain`), cheaply.
+pub fn until_drain<F: std::future::Future<Output = ()>>(
+    drain: &Drain,
+    signal: F,
+) -> UntilDrain<'_, F> {
+    UntilDrain {
+        signal,
+        drain,
+        registered: false,
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for UntilDrain<'_, F> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = self.project();
+        if *this.registered && !this.drain.is_draining() {
+            return std::task::Poll::Pending;
+        }
+        *this.registered = true;
+        this.signal.poll(cx)
+    }
 }

@@ -79,3 +79,44 @@ async fn ready_and_live() {
     assert_eq!(admin_get(proxy.admin(), "/live").await.0, 200);
     assert_eq!(admin_get(proxy.admin(), "/ready").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("up").await;
+    let yaml = proxy("")
+        + &service("up", "http1", &[(up.address(), 1)], "")
+        + &http_route("r", "  rules:\n    - {backendRefs: [{name: up}]}");
+    let proxy = Proxy::start(&yaml);
+    let mut client = tokio::net::TcpStream::connect(proxy.listener("web"))
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET /status/204 HTTP/1.1\r\nHost: svc\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = client.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 204"), "first answer");
+    // Served many requests since (the drain signal must still reach an idle connection whose
+    // task has been polled over and over).
+    for _ in 0..20 {
+        client
+            .write_all(b"GET /status/204 HTTP/1.1\r\nHost: svc\r\n\r\n")
+            .await
+            .unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 204"));
+    }
+    let signalled = Instant::now();
+    proxy.signal("TERM");
+    let closed = tokio::time::timeout(Duration::from_secs(3), client.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "idle keep-alive connection closed by the drain: {closed:?}"
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(1),
+        "closed at once, not at the drain deadline"
+    );
+}

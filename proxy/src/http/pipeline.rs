@@ -407,7 +407,7 @@ async fn send_with_retries(
             upstream::send(&endpoint, dial, Request::from_parts(this_head, this_body)),
         )
         .await
-        .unwrap_or(Err(ProxyError::Timeout));
+        .unwrap_or_else(|_| Err(ProxyError::Timeout));
         let failed = match &outcome {
             Ok(response) => response.status().is_server_error(),
             Err(e) => e.is_upstream(),

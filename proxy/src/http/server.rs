@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use super::headers::ClientHeaders;
 use super::pipeline::{handle, Conn};
 use crate::intercept::passthrough::OriginalDestination;
-use crate::shared::{draining, ConnToken, Shared};
+use crate::shared::{draining, until_drain, ConnToken, Shared};
 
 /// Serves `stream` until the client closes or draining finishes it. `original` is where an
 /// intercepted connection was going (requests no route claims are passed through to it).
@@ -43,6 +43,7 @@ pub async fn serve(
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(30));
     let mut drain = shared.drain.watch();
+    let state = shared.clone();
     // Accepted while draining (an outbound listener keeps accepting so the app can still call
     // out): serve one request and close, rather than shut down a connection whose request has
     // not been read yet.
@@ -62,7 +63,7 @@ pub async fn serve(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = draining(&mut drain), if !late => {
+        () = until_drain(&state.drain, draining(&mut drain)), if !late => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

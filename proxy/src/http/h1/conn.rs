@@ -20,6 +20,8 @@ use crate::service::breaker::Slot;
 
 /// Bytes read from the socket at a time while a head is incomplete.
 const READ_CHUNK: usize = 8 * 1024;
+/// Reads go into the buffer's spare room until less than this is left.
+const MIN_ROOM: usize = 2 * 1024;
 /// A buffer grown past this by a large message is not kept while the connection idles.
 const KEEP_BUFFER: usize = 16 * 1024;
 
@@ -80,14 +82,18 @@ impl Connection {
         (self.stream, self.input)
     }
 
-    /// Reads more into `input`, at least `want` bytes of room (bounded); `Ok(0)` at end of
-    /// stream.
+    /// Reads more into `input`, into `want` bytes of room when less than [`MIN_ROOM`] is
+    /// left; `Ok(0)` at end of stream.
     pub(super) fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
         want: usize,
     ) -> Poll<io::Result<usize>> {
-        self.input.reserve(want);
+        // The room left after a response is shared with that response's head and body, so
+        // growing it means a new buffer: read into what is left while it is enough.
+        if self.input.capacity() - self.input.len() < MIN_ROOM {
+            self.input.reserve(want);
+        }
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
             match self.stream.try_read_buf(&mut self.input) {

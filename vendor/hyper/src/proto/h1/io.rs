@@ -29,6 +29,9 @@ pub(crate) const DEFAULT_MAX_BUFFER_SIZE: usize = 8192 + 4096 * 100;
 /// forces a flush if the queue gets this big.
 const MAX_BUF_LIST_BUFFERS: usize = 16;
 
+/// strait patch: the read buffer grows only when less room than this is left in it.
+const MIN_READ_ROOM: usize = 2048;
+
 pub(crate) struct Buffered<T, B> {
     flush_pipeline: bool,
     io: T,
@@ -249,7 +252,10 @@ where
                 .max()
                 .saturating_sub(self.read_buf.len()),
         );
-        if self.read_buf_remaining_mut() < next {
+        // strait patch: only when little room is left. The room after a request head is
+        // shared with that request's headers, so `reserve` allocated a new buffer for every
+        // read (even one that would block); reading into the room left costs no allocation.
+        if self.read_buf_remaining_mut() < next.min(MIN_READ_ROOM) {
             self.read_buf.reserve(next);
         }
 
