@@ -198,3 +198,97 @@ fn is_reset(e: &io::Error) -> bool {
             | io::ErrorKind::UnexpectedEof
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use http::Request;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn pair() -> (Box<Connection>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Connection::new(client, None), server)
+    }
+
+    /// Polls `reusable` until it turns false (the reactor learns of the peer asynchronously).
+    async fn turns_unusable(conn: &mut Connection) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while conn.is_reusable() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_is_not_reused() {
+        let (mut conn, server) = pair().await;
+        assert!(conn.is_reusable());
+        drop(server);
+        assert!(turns_unusable(&mut conn).await);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_spoke_on_is_not_reused() {
+        let (mut conn, mut server) = pair().await;
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert!(turns_unusable(&mut conn).await);
+    }
+
+    #[tokio::test]
+    async fn an_exchange_writes_the_request_and_reads_past_interim_answers() {
+        let (mut conn, mut server) = pair().await;
+        let upstream = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.ends_with(b"\r\n\r\nabc") {
+                let n = server.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request cut short: {seen:?}");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            server
+                .write_all(
+                    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                )
+                .await
+                .unwrap();
+            String::from_utf8(seen).unwrap()
+        });
+        let head = Request::post("/p?q=1")
+            .header("host", "svc")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let body = UpstreamBody::Full(Some(Bytes::from_static(b"abc")));
+        let (answer, unsent) = conn.send(&head, body).await.unwrap();
+        assert!(unsent.is_none(), "the whole request went out");
+        assert_eq!(answer.parts.status, 200);
+        assert_eq!(answer.framing, ResponseFraming::Length(2));
+        assert_eq!(&conn.input[..], b"ok", "the body stays for the body reader");
+        assert_eq!(
+            upstream.await.unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 3\r\n\r\nabc"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_closes_without_answering_is_told_apart() {
+        let (mut conn, server) = pair().await;
+        drop(server);
+        let head = Request::get("/").body(()).unwrap().into_parts().0;
+        let sent = conn.send(&head, UpstreamBody::Full(None)).await;
+        assert!(matches!(sent, Err(Error::Closed)), "{sent:?}");
+    }
+}
