@@ -589,6 +589,53 @@ async fn an_idle_pooled_connection_closed_by_the_upstream_is_not_used() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_lost_to_the_keep_alive_race_is_resent_only_when_idempotent() {
+    bounded(async {
+        // Each connection answers its first request, then reads the next one and closes
+        // without answering: what a proxy sees when the upstream's keep-alive timeout fires
+        // just as a request goes out on the pooled connection.
+        let up = RawUpstream::start(|mut wire| async move {
+            if let Some(req) = wire.read_request().await? {
+                let body = format!("served {}", req.path());
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                wire.send((head + &body).as_bytes()).await?;
+            }
+            let _ = wire.read_request().await?;
+            Ok(())
+        })
+        .await;
+        let proxy = proxy_to(&up);
+        let client = http1();
+        assert_ok(
+            &get_path(&client, &proxy, "/one").await,
+            "served /one",
+            "first",
+        );
+        let again = get_path(&client, &proxy, "/two").await;
+        assert_ok(
+            &again,
+            "served /two",
+            "a GET lost on the pooled connection is sent again",
+        );
+        assert_eq!(up.accepted(), 2, "sent again on a fresh connection");
+        let post = Request::post(format!("{}/three", proxy.url("web")))
+            .header("host", "svc.local")
+            .body(Full::new(Bytes::from_static(b"once")))
+            .unwrap();
+        let answer = send(&client, post).await.unwrap();
+        assert_eq!(answer.status, 502, "a POST is never delivered twice");
+        assert_eq!(answer.header("x-strait-reason"), "upstream-reset");
+        let posts = up
+            .requests()
+            .iter()
+            .filter(|r| r.path() == "/three")
+            .count();
+        assert_eq!(posts, 1, "the POST reached the upstream once");
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Broken upstream answers
 // ---------------------------------------------------------------------------------------------
