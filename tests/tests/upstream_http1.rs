@@ -551,6 +551,13 @@ async fn interim_100_continue_is_skipped_for_the_final_response() {
     .await;
 }
 
+/// Answers `req` with a keep-alive 200 whose body is `served PATH`.
+async fn answer_served(wire: &mut Wire, req: &Seen) -> io::Result<()> {
+    let body = format!("served {}", req.path());
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+    wire.send((head + &body).as_bytes()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_pooled_connection_closed_by_the_upstream_is_not_used() {
     bounded(async {
@@ -558,9 +565,7 @@ async fn an_idle_pooled_connection_closed_by_the_upstream_is_not_used() {
         // keeps open (no `Connection: close`), then closes 100 ms later.
         let up = RawUpstream::start(|mut wire| async move {
             if let Some(req) = wire.read_request().await? {
-                let body = format!("served {}", req.path());
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                wire.send((head + &body).as_bytes()).await?;
+                answer_served(&mut wire, &req).await?;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Ok(())
@@ -597,9 +602,7 @@ async fn a_request_lost_to_the_keep_alive_race_is_resent_only_when_idempotent() 
         // just as a request goes out on the pooled connection.
         let up = RawUpstream::start(|mut wire| async move {
             if let Some(req) = wire.read_request().await? {
-                let body = format!("served {}", req.path());
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                wire.send((head + &body).as_bytes()).await?;
+                answer_served(&mut wire, &req).await?;
             }
             let _ = wire.read_request().await?;
             Ok(())
