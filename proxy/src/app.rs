@@ -98,6 +98,31 @@ fn control_from_file(path: &std::path::Path) -> Result<Option<ControlTarget>, St
     }))
 }
 
+/// How often pooled upstream connections are checked for having been closed by the upstream.
+const IDLE_SWEEP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes, every [`IDLE_SWEEP`], the pooled connections upstreams have closed while idle.
+async fn close_dead_idle_connections(shared: std::sync::Arc<crate::shared::Shared>) {
+    let mut tick = tokio::time::interval(IDLE_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let active = shared.config.load();
+        let closed: usize = active
+            .services
+            .iter()
+            .flat_map(|service| &service.endpoints)
+            .map(|endpoint| endpoint.close_dead_idle())
+            .sum();
+        if closed > 0 {
+            tracing::debug!(
+                closed,
+                "closed idle upstream connections the upstreams had closed"
+            );
+        }
+    }
+}
+
 /// How long a proxy that cannot start waits for its NACK to reach the control.
 const NACK_DELIVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -179,6 +204,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let bound = admin.local_addr().unwrap_or(admin_address);
     tracing::info!(listener = "admin", address = %bound, "listening");
     tokio::spawn(crate::admin::serve(admin, shared.clone()));
+    tokio::spawn(close_dead_idle_connections(shared.clone()));
     reloader.mark_ready();
     let reloads =
         tokio::spawn(reloader.run(options.watch_interval, control_attached.then_some(received)));

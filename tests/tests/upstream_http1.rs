@@ -23,6 +23,7 @@ use http::Request;
 use http_body_util::Full;
 use strait_tests::client::{get, http1, raw, send, Answer, HttpClient};
 use strait_tests::config::{http_route, proxy, service};
+use strait_tests::metrics::{cluster, clusters};
 use strait_tests::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -590,6 +591,42 @@ async fn an_idle_pooled_connection_closed_by_the_upstream_is_not_used() {
         );
         assert_ok(&a, "served /two", "second");
         assert_eq!(up.accepted(), 2, "the closed connection was replaced");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pooled_connection_closed_by_the_upstream_leaves_the_pool_without_a_request() {
+    bounded(async {
+        let up = RawUpstream::start(|mut wire| async move {
+            if let Some(req) = wire.read_request().await? {
+                answer_served(&mut wire, &req).await?;
+                // A 200 ms keep-alive timeout.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(())
+        })
+        .await;
+        let proxy = proxy_to(&up);
+        assert_ok(
+            &get_path(&http1(), &proxy, "/one").await,
+            "served /one",
+            "first",
+        );
+        let idle = || async {
+            let clusters = clusters(proxy.admin()).await;
+            cluster(&clusters, "raw")["endpoints"][0]["idleConnections"]
+                .as_u64()
+                .expect("idleConnections")
+        };
+        assert_eq!(idle().await, 1, "kept for the next request");
+        // Within the proxy's sweep interval (2 s), not at the next request.
+        strait_tests::eventually(
+            "the dead connection leaves the pool",
+            Duration::from_secs(5),
+            || async { (idle().await == 0).then_some(()) },
+        )
+        .await;
     })
     .await;
 }

@@ -136,6 +136,29 @@ impl Endpoint {
         InFlight(self.clone())
     }
 
+    /// Closes the idle HTTP/1 connections the upstream closed (or spoke on) since they went
+    /// idle, which would otherwise wait in CLOSE_WAIT — holding a file descriptor and a
+    /// `maxConnections` slot — until a request took them. Returns how many it closed.
+    pub fn close_dead_idle(&self) -> usize {
+        let Pool::Http1(queue) = &self.pool else {
+            return 0;
+        };
+        let mut closed = 0;
+        // One pass over what is there now; requests may take and return connections meanwhile.
+        for _ in 0..queue.len() {
+            let Some(mut conn) = queue.pop() else {
+                break;
+            };
+            if conn.is_reusable() {
+                // Full only if requests returned more meanwhile: then this one closes.
+                let _ = queue.push(conn);
+            } else {
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Idle HTTP/1 connections now pooled.
     pub fn idle_connections(&self) -> usize {
         match &self.pool {
