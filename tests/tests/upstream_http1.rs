@@ -559,19 +559,23 @@ async fn answer_served(wire: &mut Wire, req: &Seen) -> io::Result<()> {
     wire.send((head + &body).as_bytes()).await
 }
 
+/// Like a server with keep-alive timeout `idle`: one answer per connection, which it keeps open
+/// (no `Connection: close`), then closes once `idle` has passed.
+async fn keep_alive_timeout(idle: Duration) -> RawUpstream {
+    RawUpstream::start(move |mut wire| async move {
+        if let Some(req) = wire.read_request().await? {
+            answer_served(&mut wire, &req).await?;
+            tokio::time::sleep(idle).await;
+        }
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_pooled_connection_closed_by_the_upstream_is_not_used() {
     bounded(async {
-        // Like a server with a 100 ms keep-alive timeout: one answer per connection, which it
-        // keeps open (no `Connection: close`), then closes 100 ms later.
-        let up = RawUpstream::start(|mut wire| async move {
-            if let Some(req) = wire.read_request().await? {
-                answer_served(&mut wire, &req).await?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok(())
-        })
-        .await;
+        let up = keep_alive_timeout(Duration::from_millis(100)).await;
         let proxy = proxy_to(&up);
         let client = http1();
         assert_ok(
@@ -598,15 +602,7 @@ async fn an_idle_pooled_connection_closed_by_the_upstream_is_not_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_pooled_connection_closed_by_the_upstream_leaves_the_pool_without_a_request() {
     bounded(async {
-        let up = RawUpstream::start(|mut wire| async move {
-            if let Some(req) = wire.read_request().await? {
-                answer_served(&mut wire, &req).await?;
-                // A 200 ms keep-alive timeout.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Ok(())
-        })
-        .await;
+        let up = keep_alive_timeout(Duration::from_millis(200)).await;
         let proxy = proxy_to(&up);
         assert_ok(
             &get_path(&http1(), &proxy, "/one").await,
