@@ -36,6 +36,10 @@ struct Args {
     /// How often config files are checked for changes, e.g. 1s or 500ms.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     watch_interval: Duration,
+    /// Threads that serve traffic (default: the CPUs this process may use, counting its cgroup
+    /// quota). With 1, everything runs on one thread with no cross-thread scheduling at all.
+    #[arg(long, env = "STRAIT_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -72,11 +76,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let runtime = match runtime(args.workers) {
+        Ok((rt, workers)) => {
+            tracing::debug!(workers, "runtime started");
+            rt
+        }
         Err(e) => {
             eprintln!("strait-proxy: cannot start runtime: {e}");
             return ExitCode::FAILURE;
@@ -95,6 +99,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime for `workers` threads (default: the CPUs this process may use). One worker gets
+/// tokio's single-threaded scheduler, as linkerd2-proxy does for one core: a sidecar pinned or
+/// limited to one CPU pays nothing for work stealing, cross-thread wake-ups or atomic run
+/// queues. More get the multi-threaded one with that many workers.
+fn runtime(workers: Option<u16>) -> std::io::Result<(tokio::runtime::Runtime, usize)> {
+    let workers = workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        usize::from,
+    );
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    Ok((builder.enable_all().build()?, workers))
 }
 
 /// Every connection holds descriptors (two sockets, and two pipes when TCP is spliced), far

@@ -69,6 +69,15 @@ impl Proxy {
         Self::start_in(dir, &["--watch-interval", "200ms"])
     }
 
+    /// Starts the proxy on `yaml` with extra command-line arguments (such as `--workers 1`).
+    pub fn start_with_args(yaml: &str, args: &[&str]) -> Self {
+        let dir = TempDir::new("proxy");
+        std::fs::write(dir.path().join("config.yaml"), yaml).expect("write config");
+        let mut all = vec!["--watch-interval", "200ms"];
+        all.extend_from_slice(args);
+        Self::start_in(dir, &all)
+    }
+
     /// Starts the proxy on `yaml` with extra files next to it (`(name, content)`), such as a
     /// token file the config names.
     pub fn start_with_files(yaml: &str, files: &[(&str, &str)]) -> Self {

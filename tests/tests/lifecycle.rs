@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use strait_tests::client::{get, http1};
+use strait_tests::client::{get, h2c, http1};
 use strait_tests::config::{http_route, proxy, service};
 use strait_tests::metrics::admin_get;
 use strait_tests::{eventually, Proxy, Upstream};
@@ -119,4 +119,74 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
         signalled.elapsed() < Duration::from_secs(1),
         "closed at once, not at the drain deadline"
     );
+}
+
+/// Names of the proxy's threads (`/proc/PID/task/*/comm`; tokio names its worker and
+/// blocking threads `tokio-rt-worker`).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("proc tasks")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_every_protocol_reloads_and_drains_on_one_thread() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let route = |to: &str| {
+        http_route(
+            "r",
+            &format!("  rules:\n    - {{backendRefs: [{{name: {to}}}]}}"),
+        )
+    };
+    let services = service("a", "http1", &[(a.address(), 1)], "")
+        + &service("b", "http1", &[(b.address(), 1)], "");
+    let mut sidecar =
+        Proxy::start_with_args(&(proxy("") + &services + &route("a")), &["--workers", "1"]);
+    let pid = sidecar.pid().expect("running");
+    let names = thread_names(pid);
+    assert!(
+        !names.iter().any(|n| n.starts_with("tokio")),
+        "--workers 1 runs the single-threaded scheduler on the main thread, got threads {names:?}"
+    );
+    let base = format!("http://{}", sidecar.listener("web"));
+    for (name, client) in [("http1", http1()), ("h2c", h2c())] {
+        for _ in 0..20 {
+            let answer = get(&client, &format!("{base}/x"), "h", &[])
+                .await
+                .expect(name);
+            assert_eq!(answer.status, 200, "{name}");
+            assert_eq!(answer.headers["x-upstream"], "a", "{name}");
+        }
+    }
+    sidecar.write_config(&(proxy("") + &services + &route("b")));
+    sidecar.signal("HUP");
+    eventually("the reload is served", Duration::from_secs(5), || async {
+        let answer = get(&http1(), &format!("{base}/x"), "h", &[]).await.ok()?;
+        (answer.headers["x-upstream"] == "b").then_some(())
+    })
+    .await;
+    // A request in flight when SIGTERM comes still completes, then the proxy exits 0.
+    let before = b.hits();
+    let url = format!("{base}/delay/500");
+    let in_flight = tokio::spawn(async move { get(&http1(), &url, "h", &[]).await });
+    eventually(
+        "request reached the upstream",
+        Duration::from_secs(5),
+        || async { (b.hits() > before).then_some(()) },
+    )
+    .await;
+    sidecar.signal("TERM");
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
+    assert_eq!(answer.status, 200);
+    let status = tokio::task::spawn_blocking(move || sidecar.wait_exit(Duration::from_secs(6)))
+        .await
+        .unwrap()
+        .expect("exited within the drain deadline");
+    assert!(status.success(), "exit status {status}");
 }
