@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
 use http_body_util::BodyExt;
 use strait_config::snapshot::Service;
 
@@ -61,9 +60,9 @@ pub fn spawn(head: http::request::Parts, body: Bytes, service: &Service, runtime
             timeout,
             limits: breaker.as_ref(),
         };
-        let request = Request::from_parts(head, UpstreamBody::Full(Some(body)));
         let copy = async {
-            let response = upstream::send(&endpoint, dial, request).await?;
+            let response =
+                upstream::send(&endpoint, dial, head, UpstreamBody::Full(Some(body))).await?;
             let status = response.status();
             // Read to the end, so that an HTTP/1 connection goes back to its pool.
             let _ = response.into_body().collect().await;

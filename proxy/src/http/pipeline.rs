@@ -404,7 +404,7 @@ async fn send_with_retries(
         let in_flight = endpoint.start_request();
         let outcome = within(
             rule.per_try_timeout,
-            upstream::send(&endpoint, dial, Request::from_parts(this_head, this_body)),
+            upstream::send(&endpoint, dial, this_head, this_body),
         )
         .await
         .unwrap_or_else(|_| Err(ProxyError::Timeout));

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::request::Parts;
 use http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -57,56 +58,81 @@ impl Dial<'_> {
 pub async fn send(
     endpoint: &Arc<Endpoint>,
     dial: Dial<'_>,
-    req: Request<UpstreamBody>,
+    head: Parts,
+    body: UpstreamBody,
 ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
     match &endpoint.pool {
-        Pool::Http1(idle) => {
-            let (head, body) = req.into_parts();
-            let (mut conn, reused) = match checkout(idle) {
-                Some(conn) => (conn, true),
-                // Connecting is the rare path: boxed, its future does not widen every
-                // request's.
-                None => (Box::pin(connect_http1(endpoint, dial)).await?, false),
-            };
-            // A pooled connection the upstream closed while it idled (the race its keep-alive
-            // timeout leaves): a request that can be sent again as it was, and whose method
-            // makes a second delivery harmless, goes out once more on a fresh connection.
-            let again = (reused && head.method.is_idempotent())
-                .then(|| h1::encode::replayable(&body))
-                .flatten();
-            let answer = match (conn.send(&head, body).await, again) {
-                (Err(h1::Error::Closed), Some(body)) => {
-                    conn = Box::pin(connect_http1(endpoint, dial)).await?;
-                    conn.send(&head, body).await
-                }
-                (answer, _) => answer,
-            };
-            let (head, unsent) = answer?;
-            let lease = h1::Lease {
-                conn,
-                endpoint: endpoint.clone(),
-            };
-            let body = h1::Body::new(&head, lease, unsent);
-            Ok(Response::from_parts(
-                head.parts,
-                UpstreamResponseBody::Http1(body),
-            ))
-        }
+        Pool::Http1(idle) => send_http1(endpoint, idle, dial, head, body).await,
         Pool::Http2(shared) => {
-            let mut sender = match shared.load_full() {
-                Some(s) if !s.is_closed() => (*s).clone(),
-                _ => {
-                    let s = Box::pin(connect_http2(endpoint, dial)).await?;
-                    shared.store(Some(Arc::new(s.clone())));
-                    s
-                }
-            };
-            sender.ready().await.map_err(classify)?;
-            let resp = sender.send_request(req).await.map_err(classify)?;
-            Ok(resp.map(UpstreamResponseBody::Http2))
+            send_http2(endpoint, shared, dial, Request::from_parts(head, body)).await
         }
         Pool::Tcp => Err(ProxyError::Internal("HTTP request routed to a TCP service")),
     }
+}
+
+/// One exchange on a pooled HTTP/1.1 connection (a new one when none is idle).
+async fn send_http1(
+    endpoint: &Arc<Endpoint>,
+    idle: &crossbeam_queue::ArrayQueue<Box<h1::Connection>>,
+    dial: Dial<'_>,
+    head: Parts,
+    body: UpstreamBody,
+) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+    let (mut conn, reused) = match checkout(idle) {
+        Some(conn) => (conn, true),
+        // Connecting is the rare path: boxed, its future does not widen every
+        // request's.
+        None => (Box::pin(connect_http1(endpoint, dial)).await?, false),
+    };
+    // A pooled connection the upstream closed while it idled (the race its keep-alive
+    // timeout leaves): a request that can be sent again as it was, and whose method
+    // makes a second delivery harmless, goes out once more on a fresh connection.
+    let mut again = (reused && head.method.is_idempotent())
+        .then(|| h1::encode::replayable(&body))
+        .flatten();
+    let mut body = Some(body);
+    // One `send` call site: each would keep its own future in this one's state.
+    let (head, unsent) = loop {
+        let sending = body
+            .take()
+            .ok_or(ProxyError::Internal("request body already sent"))?;
+        match (conn.send(&head, sending).await, again.take()) {
+            (Err(h1::Error::Closed), Some(replay)) => {
+                conn = Box::pin(connect_http1(endpoint, dial)).await?;
+                body = Some(replay);
+            }
+            (answer, _) => break answer?,
+        }
+    };
+    let lease = h1::Lease {
+        conn,
+        endpoint: endpoint.clone(),
+    };
+    let body = h1::Body::new(&head, lease, unsent);
+    Ok(Response::from_parts(
+        head.parts,
+        UpstreamResponseBody::Http1(body),
+    ))
+}
+
+/// One stream on the endpoint's shared HTTP/2 connection (opened when there is none).
+async fn send_http2(
+    endpoint: &Arc<Endpoint>,
+    shared: &arc_swap::ArcSwapOption<Http2Sender>,
+    dial: Dial<'_>,
+    req: Request<UpstreamBody>,
+) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+    let mut sender = match shared.load_full() {
+        Some(s) if !s.is_closed() => (*s).clone(),
+        _ => {
+            let s = Box::pin(connect_http2(endpoint, dial)).await?;
+            shared.store(Some(Arc::new(s.clone())));
+            s
+        }
+    };
+    sender.ready().await.map_err(classify)?;
+    let resp = sender.send_request(req).await.map_err(classify)?;
+    Ok(resp.map(UpstreamResponseBody::Http2))
 }
 
 /// Takes an idle connection that is still usable, closing dead ones.

@@ -106,8 +106,7 @@ pub async fn http(
         timeout: CONNECT_TIMEOUT,
         limits: None,
     };
-    let request = Request::from_parts(parts, UpstreamBody::Streamed(body));
-    let response = upstream::send(endpoint, dial, request).await?;
+    let response = upstream::send(endpoint, dial, parts, UpstreamBody::Streamed(body)).await?;
     let (mut parts, mut body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {

@@ -29,8 +29,15 @@ pub(crate) const DEFAULT_MAX_BUFFER_SIZE: usize = 8192 + 4096 * 100;
 /// forces a flush if the queue gets this big.
 const MAX_BUF_LIST_BUFFERS: usize = 16;
 
-/// strait patch: the read buffer grows only when less room than this is left in it.
-const MIN_READ_ROOM: usize = 2048;
+/// strait patch: the read buffer grows only when less room than this is left in it (below a
+/// released buffer's FIRST_READ_SIZE, so that the room left after a small request is used).
+const MIN_READ_ROOM: usize = 512;
+
+/// strait patch: the size of a released read buffer when it is taken again (nginx's
+/// `client_header_buffer_size`). Small enough for the allocator's per-thread cache (glibc's
+/// tcache holds blocks up to 1032 bytes), so waiting for the next request — often a read that
+/// finds nothing — costs no trip into the heap; a larger head grows it as before.
+const FIRST_READ_SIZE: usize = 1024;
 
 pub(crate) struct Buffered<T, B> {
     flush_pipeline: bool,
@@ -255,6 +262,12 @@ where
         // strait patch: only when little room is left. The room after a request head is
         // shared with that request's headers, so `reserve` allocated a new buffer for every
         // read (even one that would block); reading into the room left costs no allocation.
+        // strait patch: a buffer released while idle comes back small (FIRST_READ_SIZE).
+        let next = if self.release_idle_read_buf && self.read_buf.capacity() == 0 {
+            cmp::min(next, FIRST_READ_SIZE)
+        } else {
+            next
+        };
         if self.read_buf_remaining_mut() < next.min(MIN_READ_ROOM) {
             self.read_buf.reserve(next);
         }

@@ -29,6 +29,11 @@ use crate::proto::RequestHead;
 use crate::proto::{BodyLength, MessageHead, RequestLine};
 
 pub(crate) const DEFAULT_MAX_HEADERS: usize = 100;
+/// strait patch: how many header slots a server's request parse keeps on the stack. A limit
+/// set with `max_headers` above `DEFAULT_MAX_HEADERS` (Strait sets twice its own, so that its
+/// own 431 answers first) put both scratch arrays on the heap: two 6 KiB allocations per
+/// request. Up to this many they stay on the stack (16 KiB of it, during the parse only).
+const SERVER_INLINE_HEADERS: usize = 256;
 const AVERAGE_HEADER_SIZE: usize = 30; // totally scientific
 #[cfg(feature = "server")]
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
@@ -159,17 +164,19 @@ impl Http1Transaction for Server {
         // but we *never* read any of it until after httparse has assigned
         // values into it. By not zeroing out the stack memory, this saves
         // a good ~5% on pipeline benchmarks.
-        let mut headers_indices: SmallVec<[MaybeUninit<HeaderIndices>; DEFAULT_MAX_HEADERS]> =
+        // strait patch: SERVER_INLINE_HEADERS slots inline (was DEFAULT_MAX_HEADERS).
+        let mut headers_indices: SmallVec<[MaybeUninit<HeaderIndices>; SERVER_INLINE_HEADERS]> =
             match ctx.h1_max_headers {
                 Some(cap) => smallvec![MaybeUninit::uninit(); cap],
-                None => smallvec_inline![MaybeUninit::uninit(); DEFAULT_MAX_HEADERS],
+                None => smallvec![MaybeUninit::uninit(); DEFAULT_MAX_HEADERS],
             };
         {
-            let mut headers: SmallVec<[MaybeUninit<httparse::Header<'_>>; DEFAULT_MAX_HEADERS]> =
-                match ctx.h1_max_headers {
-                    Some(cap) => smallvec![MaybeUninit::uninit(); cap],
-                    None => smallvec_inline![MaybeUninit::uninit(); DEFAULT_MAX_HEADERS],
-                };
+            let mut headers: SmallVec<
+                [MaybeUninit<httparse::Header<'_>>; SERVER_INLINE_HEADERS],
+            > = match ctx.h1_max_headers {
+                Some(cap) => smallvec![MaybeUninit::uninit(); cap],
+                None => smallvec![MaybeUninit::uninit(); DEFAULT_MAX_HEADERS],
+            };
             trace!(bytes = buf.len(), "Request.parse");
             let mut req = httparse::Request::new(&mut []);
             let bytes = buf.as_ref();
