@@ -90,16 +90,13 @@ async fn send_http1(
     let mut again = (reused && head.method.is_idempotent())
         .then(|| h1::encode::replayable(&body))
         .flatten();
-    let mut body = Some(body);
+    let mut sending = body;
     // One `send` call site: each would keep its own future in this one's state.
     let (head, unsent) = loop {
-        let sending = body
-            .take()
-            .ok_or(ProxyError::Internal("request body already sent"))?;
         match (conn.send(&head, sending).await, again.take()) {
             (Err(h1::Error::Closed), Some(replay)) => {
                 conn = Box::pin(connect_http1(endpoint, dial)).await?;
-                body = Some(replay);
+                sending = replay;
             }
             (answer, _) => break answer?,
         }
