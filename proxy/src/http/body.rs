@@ -13,11 +13,50 @@ use super::h1;
 use crate::service::breaker::Slot;
 use crate::service::endpoint::InFlight;
 
+/// A client's request body: hyper's server reads it, or there is none (the HTTP/1 fast path
+/// serves only requests without a body, see [`super::h1::serve`]).
+#[derive(Debug)]
+pub enum ClientBody {
+    /// The request has no body.
+    Empty,
+    /// Read by hyper's server as it arrives.
+    Streamed(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Streamed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Streamed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Streamed(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The body sent upstream: the client's streamed body, or a small body the proxy made.
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// The downstream request body, streamed as it arrives.
-    Streamed(Incoming),
+    Streamed(ClientBody),
     /// A body kept in memory (for retries), sent in one frame.
     Full(Option<Bytes>),
 }

@@ -18,12 +18,11 @@ use http::header::{
 };
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use strait_config::matching::{normalize_host, RequestView};
 use strait_config::snapshot::{HashKey, HttpRule, ProxySettings, Serves};
 use strait_config::spec::ServiceProtocol;
 
-use super::body::{ResponseBody, UpstreamResponseBody};
+use super::body::{ClientBody, ResponseBody, UpstreamResponseBody};
 use super::deadline::within;
 use super::error::ProxyError;
 use super::headers::{strip_hop_by_hop, wants_upgrade, ClientHeaders};
@@ -64,7 +63,7 @@ struct Exchange {
 
 /// Serves one request; never fails (refusals become responses).
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: Arc<Conn>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
@@ -136,7 +135,7 @@ pub async fn handle(
 }
 
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     conn: &Conn,
     active: &Active,
     exchange: &mut Exchange,
@@ -527,7 +526,7 @@ fn check_limits(headers: &HeaderMap, limits: &ProxySettings) -> Result<(), Proxy
 
 /// The request's authority, enforcing RFC 9112 §3.2: an HTTP/1.1 request carries exactly one
 /// Host; a second Host is always an error.
-fn request_authority(req: &Request<Incoming>) -> Result<Authority, ProxyError> {
+fn request_authority(req: &Request<ClientBody>) -> Result<Authority, ProxyError> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {

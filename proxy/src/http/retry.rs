@@ -7,17 +7,16 @@ use bytes::Bytes;
 use http::Response;
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use strait_config::snapshot::RetryPolicy;
 
-use super::body::UpstreamBody;
+use super::body::{ClientBody, UpstreamBody};
 use super::error::ProxyError;
 
 /// The request body, either streamed once or kept whole for retries.
 #[derive(Debug)]
 pub enum RequestBody {
     /// Streamed as it arrives: can be sent once.
-    Once(Option<Incoming>),
+    Once(Option<ClientBody>),
     /// Read whole (small enough to keep): can be sent again.
     Kept(Bytes),
 }
@@ -25,7 +24,7 @@ pub enum RequestBody {
 impl RequestBody {
     /// Keeps the body when its announced size is at most `limit` bytes; otherwise it streams
     /// and the request is not retried (a body is never replayed after it started flowing).
-    pub async fn keep_if_small(body: Incoming, limit: u64) -> Result<Self, ProxyError> {
+    pub async fn keep_if_small(body: ClientBody, limit: u64) -> Result<Self, ProxyError> {
         if body.is_end_stream() {
             return Ok(Self::Kept(Bytes::new()));
         }

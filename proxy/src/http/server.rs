@@ -1,15 +1,20 @@
-//! Serving one downstream HTTP connection: HTTP/1.1 or h2c prior knowledge, detected from the
-//! first bytes, with the configured limits and graceful shutdown on drain.
+//! Serving one downstream HTTP connection: plain HTTP/1.1 requests on the fast path
+//! ([`h1::serve`]), then — from the first request it leaves, or the first bytes when they are
+//! HTTP/2's preface — hyper's server, with the configured limits and graceful shutdown on drain.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
+use super::body::ClientBody;
+use super::h1;
 use super::headers::ClientHeaders;
 use super::pipeline::{handle, Conn};
 use crate::intercept::passthrough::OriginalDestination;
@@ -18,7 +23,7 @@ use crate::shared::{draining, until_drain, ConnToken, Shared};
 /// Serves `stream` until the client closes or draining finishes it. `original` is where an
 /// intercepted connection was going (requests no route claims are passed through to it).
 pub async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<str>,
     shared: Arc<Shared>,
@@ -27,6 +32,23 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let limits = shared.config.load().snapshot.proxy.clone();
+    let late = shared.drain.is_draining();
+    let conn = Arc::new(Conn {
+        client: ClientHeaders::new(peer.ip()),
+        listener: listener.clone(),
+        peer,
+        shared: shared.clone(),
+        original,
+    });
+    let max_buf_size = (limits.max_header_bytes * 2).max(16 * 1024);
+    let fast = h1::serve::Limits {
+        header_read_timeout: limits.header_read_timeout,
+        max_head: max_buf_size,
+    };
+    let read = match h1::serve::serve(&mut stream, &conn, fast, late).await {
+        h1::serve::Outcome::Closed => return,
+        h1::serve::Outcome::Handoff(read) => read.freeze(),
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own limits sit above ours so that our 431 (with a reason) answers first.
     builder
@@ -34,7 +56,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         // The slowloris guard, which also closes idle keep-alive connections.
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
+        .max_buf_size(max_buf_size)
         .max_headers(limits.max_headers * 2);
     builder
         .http2()
@@ -47,19 +69,14 @@ pub async fn serve(
     // Accepted while draining (an outbound listener keeps accepting so the app can still call
     // out): serve one request and close, rather than shut down a connection whose request has
     // not been read yet.
-    let late = shared.drain.is_draining();
     if late {
         builder.http1().keep_alive(false);
     }
-    let conn = Arc::new(Conn {
-        client: ClientHeaders::new(peer.ip()),
-        listener: listener.clone(),
-        peer,
-        shared,
-        original,
+    let service = service_fn(move |req: Request<Incoming>| {
+        handle(req.map(ClientBody::Streamed), conn.clone())
     });
-    let service = service_fn(move |req| handle(req, conn.clone()));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let io = TokioIo::new(h1::serve::Rewound::new(read, stream));
+    let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -9,10 +9,9 @@ use std::time::Duration;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
-use crate::http::body::{ResponseBody, UpstreamBody};
+use crate::http::body::{ClientBody, ResponseBody, UpstreamBody};
 use crate::http::error::ProxyError;
 use crate::http::headers::{strip_hop_by_hop, wants_upgrade};
 use crate::http::tunnel;
@@ -64,7 +63,7 @@ impl OriginalDestination {
 /// Sends `req` to the original destination as it is (hop-by-hop headers aside) and streams
 /// the answer back. Returns the endpoint label for the access log.
 pub async fn http(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     authority: Authority,
     original: &OriginalDestination,
 ) -> Result<(Response<ResponseBody>, Arc<str>), ProxyError> {

@@ -1,0 +1,228 @@
+//! Writing a response for a client of the HTTP/1 fast path: the head (RFC 9112 §4) and how
+//! its body is delimited (§6.3), as hyper's server writes them.
+
+use std::cell::RefCell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::response::Parts;
+use http::{Method, StatusCode};
+use http_body::SizeHint;
+
+/// How the body after a response head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body follows (HEAD, 1xx, 204, 304, or an empty body).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunks, the length not being known ahead.
+    Chunked,
+}
+
+/// What was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// How the body follows.
+    pub framing: Framing,
+    /// The response says `Connection: close` (or switches protocols): the connection ends
+    /// with it.
+    pub close: bool,
+}
+
+/// Appends the head of a response to a request with `method` whose body reports `hint` and
+/// `end` (the body is already over): the status line, the fields as they are (a `Date` added
+/// when there is none), and the framing field hyper's server would write.
+pub fn head(
+    out: &mut Vec<u8>,
+    head: &Parts,
+    method: &Method,
+    hint: &SizeHint,
+    end: bool,
+) -> Written {
+    let status = head.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let head_request = method == Method::HEAD;
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    // A length field may describe the body a HEAD or 304 would have had; not on 1xx or 204.
+    let length_allowed = !(status.is_informational() || status == StatusCode::NO_CONTENT);
+    let mut close = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut stated_length = None;
+    let mut dated = false;
+    for (name, value) in &head.headers {
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        if name == CONTENT_LENGTH {
+            let parsed = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            // One length field, readable (the upstream client checked its responses'; an
+            // unreadable one of the proxy's own making is left for the body's length).
+            if !length_allowed || stated_length.is_some() || parsed.is_none() {
+                continue;
+            }
+            stated_length = parsed;
+        } else if name == CONNECTION {
+            close |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        } else if name == DATE {
+            dated = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = if bodiless {
+        if stated_length.is_none() && length_allowed && !end {
+            if let Some(n) = hint.exact().filter(|&n| n > 0) {
+                length_field(out, n);
+            }
+        }
+        Framing::Empty
+    } else {
+        match (stated_length, hint.exact()) {
+            (Some(n), _) => Framing::Length(n),
+            (None, _) if end => {
+                length_field(out, 0);
+                Framing::Empty
+            }
+            (None, Some(n)) => {
+                length_field(out, n);
+                if n == 0 {
+                    Framing::Empty
+                } else {
+                    Framing::Length(n)
+                }
+            }
+            (None, None) => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+        }
+    };
+    if !dated {
+        out.extend_from_slice(b"date: ");
+        now(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Written { framing, close }
+}
+
+fn length_field(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The IMF-fixdate of the current second, formatted once a second per thread.
+fn now(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let time = SystemTime::now();
+    let second = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    CACHED.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(time);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Response;
+
+    fn write(resp: Response<()>, method: Method, hint: SizeHint, end: bool) -> (String, Written) {
+        let mut out = Vec::new();
+        let written = head(&mut out, &resp.into_parts().0, &method, &hint, end);
+        (String::from_utf8(out).unwrap(), written)
+    }
+
+    fn known(n: u64) -> SizeHint {
+        SizeHint::with_exact(n)
+    }
+
+    #[test]
+    fn length_from_the_header_or_the_body_and_chunked_otherwise() {
+        let stated = Response::builder()
+            .header("content-length", "5")
+            .header("date", "x")
+            .body(())
+            .unwrap();
+        let (text, w) = write(stated, Method::GET, SizeHint::new(), false);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ndate: x\r\n\r\n"
+        );
+        assert_eq!(w.framing, Framing::Length(5));
+        let (text, w) = write(Response::new(()), Method::GET, known(3), false);
+        assert!(text.contains("content-length: 3\r\n"), "{text}");
+        assert!(text.contains("date: "), "{text}");
+        assert_eq!(w.framing, Framing::Length(3));
+        let (text, w) = write(Response::new(()), Method::GET, SizeHint::new(), false);
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert_eq!(w.framing, Framing::Chunked);
+        let (text, w) = write(Response::new(()), Method::GET, known(0), true);
+        assert!(text.contains("content-length: 0\r\n"), "{text}");
+        assert_eq!(w.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn no_body_for_head_204_and_304() {
+        let head_resp = Response::builder()
+            .header("content-length", "10")
+            .body(())
+            .unwrap();
+        let (text, w) = write(head_resp, Method::HEAD, known(0), true);
+        assert!(text.contains("content-length: 10\r\n"), "{text}");
+        assert_eq!(w.framing, Framing::Empty);
+        let no_content = Response::builder()
+            .status(204)
+            .header("content-length", "0")
+            .body(())
+            .unwrap();
+        let (text, w) = write(no_content, Method::GET, known(0), true);
+        assert!(text.starts_with("HTTP/1.1 204 No Content\r\n"), "{text}");
+        assert!(!text.contains("content-length"), "{text}");
+        assert_eq!(w.framing, Framing::Empty);
+        let not_modified = Response::builder().status(304).body(()).unwrap();
+        let (_, w) = write(not_modified, Method::GET, SizeHint::new(), false);
+        assert_eq!(w.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn connection_close_and_transfer_encoding() {
+        let resp = Response::builder()
+            .status(503)
+            .header("connection", "keep-alive, Close")
+            .header("transfer-encoding", "gzip")
+            .body(())
+            .unwrap();
+        let (text, w) = write(resp, Method::GET, known(2), false);
+        assert!(
+            text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("gzip"), "{text}");
+        assert!(w.close);
+        assert_eq!(w.framing, Framing::Length(2));
+    }
+}

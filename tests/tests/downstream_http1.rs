@@ -1,0 +1,137 @@
+//! HTTP/1.1 from clients: plain requests are served by the proxy's fast path, and a connection
+//! moves to hyper's server at the first request the fast path leaves (a body, here), with
+//! nothing lost or reordered on the way.
+
+use strait_tests::client::raw;
+use strait_tests::config::{http_route, proxy, service};
+use strait_tests::{Proxy, Upstream};
+
+/// One response off the front of `rest`: (head, body). `head_request`: no body follows.
+fn next_response(rest: &mut &[u8], head_request: bool) -> (String, Vec<u8>) {
+    let end = rest
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete head in {:?}", String::from_utf8_lossy(rest)))
+        + 4;
+    let head = String::from_utf8_lossy(&rest[..end]).to_lowercase();
+    *rest = &rest[end..];
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::trim)
+            .map(str::to_owned)
+    };
+    let mut body = Vec::new();
+    if head_request {
+        return (head, body);
+    }
+    if let Some(length) = field("content-length") {
+        let n: usize = length.parse().unwrap();
+        body.extend_from_slice(&rest[..n]);
+        *rest = &rest[n..];
+    } else if field("transfer-encoding").as_deref() == Some("chunked") {
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+            *rest = &rest[line_end + 2..];
+            if size == 0 {
+                assert!(rest.starts_with(b"\r\n"), "no trailers expected");
+                *rest = &rest[2..];
+                break;
+            }
+            body.extend_from_slice(&rest[..size]);
+            *rest = &rest[size + 2..];
+        }
+    }
+    (head, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_across_the_move_to_hyper() {
+    let up = Upstream::start("up").await;
+    let yaml = proxy("")
+        + &service("up", "http1", &[(up.address(), 1)], "")
+        + &http_route("r", "  rules:\n    - {backendRefs: [{name: up}]}");
+    let proxy = Proxy::start(&yaml);
+    let addr = proxy.listener("web");
+
+    // All in one write: the fast path serves the first three (a JSON answer, a HEAD, a
+    // streamed body), hyper the POST with its body and the GET after it, which closes.
+    let answer = raw(
+        addr,
+        b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n\
+          HEAD /b HTTP/1.1\r\nHost: h\r\n\r\n\
+          GET /trailers HTTP/1.1\r\nHost: h\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+          GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let mut rest = answer.as_bytes();
+
+    let (head, body) = next_response(&mut rest, false);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("\r\ndate: "), "{head}");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["path"], "/a");
+    assert_eq!(json["method"], "GET");
+    assert_eq!(json["headers"]["x-forwarded-for"][0], "127.0.0.1");
+
+    let (head, body) = next_response(&mut rest, true);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("\r\ncontent-length: "), "{head}");
+    assert!(body.is_empty());
+
+    let (head, body) = next_response(&mut rest, false);
+    assert!(
+        head.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{head}"
+    );
+    assert_eq!(body, b"payload");
+
+    let (head, body) = next_response(&mut rest, false);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert_eq!(body, b"hello");
+
+    let (head, body) = next_response(&mut rest, false);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["path"], "/c");
+    assert!(
+        rest.is_empty(),
+        "after the close: {:?}",
+        String::from_utf8_lossy(rest)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_answers_on_the_fast_path_are_framed_and_keep_the_connection() {
+    let up = Upstream::start("up").await;
+    let yaml = proxy("")
+        + &service("up", "http1", &[(up.address(), 1)], "")
+        + &http_route(
+            "r",
+            "  hostnames: [known]\n  rules:\n    - {backendRefs: [{name: up}]}",
+        );
+    let proxy = Proxy::start(&yaml);
+    let addr = proxy.listener("web");
+
+    // No route for the first: the proxy's own 404, then the next request on the same
+    // connection is proxied.
+    let answer = raw(
+        addr,
+        b"GET /x HTTP/1.1\r\nHost: unknown\r\n\r\n\
+          GET /y HTTP/1.1\r\nHost: known\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let mut rest = answer.as_bytes();
+    let (head, body) = next_response(&mut rest, false);
+    assert!(head.starts_with("http/1.1 404 not found\r\n"), "{head}");
+    assert!(head.contains("\r\ncontent-length: "), "{head}");
+    assert!(!body.is_empty());
+    let (head, body) = next_response(&mut rest, false);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["path"], "/y");
+    assert!(rest.is_empty());
+}
