@@ -80,11 +80,16 @@ pub async fn serve(
             .as_mut()
             .reset(tokio::time::Instant::now() + limits.header_read_timeout);
         let Plain { head, close } = loop {
-            match request::request(&mut buf) {
-                Parsed::Plain(plain) => break plain,
-                Parsed::Other => return Outcome::Handoff(buf),
-                Parsed::Partial if buf.len() >= limits.max_head => return Outcome::Handoff(buf),
-                Parsed::Partial => {}
+            // Between requests the buffer is usually empty: nothing to parse yet.
+            if !buf.is_empty() {
+                match request::request(&mut buf) {
+                    Parsed::Plain(plain) => break plain,
+                    Parsed::Other => return Outcome::Handoff(buf),
+                    Parsed::Partial if buf.len() >= limits.max_head => {
+                        return Outcome::Handoff(buf)
+                    }
+                    Parsed::Partial => {}
+                }
             }
             if buf.capacity() - buf.len() < READ_SIZE / 4 {
                 buf.reserve(READ_SIZE);
