@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use strait_config::snapshot::ProxySettings;
 use tokio::net::TcpStream;
 
 use super::body::ClientBody;
@@ -49,6 +50,20 @@ pub async fn serve(
         h1::serve::Outcome::Closed => return,
         h1::serve::Outcome::Handoff(read) => read.freeze(),
     };
+    // Boxed: hyper's connection state would otherwise widen every connection's task, most of
+    // which never leave the fast path.
+    let io = TokioIo::new(h1::serve::Rewound::new(read, stream));
+    Box::pin(serve_with_hyper(io, conn, &limits, max_buf_size, late)).await;
+}
+
+/// hyper's server, from where the fast path left the connection to its end.
+async fn serve_with_hyper(
+    io: TokioIo<h1::serve::Rewound>,
+    conn: Arc<Conn>,
+    limits: &ProxySettings,
+    max_buf_size: usize,
+    late: bool,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own limits sit above ours so that our 431 (with a reason) answers first.
     builder
@@ -64,8 +79,9 @@ pub async fn serve(
         .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(30));
-    let mut drain = shared.drain.watch();
-    let state = shared.clone();
+    let state = conn.shared.clone();
+    let mut drain = state.drain.watch();
+    let (listener, peer) = (conn.listener.clone(), conn.peer);
     // Accepted while draining (an outbound listener keeps accepting so the app can still call
     // out): serve one request and close, rather than shut down a connection whose request has
     // not been read yet.
@@ -75,7 +91,6 @@ pub async fn serve(
     let service = service_fn(move |req: Request<Incoming>| {
         handle(req.map(ClientBody::Streamed), conn.clone())
     });
-    let io = TokioIo::new(h1::serve::Rewound::new(read, stream));
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let result = tokio::select! {

@@ -31,7 +31,7 @@ use crate::http::pipeline::{handle, Conn};
 use crate::shared::{draining, until_drain};
 
 /// Room a read asks for: a request head of usual size in one read, little held while idle.
-const READ_SIZE: usize = 2048;
+const READ_SIZE: usize = 1024;
 /// Body bytes gathered behind the head into one write; larger frames are written as they are.
 const COALESCE: usize = 16 * 1024;
 /// A write buffer grown larger than this by a big head is not kept while idle.
@@ -72,6 +72,9 @@ pub async fn serve(
     let mut draining_seen = late;
     let timeout = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(timeout);
+    // The request's future (4.6 KiB) lives on the heap, allocated once per connection and
+    // reused, as hyper's dispatcher does: the connection's task stays small.
+    let mut in_flight: Pin<Box<Option<_>>> = Box::pin(None);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::new();
     loop {
@@ -111,7 +114,15 @@ pub async fn serve(
         };
 
         let method = head.method.clone();
-        let Ok(response) = handle(Request::from_parts(head, ClientBody::Empty), conn.clone()).await;
+        in_flight.set(Some(handle(
+            Request::from_parts(head, ClientBody::Empty),
+            conn.clone(),
+        )));
+        let Some(handling) = in_flight.as_mut().as_pin_mut() else {
+            return Outcome::Closed;
+        };
+        let Ok(response) = handling.await;
+        in_flight.set(None);
 
         let (parts, mut body) = response.into_parts();
         let written = respond::head(
