@@ -6,6 +6,18 @@ use strait_tests::client::raw;
 use strait_tests::config::{http_route, proxy, service};
 use strait_tests::{Proxy, Upstream};
 
+/// An upstream, and a proxy routing to it with `route` (lines before the route's rules).
+async fn proxied(route: &str) -> (Upstream, Proxy) {
+    let up = Upstream::start("up").await;
+    let yaml = proxy("")
+        + &service("up", "http1", &[(up.address(), 1)], "")
+        + &http_route(
+            "r",
+            &format!("{route}  rules:\n    - {{backendRefs: [{{name: up}}]}}"),
+        );
+    (up, Proxy::start(&yaml))
+}
+
 /// One response off the front of `rest`: (head, body). `head_request`: no body follows.
 fn next_response(rest: &mut &[u8], head_request: bool) -> (String, Vec<u8>) {
     let end = rest
@@ -49,11 +61,7 @@ fn next_response(rest: &mut &[u8], head_request: bool) -> (String, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_across_the_move_to_hyper() {
-    let up = Upstream::start("up").await;
-    let yaml = proxy("")
-        + &service("up", "http1", &[(up.address(), 1)], "")
-        + &http_route("r", "  rules:\n    - {backendRefs: [{name: up}]}");
-    let proxy = Proxy::start(&yaml);
+    let (_up, proxy) = proxied("").await;
     let addr = proxy.listener("web");
 
     // All in one write: the fast path serves the first three (a JSON answer, a HEAD, a
@@ -106,14 +114,7 @@ async fn pipelined_requests_are_answered_in_order_across_the_move_to_hyper() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxys_own_answers_on_the_fast_path_are_framed_and_keep_the_connection() {
-    let up = Upstream::start("up").await;
-    let yaml = proxy("")
-        + &service("up", "http1", &[(up.address(), 1)], "")
-        + &http_route(
-            "r",
-            "  hostnames: [known]\n  rules:\n    - {backendRefs: [{name: up}]}",
-        );
-    let proxy = Proxy::start(&yaml);
+    let (_up, proxy) = proxied("  hostnames: [known]\n").await;
     let addr = proxy.listener("web");
 
     // No route for the first: the proxy's own 404, then the next request on the same

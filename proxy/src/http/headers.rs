@@ -28,10 +28,17 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| lists(v.as_bytes(), token))
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitively).
+pub fn lists(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Whether `name` may be hop-by-hop without a `Connection` header naming it.

@@ -204,8 +204,8 @@ fn framing(
     }
 }
 
-/// Digits only (no sign, no spaces), at most 19 of them.
-fn parse_length(text: &[u8]) -> Option<u64> {
+/// A `Content-Length` value: digits only (no sign, no spaces), at most 19 of them.
+pub fn parse_length(text: &[u8]) -> Option<u64> {
     if text.is_empty() || text.len() > 19 {
         return None;
     }

@@ -11,6 +11,8 @@ use http::header::{
 use http::{Method, Uri, Version};
 use smallvec::SmallVec;
 
+use crate::http::headers::lists;
+
 /// Most header fields the fast path takes; a head with more goes to hyper's server, whose
 /// limit is the configured one.
 const MAX_HEADERS: usize = 64;
@@ -126,13 +128,6 @@ fn give_back(buf: &mut BytesMut, head: &[u8]) {
     restored.extend_from_slice(head);
     restored.extend_from_slice(buf);
     *buf = restored;
-}
-
-/// Whether a comma-separated header value lists `token` (case-insensitively).
-fn lists(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]

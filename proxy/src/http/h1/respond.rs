@@ -9,6 +9,9 @@ use http::response::Parts;
 use http::{Method, StatusCode};
 use http_body::SizeHint;
 
+use super::decode::parse_length;
+use crate::http::headers::lists;
+
 /// How the body after a response head is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -61,9 +64,7 @@ pub fn head(
             continue;
         }
         if name == CONTENT_LENGTH {
-            let parsed = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            let parsed = parse_length(value.as_bytes().trim_ascii());
             // One length field, readable (the upstream client checked its responses'; an
             // unreadable one of the proxy's own making is left for the body's length).
             if !length_allowed || stated_length.is_some() || parsed.is_none() {
@@ -71,10 +72,7 @@ pub fn head(
             }
             stated_length = parsed;
         } else if name == CONNECTION {
-            close |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= lists(value.as_bytes(), "close");
         } else if name == DATE {
             dated = true;
         }
