@@ -13,5 +13,5 @@ pub mod wait;
 
 pub use control::Control;
 pub use process::Proxy;
-pub use upstream::{CaptureUpstream, TcpEcho, Upstream};
+pub use upstream::{CaptureUpstream, ScriptedUpstream, TcpEcho, Upstream};
 pub use wait::eventually;

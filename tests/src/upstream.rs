@@ -340,6 +340,70 @@ impl Drop for CaptureUpstream {
     }
 }
 
+/// A raw TCP server that answers each request on a keep-alive connection with the bytes
+/// scripted for its path (a 404 for other paths): responses exactly as an upstream would
+/// write them, field spelling and connection fields included.
+pub struct ScriptedUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl ScriptedUpstream {
+    /// Starts on a free port; `answers` pairs a request path with the whole response.
+    pub async fn start(answers: &[(&'static str, &'static str)]) -> Self {
+        let socket = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind scripted");
+        let addr = socket.local_addr().expect("addr");
+        let answers: Arc<Vec<(&'static str, &'static str)>> = Arc::new(answers.to_vec());
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = socket.accept().await {
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let mut received = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        let read =
+                            tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                                .await;
+                        let n = match read {
+                            Ok(Ok(n)) if n > 0 => n,
+                            _ => return,
+                        };
+                        received.extend_from_slice(&buf[..n]);
+                        if !request_complete(&received) {
+                            continue;
+                        }
+                        let request = String::from_utf8_lossy(&received).into_owned();
+                        received.clear();
+                        let path = request.split(' ').nth(1).unwrap_or("");
+                        let answer = answers.iter().find(|(p, _)| *p == path).map_or(
+                            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+                            |(_, a)| a,
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// Its address, as a config endpoint.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for ScriptedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Whether `raw` holds a whole request: headers plus a Content-Length body or a final chunk.
 pub fn request_complete(raw: &[u8]) -> bool {
     let text = String::from_utf8_lossy(raw);

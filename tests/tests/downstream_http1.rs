@@ -4,7 +4,7 @@
 
 use strait_tests::client::raw;
 use strait_tests::config::{http_route, proxy, service};
-use strait_tests::{Proxy, Upstream};
+use strait_tests::{Proxy, ScriptedUpstream, Upstream};
 
 /// An upstream, and a proxy routing to it with `route` (lines before the route's rules).
 async fn proxied(route: &str) -> (Upstream, Proxy) {
@@ -134,5 +134,96 @@ async fn the_proxys_own_answers_on_the_fast_path_are_framed_and_keep_the_connect
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["path"], "/y");
+    assert!(rest.is_empty());
+}
+
+/// The head of a response exactly as the client received it, and its body.
+fn split_response(rest: &mut &[u8]) -> (String, Vec<u8>) {
+    let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+    let (_, body) = next_response(rest, false);
+    (head, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_fields_pass_as_sent_and_hop_by_hop_ones_never_do() {
+    let up = ScriptedUpstream::start(&[
+        (
+            "/plain",
+            "HTTP/1.1 200 OK\r\nServer: scripted\r\nX-Mixed-Case:  Kept As Sent\r\n\
+             Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\n\r\nplain",
+        ),
+        (
+            "/hop",
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+             Proxy-Connection: keep-alive\r\nTrailer: x-sum\r\nX-App: 2\r\n\
+             Content-Length: 3\r\n\r\nhop",
+        ),
+        (
+            "/policy",
+            "HTTP/1.1 201 Created\r\nX-Remove-Me: 1\r\nX-App: 3\r\n\
+             Transfer-Encoding: chunked\r\n\r\n6\r\npolicy\r\n0\r\n\r\n",
+        ),
+    ])
+    .await;
+    let yaml = proxy("")
+        + &service("up", "http1", &[(up.address(), 1)], "")
+        + &http_route(
+            "r",
+            "  rules:
+    - matches: [{path: {type: PathPrefix, value: /policy}}]
+      backendRefs: [{name: up}]
+      responseHeaders: {add: {x-served-by: strait}, remove: [x-remove-me]}
+    - {backendRefs: [{name: up}]}",
+        );
+    let proxy = Proxy::start(&yaml);
+
+    // One connection, all on the fast path; the upstream connection is reused throughout.
+    let answer = raw(
+        proxy.listener("web"),
+        b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n\
+          GET /hop HTTP/1.1\r\nHost: h\r\n\r\n\
+          GET /policy HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let mut rest = answer.as_bytes();
+
+    // Copied as the upstream spelled them; its connection fields stay on its hop.
+    let (head, body) = split_response(&mut rest);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("\r\nServer: scripted\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nX-Mixed-Case:  Kept As Sent\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nContent-Length: 5\r\n"), "{head}");
+    let lower = head.to_lowercase();
+    assert!(!lower.contains("keep-alive"), "{head}");
+    assert!(!lower.contains("\r\nconnection:"), "{head}");
+    assert_eq!(lower.matches("\r\ndate: ").count(), 1, "{head}");
+    assert_eq!(body, b"plain");
+
+    // Hop-by-hop fields, and those Connection names, are stripped.
+    let (head, body) = split_response(&mut rest);
+    let lower = head.to_lowercase();
+    for gone in [
+        "x-secret",
+        "proxy-connection",
+        "trailer:",
+        "\r\nconnection:",
+    ] {
+        assert!(!lower.contains(gone), "{gone} in {head}");
+    }
+    assert!(lower.contains("\r\nx-app: 2\r\n"), "{head}");
+    assert_eq!(body, b"hop");
+
+    // A response header policy applies; the body is re-framed for this client.
+    let (head, body) = split_response(&mut rest);
+    let lower = head.to_lowercase();
+    assert!(lower.starts_with("http/1.1 201 created\r\n"), "{head}");
+    assert!(lower.contains("\r\nx-served-by: strait\r\n"), "{head}");
+    assert!(lower.contains("\r\nx-app: 3\r\n"), "{head}");
+    assert!(!lower.contains("x-remove-me"), "{head}");
+    assert_eq!(body, b"policy");
     assert!(rest.is_empty());
 }

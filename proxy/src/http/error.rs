@@ -1,9 +1,10 @@
 //! Why the proxy answered a request itself, and the one function that turns that into a response.
 
-use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Response, StatusCode};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use http::StatusCode;
 
 use super::body::ResponseBody;
+use super::response::{Fields, Reply};
 use crate::service::breaker::Refusal;
 
 /// Header naming the reason for a proxy-made answer.
@@ -139,7 +140,7 @@ impl ProxyError {
     }
 
     /// The response the client gets.
-    pub fn into_response(self) -> Response<ResponseBody> {
+    pub fn into_response(self) -> Reply<ResponseBody> {
         let status = self.status();
         let reason = self.reason();
         let mut body = String::with_capacity(64);
@@ -147,9 +148,7 @@ impl ProxyError {
         body.push_str(" (");
         body.push_str(reason);
         body.push_str(")\n");
-        let mut resp = Response::new(ResponseBody::local(body));
-        *resp.status_mut() = status;
-        let headers = resp.headers_mut();
+        let mut headers = HeaderMap::with_capacity(3);
         headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
         headers.insert(
             CONTENT_TYPE,
@@ -160,7 +159,11 @@ impl ProxyError {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
-        resp
+        Reply {
+            status,
+            fields: Fields::Map(headers),
+            body: ResponseBody::local(body),
+        }
     }
 }
 
@@ -191,10 +194,11 @@ mod tests {
         ];
         for (err, status, reason) in cases {
             let resp = err.into_response();
-            assert_eq!(resp.status().as_u16(), status);
-            assert_eq!(resp.headers()[REASON_HEADER], reason);
+            assert_eq!(resp.status.as_u16(), status);
+            let headers = resp.fields.into_map();
+            assert_eq!(headers[REASON_HEADER], reason);
             if status == 429 {
-                assert_eq!(resp.headers()["retry-after"], "2");
+                assert_eq!(headers["retry-after"], "2");
             }
         }
     }

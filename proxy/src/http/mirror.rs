@@ -63,9 +63,9 @@ pub fn spawn(head: http::request::Parts, body: Bytes, service: &Service, runtime
         let copy = async {
             let response =
                 upstream::send(&endpoint, dial, head, UpstreamBody::Full(Some(body))).await?;
-            let status = response.status();
+            let status = response.status;
             // Read to the end, so that an HTTP/1 connection goes back to its pool.
-            let _ = response.into_body().collect().await;
+            let _ = response.body.collect().await;
             Ok::<_, super::error::ProxyError>(status)
         };
         match tokio::time::timeout(MIRROR_TIMEOUT, copy).await {

@@ -7,6 +7,7 @@ pub mod h1;
 pub mod headers;
 pub mod mirror;
 pub mod pipeline;
+pub mod response;
 pub mod retry;
 pub mod server;
 pub mod tunnel;

@@ -8,7 +8,6 @@
 //! Every step that refuses returns a [`ProxyError`]; [`handle`] turns it into the answer and
 //! records metrics and the access log either way.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +16,8 @@ use http::header::{
     HeaderMap, HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, TRANSFER_ENCODING,
 };
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, StatusCode, Uri, Version};
+use hyper::upgrade::OnUpgrade;
 use strait_config::matching::{normalize_host, RequestView};
 use strait_config::snapshot::{HashKey, HttpRule, ProxySettings, Serves};
 use strait_config::spec::ServiceProtocol;
@@ -26,6 +26,7 @@ use super::body::{ClientBody, ResponseBody, UpstreamResponseBody};
 use super::deadline::within;
 use super::error::ProxyError;
 use super::headers::{strip_hop_by_hop, wants_upgrade, ClientHeaders};
+use super::response::Reply;
 use super::retry::{backoff, retryable, RequestBody};
 use super::upstream::Dial;
 use super::{mirror, tunnel, upstream};
@@ -62,10 +63,7 @@ struct Exchange {
 }
 
 /// Serves one request; never fails (refusals become responses).
-pub async fn handle(
-    req: Request<ClientBody>,
-    conn: Arc<Conn>,
-) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(req: Request<ClientBody>, conn: Arc<Conn>) -> Reply<ResponseBody> {
     let started = Instant::now();
     let active = conn.shared.config.load_full();
     let access = active.snapshot.proxy.access_log.then(|| {
@@ -89,14 +87,15 @@ pub async fn handle(
             let mut resp = e.into_response();
             if close {
                 // Connection-specific, so only on HTTP/1 (illegal in HTTP/2).
-                resp.headers_mut()
+                resp.fields
+                    .map_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             resp
         }
     };
     let elapsed = started.elapsed();
-    let status = response.status().as_u16();
+    let status = response.status.as_u16();
     if let Some(li) = exchange.listener {
         let metrics = match &exchange.rule {
             Some(rule) => active.request_metrics(li, rule, exchange.position),
@@ -131,7 +130,7 @@ pub async fn handle(
             "access"
         );
     }
-    Ok(response)
+    response
 }
 
 async fn forward(
@@ -139,7 +138,7 @@ async fn forward(
     conn: &Conn,
     active: &Active,
     exchange: &mut Exchange,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Reply<ResponseBody>, ProxyError> {
     let (li, listener) = active.listener(&conn.listener).ok_or(ProxyError::NoRoute)?;
     exchange.listener = Some(li);
     let Serves::Http(table) = &listener.serves else {
@@ -189,8 +188,7 @@ async fn forward(
         .as_ref()
         .and_then(|key| affinity(req.headers(), key));
 
-    let downstream_version = req.version();
-    let upgrade = downstream_version == Version::HTTP_11
+    let upgrade = req.version() == Version::HTTP_11
         && service.protocol == ServiceProtocol::Http1
         && wants_upgrade(req.headers());
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -245,27 +243,45 @@ async fn forward(
         tries,
     } = sent;
 
-    let (mut parts, mut body) = response.into_parts();
-    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        tunnel::join(on_client_upgrade, &mut body, &endpoint.label);
-    }
-    strip_hop_by_hop(&mut parts.headers, switching && upgrade);
+    let Reply {
+        status,
+        mut fields,
+        body: inner,
+    } = for_client(response, on_client_upgrade, upgrade, &endpoint.label);
     if !rule.response_headers.is_empty() {
-        rule.response_headers.apply(&mut parts.headers);
+        rule.response_headers.apply(fields.map_mut());
     }
     if retries.is_some() {
-        parts
-            .headers
+        fields
+            .map_mut()
             .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
     }
-    parts.version = downstream_version;
     let body = ResponseBody::Upstream {
-        inner: body,
+        inner,
         in_flight: Some(in_flight),
         slot,
     };
-    Ok(Response::from_parts(parts, body))
+    Ok(Reply {
+        status,
+        fields,
+        body,
+    })
+}
+
+/// The upstream's response made fit for the client's hop: a 101 to a request that upgrades
+/// joins the two connections into a tunnel, and the hop-by-hop fields stay behind.
+pub(crate) fn for_client(
+    mut reply: Reply<UpstreamResponseBody>,
+    on_client_upgrade: Option<OnUpgrade>,
+    upgrade: bool,
+    endpoint: &Arc<str>,
+) -> Reply<UpstreamResponseBody> {
+    let switching = reply.status == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        tunnel::join(on_client_upgrade, &mut reply.body, endpoint);
+    }
+    reply.fields.strip_hop_by_hop(switching && upgrade);
+    reply
 }
 
 /// Copies the request to the rule's mirror service, when its body was kept.
@@ -348,7 +364,7 @@ fn upstream_head(
 
 /// A response and what produced it.
 struct Sent {
-    response: Response<UpstreamResponseBody>,
+    response: Reply<UpstreamResponseBody>,
     in_flight: InFlight,
     endpoint: Arc<Endpoint>,
     tries: u32,
@@ -408,7 +424,7 @@ async fn send_with_retries(
         .await
         .unwrap_or_else(|_| Err(ProxyError::Timeout));
         let failed = match &outcome {
-            Ok(response) => response.status().is_server_error(),
+            Ok(response) => response.status.is_server_error(),
             Err(e) => e.is_upstream(),
         };
         if let (Some(b), Some(attempt)) = (breaker, admitted.take()) {
@@ -419,7 +435,7 @@ async fn send_with_retries(
         }
         let outcome = outcome.map(|response| (response, in_flight));
         let retry = match policy {
-            Some(p) if retry_possible && retryable(p, outcome.as_ref().map(|(r, _)| r)) => {
+            Some(p) if retry_possible && retryable(p, outcome.as_ref().map(|(r, _)| r.status)) => {
                 p.budget
                     .is_none_or(|(percent, floor)| runtime.state.budget.try_retry(percent, floor))
                     && admit_retry(breaker, &mut admitted)
@@ -437,7 +453,7 @@ async fn send_with_retries(
         runtime.state.retries.increment(1);
         match &outcome {
             Ok((response, _)) => {
-                tracing::debug!(endpoint = %endpoint.label, status = response.status().as_u16(), "retrying")
+                tracing::debug!(endpoint = %endpoint.label, status = response.status.as_u16(), "retrying")
             }
             Err(e) => tracing::debug!(endpoint = %endpoint.label, error = %e, "retrying"),
         }

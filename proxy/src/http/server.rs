@@ -2,6 +2,7 @@
 //! ([`h1::serve`]), then — from the first request it leaves, or the first bytes when they are
 //! HTTP/2's preface — hyper's server, with the configured limits and graceful shutdown on drain.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,7 +90,9 @@ async fn serve_with_hyper(
         builder.http1().keep_alive(false);
     }
     let service = service_fn(move |req: Request<Incoming>| {
-        handle(req.map(ClientBody::Streamed), conn.clone())
+        let version = req.version();
+        let reply = handle(req.map(ClientBody::Streamed), conn.clone());
+        async move { Ok::<_, Infallible>(reply.await.into_http(version)) }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);

@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{Request, Response};
+use http::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::body::{UpstreamBody, UpstreamResponseBody};
 use super::error::ProxyError;
 use super::h1;
+use super::response::Reply;
 use crate::service::breaker::{Breaker, Slot};
 use crate::service::endpoint::{Endpoint, Http2Sender, Pool};
 
@@ -60,7 +61,7 @@ pub async fn send(
     dial: Dial<'_>,
     head: Parts,
     body: UpstreamBody,
-) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+) -> Result<Reply<UpstreamResponseBody>, ProxyError> {
     match &endpoint.pool {
         Pool::Http1(idle) => send_http1(endpoint, idle, dial, head, body).await,
         Pool::Http2(shared) => {
@@ -77,7 +78,7 @@ async fn send_http1(
     dial: Dial<'_>,
     head: Parts,
     body: UpstreamBody,
-) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+) -> Result<Reply<UpstreamResponseBody>, ProxyError> {
     let (mut conn, reused) = match checkout(idle) {
         Some(conn) => (conn, true),
         // Connecting is the rare path: boxed, its future does not widen every
@@ -106,10 +107,11 @@ async fn send_http1(
         endpoint: endpoint.clone(),
     };
     let body = h1::Body::new(&head, lease, unsent);
-    Ok(Response::from_parts(
-        head.parts,
-        UpstreamResponseBody::Http1(body),
-    ))
+    Ok(Reply {
+        status: head.status,
+        fields: head.fields,
+        body: UpstreamResponseBody::Http1(body),
+    })
 }
 
 /// One stream on the endpoint's shared HTTP/2 connection (opened when there is none).
@@ -118,7 +120,7 @@ async fn send_http2(
     shared: &arc_swap::ArcSwapOption<Http2Sender>,
     dial: Dial<'_>,
     req: Request<UpstreamBody>,
-) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+) -> Result<Reply<UpstreamResponseBody>, ProxyError> {
     let mut sender = match shared.load_full() {
         Some(s) if !s.is_closed() => (*s).clone(),
         _ => {
@@ -129,7 +131,7 @@ async fn send_http2(
     };
     sender.ready().await.map_err(classify)?;
     let resp = sender.send_request(req).await.map_err(classify)?;
-    Ok(resp.map(UpstreamResponseBody::Http2))
+    Ok(Reply::from(resp.map(UpstreamResponseBody::Http2)))
 }
 
 /// Takes an idle connection that is still usable, closing dead ones.

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Uri, Version};
 use tokio::net::TcpStream;
 
 use crate::http::body::{ClientBody, ResponseBody, UpstreamBody};
 use crate::http::error::ProxyError;
 use crate::http::headers::{strip_hop_by_hop, wants_upgrade};
-use crate::http::tunnel;
+use crate::http::pipeline::for_client;
+use crate::http::response::Reply;
 use crate::http::upstream::{self, Dial};
 use crate::metrics::TCP_CONNECTIONS;
 use crate::service::endpoint::{Endpoint, Pool};
@@ -66,7 +67,7 @@ pub async fn http(
     mut req: Request<ClientBody>,
     authority: Authority,
     original: &OriginalDestination,
-) -> Result<(Response<ResponseBody>, Arc<str>), ProxyError> {
+) -> Result<(Reply<ResponseBody>, Arc<str>), ProxyError> {
     let downstream_version = req.version();
     let http2 = downstream_version == Version::HTTP_2;
     let upgrade = downstream_version == Version::HTTP_11 && wants_upgrade(req.headers());
@@ -106,19 +107,22 @@ pub async fn http(
         limits: None,
     };
     let response = upstream::send(endpoint, dial, parts, UpstreamBody::Streamed(body)).await?;
-    let (mut parts, mut body) = response.into_parts();
-    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        tunnel::join(on_client_upgrade, &mut body, &endpoint.label);
-    }
-    strip_hop_by_hop(&mut parts.headers, switching && upgrade);
-    parts.version = downstream_version;
+    let Reply {
+        status,
+        fields,
+        body: inner,
+    } = for_client(response, on_client_upgrade, upgrade, &endpoint.label);
     let body = ResponseBody::Upstream {
-        inner: body,
+        inner,
         in_flight: Some(in_flight),
         slot: None,
     };
-    Ok((Response::from_parts(parts, body), endpoint.label.clone()))
+    let reply = Reply {
+        status,
+        fields,
+        body,
+    };
+    Ok((reply, endpoint.label.clone()))
 }
 
 /// Copies an opaque TCP connection to its original destination and back.

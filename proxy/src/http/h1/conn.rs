@@ -166,7 +166,7 @@ impl Connection {
                             )))
                         }
                         ResponseFraming::Switched => return Poll::Ready(Ok(head)),
-                        _ if head.parts.status.is_informational() => continue,
+                        _ if head.status.is_informational() => continue,
                         _ => return Poll::Ready(Ok(head)),
                     }
                 }
@@ -273,7 +273,7 @@ mod tests {
         let body = UpstreamBody::Full(Some(Bytes::from_static(b"abc")));
         let (answer, unsent) = conn.send(&head, body).await.unwrap();
         assert!(unsent.is_none(), "the whole request went out");
-        assert_eq!(answer.parts.status, 200);
+        assert_eq!(answer.status, 200);
         assert_eq!(answer.framing, ResponseFraming::Length(2));
         assert_eq!(&conn.input[..], b"ok", "the body stays for the body reader");
         // The answer came in a read that left room: the reactor knows the socket is drained,

@@ -4,13 +4,12 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING,
-};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
 
 use super::Error;
+use crate::http::response::{Fields, RawFields, Span};
 
 /// Most header fields a response head may carry.
 pub const MAX_HEADERS: usize = 128;
@@ -39,8 +38,11 @@ pub enum Framing {
 /// A parsed response head.
 #[derive(Debug)]
 pub struct Head {
-    /// Status, version and header fields.
-    pub parts: http::response::Parts,
+    /// The status.
+    pub status: StatusCode,
+    /// The header fields passed on: raw when none of them is hop-by-hop (see
+    /// [`crate::http::response`]).
+    pub fields: Fields,
     /// How the body that follows is delimited.
     pub framing: Framing,
     /// Whether the connection may carry another request once this response is read.
@@ -53,6 +55,8 @@ pub struct Head {
 /// The fields that describe this connection rather than the message are consumed here, not
 /// returned: `Transfer-Encoding`, `Keep-Alive`, and `Connection` when it lists nothing but
 /// `close` and `keep-alive` (one that names other fields is kept, for the hop to strip them).
+/// The rest stay raw unless a hop-by-hop field, a 101, or a `Content-Length` to correct is
+/// among them.
 pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -61,15 +65,18 @@ pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> 
         buf,
         &mut slots,
     ) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
+            return Err(Error::HeadTooLarge)
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Error::Malformed("too many headers")),
         Err(_) => return Err(Error::Malformed("response head")),
     };
-    let status = parsed
-        .code
-        .and_then(|code| StatusCode::from_u16(code).ok())
-        .ok_or(Error::Malformed("status code"))?;
+    // `let … else` rather than `ok_or`: an error built eagerly is dropped on every success.
+    let Some(status) = parsed.code.and_then(|code| StatusCode::from_u16(code).ok()) else {
+        return Err(Error::Malformed("status code"));
+    };
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
@@ -77,41 +84,98 @@ pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> 
     let mut connection = ConnectionFields::default();
     // Values are sliced out of the head once it is frozen, not copied: note where they are.
     let base = buf.as_ptr() as usize;
-    let mut fields: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
+    let at = |s: &[u8]| s.as_ptr() as usize - base;
+    let mut spans = SmallVec::new();
+    let mut raw = status != StatusCode::SWITCHING_PROTOCOLS;
+    let (mut lengths, mut dated) = (0, false);
     for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Error::Malformed("header name"))?;
-        if !connection.read(&name, field.value)? {
+        let kind = Kind::of(field.name.as_bytes());
+        if !connection.read(kind, field.value)? {
             continue;
         }
-        let start = field.value.as_ptr() as usize - base;
-        fields.push((name, start, start + field.value.len()));
+        match kind {
+            Kind::ContentLength => {
+                lengths += 1;
+                // Kept raw only as one plain number the writer can copy.
+                raw &= !field.value.contains(&b',');
+            }
+            Kind::Date => dated = true,
+            Kind::Connection | Kind::HopByHop => raw = false,
+            Kind::TransferEncoding | Kind::KeepAlive | Kind::Other => {}
+        }
+        let name = at(field.name.as_bytes());
+        let value = at(field.value);
+        let Some(span) = Span::new(
+            name..name + field.name.len(),
+            value..value + field.value.len(),
+        ) else {
+            return Err(Error::HeadTooLarge);
+        };
+        spans.push(span);
     }
-    if connection.chunked.is_some() {
-        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never pass both on.
-        fields.retain(|(name, _, _)| *name != CONTENT_LENGTH);
-    }
-    let bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, start, end) in fields {
-        let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
-            .map_err(|_| Error::Malformed("header value"))?;
-        headers.append(name, value);
-    }
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never pass both on. And no
+    // length on a 1xx or 204.
+    let drop_length = lengths > 0
+        && (connection.chunked.is_some()
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT);
+    raw &= lengths <= 1 && !drop_length;
+    let length = connection.length.filter(|_| lengths > 0);
     let framing = framing(status, version, method, &connection);
     let keep_alive = framing != Framing::UntilClose
         && framing != Framing::Switched
         && !connection.close
         && (version == Version::HTTP_11 || connection.keep_alive);
-    let mut response = http::Response::new(());
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
+    let Some(fields) = RawFields::new(buf.split_to(len).freeze(), spans, length, dated) else {
+        return Err(Error::Malformed("response head"));
+    };
+    let fields = if raw {
+        Fields::Raw(fields)
+    } else {
+        let mut map = fields.to_map();
+        if connection.chunked.is_some() {
+            map.remove(CONTENT_LENGTH);
+        }
+        Fields::Map(map)
+    };
     Ok(Some(Head {
-        parts: response.into_parts().0,
+        status,
+        fields,
         framing,
         keep_alive,
     }))
+}
+
+/// What a field name says to the decoder (compared without allocating: names are read as the
+/// upstream spelled them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    KeepAlive,
+    Date,
+    /// Hop-by-hop without `Connection` naming it: `Proxy-Connection`, `TE`, `Trailer`,
+    /// `Upgrade`.
+    HopByHop,
+    Other,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Self {
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        match name.len() {
+            2 if is("te") => Self::HopByHop,
+            4 if is("date") => Self::Date,
+            7 if is("upgrade") || is("trailer") => Self::HopByHop,
+            10 if is("connection") => Self::Connection,
+            10 if is("keep-alive") => Self::KeepAlive,
+            14 if is("content-length") => Self::ContentLength,
+            16 if is("proxy-connection") => Self::HopByHop,
+            17 if is("transfer-encoding") => Self::TransferEncoding,
+            _ => Self::Other,
+        }
+    }
 }
 
 /// What a head's connection-level fields say, read in the one pass over its fields.
@@ -130,35 +194,40 @@ struct ConnectionFields {
 impl ConnectionFields {
     /// Notes what the field says about framing and the connection; false when the field is
     /// consumed here rather than passed on.
-    fn read(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, Error> {
-        if name == CONTENT_LENGTH {
-            // A list of identical values is one length (§6.3 item 5); differing ones are not.
-            for part in value.split(|&b| b == b',') {
-                let n = parse_length(trim(part)).ok_or(Error::Malformed("content-length"))?;
-                if self.length.is_some_and(|m| m != n) {
-                    return Err(Error::Malformed("conflicting content-length"));
+    fn read(&mut self, kind: Kind, value: &[u8]) -> Result<bool, Error> {
+        match kind {
+            Kind::ContentLength => {
+                // A list of identical values is one length (§6.3 item 5); differing ones are
+                // not.
+                for part in value.split(|&b| b == b',') {
+                    let n = parse_length(trim(part)).ok_or(Error::Malformed("content-length"))?;
+                    if self.length.is_some_and(|m| m != n) {
+                        return Err(Error::Malformed("conflicting content-length"));
+                    }
+                    self.length = Some(n);
                 }
-                self.length = Some(n);
+                Ok(true)
             }
-            Ok(true)
-        } else if name == TRANSFER_ENCODING {
-            let last = value.rsplit(|&b| b == b',').next().map(trim);
-            self.chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
-            Ok(false)
-        } else if name == CONNECTION {
-            let mut names_others = false;
-            for token in value.split(|&b| b == b',').map(trim) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.keep_alive = true;
-                } else if !token.is_empty() {
-                    names_others = true;
+            Kind::TransferEncoding => {
+                let last = value.rsplit(|&b| b == b',').next().map(trim);
+                self.chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+                Ok(false)
+            }
+            Kind::Connection => {
+                let mut names_others = false;
+                for token in value.split(|&b| b == b',').map(trim) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if !token.is_empty() {
+                        names_others = true;
+                    }
                 }
+                Ok(names_others)
             }
-            Ok(names_others)
-        } else {
-            Ok(name.as_str() != "keep-alive")
+            Kind::KeepAlive => Ok(false),
+            Kind::Date | Kind::HopByHop | Kind::Other => Ok(true),
         }
     }
 }
@@ -353,9 +422,9 @@ mod tests {
             "HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 4\r\n\r\nbody",
         );
         let head = head(&mut buf, &Method::GET).unwrap().unwrap();
-        assert_eq!(head.parts.status, StatusCode::CREATED);
-        assert_eq!(head.parts.version, Version::HTTP_11);
-        let values: Vec<_> = head.parts.headers.get_all("x-a").iter().collect();
+        assert_eq!(head.status, StatusCode::CREATED);
+        let map = head.fields.into_map();
+        let values: Vec<_> = map.get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);
         assert_eq!(head.framing, Framing::Length(4));
         assert!(head.keep_alive);
@@ -408,7 +477,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(both.framing, Framing::Chunked);
-        assert!(!both.parts.headers.contains_key(CONTENT_LENGTH));
+        assert!(!both.fields.into_map().contains_key(CONTENT_LENGTH));
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
             Framing::UntilClose
@@ -448,7 +517,8 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let names: Vec<_> = head.parts.headers.keys().map(|n| n.as_str()).collect();
+        let map = head.fields.into_map();
+        let names: Vec<_> = map.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-app"]);
         let naming = parse(
             "HTTP/1.1 200 OK\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nContent-Length: 1\r\n\r\n",
@@ -457,10 +527,75 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(
-            naming.parts.headers["connection"], "close, x-hop",
+            naming.fields.into_map()["connection"],
+            "close, x-hop",
             "kept: it names x-hop"
         );
         assert!(!naming.keep_alive);
+    }
+
+    /// The head's fields as an HTTP/1 writer copies them, when they stayed raw.
+    fn raw_text(text: &str) -> Option<String> {
+        match parse(text, &Method::GET).unwrap().unwrap().fields {
+            Fields::Raw(raw) => {
+                let mut out = Vec::new();
+                raw.write(&mut out);
+                Some(String::from_utf8(out).unwrap())
+            }
+            Fields::Map(_) => None,
+        }
+    }
+
+    #[test]
+    fn fields_stay_raw_unless_something_must_change() {
+        assert_eq!(
+            raw_text(
+                "HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length:  2 \r\n\r\nok"
+            )
+            .as_deref(),
+            Some("Server: up\r\nContent-Length:  2\r\n"),
+            "connection fields consumed, the rest as sent"
+        );
+        assert_eq!(
+            raw_text("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n").as_deref(),
+            Some("X-A: 1\r\n")
+        );
+        for text in [
+            "HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTrailer: x-sum\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nProxy-Connection: close\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTE: trailers\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert_eq!(raw_text(text), None, "{text}");
+        }
+        let head = parse(
+            "HTTP/1.1 304 Not Modified\r\nDate: Sun, 22 Nov 2026 10:00:00 GMT\r\nContent-Length: 9\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        let Fields::Raw(raw) = head.fields else {
+            panic!("a 304's length stays raw");
+        };
+        assert_eq!(raw.length(), Some(9));
+        assert!(raw.dated());
+    }
+
+    #[test]
+    fn heads_over_the_limit_are_refused_even_when_complete() {
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        assert!(matches!(
+            parse(&big, &Method::GET),
+            Err(Error::HeadTooLarge)
+        ));
     }
 
     #[test]

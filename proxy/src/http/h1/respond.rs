@@ -4,13 +4,13 @@
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::response::Parts;
+use http::header::{HeaderMap, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, StatusCode};
 use http_body::SizeHint;
 
 use super::decode::parse_length;
 use crate::http::headers::lists;
+use crate::http::response::Fields;
 
 /// How the body after a response head is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +38,12 @@ pub struct Written {
 /// when there is none), and the framing field hyper's server would write.
 pub fn head(
     out: &mut Vec<u8>,
-    head: &Parts,
+    status: StatusCode,
+    fields: &Fields,
     method: &Method,
     hint: &SizeHint,
     end: bool,
 ) -> Written {
-    let status = head.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -56,31 +56,20 @@ pub fn head(
         || status == StatusCode::NOT_MODIFIED;
     // A length field may describe the body a HEAD or 304 would have had; not on 1xx or 204.
     let length_allowed = !(status.is_informational() || status == StatusCode::NO_CONTENT);
-    let mut close = status == StatusCode::SWITCHING_PROTOCOLS;
-    let mut stated_length = None;
-    let mut dated = false;
-    for (name, value) in &head.headers {
-        if name == TRANSFER_ENCODING {
-            continue;
-        }
-        if name == CONTENT_LENGTH {
-            let parsed = parse_length(value.as_bytes().trim_ascii());
-            // One length field, readable (the upstream client checked its responses'; an
-            // unreadable one of the proxy's own making is left for the body's length).
-            if !length_allowed || stated_length.is_some() || parsed.is_none() {
-                continue;
+    let stated = match fields {
+        Fields::Map(map) => map_fields(out, map, length_allowed),
+        // The decoder keeps no connection field raw, and no length on a 1xx or 204.
+        Fields::Raw(raw) => {
+            raw.write(out);
+            Stated {
+                length: raw.length(),
+                dated: raw.dated(),
+                close: false,
             }
-            stated_length = parsed;
-        } else if name == CONNECTION {
-            close |= lists(value.as_bytes(), "close");
-        } else if name == DATE {
-            dated = true;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    };
+    let close = stated.close || status == StatusCode::SWITCHING_PROTOCOLS;
+    let stated_length = stated.length;
     let framing = if bodiless {
         if stated_length.is_none() && length_allowed && !end {
             if let Some(n) = hint.exact().filter(|&n| n > 0) {
@@ -109,13 +98,56 @@ pub fn head(
             }
         }
     };
-    if !dated {
+    if !stated.dated {
         out.extend_from_slice(b"date: ");
         now(out);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     Written { framing, close }
+}
+
+/// What a response's own fields say about its framing.
+struct Stated {
+    /// Its `Content-Length`.
+    length: Option<u64>,
+    /// It carries a `Date`.
+    dated: bool,
+    /// It says `Connection: close`.
+    close: bool,
+}
+
+/// Appends the fields of `map` but `Transfer-Encoding` (the writer frames the body) and all
+/// but the first readable `Content-Length` (none where `length_allowed` is false).
+fn map_fields(out: &mut Vec<u8>, map: &HeaderMap, length_allowed: bool) -> Stated {
+    let mut stated = Stated {
+        length: None,
+        dated: false,
+        close: false,
+    };
+    for (name, value) in map {
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        if name == CONTENT_LENGTH {
+            let parsed = parse_length(value.as_bytes().trim_ascii());
+            // One length field, readable (the upstream client checked its responses'; an
+            // unreadable one of the proxy's own making is left for the body's length).
+            if !length_allowed || stated.length.is_some() || parsed.is_none() {
+                continue;
+            }
+            stated.length = parsed;
+        } else if name == CONNECTION {
+            stated.close |= lists(value.as_bytes(), "close");
+        } else if name == DATE {
+            stated.dated = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    stated
 }
 
 fn length_field(out: &mut Vec<u8>, n: u64) {
@@ -150,7 +182,9 @@ mod tests {
 
     fn write(resp: Response<()>, method: Method, hint: SizeHint, end: bool) -> (String, Written) {
         let mut out = Vec::new();
-        let written = head(&mut out, &resp.into_parts().0, &method, &hint, end);
+        let (parts, ()) = resp.into_parts();
+        let fields = Fields::Map(parts.headers);
+        let written = head(&mut out, parts.status, &fields, &method, &hint, end);
         (String::from_utf8(out).unwrap(), written)
     }
 

@@ -28,6 +28,7 @@ use super::request::{self, Parsed, Plain};
 use super::respond::{self, Framing};
 use crate::http::body::{ClientBody, ResponseBody};
 use crate::http::pipeline::{handle, Conn};
+use crate::http::response::Reply;
 use crate::shared::{draining, until_drain};
 
 /// Room a read asks for: a request head of usual size in one read, little held while idle.
@@ -121,18 +122,23 @@ pub async fn serve(
         let Some(handling) = in_flight.as_mut().as_pin_mut() else {
             return Outcome::Closed;
         };
-        let Ok(response) = handling.await;
+        let response = handling.await;
         in_flight.set(None);
 
-        let (parts, mut body) = response.into_parts();
+        let Reply {
+            status,
+            fields,
+            mut body,
+        } = response;
         let written = respond::head(
             &mut out,
-            &parts,
+            status,
+            &fields,
             &method,
             &body.size_hint(),
             body.is_end_stream(),
         );
-        drop(parts);
+        drop(fields);
         let complete = write_body(stream, &mut out, &mut body, written.framing).await;
         drop(body);
         if !complete || close || written.close || late || drain.is_draining() {
