@@ -139,7 +139,9 @@ async fn forward(
     active: &Active,
     exchange: &mut Exchange,
 ) -> Result<Reply<ResponseBody>, ProxyError> {
-    let (li, listener) = active.listener(&conn.listener).ok_or(ProxyError::NoRoute)?;
+    let Some((li, listener)) = active.listener(&conn.listener) else {
+        return Err(ProxyError::NoRoute);
+    };
     exchange.listener = Some(li);
     let Serves::Http(table) = &listener.serves else {
         return Err(ProxyError::NoRoute);
@@ -395,27 +397,28 @@ async fn send_with_retries(
     let mut previous = None;
     loop {
         tries += 1;
-        let index = runtime
-            .pick(hash, previous)
-            .ok_or(ProxyError::NoHealthyEndpoints)?;
-        let endpoint = runtime
-            .endpoints
-            .get(index)
-            .ok_or(ProxyError::NoHealthyEndpoints)?
-            .clone();
+        // `let … else` rather than `ok_or`: an error built eagerly is dropped on every
+        // success, and dropping a `ProxyError` is not free.
+        let Some(index) = runtime.pick(hash, previous) else {
+            return Err(ProxyError::NoHealthyEndpoints);
+        };
+        let Some(endpoint) = runtime.endpoints.get(index).cloned() else {
+            return Err(ProxyError::NoHealthyEndpoints);
+        };
         exchange.endpoint = Some(endpoint.label.clone());
         let retry_possible =
             policy.is_some_and(|p| tries <= p.attempts && body.replayable(p.max_body_bytes));
         // The head is cloned only while another attempt may need it.
-        let this_head = match &head {
-            Some(h) if retry_possible => clone_head(h),
-            _ => head
-                .take()
-                .ok_or(ProxyError::Internal("request head already sent"))?,
+        let this_head = match (&head, retry_possible) {
+            (Some(h), true) => clone_head(h),
+            _ => match head.take() {
+                Some(h) => h,
+                None => return Err(ProxyError::Internal("request head already sent")),
+            },
         };
-        let this_body = body
-            .for_attempt()
-            .ok_or(ProxyError::Internal("request body already sent"))?;
+        let Some(this_body) = body.for_attempt() else {
+            return Err(ProxyError::Internal("request body already sent"));
+        };
         let in_flight = endpoint.start_request();
         let outcome = within(
             rule.per_try_timeout,
