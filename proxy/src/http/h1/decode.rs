@@ -113,8 +113,9 @@ pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> 
         };
         spans.push(span);
     }
-    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never pass both on. And no
-    // length on a 1xx or 204.
+    // A length not to pass on — Transfer-Encoding overrides it (RFC 9112 §6.3), and a 1xx or
+    // 204 has none — sends the head the map's way: the map drops it below for chunked, the
+    // writers for a 1xx or 204.
     let drop_length = lengths > 0
         && (connection.chunked.is_some()
             || status.is_informational()
