@@ -41,9 +41,21 @@ pub fn lists(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Connection-specific headers kept in some cases: `Connection` (when it names an upgrade),
+/// `TE: trailers`, `Upgrade` (when the protocol switches).
+static SOMETIMES_HOP_BY_HOP: [HeaderName; 3] = [CONNECTION, TE, UPGRADE];
+
 /// Whether `name` may be hop-by-hop without a `Connection` header naming it.
 fn maybe_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION || name == TE || name == UPGRADE || HOP_BY_HOP.contains(name)
+    SOMETIMES_HOP_BY_HOP.contains(name) || HOP_BY_HOP.contains(name)
+}
+
+/// [`maybe_hop_by_hop`] for a field name as sent (any case), not parsed into a `HeaderName`.
+pub fn maybe_hop_by_hop_bytes(name: &[u8]) -> bool {
+    SOMETIMES_HOP_BY_HOP
+        .iter()
+        .chain(&HOP_BY_HOP)
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
 }
 
 /// Removes hop-by-hop headers. With `upgrade`, `Upgrade` and `Connection: upgrade` survive so

@@ -9,6 +9,7 @@ use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
 
 use super::Error;
+use crate::http::headers::maybe_hop_by_hop_bytes;
 use crate::http::response::{Fields, RawFields, Span};
 
 /// Most header fields a response head may carry.
@@ -156,8 +157,8 @@ enum Kind {
     Connection,
     KeepAlive,
     Date,
-    /// Hop-by-hop without `Connection` naming it: `Proxy-Connection`, `TE`, `Trailer`,
-    /// `Upgrade`.
+    /// Any other field that may be hop-by-hop without `Connection` naming it
+    /// ([`maybe_hop_by_hop_bytes`]): `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`.
     HopByHop,
     Other,
 }
@@ -166,14 +167,12 @@ impl Kind {
     fn of(name: &[u8]) -> Self {
         let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
         match name.len() {
-            2 if is("te") => Self::HopByHop,
             4 if is("date") => Self::Date,
-            7 if is("upgrade") || is("trailer") => Self::HopByHop,
             10 if is("connection") => Self::Connection,
             10 if is("keep-alive") => Self::KeepAlive,
             14 if is("content-length") => Self::ContentLength,
-            16 if is("proxy-connection") => Self::HopByHop,
             17 if is("transfer-encoding") => Self::TransferEncoding,
+            _ if maybe_hop_by_hop_bytes(name) => Self::HopByHop,
             _ => Self::Other,
         }
     }
