@@ -227,3 +227,86 @@ async fn upstream_fields_pass_as_sent_and_hop_by_hop_ones_never_do() {
     assert_eq!(body, b"policy");
     assert!(rest.is_empty());
 }
+
+/// Reads one response with a Content-Length body off `stream`: (lowercased head, body).
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end + 4]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no content-length in {head}"));
+            if got.len() >= end + 4 + length {
+                assert_eq!(got.len(), end + 4 + length, "bytes past the response");
+                return (head, got[end + 4..].to_vec());
+            }
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_interleaved_each_get_their_own_answers() {
+    // Between requests a connection gives its head buffer and its request's room back to the
+    // proxy's free lists and takes them again when its next request arrives: other
+    // connections' requests, and heads that arrive in pieces, must never show through.
+    use tokio::io::AsyncWriteExt;
+    let (_up, proxy) = proxied("").await;
+    let addr = proxy.listener("web");
+    let mut conns = Vec::new();
+    for _ in 0..12 {
+        conns.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    for round in 0..4 {
+        // Odd connections send the first half of their head now, the rest after every even
+        // connection has had a whole exchange.
+        let head = |c: usize| {
+            format!(
+                "GET /c{c}/r{round}?pad={} HTTP/1.1\r\nHost: h\r\nX-Conn: {c}\r\n\r\n",
+                "p".repeat(c * 40)
+            )
+        };
+        for (c, stream) in conns.iter_mut().enumerate().filter(|(c, _)| c % 2 == 1) {
+            let head = head(c);
+            stream
+                .write_all(&head.as_bytes()[..head.len() / 2])
+                .await
+                .expect("write");
+        }
+        for (c, stream) in conns.iter_mut().enumerate().filter(|(c, _)| c % 2 == 0) {
+            stream.write_all(head(c).as_bytes()).await.expect("write");
+            let (status, body) = read_response(stream).await;
+            assert!(status.starts_with("http/1.1 200 "), "{status}");
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["path"], format!("/c{c}/r{round}"));
+            assert_eq!(json["headers"]["x-conn"][0], c.to_string());
+        }
+        for (c, stream) in conns.iter_mut().enumerate().filter(|(c, _)| c % 2 == 1) {
+            let head = head(c);
+            stream
+                .write_all(&head.as_bytes()[head.len() / 2..])
+                .await
+                .expect("write");
+            let (status, body) = read_response(stream).await;
+            assert!(status.starts_with("http/1.1 200 "), "{status}");
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["path"], format!("/c{c}/r{round}"));
+            assert_eq!(json["query"], format!("pad={}", "p".repeat(c * 40)));
+            assert_eq!(json["headers"]["x-conn"][0], c.to_string());
+        }
+    }
+}

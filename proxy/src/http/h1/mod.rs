@@ -13,6 +13,7 @@ mod body;
 mod conn;
 pub mod decode;
 pub mod encode;
+mod recycle;
 pub mod request;
 pub mod respond;
 pub mod serve;

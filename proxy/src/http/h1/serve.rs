@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::encode::{chunk_end, chunk_start, last_chunk};
+use super::recycle;
 use super::request::{self, Parsed, Plain};
 use super::respond::{self, Framing};
 use crate::http::body::{ClientBody, ResponseBody};
@@ -31,10 +32,12 @@ use crate::http::pipeline::{handle, Conn};
 use crate::http::response::Reply;
 use crate::shared::{draining, until_drain};
 
-/// Room a read asks for: a request head of usual size in one read, little held while idle.
+/// Room a read asks for: a request head of usual size in one read.
 const READ_SIZE: usize = 1024;
 /// Body bytes gathered behind the head into one write; larger frames are written as they are.
 const COALESCE: usize = 16 * 1024;
+/// A read buffer with more room than this left is not kept for the next head.
+const KEEP_READ_BUFFER: usize = 4 * READ_SIZE;
 /// A write buffer grown larger than this by a big head is not kept while idle.
 const KEEP_WRITE_BUFFER: usize = 8 * 1024;
 
@@ -73,72 +76,74 @@ pub async fn serve(
     let mut draining_seen = late;
     let timeout = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(timeout);
-    // The request's future (4.6 KiB) lives on the heap, allocated once per connection and
-    // reused, as hyper's dispatcher does: the connection's task stays small.
-    let mut in_flight: Pin<Box<Option<_>>> = Box::pin(None);
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut buf = BytesMut::new();
     let mut out = Vec::new();
     loop {
         // The next head: the timeout counts from here, and an idle connection closes on drain.
         timeout
             .as_mut()
             .reset(tokio::time::Instant::now() + limits.header_read_timeout);
-        let Plain { head, close } = loop {
-            // Between requests the buffer is usually empty: nothing to parse yet.
-            if !buf.is_empty() {
-                match request::request(&mut buf) {
-                    Parsed::Plain(plain) => break plain,
-                    Parsed::Other => return Outcome::Handoff(buf),
-                    Parsed::Partial if buf.len() >= limits.max_head => {
-                        return Outcome::Handoff(buf)
-                    }
-                    Parsed::Partial => {}
-                }
-            }
-            if buf.capacity() - buf.len() < READ_SIZE / 4 {
-                buf.reserve(READ_SIZE);
-            }
-            tokio::select! {
-                biased;
-                read = stream.read_buf(&mut buf) => match read {
-                    Ok(0) | Err(_) => return Outcome::Closed,
-                    Ok(_) => {}
-                },
-                () = timeout.as_mut() => return Outcome::Closed,
-                () = drained.as_mut(), if !draining_seen => {
-                    draining_seen = true;
-                    if buf.is_empty() {
-                        return Outcome::Closed;
+        // Blocks end the head's and the response's storage before the awaits that follow
+        // them: the connection's task keeps room only for what each await needs.
+        let (mut in_flight, method, close) = {
+            let Plain { head, close } = loop {
+                // Between requests the buffer is usually empty: nothing to parse yet.
+                if !buf.is_empty() {
+                    match request::request(&mut buf) {
+                        Parsed::Plain(plain) => break plain,
+                        Parsed::Other => return Outcome::Handoff(buf),
+                        Parsed::Partial if buf.len() >= limits.max_head => {
+                            return Outcome::Handoff(buf)
+                        }
+                        Parsed::Partial => {}
                     }
                 }
-            }
+                tokio::select! {
+                    biased;
+                    read = read_more(stream, &mut buf) => match read {
+                        Ok(0) | Err(_) => return Outcome::Closed,
+                        Ok(_) => {}
+                    },
+                    () = timeout.as_mut() => return Outcome::Closed,
+                    () = drained.as_mut(), if !draining_seen => {
+                        draining_seen = true;
+                        if buf.is_empty() {
+                            return Outcome::Closed;
+                        }
+                    }
+                }
+            };
+            let method = head.method.clone();
+            // The request's future (4.6 KiB) lives on the heap, in a room this connection
+            // holds only while the request is in flight: the connection's task stays small,
+            // and an idle connection holds no room.
+            let mut room = recycle::room();
+            room.set(Some(handle(
+                Request::from_parts(head, ClientBody::Empty),
+                conn.clone(),
+            )));
+            (room, method, close)
         };
-
-        let method = head.method.clone();
-        in_flight.set(Some(handle(
-            Request::from_parts(head, ClientBody::Empty),
-            conn.clone(),
-        )));
         let Some(handling) = in_flight.as_mut().as_pin_mut() else {
             return Outcome::Closed;
         };
-        let response = handling.await;
-        in_flight.set(None);
-
-        let Reply {
-            status,
-            fields,
-            mut body,
-        } = response;
-        let written = respond::head(
-            &mut out,
-            status,
-            &fields,
-            &method,
-            &body.size_hint(),
-            body.is_end_stream(),
-        );
-        drop(fields);
+        let (written, mut body) = {
+            let Reply {
+                status,
+                fields,
+                body,
+            } = handling.await;
+            recycle::give_room(in_flight);
+            let written = respond::head(
+                &mut out,
+                status,
+                &fields,
+                &method,
+                &body.size_hint(),
+                body.is_end_stream(),
+            );
+            (written, body)
+        };
         let complete = write_body(stream, &mut out, &mut body, written.framing).await;
         drop(body);
         if !complete || close || written.close || late || drain.is_draining() {
@@ -149,7 +154,29 @@ pub async fn serve(
         if out.capacity() > KEEP_WRITE_BUFFER {
             out = Vec::new();
         }
+        if buf.is_empty() {
+            // Nothing pipelined behind the request: the connection idles without a buffer.
+            let idle = std::mem::take(&mut buf);
+            if idle.capacity() <= KEEP_READ_BUFFER {
+                recycle::give_buffer(idle);
+            }
+        }
     }
+}
+
+/// Reads more of the next head into `buf`; an empty `buf` gets room (from the thread's free
+/// buffers) only once the socket turns readable, so that an idle connection holds none.
+/// `Ok(0)` at end of stream.
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() == 0 {
+        // The reader's own waker slot (`readable()` would queue a waiter under a lock).
+        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+        *buf = recycle::buffer();
+    }
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    stream.read_buf(buf).await
 }
 
 /// Writes the head in `out` and then the body as `framing` delimits it; false when the
