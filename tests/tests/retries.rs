@@ -62,6 +62,41 @@ async fn a_failed_try_is_retried_on_another_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_try_to_an_http2_service_carries_the_whole_request() {
+    // HTTP/2 upstreams take a request of their own per try: a copy of the head while another
+    // try may follow, the head itself on the last.
+    let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
+    bad.fail_with(Some(503));
+    let eps = [(bad.address(), 1), (good.address(), 1)];
+    let proxy = Proxy::start(
+        &(proxy("  accessLog: {enabled: false}")
+            + &service("up", "http2", &eps, "")
+            + &http_route(
+                "retrying",
+                "  rules:\n    - backendRefs: [{name: up}]\n      retries: {attempts: 2, retryOn: [gateway-error], backoff: {base: 1ms, max: 5ms}}",
+            )),
+    );
+    let client = http1();
+    let url = format!("{}/some/path?q=1", proxy.url("web"));
+    for _ in 0..10 {
+        let a = get(&client, &url, "h", &[("x-custom", "v")]).await.unwrap();
+        assert_eq!(a.status, 200);
+        let json: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(json["upstream"], "good");
+        assert_eq!(json["version"], "HTTP/2.0");
+        assert_eq!(json["path"], "/some/path");
+        assert_eq!(json["query"], "q=1");
+        assert_eq!(json["headers"]["x-custom"][0], "v");
+        assert_eq!(json["headers"]["x-forwarded-for"][0], "127.0.0.1");
+    }
+    assert!(
+        bad.hits() >= 3,
+        "first tries went to the failing endpoint too"
+    );
+    assert_eq!(good.hits(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_not_listed_are_not_retried_and_attempts_are_bounded() {
     let up = Upstream::start("up").await;
     up.fail_with(Some(500));

@@ -60,7 +60,12 @@ pub fn spawn(head: http::request::Parts, body: Bytes, service: &Service, runtime
             timeout,
             limits: breaker.as_ref(),
         };
+        let mut head = head;
         let copy = async {
+            let head = upstream::Lent {
+                head: &mut head,
+                last: true,
+            };
             let response =
                 upstream::send(&endpoint, dial, head, UpstreamBody::Full(Some(body))).await?;
             let status = response.status;

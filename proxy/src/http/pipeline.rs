@@ -203,7 +203,7 @@ async fn forward(
         .mirror
         .as_ref()
         .filter(|(m, _)| !upgrade && chance(m.percent))
-        .map(|&(_, target)| (target, clone_head(&parts)));
+        .map(|&(_, target)| (target, upstream::clone_head(&parts)));
     let mirror_authority = mirror.as_ref().map(|_| format!("{host}-shadow"));
     upstream_head(
         &mut parts,
@@ -234,7 +234,7 @@ async fn forward(
     // keep its own slot in this function's state beside the one `within` holds.
     let sent = within(
         rule.request_timeout,
-        send_with_retries(&rule, service, runtime, hash, parts, body, exchange),
+        send_with_retries(&rule, service, runtime, hash, &mut parts, body, exchange),
     )
     .await
     .map_err(|_| ProxyError::Timeout)??;
@@ -381,7 +381,7 @@ async fn send_with_retries(
     service: &strait_config::snapshot::Service,
     runtime: &ServiceRuntime,
     hash: Option<u64>,
-    parts: http::request::Parts,
+    head: &mut http::request::Parts,
     mut body: RequestBody,
     exchange: &mut Exchange,
 ) -> Result<Sent, ProxyError> {
@@ -392,7 +392,6 @@ async fn send_with_retries(
         limits: breaker,
     };
     let mut admitted = breaker.map(|b| b.admit()).transpose()?;
-    let mut head = Some(parts);
     let mut tries = 0u32;
     let mut previous = None;
     loop {
@@ -408,13 +407,9 @@ async fn send_with_retries(
         exchange.endpoint = Some(endpoint.label.clone());
         let retry_possible =
             policy.is_some_and(|p| tries <= p.attempts && body.replayable(p.max_body_bytes));
-        // The head is cloned only while another attempt may need it.
-        let this_head = match (&head, retry_possible) {
-            (Some(h), true) => clone_head(h),
-            _ => match head.take() {
-                Some(h) => h,
-                None => return Err(ProxyError::Internal("request head already sent")),
-            },
+        let this_head = upstream::Lent {
+            head: &mut *head,
+            last: !retry_possible,
         };
         let Some(this_body) = body.for_attempt() else {
             return Err(ProxyError::Internal("request body already sent"));
@@ -477,15 +472,6 @@ fn admit_retry(breaker: Option<&Arc<Breaker>>, admitted: &mut Option<Attempt>) -
         }
         Some(Err(_)) => false,
     }
-}
-
-fn clone_head(head: &http::request::Parts) -> http::request::Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = head.uri.clone();
-    *req.version_mut() = head.version;
-    *req.headers_mut() = head.headers.clone();
-    req.into_parts().0
 }
 
 /// Rate limit and fault injection: the policies that may answer before any upstream is chosen.

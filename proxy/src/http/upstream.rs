@@ -54,18 +54,52 @@ impl Dial<'_> {
     }
 }
 
-/// Sends `req` to `endpoint` and returns the response once its head has arrived; its body
-/// streams from the upstream as it is polled.
+/// A request head lent to one attempt. HTTP/1 writes it from where it is; HTTP/2 needs a
+/// `Request` of its own, so it takes the head on the last attempt and a copy of it before.
+/// (Lent rather than moved: each future on the way down would keep its own 224-byte copy.)
+#[derive(Debug)]
+pub struct Lent<'a> {
+    /// The head, rewritten for the upstream.
+    pub head: &'a mut Parts,
+    /// No attempt follows this one.
+    pub last: bool,
+}
+
+impl Lent<'_> {
+    /// The head to own: taken on the last attempt, copied before it.
+    fn into_owned(self) -> Parts {
+        if self.last {
+            std::mem::replace(self.head, Request::new(()).into_parts().0)
+        } else {
+            clone_head(self.head)
+        }
+    }
+}
+
+/// A copy of a request head (`Parts` is not `Clone`: its extensions may not be).
+/// Extensions are not copied.
+pub fn clone_head(head: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req.into_parts().0
+}
+
+/// Sends the request to `endpoint` and returns the response once its head has arrived; its
+/// body streams from the upstream as it is polled.
 pub async fn send(
     endpoint: &Arc<Endpoint>,
     dial: Dial<'_>,
-    head: Parts,
+    head: Lent<'_>,
     body: UpstreamBody,
 ) -> Result<Reply<UpstreamResponseBody>, ProxyError> {
     match &endpoint.pool {
-        Pool::Http1(idle) => send_http1(endpoint, idle, dial, head, body).await,
+        Pool::Http1(idle) => send_http1(endpoint, idle, dial, head.head, body).await,
         Pool::Http2(shared) => {
-            send_http2(endpoint, shared, dial, Request::from_parts(head, body)).await
+            let req = Request::from_parts(head.into_owned(), body);
+            send_http2(endpoint, shared, dial, req).await
         }
         Pool::Tcp => Err(ProxyError::Internal("HTTP request routed to a TCP service")),
     }
@@ -76,7 +110,7 @@ async fn send_http1(
     endpoint: &Arc<Endpoint>,
     idle: &crossbeam_queue::ArrayQueue<Box<h1::Connection>>,
     dial: Dial<'_>,
-    head: Parts,
+    head: &Parts,
     body: UpstreamBody,
 ) -> Result<Reply<UpstreamResponseBody>, ProxyError> {
     let (mut conn, reused) = match checkout(idle) {
@@ -94,7 +128,7 @@ async fn send_http1(
     let mut sending = body;
     // One `send` call site: each would keep its own future in this one's state.
     let (head, unsent) = loop {
-        match (conn.send(&head, sending).await, again.take()) {
+        match (conn.send(head, sending).await, again.take()) {
             (Err(h1::Error::Closed), Some(replay)) => {
                 conn = Box::pin(connect_http1(endpoint, dial)).await?;
                 sending = replay;

@@ -106,7 +106,11 @@ pub async fn http(
         timeout: CONNECT_TIMEOUT,
         limits: None,
     };
-    let response = upstream::send(endpoint, dial, parts, UpstreamBody::Streamed(body)).await?;
+    let head = upstream::Lent {
+        head: &mut parts,
+        last: true,
+    };
+    let response = upstream::send(endpoint, dial, head, UpstreamBody::Streamed(body)).await?;
     let Reply {
         status,
         fields,
