@@ -4,7 +4,7 @@
 
 use strait_tests::client::raw;
 use strait_tests::config::{http_route, proxy, service};
-use strait_tests::{Proxy, ScriptedUpstream, Upstream};
+use strait_tests::{CaptureUpstream, Proxy, ScriptedUpstream, Upstream};
 
 /// An upstream, and a proxy routing to it with `route` (lines before the route's rules).
 async fn proxied(route: &str) -> (Upstream, Proxy) {
@@ -309,4 +309,98 @@ async fn keep_alive_connections_interleaved_each_get_their_own_answers() {
             assert_eq!(json["headers"]["x-conn"][0], c.to_string());
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_fields_reach_the_upstream_once_whichever_way_they_are_added() {
+    // A request without forwarding fields of its own, on a route that edits no headers, has
+    // them written by the upstream encoder; one that carries some, or whose route edits
+    // headers, has them merged into its header map. The upstream sees the same either way.
+    let cap = CaptureUpstream::start().await;
+    let yaml = proxy("")
+        + &service("cap", "http1", &[(cap.addr.to_string(), 1)], "")
+        + &http_route(
+            "r",
+            "  rules:\n    - {backendRefs: [{name: cap}]}\n    - matches: [{path: {type: PathPrefix, value: /edited}}]\n      backendRefs: [{name: cap}]\n      requestHeaders: {remove: [x-forwarded-proto], set: {x-edited: \"yes\"}}",
+        );
+    let proxy = Proxy::start(&yaml);
+    let addr = proxy.listener("web");
+    let field_lines = |raw: &str| -> Vec<String> {
+        raw.split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .map(str::to_ascii_lowercase)
+            .collect()
+    };
+    let count = |lines: &[String], name: &str| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("{name}:")))
+            .count()
+    };
+
+    raw(
+        addr,
+        b"GET /plain HTTP/1.1\r\nHost: h\r\nX-One: 1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    raw(addr, b"GET /carried HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.9.8.7\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n").await;
+    raw(
+        addr,
+        b"GET /edited HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let seen = cap.captured();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let by_path = |path: &str| {
+        let raw = seen
+            .iter()
+            .find(|r| r.starts_with(&format!("GET {path} HTTP/1.1\r\n")))
+            .unwrap_or_else(|| panic!("{path} not seen: {seen:?}"));
+        field_lines(raw)
+    };
+
+    let plain = by_path("/plain");
+    assert_eq!(
+        plain,
+        [
+            "host: h",
+            "x-one: 1",
+            "x-forwarded-for: 127.0.0.1",
+            "forwarded: for=127.0.0.1;proto=http",
+            "x-forwarded-proto: http",
+        ],
+        "{plain:?}"
+    );
+
+    let carried = by_path("/carried");
+    assert!(
+        carried.contains(&"x-forwarded-for: 10.9.8.7, 127.0.0.1".to_owned()),
+        "{carried:?}"
+    );
+    assert!(
+        carried.contains(&"x-forwarded-proto: https".to_owned()),
+        "{carried:?}"
+    );
+    assert!(
+        carried.contains(&"forwarded: for=127.0.0.1;proto=http".to_owned()),
+        "{carried:?}"
+    );
+    for name in ["x-forwarded-for", "forwarded", "x-forwarded-proto"] {
+        assert_eq!(count(&carried, name), 1, "{name} once: {carried:?}");
+    }
+
+    let edited = by_path("/edited");
+    assert!(edited.contains(&"x-edited: yes".to_owned()), "{edited:?}");
+    assert!(
+        edited.contains(&"x-forwarded-for: 127.0.0.1".to_owned()),
+        "{edited:?}"
+    );
+    assert_eq!(
+        count(&edited, "x-forwarded-proto"),
+        0,
+        "the route removes it: {edited:?}"
+    );
 }

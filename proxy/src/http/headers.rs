@@ -111,6 +111,8 @@ pub struct ClientHeaders {
     ip: HeaderValue,
     /// `for=IP;proto=http`.
     forwarded: HeaderValue,
+    /// All three fields as HTTP/1 field lines, for a head that carries none of them.
+    lines: Box<[u8]>,
 }
 
 impl ClientHeaders {
@@ -121,11 +123,38 @@ impl ClientHeaders {
             IpAddr::V4(_) => format!("for={ip_text};proto=http"),
             IpAddr::V6(_) => format!("for=\"[{ip_text}]\";proto=http"),
         };
-        Self {
-            ip: HeaderValue::from_str(&ip_text).unwrap_or(HeaderValue::from_static("unknown")),
-            forwarded: HeaderValue::from_str(&forwarded)
-                .unwrap_or(HeaderValue::from_static("for=unknown")),
+        let ip = HeaderValue::from_str(&ip_text).unwrap_or(HeaderValue::from_static("unknown"));
+        let forwarded =
+            HeaderValue::from_str(&forwarded).unwrap_or(HeaderValue::from_static("for=unknown"));
+        let mut lines = Vec::new();
+        for (name, value) in [
+            (&X_FORWARDED_FOR, &ip),
+            (&FORWARDED, &forwarded),
+            (&X_FORWARDED_PROTO, &HeaderValue::from_static("http")),
+        ] {
+            lines.extend_from_slice(name.as_str().as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(value.as_bytes());
+            lines.extend_from_slice(b"\r\n");
         }
+        Self {
+            ip,
+            forwarded,
+            lines: lines.into_boxed_slice(),
+        }
+    }
+
+    /// `x-forwarded-for`, `forwarded` and `x-forwarded-proto` as HTTP/1 field lines: what
+    /// [`append_to`](Self::append_to) adds to a head that has none of them.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// Whether `headers` carries any of the forwarding fields (which are then merged).
+    pub fn carried_by(headers: &HeaderMap) -> bool {
+        headers.contains_key(&X_FORWARDED_FOR)
+            || headers.contains_key(FORWARDED)
+            || headers.contains_key(&X_FORWARDED_PROTO)
     }
 
     /// The client IP as a header value.
@@ -253,5 +282,26 @@ mod tests {
         let mut h6 = HeaderMap::new();
         ClientHeaders::new("::1".parse().unwrap()).append_to(&mut h6);
         assert_eq!(h6["forwarded"], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn the_field_lines_say_what_append_to_adds_to_a_head_without_them() {
+        let client = ClientHeaders::new("10.1.2.3".parse().unwrap());
+        let mut added = HeaderMap::new();
+        client.append_to(&mut added);
+        let mut written = Vec::new();
+        for (name, value) in &added {
+            written.extend_from_slice(format!("{name}: ").as_bytes());
+            written.extend_from_slice(value.as_bytes());
+            written.extend_from_slice(b"\r\n");
+        }
+        assert_eq!(
+            String::from_utf8_lossy(client.lines()),
+            String::from_utf8_lossy(&written)
+        );
+        assert!(!ClientHeaders::carried_by(&map(&[("host", "h")])));
+        for name in ["x-forwarded-for", "forwarded", "x-forwarded-proto"] {
+            assert!(ClientHeaders::carried_by(&map(&[(name, "x")])), "{name}");
+        }
     }
 }

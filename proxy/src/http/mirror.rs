@@ -64,6 +64,7 @@ pub fn spawn(head: http::request::Parts, body: Bytes, service: &Service, runtime
         let copy = async {
             let head = upstream::Lent {
                 head: &mut head,
+                forwarding: None,
                 last: true,
             };
             let response =

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use super::body::{UpstreamBody, UpstreamResponseBody};
 use super::error::ProxyError;
 use super::h1;
+use super::headers::ClientHeaders;
 use super::response::Reply;
 use crate::service::breaker::{Breaker, Slot};
 use crate::service::endpoint::{Endpoint, Http2Sender, Pool};
@@ -61,18 +62,26 @@ impl Dial<'_> {
 pub struct Lent<'a> {
     /// The head, rewritten for the upstream.
     pub head: &'a mut Parts,
+    /// Forwarding fields still to add (the head carries none of its own): HTTP/1 writes
+    /// their preformatted lines after the head's fields, saving three map insertions.
+    pub forwarding: Option<&'a ClientHeaders>,
     /// No attempt follows this one.
     pub last: bool,
 }
 
 impl Lent<'_> {
-    /// The head to own: taken on the last attempt, copied before it.
+    /// The head to own, with its forwarding fields: taken on the last attempt, copied
+    /// before it.
     fn into_owned(self) -> Parts {
-        if self.last {
+        let mut head = if self.last {
             std::mem::replace(self.head, Request::new(()).into_parts().0)
         } else {
             clone_head(self.head)
+        };
+        if let Some(client) = self.forwarding {
+            client.append_to(&mut head.headers);
         }
+        head
     }
 }
 
@@ -96,7 +105,10 @@ pub async fn send(
     body: UpstreamBody,
 ) -> Result<Reply<UpstreamResponseBody>, ProxyError> {
     match &endpoint.pool {
-        Pool::Http1(idle) => send_http1(endpoint, idle, dial, head.head, body).await,
+        Pool::Http1(idle) => {
+            let extra = head.forwarding.map_or(&[][..], ClientHeaders::lines);
+            send_http1(endpoint, idle, dial, head.head, extra, body).await
+        }
         Pool::Http2(shared) => {
             let req = Request::from_parts(head.into_owned(), body);
             send_http2(endpoint, shared, dial, req).await
@@ -111,6 +123,7 @@ async fn send_http1(
     idle: &crossbeam_queue::ArrayQueue<Box<h1::Connection>>,
     dial: Dial<'_>,
     head: &Parts,
+    extra: &[u8],
     body: UpstreamBody,
 ) -> Result<Reply<UpstreamResponseBody>, ProxyError> {
     let (mut conn, reused) = match checkout(idle) {
@@ -128,7 +141,7 @@ async fn send_http1(
     let mut sending = body;
     // One `send` call site: each would keep its own future in this one's state.
     let (head, unsent) = loop {
-        match (conn.send(head, sending).await, again.take()) {
+        match (conn.send(head, extra, sending).await, again.take()) {
             (Err(h1::Error::Closed), Some(replay)) => {
                 conn = Box::pin(connect_http1(endpoint, dial)).await?;
                 sending = replay;

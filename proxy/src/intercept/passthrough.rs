@@ -108,6 +108,7 @@ pub async fn http(
     };
     let head = upstream::Lent {
         head: &mut parts,
+        forwarding: None,
         last: true,
     };
     let response = upstream::send(endpoint, dial, head, UpstreamBody::Streamed(body)).await?;

@@ -108,15 +108,17 @@ impl Connection {
     /// HTTP/1 is full duplex: an upstream may answer before it has read the whole body (an
     /// echo, an early 413). Then the head is returned with the writer that still has body to
     /// send, for the response body to drive as it is read.
+    /// `extra`: field lines written after the head's own (see [`encode::head`]).
     pub async fn send(
         &mut self,
         head: &Parts,
+        extra: &[u8],
         body: UpstreamBody,
     ) -> Result<(Head, Option<Box<RequestWriter>>), Error> {
         let framing = encode::framing(head, &body);
         let mut output = std::mem::take(&mut self.output);
         output.clear();
-        encode::head(&mut output, head, framing);
+        encode::head(&mut output, head, extra, framing);
         let mut writer = Some(RequestWriter::new(output, body, framing));
         let upgrade = wants_upgrade(&head.headers);
         let mut received = !self.input.is_empty();
@@ -271,7 +273,7 @@ mod tests {
             .into_parts()
             .0;
         let body = UpstreamBody::Full(Some(Bytes::from_static(b"abc")));
-        let (answer, unsent) = conn.send(&head, body).await.unwrap();
+        let (answer, unsent) = conn.send(&head, b"", body).await.unwrap();
         assert!(unsent.is_none(), "the whole request went out");
         assert_eq!(answer.status, 200);
         assert_eq!(answer.framing, ResponseFraming::Length(2));
@@ -294,7 +296,7 @@ mod tests {
         let (mut conn, server) = pair().await;
         drop(server);
         let head = Request::get("/").body(()).unwrap().into_parts().0;
-        let sent = conn.send(&head, UpstreamBody::Full(None)).await;
+        let sent = conn.send(&head, b"", UpstreamBody::Full(None)).await;
         assert!(matches!(sent, Err(Error::Closed)), "{sent:?}");
     }
 }

@@ -36,9 +36,10 @@ pub fn framing(head: &Parts, body: &UpstreamBody) -> Framing {
 }
 
 /// Appends the request head to `out`: request line in origin form, the header fields as
-/// they are (names lowercase, as `HeaderMap` keeps them), and `framing`'s field in place of any
-/// `Content-Length` or `Transfer-Encoding` the head carries.
-pub fn head(out: &mut Vec<u8>, head: &Parts, framing: Framing) {
+/// they are (names lowercase, as `HeaderMap` keeps them), the field lines in `extra` (already
+/// formatted), and `framing`'s field in place of any `Content-Length` or `Transfer-Encoding`
+/// the head carries.
+pub fn head(out: &mut Vec<u8>, head: &Parts, extra: &[u8], framing: Framing) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -53,6 +54,7 @@ pub fn head(out: &mut Vec<u8>, head: &Parts, framing: Framing) {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(extra);
     match framing {
         Framing::None => {}
         Framing::Length(n) => {
@@ -133,15 +135,16 @@ mod tests {
                 .unwrap(),
         );
         let mut out = Vec::new();
-        head(&mut out, &head_parts, Framing::Length(3));
+        head(&mut out, &head_parts, b"x-extra: e\r\n", Framing::Length(3));
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /a/b?q=1 HTTP/1.1\r\nhost: svc\r\nx-custom: v\r\ncontent-length: 3\r\n\r\n"
+            "POST /a/b?q=1 HTTP/1.1\r\nhost: svc\r\nx-custom: v\r\nx-extra: e\r\ncontent-length: 3\r\n\r\n"
         );
         let mut out = Vec::new();
         head(
             &mut out,
             &parts(Request::get("/").body(()).unwrap()),
+            b"",
             Framing::Chunked,
         );
         assert_eq!(
