@@ -321,7 +321,7 @@ async fn forwarding_fields_reach_the_upstream_once_whichever_way_they_are_added(
         + &service("cap", "http1", &[(cap.addr.to_string(), 1)], "")
         + &http_route(
             "r",
-            "  rules:\n    - {backendRefs: [{name: cap}]}\n    - matches: [{path: {type: PathPrefix, value: /edited}}]\n      backendRefs: [{name: cap}]\n      requestHeaders: {remove: [x-forwarded-proto], set: {x-edited: \"yes\"}}",
+            "  rules:\n    - {backendRefs: [{name: cap}]}\n    - matches: [{path: {type: PathPrefix, value: /edited}}]\n      backendRefs: [{name: cap}]\n      requestHeaders: {remove: [x-forwarded-proto, host], set: {x-edited: \"yes\"}}",
         );
     let proxy = Proxy::start(&yaml);
     let addr = proxy.listener("web");
@@ -352,8 +352,13 @@ async fn forwarding_fields_reach_the_upstream_once_whichever_way_they_are_added(
         b"GET /edited HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     )
     .await;
+    raw(
+        addr,
+        b"GET http://h/absolute?x=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let seen = cap.captured();
-    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen.len(), 4, "{seen:?}");
     let by_path = |path: &str| {
         let raw = seen
             .iter()
@@ -403,4 +408,17 @@ async fn forwarding_fields_reach_the_upstream_once_whichever_way_they_are_added(
         0,
         "the route removes it: {edited:?}"
     );
+    assert_eq!(
+        edited
+            .iter()
+            .filter(|l| l.starts_with("host:"))
+            .collect::<Vec<_>>(),
+        ["host: h"],
+        "a Host the route removes is put back from the authority: {edited:?}"
+    );
+
+    // An absolute-form target goes upstream in origin form.
+    let absolute = by_path("/absolute?x=1");
+    assert_eq!(count(&absolute, "host"), 1, "{absolute:?}");
+    assert_eq!(count(&absolute, "x-forwarded-for"), 1, "{absolute:?}");
 }

@@ -358,23 +358,29 @@ fn upstream_head(
         parts.headers.remove(CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    let deferred = may_defer
-        && matches!(protocol, ServiceProtocol::Http1)
-        && rule.request_headers.is_empty()
-        && !ClientHeaders::carried_by(&parts.headers);
+    // One pass over the names for what follows asks (cheaper than a hashed lookup each).
+    let (mut has_host, mut forwarding) = (false, false);
+    for name in parts.headers.keys() {
+        has_host |= name == HOST;
+        forwarding |= ClientHeaders::is_forwarding(name);
+    }
+    let edited = !rule.request_headers.is_empty();
+    let deferred =
+        may_defer && matches!(protocol, ServiceProtocol::Http1) && !edited && !forwarding;
     if !deferred {
         conn.client.append_to(&mut parts.headers);
     }
-    if !rule.request_headers.is_empty() {
+    if edited {
         rule.request_headers.apply(&mut parts.headers);
+        has_host = parts.headers.contains_key(HOST);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match protocol {
         ServiceProtocol::Http2 | ServiceProtocol::Grpc => {
+            let path = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
             parts.version = Version::HTTP_2;
             parts.headers.remove(HOST);
             parts.uri = Uri::builder()
@@ -386,12 +392,20 @@ fn upstream_head(
         }
         ServiceProtocol::Http1 | ServiceProtocol::Tcp => {
             parts.version = Version::HTTP_11;
-            if !parts.headers.contains_key(HOST) {
+            if !has_host {
                 let value = HeaderValue::from_str(authority.as_str())
                     .map_err(|_| ProxyError::BadRequest("authority"))?;
                 parts.headers.insert(HOST, value);
             }
-            parts.uri = Uri::from(path);
+            // Origin form; a target already in it stays as it is.
+            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                parts.uri = Uri::from(path);
+            }
         }
     }
     Ok(deferred)
