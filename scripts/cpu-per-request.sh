@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Proxy CPU per small HTTP/1 request, Strait against nginx, with wrk as the load generator
+# (a second view of the benchmark's headline, whose load generator is the repo's own).
+#
+#   scripts/cpu-per-request.sh [ROUNDS] [SECONDS]
+#
+# The proxy runs on CPU 0; wrk (-t1 -c32) and an nginx upstream on CPU 1. Rounds interleave
+# the two proxies; each prints requests/s, the proxy's CPU µs per request (utime + stime over
+# the run / requests) split into user and system time, and its epoll_wait calls and voluntary
+# context switches per request. Needs nginx and wrk (installed when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-6}
+SECS=${2:-5}
+for tool in nginx wrk; do
+  command -v $tool >/dev/null || { sudo apt-get install -y $tool >/dev/null || apt-get install -y $tool >/dev/null; }
+done
+cargo build --release -q -p strait-proxy
+
+DIR=$(mktemp -d)
+mkdir -p "$DIR/logs"
+cleanup() {
+  [ -f "$DIR/upstream.pid" ] && kill "$(cat "$DIR/upstream.pid")" 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+cat >"$DIR/upstream.conf" <<EOF
+worker_processes 1;
+daemon on;
+pid $DIR/upstream.pid;
+error_log $DIR/logs/upstream.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:19950; location / { return 200 "hello world\n"; } }
+}
+EOF
+cat >"$DIR/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $DIR/nginx.pid;
+error_log $DIR/logs/nginx.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream up { server 127.0.0.1:19950; keepalive 64; }
+  server {
+    listen 127.0.0.1:19952;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+cat >"$DIR/strait.yaml" <<'EOF'
+apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {name: cpu}
+spec:
+  admin: 127.0.0.1:19951
+  accessLog: {enabled: false}
+  listeners: [{name: web, address: "127.0.0.1:19952", protocol: http}]
+---
+apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {name: up}
+spec:
+  protocol: http1
+  endpoints: [{address: "127.0.0.1:19950"}]
+---
+apiVersion: strait.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  rules: [{backendRefs: [{name: up}]}]
+EOF
+taskset -c 1 nginx -c "$DIR/upstream.conf"
+
+# The proxy's pid (nginx: its one worker), with the proxy started on CPU 0.
+start() {
+  if [ "$1" = strait ]; then
+    taskset -c 0 target/release/strait-proxy --config "$DIR/strait.yaml" >"$DIR/logs/strait.log" 2>&1 &
+    sleep 0.8
+    echo $!
+  else
+    taskset -c 0 nginx -c "$DIR/nginx.conf" >/dev/null 2>&1 &
+    sleep 0.8
+    pgrep -P "$(cat "$DIR/nginx.pid")"
+  fi
+}
+stop() {
+  if [ "$1" = strait ]; then kill "$2"; else kill "$(cat "$DIR/nginx.pid")"; fi
+  sleep 0.5
+}
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+switches() { awk '/^voluntary_ctxt_switches/ {print $2}' "/proc/$1/status"; }
+
+declare -A RESULTS
+for round in $(seq "$ROUNDS"); do
+  for target in strait nginx; do
+    pid=$(start $target)
+    taskset -c 1 wrk -t1 -c32 -d1s http://127.0.0.1:19952/ >/dev/null
+    read -r u0 s0 <<<"$(ticks "$pid")"
+    v0=$(switches "$pid")
+    n=$(taskset -c 1 perf stat -e syscalls:sys_enter_epoll_wait -x, -o "$DIR/epoll" -p "$pid" -- \
+      wrk -t1 -c32 -d"${SECS}s" http://127.0.0.1:19952/ 2>/dev/null | awk '/requests in/ {print $1}')
+    read -r u1 s1 <<<"$(ticks "$pid")"
+    v1=$(switches "$pid")
+    e=$(awk -F, '/epoll_wait/ {print $1}' "$DIR/epoll")
+    e=${e:-0}
+    stop $target "$pid"
+    line=$(python3 -c "
+hz = $(getconf CLK_TCK); n = $n
+print(f'{n / $SECS:.0f} req/s  cpu {($u1 + $s1 - $u0 - $s0) * 1e6 / hz / n:.2f} us/req  '
+      f'(user {($u1 - $u0) * 1e6 / hz / n:.2f}, sys {($s1 - $s0) * 1e6 / hz / n:.2f})  '
+      f'epoll_wait/req {$e / n:.3f}  voluntary switches/req {($v1 - $v0) / n:.3f}')")
+    echo "round $round $target: $line"
+    RESULTS[$target]+="$(echo "$line" | awk '{print $4}') "
+  done
+done
+for target in strait nginx; do
+  echo "$target median cpu us/req: $(echo ${RESULTS[$target]} | tr ' ' '\n' | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}')"
+done
