@@ -212,7 +212,7 @@ async fn forward(
         service.protocol,
         authority,
         upgrade,
-        true,
+        Forwarding::ByEncoderIfPlain,
     )?;
     let keep = match (retries, &mirror) {
         (Some(p), Some(_)) => Some(p.max_body_bytes.max(mirror::MAX_MIRRORED_BODY)),
@@ -327,7 +327,7 @@ fn send_mirror(
         service.protocol,
         authority,
         false,
-        false,
+        Forwarding::InMap,
     )
     .is_ok()
     {
@@ -338,12 +338,20 @@ fn send_mirror(
 /// Header telling how many attempts a request took (when the route retries).
 const ATTEMPTS_HEADER: &str = "x-strait-attempts";
 
+/// Where [`upstream_head`] puts the forwarding fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forwarding {
+    /// Into the head's header map.
+    InMap,
+    /// Left for the HTTP/1 encoder to write when the head is plain: an HTTP/1 service, no
+    /// forwarding field of the client's to merge with, no route edits to apply after them
+    /// (three map insertions saved); into the map otherwise.
+    ByEncoderIfPlain,
+}
+
 /// Rewrites the request head for the next hop: framing, hop-by-hop headers, forwarding
-/// headers, the route's edits, and the target form the upstream protocol wants.
-///
-/// With `may_defer`, the forwarding fields of an HTTP/1 request that has none of its own and
-/// no route edits are left for the encoder to write (three map insertions saved); returns
-/// whether they were.
+/// headers, the route's edits, and the target form the upstream protocol wants. Returns
+/// whether the forwarding fields were left for the encoder (see [`Forwarding`]).
 fn upstream_head(
     parts: &mut http::request::Parts,
     conn: &Conn,
@@ -351,7 +359,7 @@ fn upstream_head(
     protocol: ServiceProtocol,
     authority: Authority,
     upgrade: bool,
-    may_defer: bool,
+    forwarding_fields: Forwarding,
 ) -> Result<bool, ProxyError> {
     if parts.headers.contains_key(TRANSFER_ENCODING) {
         // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; never forward both.
@@ -365,8 +373,10 @@ fn upstream_head(
         forwarding |= ClientHeaders::is_forwarding(name);
     }
     let edited = !rule.request_headers.is_empty();
-    let deferred =
-        may_defer && matches!(protocol, ServiceProtocol::Http1) && !edited && !forwarding;
+    let deferred = forwarding_fields == Forwarding::ByEncoderIfPlain
+        && matches!(protocol, ServiceProtocol::Http1)
+        && !edited
+        && !forwarding;
     if !deferred {
         conn.client.append_to(&mut parts.headers);
     }
@@ -376,17 +386,12 @@ fn upstream_head(
     }
     match protocol {
         ServiceProtocol::Http2 | ServiceProtocol::Grpc => {
-            let path = parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
             parts.version = Version::HTTP_2;
             parts.headers.remove(HOST);
             parts.uri = Uri::builder()
                 .scheme(Scheme::HTTP)
                 .authority(authority)
-                .path_and_query(path)
+                .path_and_query(path_of(&parts.uri))
                 .build()
                 .map_err(|_| ProxyError::BadRequest("request target"))?;
         }
@@ -399,16 +404,18 @@ fn upstream_head(
             }
             // Origin form; a target already in it stays as it is.
             if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-                let path = parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                parts.uri = Uri::from(path);
+                parts.uri = Uri::from(path_of(&parts.uri));
             }
         }
     }
     Ok(deferred)
+}
+
+/// The path and query of a request target (`/` for none, as an authority-form target has).
+fn path_of(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// The request as it goes upstream.
