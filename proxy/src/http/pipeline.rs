@@ -8,6 +8,7 @@
 //! Every step that refuses returns a [`ProxyError`]; [`handle`] turns it into the answer and
 //! records metrics and the access log either way.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,223 +64,238 @@ struct Exchange {
 }
 
 /// Serves one request; never fails (refusals become responses).
-pub async fn handle(req: Request<ClientBody>, conn: Arc<Conn>) -> Reply<ResponseBody> {
-    let started = Instant::now();
-    let active = conn.shared.config.load_full();
-    let access = active.snapshot.proxy.access_log.then(|| {
-        (
-            req.method().clone(),
-            req.uri().clone(),
-            req.headers().get(HOST).cloned(),
-        )
-    });
-    let mut exchange = Exchange::default();
-    let http1 = req.version() < Version::HTTP_2;
-    let response = match forward(req, &conn, &active, &mut exchange).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            if e.is_upstream() {
-                tracing::warn!(listener = %conn.listener, endpoint = exchange.endpoint.as_deref().unwrap_or("-"), error = %e, "upstream failure");
-            } else {
-                tracing::debug!(listener = %conn.listener, error = %e, "refused");
+///
+/// A function returning an `async move` block rather than an `async fn` (here and in
+/// `forward`): an `async fn` rebinds its arguments inside its future, which then holds the
+/// 264-byte request twice; the block uses the captured request in place.
+#[allow(clippy::manual_async_fn)]
+pub fn handle(
+    req: Request<ClientBody>,
+    conn: Arc<Conn>,
+) -> impl Future<Output = Reply<ResponseBody>> {
+    async move {
+        let started = Instant::now();
+        let active = conn.shared.config.load_full();
+        let access = active.snapshot.proxy.access_log.then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().get(HOST).cloned(),
+            )
+        });
+        let mut exchange = Exchange::default();
+        let http1 = req.version() < Version::HTTP_2;
+        let response = match forward(req, &conn, &active, &mut exchange).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.is_upstream() {
+                    tracing::warn!(listener = %conn.listener, endpoint = exchange.endpoint.as_deref().unwrap_or("-"), error = %e, "upstream failure");
+                } else {
+                    tracing::debug!(listener = %conn.listener, error = %e, "refused");
+                }
+                let close = http1 && e.closes_connection();
+                let mut resp = e.into_response();
+                if close {
+                    // Connection-specific, so only on HTTP/1 (illegal in HTTP/2).
+                    resp.fields
+                        .map_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
             }
-            let close = http1 && e.closes_connection();
-            let mut resp = e.into_response();
-            if close {
-                // Connection-specific, so only on HTTP/1 (illegal in HTTP/2).
-                resp.fields
-                    .map_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            resp
-        }
-    };
-    let elapsed = started.elapsed();
-    let status = response.status.as_u16();
-    if let Some(li) = exchange.listener {
-        let metrics = match &exchange.rule {
-            Some(rule) => active.request_metrics(li, rule, exchange.position),
-            None if exchange.passthrough => active
-                .listeners
-                .get(li)
-                .and_then(|l| l.passthrough.as_ref()),
-            None => active.listeners.get(li).map(|l| &l.unrouted),
         };
-        if let Some(m) = metrics {
-            m.record(status, elapsed.as_secs_f64());
+        let elapsed = started.elapsed();
+        let status = response.status.as_u16();
+        if let Some(li) = exchange.listener {
+            let metrics = match &exchange.rule {
+                Some(rule) => active.request_metrics(li, rule, exchange.position),
+                None if exchange.passthrough => active
+                    .listeners
+                    .get(li)
+                    .and_then(|l| l.passthrough.as_ref()),
+                None => active.listeners.get(li).map(|l| &l.unrouted),
+            };
+            if let Some(m) = metrics {
+                m.record(status, elapsed.as_secs_f64());
+            }
         }
+        if let Some((method, uri, host)) = access {
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()))
+                .unwrap_or("-");
+            tracing::info!(
+                target: "strait::access",
+                listener = %conn.listener,
+                client = %conn.peer,
+                method = %method,
+                authority,
+                path = uri.path(),
+                status,
+                route = exchange.rule.as_ref().map_or("-", |r| &*r.route),
+                service = exchange.service.as_deref().unwrap_or("-"),
+                endpoint = exchange.endpoint.as_deref().unwrap_or("-"),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "access"
+            );
+        }
+        response
     }
-    if let Some((method, uri, host)) = access {
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()))
-            .unwrap_or("-");
-        tracing::info!(
-            target: "strait::access",
-            listener = %conn.listener,
-            client = %conn.peer,
-            method = %method,
-            authority,
-            path = uri.path(),
-            status,
-            route = exchange.rule.as_ref().map_or("-", |r| &*r.route),
-            service = exchange.service.as_deref().unwrap_or("-"),
-            endpoint = exchange.endpoint.as_deref().unwrap_or("-"),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "access"
-        );
-    }
-    response
 }
 
-async fn forward(
+/// Routes the request and sends it upstream (an `async move` block, for the reason [`handle`]
+/// gives).
+#[allow(clippy::manual_async_fn)]
+fn forward<'a>(
     mut req: Request<ClientBody>,
-    conn: &Conn,
-    active: &Active,
-    exchange: &mut Exchange,
-) -> Result<Reply<ResponseBody>, ProxyError> {
-    let Some((li, listener)) = active.listener(&conn.listener) else {
-        return Err(ProxyError::NoRoute);
-    };
-    exchange.listener = Some(li);
-    let Serves::Http(table) = &listener.serves else {
-        return Err(ProxyError::NoRoute);
-    };
-    check_limits(req.headers(), &active.snapshot.proxy)?;
-    let authority = request_authority(&req)?;
-    let host = normalize_host(authority.as_str());
-    let view = RequestView {
-        host: &host,
-        path: req.uri().path(),
-        query: req.uri().query(),
-        method: req.method(),
-        headers: req.headers(),
-    };
-    let Some(rule) = table.find(&view).cloned() else {
-        // Intercepted traffic no route claims goes where it was going.
-        let original = conn.original.as_ref().ok_or(ProxyError::NoRoute)?;
-        exchange.passthrough = true;
-        exchange.service = Some(Arc::from(crate::intercept::passthrough::SERVICE));
-        exchange.endpoint = Some(original.address.to_string().into());
-        // Boxed: a rare path whose future would otherwise widen every request's.
-        let (response, _) = Box::pin(crate::intercept::passthrough::http(
-            req, authority, original,
-        ))
-        .await?;
-        return Ok(response);
-    };
-    exchange.rule = Some(rule.clone());
-    apply_policies(&rule, active, conn, req.headers()).await?;
-    let (position, si) = match rule.backends.single() {
-        Some(si) => (0, si),
-        None => rule
-            .backends
-            .pick_with(fastrand::u32(0..rule.backends.total())),
-    };
-    exchange.position = position;
-    let (Some(service), Some(runtime)) =
-        (active.snapshot.services.get(si), active.services.get(si))
-    else {
-        return Err(ProxyError::Internal("service index out of range"));
-    };
-    exchange.service = Some(service.name.clone());
-    runtime.state.budget.record_request();
-    let hash = service
-        .hash_on
-        .as_ref()
-        .and_then(|key| affinity(req.headers(), key));
+    conn: &'a Conn,
+    active: &'a Active,
+    exchange: &'a mut Exchange,
+) -> impl Future<Output = Result<Reply<ResponseBody>, ProxyError>> + 'a {
+    async move {
+        let Some((li, listener)) = active.listener(&conn.listener) else {
+            return Err(ProxyError::NoRoute);
+        };
+        exchange.listener = Some(li);
+        let Serves::Http(table) = &listener.serves else {
+            return Err(ProxyError::NoRoute);
+        };
+        check_limits(req.headers(), &active.snapshot.proxy)?;
+        let authority = request_authority(&req)?;
+        let host = normalize_host(authority.as_str());
+        let view = RequestView {
+            host: &host,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            method: req.method(),
+            headers: req.headers(),
+        };
+        let Some(rule) = table.find(&view).cloned() else {
+            // Intercepted traffic no route claims goes where it was going.
+            let original = conn.original.as_ref().ok_or(ProxyError::NoRoute)?;
+            exchange.passthrough = true;
+            exchange.service = Some(Arc::from(crate::intercept::passthrough::SERVICE));
+            exchange.endpoint = Some(original.address.to_string().into());
+            // Boxed: a rare path whose future would otherwise widen every request's.
+            let (response, _) = Box::pin(crate::intercept::passthrough::http(
+                req, authority, original,
+            ))
+            .await?;
+            return Ok(response);
+        };
+        exchange.rule = Some(rule.clone());
+        apply_policies(&rule, active, conn, req.headers()).await?;
+        let (position, si) = match rule.backends.single() {
+            Some(si) => (0, si),
+            None => rule
+                .backends
+                .pick_with(fastrand::u32(0..rule.backends.total())),
+        };
+        exchange.position = position;
+        let (Some(service), Some(runtime)) =
+            (active.snapshot.services.get(si), active.services.get(si))
+        else {
+            return Err(ProxyError::Internal("service index out of range"));
+        };
+        exchange.service = Some(service.name.clone());
+        runtime.state.budget.record_request();
+        let hash = service
+            .hash_on
+            .as_ref()
+            .and_then(|key| affinity(req.headers(), key));
 
-    let upgrade = req.version() == Version::HTTP_11
-        && service.protocol == ServiceProtocol::Http1
-        && wants_upgrade(req.headers());
-    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let upgrade = req.version() == Version::HTTP_11
+            && service.protocol == ServiceProtocol::Http1
+            && wants_upgrade(req.headers());
+        let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let (mut parts, body) = req.into_parts();
-    // Upgrades are never retried nor mirrored: the connection becomes the client's.
-    let retries = rule.policies.retries.as_ref().filter(|_| !upgrade);
-    let mirror = rule
-        .policies
-        .mirror
-        .as_ref()
-        .filter(|(m, _)| !upgrade && chance(m.percent))
-        .map(|&(_, target)| (target, upstream::clone_head(&parts)));
-    let mirror_authority = mirror.as_ref().map(|_| format!("{host}-shadow"));
-    let deferred = upstream_head(
-        &mut parts,
-        conn,
-        &rule,
-        service.protocol,
-        authority,
-        upgrade,
-        Forwarding::ByEncoderIfPlain,
-    )?;
-    let keep = match (retries, &mirror) {
-        (Some(p), Some(_)) => Some(p.max_body_bytes.max(mirror::MAX_MIRRORED_BODY)),
-        (Some(p), None) => Some(p.max_body_bytes),
-        (None, Some(_)) => Some(mirror::MAX_MIRRORED_BODY),
-        (None, None) => None,
-    };
-    let body = match keep {
-        Some(limit) => RequestBody::keep_if_small(body, limit).await?,
-        None => RequestBody::Once(Some(body)),
-    };
-    if let (Some((target, head)), Some(shadow)) = (mirror, mirror_authority) {
-        send_mirror(target, head, &shadow, &body, conn, &rule, active);
-    }
-    let slot = match &runtime.breaker {
-        Some(breaker) => breaker.start_request()?,
-        None => None,
-    };
-    // Built inside the call, not bound to a name: a named future moved into `within` would
-    // keep its own slot in this function's state beside the one `within` holds.
-    let sent = within(
-        rule.request_timeout,
-        send_with_retries(
+        let (mut parts, body) = req.into_parts();
+        // Upgrades are never retried nor mirrored: the connection becomes the client's.
+        let retries = rule.policies.retries.as_ref().filter(|_| !upgrade);
+        let mirror = rule
+            .policies
+            .mirror
+            .as_ref()
+            .filter(|(m, _)| !upgrade && chance(m.percent))
+            .map(|&(_, target)| (target, upstream::clone_head(&parts)));
+        let mirror_authority = mirror.as_ref().map(|_| format!("{host}-shadow"));
+        let deferred = upstream_head(
+            &mut parts,
+            conn,
             &rule,
-            service,
-            runtime,
-            hash,
-            Outgoing {
-                head: &mut parts,
-                forwarding: deferred.then_some(&conn.client),
-                body,
-            },
-            exchange,
-        ),
-    )
-    .await
-    .map_err(|_| ProxyError::Timeout)??;
-    let Sent {
-        response,
-        in_flight,
-        endpoint,
-        tries,
-    } = sent;
+            service.protocol,
+            authority,
+            upgrade,
+            Forwarding::ByEncoderIfPlain,
+        )?;
+        let keep = match (retries, &mirror) {
+            (Some(p), Some(_)) => Some(p.max_body_bytes.max(mirror::MAX_MIRRORED_BODY)),
+            (Some(p), None) => Some(p.max_body_bytes),
+            (None, Some(_)) => Some(mirror::MAX_MIRRORED_BODY),
+            (None, None) => None,
+        };
+        let body = match keep {
+            Some(limit) => RequestBody::keep_if_small(body, limit).await?,
+            None => RequestBody::Once(Some(body)),
+        };
+        if let (Some((target, head)), Some(shadow)) = (mirror, mirror_authority) {
+            send_mirror(target, head, &shadow, &body, conn, &rule, active);
+        }
+        let slot = match &runtime.breaker {
+            Some(breaker) => breaker.start_request()?,
+            None => None,
+        };
+        // Built inside the call, not bound to a name: a named future moved into `within` would
+        // keep its own slot in this function's state beside the one `within` holds.
+        let sent = within(
+            rule.request_timeout,
+            send_with_retries(
+                &rule,
+                service,
+                runtime,
+                hash,
+                Outgoing {
+                    head: &mut parts,
+                    forwarding: deferred.then_some(&conn.client),
+                    body,
+                },
+                exchange,
+            ),
+        )
+        .await
+        .map_err(|_| ProxyError::Timeout)??;
+        let Sent {
+            response,
+            in_flight,
+            endpoint,
+            tries,
+        } = sent;
 
-    let Reply {
-        status,
-        mut fields,
-        body: inner,
-    } = for_client(response, on_client_upgrade, upgrade, &endpoint.label);
-    if !rule.response_headers.is_empty() {
-        rule.response_headers.apply(fields.map_mut());
+        let Reply {
+            status,
+            mut fields,
+            body: inner,
+        } = for_client(response, on_client_upgrade, upgrade, &endpoint.label);
+        if !rule.response_headers.is_empty() {
+            rule.response_headers.apply(fields.map_mut());
+        }
+        if retries.is_some() {
+            fields
+                .map_mut()
+                .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
+        }
+        let body = ResponseBody::Upstream {
+            inner,
+            in_flight: Some(in_flight),
+            slot,
+        };
+        Ok(Reply {
+            status,
+            fields,
+            body,
+        })
     }
-    if retries.is_some() {
-        fields
-            .map_mut()
-            .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
-    }
-    let body = ResponseBody::Upstream {
-        inner,
-        in_flight: Some(in_flight),
-        slot,
-    };
-    Ok(Reply {
-        status,
-        fields,
-        body,
-    })
 }
 
 /// The upstream's response made fit for the client's hop: a 101 to a request that upgrades

@@ -114,7 +114,7 @@ pub async fn serve(
                 }
             };
             let method = head.method.clone();
-            // The request's future (3.8 KiB) lives on the heap, in a room this connection
+            // The request's future (3.2 KiB) lives on the heap, in a room this connection
             // holds only while the request is in flight: the connection's task stays small,
             // and an idle connection holds no room.
             let mut room = recycle::room();
