@@ -12,60 +12,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
-for tool in valgrind nginx wrk; do
-  command -v $tool >/dev/null || { sudo apt-get install -y $tool >/dev/null || apt-get install -y $tool >/dev/null; }
-done
+source scripts/small-request-setup.sh
+need_tools valgrind nginx wrk
 cargo build --release -q -p strait-proxy
 
 OUT=target/callgrind
 mkdir -p "$OUT"
-DIR=$(mktemp -d)
-mkdir -p "$DIR/logs"
+VALGRIND=
 cleanup() {
-  pkill -f "callgrind-out-file=$OUT/strait" 2>/dev/null || true
-  [ -f "$DIR/upstream.pid" ] && kill "$(cat "$DIR/upstream.pid")" 2>/dev/null || true
-  rm -rf "$DIR"
+  if [ -n "$VALGRIND" ]; then
+    kill "$VALGRIND" 2>/dev/null || true
+    wait "$VALGRIND" 2>/dev/null || true
+  fi
+  setup_cleanup
 }
 trap cleanup EXIT
-
-cat >"$DIR/upstream.conf" <<EOF
-worker_processes 1;
-daemon on;
-pid $DIR/upstream.pid;
-error_log $DIR/logs/upstream.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:19950; location / { return 200 "hello world\n"; } }
-}
-EOF
-cat >"$DIR/strait.yaml" <<'EOF'
-apiVersion: strait.dev/v1alpha1
-kind: ProxyConfig
-metadata: {name: callgrind}
-spec:
-  admin: 127.0.0.1:19951
-  accessLog: {enabled: false}
-  listeners: [{name: web, address: "127.0.0.1:19952", protocol: http}]
----
-apiVersion: strait.dev/v1alpha1
-kind: Service
-metadata: {name: up}
-spec:
-  protocol: http1
-  endpoints: [{address: "127.0.0.1:19950"}]
----
-apiVersion: strait.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: r}
-spec:
-  rules: [{backendRefs: [{name: up}]}]
-EOF
-nginx -c "$DIR/upstream.conf"
+start_upstream
 
 rm -f "$OUT"/strait.out*
 valgrind --tool=callgrind --callgrind-out-file="$OUT/strait.out" --dump-instr=no \
   target/release/strait-proxy --config "$DIR/strait.yaml" --workers 1 >"$DIR/logs/valgrind.log" 2>&1 &
+VALGRIND=$!
 for _ in $(seq 60); do
   curl -fs -o /dev/null http://127.0.0.1:19952/ && break
   sleep 0.5

@@ -12,30 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-6}
 SECS=${2:-5}
-for tool in nginx wrk; do
-  command -v $tool >/dev/null || { sudo apt-get install -y $tool >/dev/null || apt-get install -y $tool >/dev/null; }
-done
+source scripts/small-request-setup.sh
+need_tools nginx wrk
 cargo build --release -q -p strait-proxy
 
-DIR=$(mktemp -d)
-mkdir -p "$DIR/logs"
-cleanup() {
-  [ -f "$DIR/upstream.pid" ] && kill "$(cat "$DIR/upstream.pid")" 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-cat >"$DIR/upstream.conf" <<EOF
-worker_processes 1;
-daemon on;
-pid $DIR/upstream.pid;
-error_log $DIR/logs/upstream.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:19950; location / { return 200 "hello world\n"; } }
-}
-EOF
 cat >"$DIR/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -51,29 +31,7 @@ http {
   }
 }
 EOF
-cat >"$DIR/strait.yaml" <<'EOF'
-apiVersion: strait.dev/v1alpha1
-kind: ProxyConfig
-metadata: {name: cpu}
-spec:
-  admin: 127.0.0.1:19951
-  accessLog: {enabled: false}
-  listeners: [{name: web, address: "127.0.0.1:19952", protocol: http}]
----
-apiVersion: strait.dev/v1alpha1
-kind: Service
-metadata: {name: up}
-spec:
-  protocol: http1
-  endpoints: [{address: "127.0.0.1:19950"}]
----
-apiVersion: strait.dev/v1alpha1
-kind: HTTPRoute
-metadata: {name: r}
-spec:
-  rules: [{backendRefs: [{name: up}]}]
-EOF
-taskset -c 1 nginx -c "$DIR/upstream.conf"
+start_upstream 1
 
 # The proxy's pid (nginx: its one worker), with the proxy started on CPU 0.
 start() {
