@@ -8,7 +8,6 @@ use std::task::{ready, Context, Poll, Waker};
 
 use bytes::BytesMut;
 use http::request::Parts;
-use http::Method;
 use tokio::net::TcpStream;
 
 use super::decode::{self, Framing as ResponseFraming, Head, MAX_HEAD_BYTES};
@@ -120,7 +119,6 @@ impl Connection {
         output.clear();
         encode::head(&mut output, head, extra, framing);
         let mut writer = Some(RequestWriter::new(output, body, framing));
-        let upgrade = wants_upgrade(&head.headers);
         let mut received = !self.input.is_empty();
         let mut write_failed = false;
         let mut answer = poll_fn(|cx| {
@@ -140,7 +138,7 @@ impl Connection {
                     Poll::Pending => {}
                 }
             }
-            self.poll_head(cx, &head.method, upgrade, &mut received)
+            self.poll_head(cx, head, &mut received)
         })
         .await?;
         if write_failed {
@@ -150,19 +148,19 @@ impl Connection {
         Ok((answer, writer.map(Box::new)))
     }
 
-    /// Reads until a final response head is complete.
+    /// Reads until the final response head to `request` is complete.
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
-        method: &Method,
-        upgrade: bool,
+        request: &Parts,
         received: &mut bool,
     ) -> Poll<Result<Head, Error>> {
         loop {
             if !self.input.is_empty() {
-                if let Some(head) = decode::head(&mut self.input, method)? {
+                if let Some(head) = decode::head(&mut self.input, &request.method)? {
                     match head.framing {
-                        ResponseFraming::Switched if !upgrade => {
+                        // Asked only of a 101: the request's fields are not looked at again.
+                        ResponseFraming::Switched if !wants_upgrade(&request.headers) => {
                             return Poll::Ready(Err(Error::Malformed(
                                 "101 to a request that did not upgrade",
                             )))
@@ -289,6 +287,33 @@ mod tests {
             upstream.await.unwrap().0,
             "POST /p?q=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 3\r\n\r\nabc"
         );
+    }
+
+    #[tokio::test]
+    async fn a_101_is_final_only_for_a_request_that_asked_to_upgrade() {
+        for (asked, final_101) in [(true, true), (false, false)] {
+            let (mut conn, mut server) = pair().await;
+            server
+                .write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+                )
+                .await
+                .unwrap();
+            let mut req = Request::get("/");
+            if asked {
+                req = req.header("connection", "upgrade").header("upgrade", "x");
+            }
+            let head = req.body(()).unwrap().into_parts().0;
+            let sent = conn.send(&head, b"", UpstreamBody::Full(None)).await;
+            if final_101 {
+                assert!(
+                    matches!(&sent, Ok((answer, _)) if answer.status == 101),
+                    "{sent:?}"
+                );
+            } else {
+                assert!(matches!(sent, Err(Error::Malformed(_))), "{sent:?}");
+            }
+        }
     }
 
     #[tokio::test]
