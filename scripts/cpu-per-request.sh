@@ -16,20 +16,12 @@ source scripts/small-request-setup.sh
 need_tools nginx wrk
 cargo build --release -q -p strait-proxy
 
-cat >"$DIR/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $DIR/nginx.pid;
-error_log $DIR/logs/nginx.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
+nginx_conf nginx off <<'EOF'
   upstream up { server 127.0.0.1:19950; keepalive 64; }
   server {
     listen 127.0.0.1:19952;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
-}
 EOF
 start_upstream 1
 

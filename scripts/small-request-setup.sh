@@ -18,18 +18,28 @@ setup_cleanup() {
 }
 trap setup_cleanup EXIT
 
-# Starts the nginx upstream, with $1 (a taskset CPU list, or nothing) as its CPUs.
-start_upstream() {
-  cat >"$DIR/upstream.conf" <<EOF
+# Writes $DIR/$1.conf for an nginx with one worker (daemon $2: on or off), its pid and error
+# log in $DIR, access log off, and the http block's servers read from stdin.
+nginx_conf() {
+  {
+    cat <<EOF
 worker_processes 1;
-daemon on;
-pid $DIR/upstream.pid;
-error_log $DIR/logs/upstream.log;
+daemon $2;
+pid $DIR/$1.pid;
+error_log $DIR/logs/$1.log;
 events { worker_connections 1024; }
 http {
   access_log off;
-  server { listen 127.0.0.1:19950; location / { return 200 "hello world\n"; } }
+EOF
+    cat
+    echo "}"
+  } >"$DIR/$1.conf"
 }
+
+# Starts the nginx upstream, with $1 (a taskset CPU list, or nothing) as its CPUs.
+start_upstream() {
+  nginx_conf upstream on <<'EOF'
+  server { listen 127.0.0.1:19950; location / { return 200 "hello world\n"; } }
 EOF
   if [ -n "${1:-}" ]; then taskset -c "$1" nginx -c "$DIR/upstream.conf"; else nginx -c "$DIR/upstream.conf"; fi
 }

@@ -156,11 +156,6 @@ impl ClientHeaders {
         name == X_FORWARDED_FOR || name == FORWARDED || name == X_FORWARDED_PROTO
     }
 
-    /// The client IP as a header value.
-    pub fn ip(&self) -> &HeaderValue {
-        &self.ip
-    }
-
     /// Appends the client to `x-forwarded-for` and `forwarded`, and sets `x-forwarded-proto`
     /// when absent.
     pub fn append_to(&self, headers: &mut HeaderMap) {

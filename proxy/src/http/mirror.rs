@@ -36,7 +36,12 @@ impl Drop for Outstanding {
 }
 
 /// Sends `head` + `body` to an endpoint of `service` in the background.
-pub fn spawn(head: http::request::Parts, body: Bytes, service: &Service, runtime: &ServiceRuntime) {
+pub fn spawn(
+    mut head: http::request::Parts,
+    body: Bytes,
+    service: &Service,
+    runtime: &ServiceRuntime,
+) {
     if IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(service = %service.name, "mirror skipped: too many copies in flight");
@@ -60,7 +65,6 @@ pub fn spawn(head: http::request::Parts, body: Bytes, service: &Service, runtime
             timeout,
             limits: breaker.as_ref(),
         };
-        let mut head = head;
         let copy = async {
             let head = upstream::Lent {
                 head: &mut head,
