@@ -5,8 +5,9 @@
 //! ```
 //!
 //! Proxies run pinned to CPU 0; this process (load generator and upstream, one thread) to
-//! CPU 1. Targets are interleaved round by round; each figure is the median of the rounds with
-//! min–max. Writes `target/bench/results.md` and `results.json`. `--quick` is the CI smoke
+//! CPU 1. Targets are interleaved round by round (the fixed-rate latency runs in one-second
+//! slices within each round); each figure is the median of the rounds with min–max; the
+//! report ends with the CPU time the hypervisor stole during the run. Writes `target/bench/results.md` and `results.json`. `--quick` is the CI smoke
 //! mode: one short round, and a non-zero exit if Strait errors or drops requests (never on
 //! timings).
 
@@ -115,6 +116,15 @@ struct Results {
     samples: BTreeMap<(String, String), BTreeMap<String, Vec<f64>>>,
     order: Vec<(String, String)>,
     errors: BTreeMap<String, u64>,
+    /// Wall time of the run and the CPU time the hypervisor stole from the machine meanwhile.
+    steal: Option<Steal>,
+}
+
+/// The hypervisor's share of the run: seconds stolen from all CPUs over `wall` seconds.
+#[derive(Debug, Clone, Copy)]
+struct Steal {
+    stolen: f64,
+    wall: f64,
 }
 
 impl Results {
@@ -232,6 +242,7 @@ async fn run(settings: Settings) -> Result<Results, String> {
     let sink = upstream::sink().await.map_err(|e| e.to_string())?;
 
     let mut results = Results::default();
+    let (began, steal_before) = (std::time::Instant::now(), procstat::steal_seconds());
     let mut skipped = Vec::new();
     let mut targets = vec![
         targets::direct(up, sink),
@@ -268,6 +279,9 @@ async fn run(settings: Settings) -> Result<Results, String> {
     }
     for round in 1..=settings.rounds {
         eprintln!("round {round}/{}", settings.rounds);
+        if settings.runs("http1") {
+            latency_at_fixed_rates(&settings, &targets, &mut results).await;
+        }
         for t in &targets {
             if settings.runs("http1") {
                 // 1. HTTP/1.1 keep-alive saturation and CPU per request.
@@ -282,20 +296,6 @@ async fn run(settings: Settings) -> Result<Results, String> {
                         &t.name,
                         (a - b) * 1e6 / r.ok.max(1) as f64,
                     );
-                }
-                for rate in [2_000u64, 5_000] {
-                    let r = load::fixed_rate(t.http, "bench", rate, d, 64).await;
-                    results.errors(&t.name, r.errors);
-                    if let Some(h) = &r.latency {
-                        for (q, label) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
-                            results.add(
-                                "http1 small",
-                                &format!("{label} ms @ {}k rps", rate / 1000),
-                                &t.name,
-                                h.value_at_quantile(q) as f64 / 1000.0,
-                            );
-                        }
-                    }
                 }
             }
             if settings.runs("h2c") {
@@ -380,8 +380,51 @@ async fn run(settings: Settings) -> Result<Results, String> {
         );
         drop(held);
     }
+    if let (Some(before), Some(after)) = (steal_before, procstat::steal_seconds()) {
+        results.steal = Some(Steal {
+            stolen: after - before,
+            wall: began.elapsed().as_secs_f64(),
+        });
+    }
     report(&settings, &targets, &skipped, &results, &out_dir)?;
     Ok(results)
+}
+
+/// Scenario 1's latency: p50/p99/p99.9 at 2k and 5k rps. A round's run of each target is cut
+/// into slices of about a second, interleaved across the targets (A B C A B C …) and merged
+/// into one histogram per target: this VM stalls every process on it, the direct path
+/// included, for milliseconds at a time and in spells of seconds, and slices spread a bad
+/// spell over every target instead of loading it onto the one that ran through it.
+async fn latency_at_fixed_rates(settings: &Settings, targets: &[Target], results: &mut Results) {
+    let slices = settings.seconds.round().max(1.0) as u32;
+    let slice = settings.duration() / slices;
+    for rate in [2_000u64, 5_000] {
+        let mut merged: Vec<Option<hdrhistogram::Histogram<u64>>> = vec![None; targets.len()];
+        for _ in 0..slices {
+            for (t, merged) in targets.iter().zip(&mut merged) {
+                let r = load::fixed_rate(t.http, "bench", rate, slice, 64).await;
+                results.errors(&t.name, r.errors);
+                match (merged.as_mut(), r.latency) {
+                    (Some(m), Some(h)) => {
+                        let _ = m.add(&h);
+                    }
+                    (None, h) => *merged = h,
+                    (Some(_), None) => {}
+                }
+            }
+        }
+        for (t, h) in targets.iter().zip(&merged) {
+            let Some(h) = h else { continue };
+            for (q, label) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+                results.add(
+                    "http1 small",
+                    &format!("{label} ms @ {}k rps", rate / 1000),
+                    &t.name,
+                    h.value_at_quantile(q) as f64 / 1000.0,
+                );
+            }
+        }
+    }
 }
 
 /// Scenario 6, route-table scaling: CPU per request with N rules, the request matching the
@@ -669,6 +712,15 @@ fn report(
                 .join(", ")
         );
     }
+    if let Some(Steal { stolen, wall }) = results.steal {
+        let cpus = procstat::online_cpus() as f64;
+        let _ = writeln!(
+            md,
+            "\nHypervisor steal during the run: {stolen:.1} s of {:.0} CPU-seconds ({:.1}%)",
+            wall * cpus,
+            100.0 * stolen / (wall * cpus).max(1e-9)
+        );
+    }
     println!("{md}");
     std::fs::write(out_dir.join("results.md"), &md).map_err(|e| e.to_string())?;
     let doc = json!({
@@ -677,6 +729,7 @@ fn report(
         "peers": targets.iter().map(|t| json!({"name": t.name, "version": t.version})).collect::<Vec<_>>(),
         "skipped": skipped,
         "errors": results.errors,
+        "steal_seconds": results.steal.map(|s| s.stolen),
         "results": json_rows,
         "at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     });

@@ -15,6 +15,16 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SECOND)
 }
 
+/// Time the hypervisor ran something else while this machine's CPUs wanted to run ("steal"),
+/// summed over all CPUs, in seconds since boot.
+pub fn steal_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let all = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal …
+    let steal: f64 = all.split_whitespace().nth(8)?.parse().ok()?;
+    Some(steal / TICKS_PER_SECOND)
+}
+
 /// Resident set size of `pid`, in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -35,6 +45,13 @@ pub fn pin_self(cpu: usize) -> bool {
     }
 }
 
+/// Online CPUs of the machine (not this process's affinity, which is pinned to one).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
 /// The machine, for the report.
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -46,9 +63,7 @@ pub fn machine() -> String {
                 .map(|(_, v)| v.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    // Online CPUs of the machine (not this process's affinity, which is pinned to one).
-    // SAFETY: sysconf has no preconditions.
-    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cores = online_cpus();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|k| k.trim().to_owned())
         .unwrap_or_default();
@@ -62,5 +77,6 @@ mod tests {
         let me = std::process::id();
         assert!(super::cpu_seconds(me).is_some());
         assert!(super::rss_bytes(me).unwrap() > 0);
+        assert!(super::steal_seconds().is_some_and(|s| s >= 0.0));
     }
 }
