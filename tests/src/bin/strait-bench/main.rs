@@ -15,6 +15,7 @@ mod load;
 mod procstat;
 mod targets;
 mod upstream;
+mod wakeup;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -118,6 +119,15 @@ struct Results {
     errors: BTreeMap<String, u64>,
     /// Wall time of the run and the CPU time the hypervisor stole from the machine meanwhile.
     steal: Option<Steal>,
+    /// Round trips to a waiting thread on the proxies' CPU and on the load generator's own.
+    wakeup: Option<Wakeup>,
+}
+
+/// The machine's floor for added latency (see `wakeup`).
+#[derive(Debug, Clone, Copy)]
+struct Wakeup {
+    other_cpu: wakeup::RoundTrip,
+    same_cpu: wakeup::RoundTrip,
 }
 
 /// The hypervisor's share of the run: seconds stolen from all CPUs over `wall` seconds.
@@ -243,6 +253,13 @@ async fn run(settings: Settings) -> Result<Results, String> {
 
     let mut results = Results::default();
     let (began, steal_before) = (std::time::Instant::now(), procstat::steal_seconds());
+    let trips = if settings.quick { 200 } else { 2_000 };
+    results.wakeup = wakeup::round_trip(1, 0, trips)
+        .zip(wakeup::round_trip(1, 1, trips))
+        .map(|(other_cpu, same_cpu)| Wakeup {
+            other_cpu,
+            same_cpu,
+        });
     let mut skipped = Vec::new();
     let mut targets = vec![
         targets::direct(up, sink),
@@ -638,6 +655,18 @@ fn report(
             .collect::<Vec<_>>()
             .join("; ")
     );
+    if let Some(Wakeup {
+        other_cpu,
+        same_cpu,
+    }) = results.wakeup
+    {
+        let _ = writeln!(
+            md,
+            "Floor: a round trip to a thread waiting on the proxies' CPU takes p50 {} µs, p99 {} µs \
+             (on the load generator's own CPU: {} / {} µs); a proxied request makes two  ",
+            other_cpu.p50, other_cpu.p99, same_cpu.p50, same_cpu.p99
+        );
+    }
     if !skipped.is_empty() {
         let _ = writeln!(md, "Skipped: {}  ", skipped.join("; "));
     }
@@ -730,6 +759,10 @@ fn report(
         "skipped": skipped,
         "errors": results.errors,
         "steal_seconds": results.steal.map(|s| s.stolen),
+        "round_trip_us": results.wakeup.map(|w| json!({
+            "other_cpu": {"p50": w.other_cpu.p50, "p99": w.other_cpu.p99},
+            "same_cpu": {"p50": w.same_cpu.p50, "p99": w.same_cpu.p99},
+        })),
         "results": json_rows,
         "at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     });
