@@ -3,6 +3,7 @@
 //! HTTP/2's preface — hyper's server, with the configured limits and graceful shutdown on drain.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,37 +25,55 @@ use crate::shared::{draining, until_drain, ConnToken, Shared};
 
 /// Serves `stream` until the client closes or draining finishes it. `original` is where an
 /// intercepted connection was going (requests no route claims are passed through to it).
-pub async fn serve(
+///
+/// An `async` block rather than an `async fn`, which would keep its arguments twice in its
+/// state: this future is most of every idle connection's memory.
+#[allow(clippy::manual_async_fn)]
+pub fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<str>,
     shared: Arc<Shared>,
-    _token: ConnToken,
+    token: ConnToken,
     original: Option<OriginalDestination>,
-) {
-    let _ = stream.set_nodelay(true);
-    let limits = shared.config.load().snapshot.proxy.clone();
-    let late = shared.drain.is_draining();
-    let conn = Arc::new(Conn {
-        client: ClientHeaders::new(peer.ip()),
-        listener: listener.clone(),
-        peer,
-        shared: shared.clone(),
-        original,
-    });
-    let max_buf_size = (limits.max_header_bytes * 2).max(16 * 1024);
-    let fast = h1::serve::Limits {
-        header_read_timeout: limits.header_read_timeout,
-        max_head: max_buf_size,
-    };
-    let read = match h1::serve::serve(&mut stream, &conn, fast, late).await {
-        h1::serve::Outcome::Closed => return,
-        h1::serve::Outcome::Handoff(read) => read.freeze(),
-    };
-    // Boxed: hyper's connection state would otherwise widen every connection's task, most of
-    // which never leave the fast path.
-    let io = TokioIo::new(h1::serve::Rewound::new(read, stream));
-    Box::pin(serve_with_hyper(io, conn, &limits, max_buf_size, late)).await;
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        // Held to the end: the drain waits for every connection's token. (An async block
+        // captures only what it names; an unused `_token` argument would be dropped here.)
+        let _token = token;
+        let _ = stream.set_nodelay(true);
+        let late = shared.drain.is_draining();
+        let fast = {
+            let limits = &shared.config.load().snapshot.proxy;
+            h1::serve::Limits {
+                header_read_timeout: limits.header_read_timeout,
+                max_head: max_buf_size(limits),
+            }
+        };
+        let conn = Arc::new(Conn {
+            client: ClientHeaders::new(peer.ip()),
+            listener,
+            peer,
+            shared,
+            original,
+        });
+        let read = match h1::serve::serve(&mut stream, &conn, fast, late).await {
+            h1::serve::Outcome::Closed => return,
+            h1::serve::Outcome::Handoff(read) => read.freeze(),
+        };
+        // The limits in force now: the fast path may have served for a while, through reloads.
+        let limits = conn.shared.config.load().snapshot.proxy.clone();
+        // Boxed: hyper's connection state would otherwise widen every connection's task, most
+        // of which never leave the fast path.
+        let io = TokioIo::new(h1::serve::Rewound::new(read, stream));
+        Box::pin(serve_with_hyper(io, conn, &limits, late)).await;
+    }
+}
+
+/// The most a connection buffers of a request's head: twice the configured header limit, so
+/// that our 431 (with a reason) answers before hyper's own limit is reached.
+fn max_buf_size(limits: &ProxySettings) -> usize {
+    (limits.max_header_bytes * 2).max(16 * 1024)
 }
 
 /// hyper's server, from where the fast path left the connection to its end.
@@ -62,9 +81,9 @@ async fn serve_with_hyper(
     io: TokioIo<h1::serve::Rewound>,
     conn: Arc<Conn>,
     limits: &ProxySettings,
-    max_buf_size: usize,
     late: bool,
 ) {
+    let max_buf_size = max_buf_size(limits);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own limits sit above ours so that our 431 (with a reason) answers first.
     builder
