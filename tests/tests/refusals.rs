@@ -172,7 +172,7 @@ async fn connections_over_the_limit_are_closed() {
         + &http_route("r", "  rules:\n    - {backendRefs: [{name: up}]}");
     let proxy = Proxy::start(&yaml);
     let addr = proxy.listener("web");
-    let _a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let a = tokio::net::TcpStream::connect(addr).await.unwrap();
     let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Give the acceptor time to take both permits before the third arrives.
     let text = eventually("two connections open", Duration::from_secs(5), || async {
@@ -196,6 +196,24 @@ async fn connections_over_the_limit_are_closed() {
             &[("listener", "web")]
         ),
         Some(1.0)
+    );
+    // A connection that ends gives its place back: the gauge falls and a new one is served.
+    drop(a);
+    eventually("one connection open", Duration::from_secs(5), || async {
+        let t = strait_tests::metrics::scrape(proxy.admin()).await;
+        (strait_tests::metrics::value(&t, "strait_connections_active", &[("listener", "web")])
+            == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    let fourth = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        fourth.starts_with("HTTP/1.1 200"),
+        "a connection after one closed is served: {fourth:?}"
     );
 }
 
