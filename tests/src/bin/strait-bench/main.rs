@@ -7,9 +7,10 @@
 //! Proxies run pinned to CPU 0; this process (load generator and upstream, one thread) to
 //! CPU 1. Targets are interleaved round by round (the fixed-rate latency runs in one-second
 //! slices within each round); each figure is the median of the rounds with min–max; the
-//! report ends with the CPU time the hypervisor stole during the run. Writes `target/bench/results.md` and `results.json`. `--quick` is the CI smoke
-//! mode: one short round, and a non-zero exit if Strait errors or drops requests (never on
-//! timings).
+//! report also gives the machine's floor for added latency and the CPU time the hypervisor
+//! stole during the run. Writes `target/bench/results.md` and `results.json`. `--quick` is the
+//! CI smoke mode: one short round, and a non-zero exit if Strait errors or drops requests
+//! (never on timings).
 
 mod load;
 mod procstat;
@@ -421,12 +422,13 @@ async fn latency_at_fixed_rates(settings: &Settings, targets: &[Target], results
             for (t, merged) in targets.iter().zip(&mut merged) {
                 let r = load::fixed_rate(t.http, "bench", rate, slice, 64).await;
                 results.errors(&t.name, r.errors);
-                match (merged.as_mut(), r.latency) {
-                    (Some(m), Some(h)) => {
-                        let _ = m.add(&h);
+                if let Some(h) = r.latency {
+                    match merged {
+                        Some(m) => {
+                            let _ = m.add(&h);
+                        }
+                        None => *merged = Some(h),
                     }
-                    (None, h) => *merged = h,
-                    (Some(_), None) => {}
                 }
             }
         }
