@@ -3,6 +3,7 @@
 # not move, for judging a change to the request path.
 #
 #   scripts/callgrind-per-request.sh [SECONDS]
+#   BODY_BYTES=256 scripts/callgrind-per-request.sh ...   # POSTs with a 256-byte body instead
 #
 # Runs the release proxy (`--workers 1`) under valgrind, an nginx upstream on 127.0.0.1:19950
 # and `wrk -t1 -c8` through the proxy; counters are zeroed after a warm-up, so start-up is not
@@ -37,9 +38,9 @@ for _ in $(seq 60); do
   curl -fs -o /dev/null http://127.0.0.1:19952/ && break
   sleep 0.5
 done
-wrk -t1 -c8 -d2s http://127.0.0.1:19952/ >/dev/null
+wrk "${WRK_REQUEST[@]}" -t1 -c8 -d2s http://127.0.0.1:19952/ >/dev/null
 callgrind_control -z >/dev/null
-n=$(wrk -t1 -c8 -d"${SECS}s" http://127.0.0.1:19952/ | awk '/requests in/ {print $1}')
+n=$(wrk "${WRK_REQUEST[@]}" -t1 -c8 -d"${SECS}s" http://127.0.0.1:19952/ | awk '/requests in/ {print $1}')
 callgrind_control -d >/dev/null
 sleep 1
 profile=$(ls -t "$OUT"/strait.out.* | head -1)

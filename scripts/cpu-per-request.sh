@@ -3,6 +3,7 @@
 # (a second view of the benchmark's headline, whose load generator is the repo's own).
 #
 #   scripts/cpu-per-request.sh [ROUNDS] [SECONDS]
+#   BODY_BYTES=256 scripts/cpu-per-request.sh ...   # POSTs with a 256-byte body instead of GETs
 #
 # The proxy runs on CPU 0; wrk (-t1 -c32) and an nginx upstream on CPU 1. Rounds interleave
 # the two proxies; each prints requests/s, the proxy's CPU µs per request (utime + stime over
@@ -48,11 +49,11 @@ declare -A RESULTS
 for round in $(seq "$ROUNDS"); do
   for target in strait nginx; do
     pid=$(start $target)
-    taskset -c 1 wrk -t1 -c32 -d1s http://127.0.0.1:19952/ >/dev/null
+    taskset -c 1 wrk "${WRK_REQUEST[@]}" -t1 -c32 -d1s http://127.0.0.1:19952/ >/dev/null
     read -r u0 s0 <<<"$(ticks "$pid")"
     v0=$(switches "$pid")
     n=$(taskset -c 1 perf stat -e syscalls:sys_enter_epoll_wait -x, -o "$DIR/epoll" -p "$pid" -- \
-      wrk -t1 -c32 -d"${SECS}s" http://127.0.0.1:19952/ 2>/dev/null | awk '/requests in/ {print $1}')
+      wrk "${WRK_REQUEST[@]}" -t1 -c32 -d"${SECS}s" http://127.0.0.1:19952/ 2>/dev/null | awk '/requests in/ {print $1}')
     read -r u1 s1 <<<"$(ticks "$pid")"
     v1=$(switches "$pid")
     e=$(awk -F, '/epoll_wait/ {print $1}' "$DIR/epoll")

@@ -36,6 +36,18 @@ EOF
   } >"$DIR/$1.conf"
 }
 
+# wrk's arguments for the request to send: a GET, or with BODY_BYTES=N in the environment a
+# POST with an N-byte JSON body (a wrk script in $DIR).
+WRK_REQUEST=()
+if [ -n "${BODY_BYTES:-}" ]; then
+  cat >"$DIR/post.lua" <<EOF
+wrk.method = "POST"
+wrk.body = string.rep("x", $BODY_BYTES)
+wrk.headers["Content-Type"] = "application/json"
+EOF
+  WRK_REQUEST=(-s "$DIR/post.lua")
+fi
+
 # Starts the nginx upstream, with $1 (a taskset CPU list, or nothing) as its CPUs.
 start_upstream() {
   nginx_conf upstream on <<'EOF'

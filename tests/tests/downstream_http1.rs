@@ -1,6 +1,6 @@
-//! HTTP/1.1 from clients: plain requests are served by the proxy's fast path, and a connection
-//! moves to hyper's server at the first request the fast path leaves (a body, here), with
-//! nothing lost or reordered on the way.
+//! HTTP/1.1 from clients: plain requests (small bodies of announced length included) are served
+//! by the proxy's fast path, and a connection moves to hyper's server at the first request the
+//! fast path leaves (a chunked body, here), with nothing lost or reordered on the way.
 
 use strait_tests::client::raw;
 use strait_tests::config::{http_route, proxy, service};
@@ -64,14 +64,16 @@ async fn pipelined_requests_are_answered_in_order_across_the_move_to_hyper() {
     let (_up, proxy) = proxied("").await;
     let addr = proxy.listener("web");
 
-    // All in one write: the fast path serves the first three (a JSON answer, a HEAD, a
-    // streamed body), hyper the POST with its body and the GET after it, which closes.
+    // All in one write: the fast path serves the first four (a JSON answer, a HEAD, a
+    // streamed body, a POST with its body), hyper the chunked POST and the GET after it,
+    // which closes.
     let answer = raw(
         addr,
         b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n\
           HEAD /b HTTP/1.1\r\nHost: h\r\n\r\n\
           GET /trailers HTTP/1.1\r\nHost: h\r\n\r\n\
           POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+          POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nworld!\r\n0\r\n\r\n\
           GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -100,6 +102,10 @@ async fn pipelined_requests_are_answered_in_order_across_the_move_to_hyper() {
     let (head, body) = next_response(&mut rest, false);
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
     assert_eq!(body, b"hello");
+
+    let (head, body) = next_response(&mut rest, false);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert_eq!(body, b"world!");
 
     let (head, body) = next_response(&mut rest, false);
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
@@ -421,4 +427,54 @@ async fn forwarding_fields_reach_the_upstream_once_whichever_way_they_are_added(
     let absolute = by_path("/absolute?x=1");
     assert_eq!(count(&absolute, "host"), 1, "{absolute:?}");
     assert_eq!(count(&absolute, "x-forwarded-for"), 1, "{absolute:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_bodies_arriving_in_pieces_reach_the_upstream_whole_on_a_kept_connection() {
+    // The fast path reads a small body of announced length whole before it forwards the
+    // request; one still arriving when the head's time is up goes on through hyper's server
+    // (which waits for bodies), so a slow client is served rather than cut off.
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("up").await;
+    let yaml = proxy("  limits: {headerReadTimeout: 1s}")
+        + &service("up", "http1", &[(up.address(), 1)], "")
+        + &http_route("r", "  rules:\n    - {backendRefs: [{name: up}]}");
+    let proxy = Proxy::start(&yaml);
+    let mut stream = tokio::net::TcpStream::connect(proxy.listener("web"))
+        .await
+        .expect("connect");
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(150));
+
+    // Head, then the body in two writes, then a GET on the same connection.
+    let body = "b".repeat(6000);
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    for piece in [&head[..], &body[..2500], &body[2500..]] {
+        stream.write_all(piece.as_bytes()).await.expect("write");
+        pause().await;
+    }
+    let (status, echoed) = read_response(&mut stream).await;
+    assert!(status.starts_with("http/1.1 200 "), "{status}");
+    assert_eq!(echoed, body.as_bytes());
+    stream
+        .write_all(b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .expect("write");
+    let (status, json) = read_response(&mut stream).await;
+    assert!(status.starts_with("http/1.1 200 "), "{status}");
+    let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(json["path"], "/after");
+
+    // A body whose second half comes after the head's second is up.
+    stream
+        .write_all(b"PUT /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nslow ")
+        .await
+        .expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    stream.write_all(b"body!").await.expect("write");
+    let (status, echoed) = read_response(&mut stream).await;
+    assert!(status.starts_with("http/1.1 200 "), "{status}");
+    assert_eq!(echoed, b"slow body!");
 }

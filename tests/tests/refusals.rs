@@ -127,10 +127,17 @@ async fn content_length_with_transfer_encoding_is_never_forwarded_both() {
 async fn truncated_or_malformed_bodies_are_not_forwarded_as_complete() {
     let (proxy, cap) = capture_setup().await;
     let addr = proxy.listener("web");
-    // Content-Length promises 100 bytes; the client sends 10 and hangs up.
+    // Content-Length promises more than the client sends before it hangs up. A large body
+    // streams, so the upstream sees the request start; a small one is read whole before it is
+    // forwarded, so the upstream never sees it.
     raw_and_hang_up(
         addr,
-        b"POST /short HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n0123456789",
+        b"POST /short-large HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n0123456789",
+    )
+    .await;
+    raw_and_hang_up(
+        addr,
+        b"POST /short-small HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n0123456789",
     )
     .await;
     // A chunk whose size line is not hex.
@@ -139,7 +146,7 @@ async fn truncated_or_malformed_bodies_are_not_forwarded_as_complete() {
         !bad.starts_with("HTTP/1.1 200"),
         "a malformed chunk must not produce a normal answer: {bad}"
     );
-    // The upstream saw both requests start, and neither complete.
+    // The upstream saw the large and the malformed one start, and neither complete.
     let seen = eventually(
         "both requests reach the upstream and end",
         Duration::from_secs(10),
@@ -153,6 +160,10 @@ async fn truncated_or_malformed_bodies_are_not_forwarded_as_complete() {
         assert!(
             !strait_tests::upstream::request_complete(raw_request.as_bytes()),
             "forwarded as complete: {raw_request:?}"
+        );
+        assert!(
+            !raw_request.starts_with("POST /short-small "),
+            "a truncated small body was forwarded: {raw_request:?}"
         );
     }
     // And the proxy is still serving.

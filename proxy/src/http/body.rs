@@ -13,12 +13,12 @@ use super::h1;
 use crate::service::breaker::Slot;
 use crate::service::endpoint::InFlight;
 
-/// A client's request body: hyper's server reads it, or there is none (the HTTP/1 fast path
-/// serves only requests without a body, see [`super::h1::serve`]).
+/// A client's request body: read whole with its head by the HTTP/1 fast path (a small body of
+/// announced length, or none; see [`super::h1::serve`]), or by hyper's server as it arrives.
 #[derive(Debug)]
 pub enum ClientBody {
-    /// The request has no body.
-    Empty,
+    /// The whole body (empty: none), sent as one frame.
+    Whole(Bytes),
     /// Read by hyper's server as it arrives.
     Streamed(Incoming),
 }
@@ -32,21 +32,22 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Self::Empty => Poll::Ready(None),
+            Self::Whole(bytes) if bytes.is_empty() => Poll::Ready(None),
+            Self::Whole(bytes) => Poll::Ready(Some(Ok(Frame::data(std::mem::take(bytes))))),
             Self::Streamed(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Empty => true,
+            Self::Whole(bytes) => bytes.is_empty(),
             Self::Streamed(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Empty => SizeHint::with_exact(0),
+            Self::Whole(bytes) => SizeHint::with_exact(bytes.len() as u64),
             Self::Streamed(b) => b.size_hint(),
         }
     }

@@ -24,7 +24,12 @@ pub enum RequestBody {
 impl RequestBody {
     /// Keeps the body when its announced size is at most `limit` bytes; otherwise it streams
     /// and the request is not retried (a body is never replayed after it started flowing).
+    /// A body already read whole is kept whatever its size (it costs nothing more).
     pub async fn keep_if_small(body: ClientBody, limit: u64) -> Result<Self, ProxyError> {
+        let body = match body {
+            ClientBody::Whole(bytes) => return Ok(Self::Kept(bytes)),
+            streamed => streamed,
+        };
         if body.is_end_stream() {
             return Ok(Self::Kept(Bytes::new()));
         }

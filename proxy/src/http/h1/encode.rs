@@ -6,7 +6,7 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http_body::Body as _;
 
-use crate::http::body::UpstreamBody;
+use crate::http::body::{ClientBody, UpstreamBody};
 
 /// How a request body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +107,9 @@ pub fn last_chunk(out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
 pub fn replayable(body: &UpstreamBody) -> Option<UpstreamBody> {
     match body {
         UpstreamBody::Full(bytes) => Some(UpstreamBody::Full(bytes.clone())),
+        UpstreamBody::Streamed(ClientBody::Whole(bytes)) => {
+            Some(UpstreamBody::Full(Some(bytes.clone())))
+        }
         UpstreamBody::Streamed(b) if b.is_end_stream() => {
             Some(UpstreamBody::Full(Some(Bytes::new())))
         }

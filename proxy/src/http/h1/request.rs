@@ -1,5 +1,6 @@
-//! Reading what a client sends, for the HTTP/1 fast path ([`super::serve`]): the request heads
-//! it serves itself, and the recognition of everything it leaves to hyper's server.
+//! Reading what a client sends, for the HTTP/1 fast path ([`super::serve`]): the requests it
+//! serves itself (a head, and a small body of announced length read whole with it), and the
+//! recognition of everything it leaves to hyper's server.
 
 use std::mem::MaybeUninit;
 
@@ -16,6 +17,9 @@ use crate::http::headers::lists;
 /// Most header fields the fast path takes; a head with more goes to hyper's server, whose
 /// limit is the configured one.
 const MAX_HEADERS: usize = 64;
+/// Largest body the fast path reads whole with its head; a larger one streams through hyper's
+/// server.
+pub const MAX_BODY: usize = 16 * 1024;
 
 /// What the bytes at the front of the buffer are.
 #[derive(Debug)]
@@ -25,23 +29,32 @@ const MAX_HEADERS: usize = 64;
 pub enum Parsed {
     /// Not a complete head yet.
     Partial,
+    /// A complete head whose body has not all arrived: the request is `total` bytes long.
+    BodyToCome {
+        /// Head and body, in bytes.
+        total: usize,
+    },
     /// A plain request, taken off the buffer.
     Plain(Plain),
-    /// Anything else (a body, an upgrade, `Expect`, HTTP/1.0, HTTP/2's preface, a malformed or
-    /// oversized head...): left in the buffer for hyper's server, which answers it as before.
+    /// Anything else (a chunked or large body, an upgrade, `Expect`, HTTP/1.0, HTTP/2's
+    /// preface, a malformed or oversized head...): left in the buffer for hyper's server,
+    /// which answers it as before.
     Other,
 }
 
-/// An HTTP/1.1 request without a body, upgrade or expectation.
+/// An HTTP/1.1 request without upgrade or expectation, whose body (if any) is small and of
+/// announced length.
 #[derive(Debug)]
 pub struct Plain {
     /// Method, target, version and header fields.
     pub head: http::request::Parts,
+    /// The body, whole (empty when there is none).
+    pub body: Bytes,
     /// The client asked to close the connection after this exchange (`Connection: close`).
     pub close: bool,
 }
 
-/// Reads one request head off the front of `buf` when the fast path serves it; the buffer is
+/// Reads one request off the front of `buf` when the fast path serves it; the buffer is
 /// untouched unless a [`Parsed::Plain`] is returned.
 pub fn request(buf: &mut BytesMut) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -68,6 +81,7 @@ pub fn request(buf: &mut BytesMut) -> Parsed {
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| s.as_ptr() as usize - base;
     let mut close = false;
+    let mut length = None;
     // Values are sliced out of the head once it is frozen, not copied: note where they are.
     let mut fields: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
     for field in parsed.headers.iter() {
@@ -77,8 +91,13 @@ pub fn request(buf: &mut BytesMut) -> Parsed {
         if name == TRANSFER_ENCODING || name == UPGRADE || name == EXPECT || name == TE {
             return Parsed::Other;
         }
-        if name == CONTENT_LENGTH && field.value != b"0" {
-            return Parsed::Other;
+        if name == CONTENT_LENGTH {
+            // One plain length, small enough to read whole; hyper's server judges the rest
+            // (lists, repeats, signs, a body to stream).
+            match (length, body_length(field.value)) {
+                (None, Some(n)) => length = Some(n),
+                _ => return Parsed::Other,
+            }
         }
         if name == CONNECTION {
             close |= lists(field.value, "close");
@@ -86,8 +105,12 @@ pub fn request(buf: &mut BytesMut) -> Parsed {
         let start = offset(field.value);
         fields.push((name, start, start + field.value.len()));
     }
+    let total = len + length.unwrap_or(0);
+    if buf.len() < total {
+        return Parsed::BodyToCome { total };
+    }
     let target = offset(path.as_bytes())..offset(path.as_bytes()) + path.len();
-    let bytes: Bytes = buf.split_to(len).freeze();
+    let bytes: Bytes = buf.split_to(total).freeze();
     let Some((uri, headers)) = assemble(&bytes, target, fields) else {
         // httparse checked the target's characters, not its form: hyper's server judges it.
         give_back(buf, &bytes);
@@ -100,8 +123,26 @@ pub fn request(buf: &mut BytesMut) -> Parsed {
     *head.headers_mut() = headers;
     Parsed::Plain(Plain {
         head: head.into_parts().0,
+        body: if total > len {
+            bytes.slice(len..)
+        } else {
+            Bytes::new()
+        },
         close,
     })
+}
+
+/// A `Content-Length` value the fast path reads the body of: digits only, at most
+/// [`MAX_BODY`].
+fn body_length(value: &[u8]) -> Option<usize> {
+    // Five digits hold MAX_BODY; more could only be larger (or zero-padded: hyper judges).
+    if value.is_empty() || value.len() > 5 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = value
+        .iter()
+        .fold(0, |n, &digit| n * 10 + usize::from(digit - b'0'));
+    (n <= MAX_BODY).then_some(n)
 }
 
 /// The target and the header map, sliced out of the frozen head.
@@ -144,9 +185,10 @@ mod tests {
         let (parsed, rest) = parse(
             "GET /a?b=1 HTTP/1.1\r\nHost: svc\r\nX-One: 1\r\nContent-Length: 0\r\n\r\nGET /next",
         );
-        let Parsed::Plain(Plain { head, close }) = parsed else {
+        let Parsed::Plain(Plain { head, body, close }) = parsed else {
             panic!("{parsed:?}");
         };
+        assert!(body.is_empty());
         assert_eq!(head.method, Method::GET);
         assert_eq!(head.uri, "/a?b=1");
         assert_eq!(head.version, Version::HTTP_11);
@@ -175,10 +217,51 @@ mod tests {
     }
 
     #[test]
+    fn a_small_body_is_taken_whole_with_its_head() {
+        let (parsed, rest) =
+            parse("POST /a HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhelloGET /next");
+        let Parsed::Plain(Plain { head, body, .. }) = parsed else {
+            panic!("{parsed:?}");
+        };
+        assert_eq!(head.method, Method::POST);
+        assert_eq!(head.headers["content-length"], "5");
+        assert_eq!(&body[..], b"hello");
+        assert_eq!(&rest[..], b"GET /next");
+    }
+
+    #[test]
+    fn a_body_still_arriving_is_waited_for_with_the_head_left_in_place() {
+        let text = "PUT /a HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\nhello";
+        let (parsed, rest) = parse(text);
+        assert!(
+            matches!(parsed, Parsed::BodyToCome { total } if total == text.len() + 5),
+            "{parsed:?}"
+        );
+        assert_eq!(&rest[..], text.as_bytes());
+    }
+
+    #[test]
+    fn the_largest_body_read_whole_is_max_body() {
+        let head = |n: usize| format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {n}\r\n\r\n");
+        let whole = head(MAX_BODY) + &"x".repeat(MAX_BODY);
+        let (parsed, _) = parse(&whole);
+        assert!(
+            matches!(&parsed, Parsed::Plain(p) if p.body.len() == MAX_BODY),
+            "{parsed:?}"
+        );
+        let over = head(MAX_BODY + 1) + &"x".repeat(MAX_BODY + 1);
+        assert!(matches!(parse(&over).0, Parsed::Other));
+    }
+
+    #[test]
     fn everything_else_stays_in_the_buffer_for_hyper() {
         for text in [
-            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
             "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n",
             "PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
             "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n",

@@ -1,13 +1,15 @@
-//! The downstream HTTP/1.1 fast path: plain requests — no body, no upgrade, no expectation, the
-//! bulk of what a sidecar proxies — are read, handled and answered straight off the socket, in
-//! the connection's task, with one buffer each way.
+//! The downstream HTTP/1.1 fast path: plain requests — no upgrade, no expectation, no body or a
+//! small one of announced length (read whole with the head), the bulk of what a sidecar
+//! proxies — are read, handled and answered straight off the socket, in the connection's task,
+//! with one buffer each way.
 //!
 //! Everything else goes to hyper's server, which takes the connection from the first request
 //! the fast path does not serve (with the bytes already read, see [`Rewound`]) and serves it
-//! to its end: bodies, `Expect: 100-continue`, upgrades, HTTP/1.0, HTTP/2's preface, and every
-//! malformed or oversized head (hyper answers those with its 400/414/431). hyper's dispatcher
-//! cost 8.4k of the 25k instructions a small proxied request took (callgrind), for a job this
-//! loop does in a fraction.
+//! to its end: chunked and large bodies, a small body still arriving when the head's time is
+//! up, `Expect: 100-continue`, upgrades, HTTP/1.0, HTTP/2's preface, and every malformed or
+//! oversized head (hyper answers those with its 400/414/431). hyper's dispatcher cost 8.4k of
+//! the 25k instructions a small proxied request took (callgrind), for a job this loop does in
+//! a fraction.
 
 use std::io;
 use std::pin::Pin;
@@ -32,7 +34,8 @@ use crate::http::pipeline::{handle, Conn};
 use crate::http::response::Reply;
 use crate::shared::{draining, until_drain};
 
-/// Room a read asks for: a request head of usual size in one read.
+/// Room a read asks for: a request of usual size in one read (a request split across reads
+/// costs a second read and a second parse).
 const READ_SIZE: usize = 1024;
 /// Body bytes gathered behind the head into one write; larger frames are written as they are.
 const COALESCE: usize = 16 * 1024;
@@ -86,9 +89,12 @@ pub async fn serve(
         // Blocks end the head's and the response's storage before the awaits that follow
         // them: the connection's task keeps room only for what each await needs.
         let (mut in_flight, method, close) = {
-            let Plain { head, close } = loop {
+            // A complete head whose body is still arriving: the request's length.
+            let mut awaiting = None;
+            let Plain { head, body, close } = loop {
                 // Between requests the buffer is usually empty: nothing to parse yet.
                 if !buf.is_empty() {
+                    awaiting = None;
                     match request::request(&mut buf) {
                         Parsed::Plain(plain) => break plain,
                         Parsed::Other => return Outcome::Handoff(buf),
@@ -96,15 +102,23 @@ pub async fn serve(
                             return Outcome::Handoff(buf)
                         }
                         Parsed::Partial => {}
+                        Parsed::BodyToCome { total } => awaiting = Some(total),
                     }
                 }
                 tokio::select! {
                     biased;
-                    read = read_more(stream, &mut buf) => match read {
+                    read = read_more(stream, &mut buf, awaiting) => match read {
                         Ok(0) | Err(_) => return Outcome::Closed,
                         Ok(_) => {}
                     },
-                    () = timeout.as_mut() => return Outcome::Closed,
+                    // The head's time covers a small body too; one still arriving when it is
+                    // up goes on through hyper's server, which waits for bodies.
+                    () = timeout.as_mut() => {
+                        return match awaiting {
+                            Some(_) => Outcome::Handoff(buf),
+                            None => Outcome::Closed,
+                        }
+                    }
                     () = drained.as_mut(), if !draining_seen => {
                         draining_seen = true;
                         if buf.is_empty() {
@@ -119,7 +133,7 @@ pub async fn serve(
             // and an idle connection holds no room.
             let mut room = recycle::room();
             room.set(Some(handle(
-                Request::from_parts(head, ClientBody::Empty),
+                Request::from_parts(head, ClientBody::Whole(body)),
                 conn.clone(),
             )));
             (room, method, close)
@@ -164,17 +178,26 @@ pub async fn serve(
     }
 }
 
-/// Reads more of the next head into `buf`; an empty `buf` gets room (from the thread's free
-/// buffers) only once the socket turns readable, so that an idle connection holds none.
+/// Reads more of the next request into `buf`: room for the rest of it when its length is
+/// known (`total`), else for a head of usual size. An empty `buf` gets room (from the thread's
+/// free buffers) only once the socket turns readable, so that an idle connection holds none.
 /// `Ok(0)` at end of stream.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    total: Option<usize>,
+) -> io::Result<usize> {
     if buf.capacity() == 0 {
         // The reader's own waker slot (`readable()` would queue a waiter under a lock).
         std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
         *buf = recycle::buffer();
     }
-    if buf.capacity() - buf.len() < READ_SIZE / 4 {
-        buf.reserve(READ_SIZE);
+    match total {
+        Some(total) => buf.reserve(total.saturating_sub(buf.len())),
+        // The room freed by requests already taken off the buffer is reclaimed once nothing
+        // holds them (no allocation then).
+        None if buf.capacity() - buf.len() < READ_SIZE => buf.reserve(READ_SIZE),
+        None => {}
     }
     stream.read_buf(buf).await
 }
