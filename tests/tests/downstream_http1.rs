@@ -8,8 +8,13 @@ use strait_tests::{CaptureUpstream, Proxy, ScriptedUpstream, Upstream};
 
 /// An upstream, and a proxy routing to it with `route` (lines before the route's rules).
 async fn proxied(route: &str) -> (Upstream, Proxy) {
+    proxied_with("", route).await
+}
+
+/// [`proxied`], with `settings` added to the proxy's spec.
+async fn proxied_with(settings: &str, route: &str) -> (Upstream, Proxy) {
     let up = Upstream::start("up").await;
-    let yaml = proxy("")
+    let yaml = proxy(settings)
         + &service("up", "http1", &[(up.address(), 1)], "")
         + &http_route(
             "r",
@@ -435,11 +440,7 @@ async fn small_bodies_arriving_in_pieces_reach_the_upstream_whole_on_a_kept_conn
     // request; one still arriving when the head's time is up goes on through hyper's server
     // (which waits for bodies), so a slow client is served rather than cut off.
     use tokio::io::AsyncWriteExt;
-    let up = Upstream::start("up").await;
-    let yaml = proxy("  limits: {headerReadTimeout: 1s}")
-        + &service("up", "http1", &[(up.address(), 1)], "")
-        + &http_route("r", "  rules:\n    - {backendRefs: [{name: up}]}");
-    let proxy = Proxy::start(&yaml);
+    let (_up, proxy) = proxied_with("  limits: {headerReadTimeout: 1s}", "").await;
     let mut stream = tokio::net::TcpStream::connect(proxy.listener("web"))
         .await
         .expect("connect");
