@@ -19,7 +19,7 @@ use crate::http::headers::lists;
 const MAX_HEADERS: usize = 64;
 /// Largest body the fast path reads whole with its head; a larger one streams through hyper's
 /// server.
-pub const MAX_BODY: usize = 16 * 1024;
+const MAX_BODY: usize = 16 * 1024;
 
 /// What the bytes at the front of the buffer are.
 #[derive(Debug)]
@@ -135,13 +135,14 @@ pub fn request(buf: &mut BytesMut) -> Parsed {
 /// A `Content-Length` value the fast path reads the body of: digits only, at most
 /// [`MAX_BODY`].
 fn body_length(value: &[u8]) -> Option<usize> {
-    // Five digits hold MAX_BODY; more could only be larger (or zero-padded: hyper judges).
-    if value.is_empty() || value.len() > 5 || !value.iter().all(u8::is_ascii_digit) {
+    // Not `str::parse`, which takes a leading `+`.
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n = value
-        .iter()
-        .fold(0, |n, &digit| n * 10 + usize::from(digit - b'0'));
+    let n = value.iter().fold(0usize, |n, &digit| {
+        n.saturating_mul(10)
+            .saturating_add(usize::from(digit - b'0'))
+    });
     (n <= MAX_BODY).then_some(n)
 }
 
@@ -261,6 +262,7 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\nhello",
             "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
             "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999999\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n",
             "PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
             "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
