@@ -34,38 +34,43 @@ pub struct Source {
 /// Reads `path`: a YAML file, or every `*.yaml`/`*.yml` file directly in a directory (sorted by
 /// name; names starting with `.` are skipped, which also skips Kubernetes ConfigMap internals).
 pub fn read_sources(path: &Path) -> Result<Vec<Source>, ConfigErrors> {
-    let io_error = |file: &Path, e: std::io::Error| {
-        ConfigErrors(vec![ConfigError {
-            file: file.to_owned(),
-            mark: Mark { line: 0, column: 0 },
-            path: FieldPath::root(),
-            message: format!("cannot read: {e}"),
-        }])
-    };
-    let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
-    let files = if meta.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| io_error(path, e))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
-                !name.starts_with('.')
-                    && (name.ends_with(".yaml") || name.ends_with(".yml"))
-                    && p.is_file()
-            })
-            .collect();
-        files.sort();
-        files
-    } else {
-        vec![path.to_owned()]
-    };
-    files
+    source_files(path)?
         .into_iter()
         .map(|file| match std::fs::read_to_string(&file) {
             Ok(text) => Ok(Source { file, text }),
-            Err(e) => Err(io_error(&file, e)),
+            Err(e) => Err(unreadable(&file, &e)),
         })
         .collect()
+}
+
+/// The files [`read_sources`] reads for `path`, in order: `path` itself, or the YAML files
+/// directly in the directory it names.
+pub fn source_files(path: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
+    let meta = std::fs::metadata(path).map_err(|e| unreadable(path, &e))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| unreadable(path, &e))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+            !name.starts_with('.')
+                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn unreadable(file: &Path, e: &std::io::Error) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        file: file.to_owned(),
+        mark: Mark { line: 0, column: 0 },
+        path: FieldPath::root(),
+        message: format!("cannot read: {e}"),
+    }])
 }
 
 /// Parses every document of every source into typed resources, collecting all errors.

@@ -34,4 +34,5 @@ pub mod ratelimit;
 pub mod reload;
 pub mod service;
 pub mod shared;
+pub mod stamp;
 pub mod tcp;

@@ -29,6 +29,7 @@ use crate::control::ControlUpdate;
 use crate::listen::{BindError, Listeners};
 use crate::metrics::{CONFIG_RELOADS, CONFIG_VERSION};
 use crate::shared::{draining, Drain, Shared};
+use crate::stamp::Stamp;
 
 /// Why a config could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,8 @@ pub struct Reloader {
     registry: EndpointRegistry,
     listeners: Listeners,
     fingerprint: u64,
+    /// The local files as they were when last read (`None`: read them at the next poll).
+    stamp: Option<Stamp>,
 }
 
 /// Where the first config comes from.
@@ -161,6 +164,7 @@ impl Reloader {
             registry,
             listeners,
             fingerprint,
+            stamp: None,
         })
     }
 
@@ -242,6 +246,14 @@ impl Reloader {
         let Some(path) = self.path.clone() else {
             return;
         };
+        // A poll that finds the files as they were read last time has nothing to do; a stamp
+        // costs a few `stat` calls where a read wakes the background thread.
+        let stamp = Stamp::of(&path);
+        if let (false, Some(now), Some(then)) = (forced, &stamp, &self.stamp) {
+            if now.unchanged_since(then) {
+                return;
+            }
+        }
         let started = std::time::Instant::now();
         // Reading, hashing and parsing a large config is CPU work: keep it off the workers
         // that serve requests.
@@ -255,7 +267,12 @@ impl Reloader {
         })
         .await;
         let (fingerprint, parsed) = match read {
-            Ok(Ok(read)) => read,
+            Ok(Ok(read)) => {
+                // What follows settles this content (applied, unchanged or rejected): the
+                // files need no new look until their stamp changes.
+                self.stamp = stamp;
+                read
+            }
             Ok(Err(e)) => return self.reject(e.into(), 0),
             Err(e) => return self.reject(e, 0),
         };

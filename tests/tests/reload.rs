@@ -163,19 +163,53 @@ async fn a_changed_file_is_picked_up_without_a_signal() {
     let b = Upstream::start("b").await;
     let proxy = Proxy::start(&config(&a, &b, "a"));
     let url = format!("{}/", proxy.url("web"));
-    assert_eq!(
-        get(&http1(), &url, "h", &[])
-            .await
-            .unwrap()
-            .header("x-upstream"),
-        "a"
-    );
+    assert_eq!(served_by(&url).await, "a");
     proxy.write_config(&config(&a, &b, "b"));
+    until_served_by(&url, "b").await;
+}
+
+/// The upstream that answers a request to `url`.
+async fn served_by(url: &str) -> String {
+    let answer = get(&http1(), url, "h", &[]).await.expect("request");
+    answer.header("x-upstream").to_owned()
+}
+
+/// Waits (up to 5 s) for requests to `url` to be answered by `upstream`: a change applied.
+async fn until_served_by(url: &str, upstream: &str) {
     eventually("file change applied", Duration::from_secs(5), || async {
-        let ans = get(&http1(), &url, "h", &[]).await.ok()?;
-        (ans.header("x-upstream") == "b").then_some(())
+        let answer = get(&http1(), url, "h", &[]).await.ok()?;
+        (answer.header("x-upstream") == upstream).then_some(())
     })
     .await;
+}
+
+fn threads(proxy: &Proxy) -> usize {
+    let pid = proxy.pid().expect("proxy running");
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| tasks.count())
+        .unwrap_or(0)
+}
+
+/// A proxy with one worker is a process of one thread between reloads (the background thread
+/// that reads and compiles config ends when idle, and polling a file that has not changed
+/// does not start it), which makes every system call of the worker cheaper; a changed file
+/// is still picked up, and the process is back to one thread after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_reloads_one_worker_is_the_only_thread_and_changes_are_still_seen() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let proxy = Proxy::start_with_args(&config(&a, &b, "a"), &["--workers", "1"]);
+    let url = format!("{}/", proxy.url("web"));
+    assert_eq!(served_by(&url).await, "a");
+    let alone = || async { (threads(&proxy) == 1).then_some(()) };
+    let settle = Duration::from_secs(10);
+    eventually("one thread once the first reads are done", settle, alone).await;
+
+    // Same length as before, so only the file's identity and times tell.
+    proxy.write_config(&config(&a, &b, "b"));
+    until_served_by(&url, "b").await;
+    eventually("one thread again after the reload", settle, alone).await;
+    assert_eq!(served_by(&url).await, "b");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
