@@ -11,7 +11,7 @@
 //! ended: whoever drops the last reference frees it, and that must not be a worker in the
 //! middle of a request.
 //!
-//! The thread is started when work comes and ends once it has had none for [`LINGER`]. A
+//! The thread is started when work comes and ends once it has had none for `LINGER` (2 s). A
 //! proxy with one worker is then a process of one thread between reloads, and that makes each
 //! of its system calls cheaper: Linux skips the reference counting of a file descriptor's
 //! lookup (`fdget`/`fput`, 0.5–1% of the proxy's CPU under load) only while no other thread

@@ -50,7 +50,7 @@ fn maybe_hop_by_hop(name: &HeaderName) -> bool {
     SOMETIMES_HOP_BY_HOP.contains(name) || HOP_BY_HOP.contains(name)
 }
 
-/// [`maybe_hop_by_hop`] for a field name as sent (any case), not parsed into a `HeaderName`.
+/// `maybe_hop_by_hop` for a field name as sent (any case), not parsed into a `HeaderName`.
 pub fn maybe_hop_by_hop_bytes(name: &[u8]) -> bool {
     SOMETIMES_HOP_BY_HOP
         .iter()

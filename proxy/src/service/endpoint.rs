@@ -32,7 +32,7 @@ pub enum Pool {
     Tcp,
 }
 
-/// Why an endpoint is out of rotation: bits of [`Endpoint::out`]; none set means in rotation.
+/// Why an endpoint is out of rotation: bits of `Endpoint::out`; none set means in rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum OutOfRotation {
