@@ -28,7 +28,7 @@ use crate::background;
 use crate::control::ControlUpdate;
 use crate::listen::{BindError, Listeners};
 use crate::metrics::{CONFIG_RELOADS, CONFIG_VERSION};
-use crate::shared::{draining, Drain, Shared};
+use crate::shared::{Drain, Shared};
 use crate::stamp::Stamp;
 
 /// Why a config could not be applied.
@@ -184,7 +184,10 @@ impl Reloader {
         };
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut drain = self.shared.drain.watch();
+        // Its own handle: the drain is watched across the reloads, which borrow `self`.
+        let shared = self.shared.clone();
+        let drained = shared.drain.drained();
+        tokio::pin!(drained);
         loop {
             let forced = tokio::select! {
                 Some(()) = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
@@ -193,7 +196,7 @@ impl Reloader {
                     self.apply_control(update).await;
                     continue;
                 }
-                () = draining(&mut drain) => return,
+                () = drained.as_mut() => return,
             };
             if self.path.is_some() {
                 self.reload(forced).await;

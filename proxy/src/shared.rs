@@ -1,12 +1,16 @@
 //! Process-wide state shared by listeners, the admin server and the reloader.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::watch;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 use crate::active::Active;
 
@@ -22,7 +26,7 @@ pub struct Shared {
     /// Shutdown coordination.
     pub drain: Drain,
     /// Notified by `POST /shutdown` on the admin port: the same drain as SIGTERM follows.
-    pub shutdown: tokio::sync::Notify,
+    pub shutdown: Notify,
 }
 
 impl Shared {
@@ -35,11 +39,16 @@ impl Shared {
 /// Tells connections to finish up, and counts those still open.
 #[derive(Debug)]
 pub struct Drain {
-    signal: watch::Sender<bool>,
-    /// Set before `signal` wakes anyone: one load tells a poll whether draining started.
+    /// Woken when draining starts; sharded so that connections opening and closing on many
+    /// threads (each registers once, while it idles) do not all take one lock.
+    signals: [Notify; SHARDS],
+    /// Set before `signals` wake anyone: one load tells a poll whether draining started.
     started: AtomicBool,
     open: Arc<()>,
 }
+
+/// Shards of [`Drain`]'s signal.
+const SHARDS: usize = 8;
 
 /// Held by every open connection; dropping it marks the connection closed.
 #[derive(Debug)]
@@ -48,7 +57,7 @@ pub struct ConnToken(#[allow(dead_code)] Arc<()>);
 impl Default for Drain {
     fn default() -> Self {
         Self {
-            signal: watch::channel(false).0,
+            signals: std::array::from_fn(|_| Notify::new()),
             started: AtomicBool::new(false),
             open: Arc::new(()),
         }
@@ -59,7 +68,7 @@ impl Drain {
     /// Starts draining: acceptors stop, connections close once idle.
     pub fn start(&self) {
         self.started.store(true, Ordering::Release);
-        self.signal.send_replace(true);
+        self.signals.iter().for_each(Notify::notify_waiters);
     }
 
     /// Whether draining has started.
@@ -67,9 +76,26 @@ impl Drain {
         self.started.load(Ordering::Acquire)
     }
 
-    /// A receiver that sees `true` when draining starts.
-    pub fn watch(&self) -> watch::Receiver<bool> {
-        self.signal.subscribe()
+    /// Resolves once draining has started, however late it is first polled. Cheap to keep
+    /// beside a busy future in a `select!`, which polls every branch at every wake: once its
+    /// first poll has registered the task, it only loads the flag until draining starts (the
+    /// task's waker is assumed not to change, as within one task it does not).
+    pub fn drained(&self) -> Drained<'_> {
+        thread_local! {
+            /// This thread's shard of the signal.
+            static SHARD: usize = {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS
+            };
+        }
+        let shard = SHARD.try_with(|s| *s).unwrap_or(0);
+        Drained {
+            // Created before the flag is read: a `notify_waiters` after this reaches it even
+            // though it is not polled yet.
+            notified: self.signals[shard].notified(),
+            drain: self,
+            registered: false,
+        }
     }
 
     /// Registers an open connection.
@@ -95,48 +121,70 @@ impl Drain {
     }
 }
 
-/// Resolves when draining starts (or the drain handle is gone).
-pub async fn draining(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|d| *d).await;
-}
-
 pin_project_lite::pin_project! {
-    /// [`draining`] for a `select!` beside a busy future, which polls every branch at every
-    /// wake: once its first poll has registered the task with the signal, it is polled again
-    /// only after draining started (the flag is set before the signal wakes the task).
+    /// See [`Drain::drained`].
     #[must_use = "futures do nothing unless polled"]
-    pub struct UntilDrain<'a, F> {
+    pub struct Drained<'a> {
         #[pin]
-        signal: F,
+        notified: Notified<'a>,
         drain: &'a Drain,
         registered: bool,
     }
 }
 
-/// Waits for `signal` (a [`draining`] future of `drain`), cheaply.
-pub fn until_drain<F: std::future::Future<Output = ()>>(
-    drain: &Drain,
-    signal: F,
-) -> UntilDrain<'_, F> {
-    UntilDrain {
-        signal,
-        drain,
-        registered: false,
+impl Future for Drained<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.drain.is_draining() {
+            return Poll::Ready(());
+        }
+        if *this.registered {
+            return Poll::Pending;
+        }
+        *this.registered = true;
+        this.notified.poll(cx)
     }
 }
 
-impl<F: std::future::Future<Output = ()>> std::future::Future for UntilDrain<'_, F> {
-    type Output = ();
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
 
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        let this = self.project();
-        if *this.registered && !this.drain.is_draining() {
-            return std::task::Poll::Pending;
+    use super::*;
+
+    #[tokio::test]
+    async fn drained_resolves_for_waiters_made_before_and_after_the_start() {
+        let drain = Arc::new(Drain::default());
+        // Waiting (registered by a first poll) when draining starts.
+        let waiting = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.drained().await }
+        });
+        // Made before the start, first polled after it.
+        let unpolled = drain.drained();
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drain.start();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting one is woken")
+            .expect("joined");
+        unpolled.await;
+        // Made after the start.
+        drain.drained().await;
+    }
+
+    #[tokio::test]
+    async fn drained_stays_pending_until_the_start() {
+        let drain = Drain::default();
+        let drained = drain.drained();
+        tokio::pin!(drained);
+        for _ in 0..3 {
+            assert!(drained.as_mut().now_or_never().is_none());
         }
-        *this.registered = true;
-        this.signal.poll(cx)
+        drain.start();
+        assert!(drained.as_mut().now_or_never().is_some());
     }
 }

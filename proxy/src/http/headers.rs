@@ -1,7 +1,9 @@
 //! Header handling between hops (RFC 9110 §7.6.1): connection-specific headers stay on their
 //! hop; the proxy adds what the next hop should know about the client.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::header::{
     Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, TE, TRANSFER_ENCODING,
@@ -104,7 +106,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Per-connection values for the forwarding headers, formatted once per connection.
+/// Clients whose [`ClientHeaders`] a thread keeps.
+const CACHED_CLIENTS: usize = 8;
+
+/// Per-client values for the forwarding headers, formatted once per client address.
 #[derive(Debug, Clone)]
 pub struct ClientHeaders {
     /// The client IP, as text.
@@ -144,6 +149,19 @@ impl ClientHeaders {
         }
     }
 
+    /// The values for `ip`, shared by the connections from it: a sidecar's clients are few
+    /// (the app over loopback, a handful of peers), so each thread keeps the values of the
+    /// last [`CACHED_CLIENTS`] addresses it saw and a connection from one of them holds a
+    /// reference instead of three allocations of its own.
+    pub fn of(ip: IpAddr) -> Arc<Self> {
+        thread_local! {
+            static RECENT: RefCell<RecentClients> = const { RefCell::new(RecentClients::new()) };
+        }
+        RECENT
+            .try_with(|recent| recent.borrow_mut().get(ip))
+            .unwrap_or_else(|_| Arc::new(Self::new(ip)))
+    }
+
     /// `x-forwarded-for`, `forwarded` and `x-forwarded-proto` as HTTP/1 field lines: what
     /// [`append_to`](Self::append_to) adds to a head that has none of them.
     pub fn lines(&self) -> &[u8] {
@@ -164,6 +182,37 @@ impl ClientHeaders {
         headers
             .entry(&X_FORWARDED_PROTO)
             .or_insert(HeaderValue::from_static("http"));
+    }
+}
+
+/// The [`ClientHeaders`] of a thread's recent clients, the oldest replaced first.
+struct RecentClients {
+    entries: Vec<(IpAddr, Arc<ClientHeaders>)>,
+    /// The entry replaced next once all are taken.
+    next: usize,
+}
+
+impl RecentClients {
+    const fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+            next: 0,
+        }
+    }
+
+    /// The values for `ip`: kept ones, or new ones kept in place of the oldest.
+    fn get(&mut self, ip: IpAddr) -> Arc<ClientHeaders> {
+        if let Some((_, values)) = self.entries.iter().find(|(seen, _)| *seen == ip) {
+            return values.clone();
+        }
+        let values = Arc::new(ClientHeaders::new(ip));
+        if self.entries.len() < CACHED_CLIENTS {
+            self.entries.push((ip, values.clone()));
+        } else {
+            self.entries[self.next] = (ip, values.clone());
+            self.next = (self.next + 1) % CACHED_CLIENTS;
+        }
+        values
     }
 }
 
@@ -276,6 +325,24 @@ mod tests {
         let mut h6 = HeaderMap::new();
         ClientHeaders::new("::1".parse().unwrap()).append_to(&mut h6);
         assert_eq!(h6["forwarded"], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn clients_share_their_values_while_their_thread_remembers_them() {
+        let ip = |n: usize| IpAddr::from([10, 9, 0, n as u8]);
+        let first = ClientHeaders::of(ip(0));
+        assert!(Arc::ptr_eq(&first, &ClientHeaders::of(ip(0))));
+        assert_eq!(first.lines(), ClientHeaders::new(ip(0)).lines());
+        let other = ClientHeaders::of(ip(1));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(other.lines(), ClientHeaders::new(ip(1)).lines());
+        // Enough others push the first out; it is formatted afresh, still right.
+        for n in 2..2 + CACHED_CLIENTS {
+            ClientHeaders::of(ip(n));
+        }
+        let again = ClientHeaders::of(ip(0));
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(again.lines(), first.lines());
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub struct Conn {
     /// Client address.
     pub peer: SocketAddr,
     /// Forwarding header values for this client.
-    pub client: ClientHeaders,
+    pub client: Arc<ClientHeaders>,
     /// Process-wide state.
     pub shared: Arc<Shared>,
     /// Where an intercepted connection was going: requests no route claims go there.

@@ -21,52 +21,52 @@ use super::h1;
 use super::headers::ClientHeaders;
 use super::pipeline::{handle, Conn};
 use crate::intercept::passthrough::OriginalDestination;
-use crate::shared::{draining, until_drain, ConnToken, Shared};
+use crate::shared::{ConnToken, Shared};
 
 /// Serves `stream` until the client closes or draining finishes it. `original` is where an
 /// intercepted connection was going (requests no route claims are passed through to it).
 ///
-/// An `async` block rather than an `async fn`, which would keep its arguments twice in its
-/// state: this future is most of every idle connection's memory.
-#[allow(clippy::manual_async_fn)]
+/// The connection is set up before the returned future is first polled, which then holds
+/// only what serving needs: this future is most of every idle connection's memory.
 pub fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<str>,
     shared: Arc<Shared>,
     token: ConnToken,
     original: Option<OriginalDestination>,
 ) -> impl Future<Output = ()> + Send + 'static {
+    let _ = stream.set_nodelay(true);
+    let late = shared.drain.is_draining();
+    let fast = {
+        let limits = &shared.config.load().snapshot.proxy;
+        h1::serve::Limits {
+            header_read_timeout: limits.header_read_timeout,
+            max_head: max_buf_size(limits),
+        }
+    };
+    let conn = Arc::new(Conn {
+        client: ClientHeaders::of(peer.ip()),
+        listener,
+        peer,
+        shared,
+        original,
+    });
     async move {
-        // Held to the end: the drain waits for every connection's token. (An async block
-        // captures only what it names; an unused `_token` argument would be dropped here.)
-        let _token = token;
-        let _ = stream.set_nodelay(true);
-        let late = shared.drain.is_draining();
-        let fast = {
-            let limits = &shared.config.load().snapshot.proxy;
-            h1::serve::Limits {
-                header_read_timeout: limits.header_read_timeout,
-                max_head: max_buf_size(limits),
-            }
-        };
-        let conn = Arc::new(Conn {
-            client: ClientHeaders::new(peer.ip()),
-            listener,
-            peer,
-            shared,
-            original,
-        });
-        let read = match h1::serve::serve(&mut stream, &conn, fast, late).await {
-            h1::serve::Outcome::Closed => return,
-            h1::serve::Outcome::Handoff(read) => read.freeze(),
-        };
-        // The limits in force now: the fast path may have served for a while, through reloads.
-        let limits = conn.shared.config.load().snapshot.proxy.clone();
-        // Boxed: hyper's connection state would otherwise widen every connection's task, most
-        // of which never leave the fast path.
-        let io = TokioIo::new(h1::serve::Rewound::new(read, stream));
-        Box::pin(serve_with_hyper(io, conn, &limits, late)).await;
+        if let h1::serve::Outcome::Handoff { read, stream } =
+            h1::serve::serve(stream, &conn, fast, late).await
+        {
+            // The limits in force now: the fast path may have served for a while, through
+            // reloads.
+            let limits = conn.shared.config.load().snapshot.proxy.clone();
+            // Boxed: hyper's connection state would otherwise widen every connection's task,
+            // most of which never leave the fast path.
+            let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), stream));
+            Box::pin(serve_with_hyper(io, conn, &limits, late)).await;
+        }
+        // Held to here: the drain waits for every connection's token. (Named, so that the
+        // block owns it: a block captures only what it names.)
+        drop(token);
     }
 }
 
@@ -100,7 +100,6 @@ async fn serve_with_hyper(
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(30));
     let state = conn.shared.clone();
-    let mut drain = state.drain.watch();
     let (listener, peer) = (conn.listener.clone(), conn.peer);
     // Accepted while draining (an outbound listener keeps accepting so the app can still call
     // out): serve one request and close, rather than shut down a connection whose request has
@@ -117,7 +116,7 @@ async fn serve_with_hyper(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = until_drain(&state.drain, draining(&mut drain)), if !late => {
+        () = state.drain.drained(), if !late => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

@@ -11,6 +11,7 @@
 //! the 25k instructions a small proxied request took (callgrind), for a job this loop does in
 //! a fraction.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,7 +33,6 @@ use super::respond::{self, Framing};
 use crate::http::body::{ClientBody, ResponseBody};
 use crate::http::pipeline::{handle, Conn};
 use crate::http::response::Reply;
-use crate::shared::{draining, until_drain};
 
 /// Room a read asks for: a request of usual size in one read (a request split across reads
 /// costs a second read and a second parse).
@@ -59,121 +59,162 @@ pub struct Limits {
 pub enum Outcome {
     /// The connection is over.
     Closed,
-    /// hyper's server goes on with the connection; these bytes were read and not served.
-    Handoff(BytesMut),
+    /// hyper's server goes on with the connection; `read` was read off `stream` and not served.
+    Handoff {
+        /// Bytes read and not served.
+        read: BytesMut,
+        /// The connection.
+        stream: TcpStream,
+    },
 }
 
 /// Serves plain requests on `stream` until the connection ends or a request needs hyper's
 /// server. `late`: accepted while draining, so one request is served and the connection
 /// closed.
-pub async fn serve(
-    stream: &mut TcpStream,
+///
+/// This future is most of an idle connection's task, so it keeps only what the wait for the
+/// next head needs: an exchange (the request handled, its response written) runs in a room
+/// from the thread's free list, which holds the socket and the write buffer meanwhile. (A
+/// function returning an `async` block: an `async fn` keeps its arguments twice.)
+#[allow(clippy::manual_async_fn)]
+pub fn serve(
+    mut stream: TcpStream,
     conn: &Arc<Conn>,
     limits: Limits,
     late: bool,
-) -> Outcome {
-    let drain = &conn.shared.drain;
-    let mut signal = drain.watch();
-    let drained = until_drain(drain, draining(&mut signal));
-    tokio::pin!(drained);
-    let mut draining_seen = late;
-    let timeout = tokio::time::sleep(limits.header_read_timeout);
-    tokio::pin!(timeout);
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    loop {
-        // The next head: the timeout counts from here, and an idle connection closes on drain.
-        timeout
-            .as_mut()
-            .reset(tokio::time::Instant::now() + limits.header_read_timeout);
-        // Blocks end the head's and the response's storage before the awaits that follow
-        // them: the connection's task keeps room only for what each await needs.
-        let (mut in_flight, method, close) = {
-            // A complete head whose body is still arriving: the request's length.
-            let mut awaiting = None;
-            let Plain { head, body, close } = loop {
-                // Between requests the buffer is usually empty: nothing to parse yet.
-                if !buf.is_empty() {
-                    awaiting = None;
-                    match request::request(&mut buf) {
-                        Parsed::Plain(plain) => break plain,
-                        Parsed::Other => return Outcome::Handoff(buf),
-                        Parsed::Partial if buf.len() >= limits.max_head => {
-                            return Outcome::Handoff(buf)
-                        }
-                        Parsed::Partial => {}
-                        Parsed::BodyToCome { total } => awaiting = Some(total),
-                    }
-                }
-                tokio::select! {
-                    biased;
-                    read = read_more(stream, &mut buf, awaiting) => match read {
-                        Ok(0) | Err(_) => return Outcome::Closed,
-                        Ok(_) => {}
-                    },
-                    // The head's time covers a small body too; one still arriving when it is
-                    // up goes on through hyper's server, which waits for bodies.
-                    () = timeout.as_mut() => {
-                        return match awaiting {
-                            Some(_) => Outcome::Handoff(buf),
-                            None => Outcome::Closed,
+) -> impl Future<Output = Outcome> + Send + '_ {
+    async move {
+        let drain = &conn.shared.drain;
+        let drained = drain.drained();
+        tokio::pin!(drained);
+        let mut draining_seen = late;
+        let timeout = tokio::time::sleep(limits.header_read_timeout);
+        tokio::pin!(timeout);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        loop {
+            // The next head: the timeout counts from here, and an idle connection closes on
+            // drain.
+            timeout
+                .as_mut()
+                .reset(tokio::time::Instant::now() + limits.header_read_timeout);
+            // A block ends the head's storage before the await that follows it: the
+            // connection's task keeps room only for what each await needs.
+            let (mut in_flight, close) = {
+                // A complete head whose body is still arriving: the request's length.
+                let mut awaiting = None;
+                let Plain { head, body, close } = loop {
+                    // Between requests the buffer is usually empty: nothing to parse yet.
+                    if !buf.is_empty() {
+                        awaiting = None;
+                        match request::request(&mut buf) {
+                            Parsed::Plain(plain) => break plain,
+                            Parsed::Other => return Outcome::Handoff { read: buf, stream },
+                            Parsed::Partial if buf.len() >= limits.max_head => {
+                                return Outcome::Handoff { read: buf, stream }
+                            }
+                            Parsed::Partial => {}
+                            Parsed::BodyToCome { total } => awaiting = Some(total),
                         }
                     }
-                    () = drained.as_mut(), if !draining_seen => {
-                        draining_seen = true;
-                        if buf.is_empty() {
-                            return Outcome::Closed;
+                    tokio::select! {
+                        biased;
+                        read = read_more(&mut stream, &mut buf, awaiting) => match read {
+                            Ok(0) | Err(_) => return Outcome::Closed,
+                            Ok(_) => {}
+                        },
+                        // The head's time covers a small body too; one still arriving when it
+                        // is up goes on through hyper's server, which waits for bodies.
+                        () = timeout.as_mut() => {
+                            return match awaiting {
+                                Some(_) => Outcome::Handoff { read: buf, stream },
+                                None => Outcome::Closed,
+                            }
+                        }
+                        () = drained.as_mut(), if !draining_seen => {
+                            draining_seen = true;
+                            if buf.is_empty() {
+                                return Outcome::Closed;
+                            }
                         }
                     }
-                }
+                };
+                let request = Request::from_parts(head, ClientBody::Whole(body));
+                let mut room = recycle::room();
+                room.set(Some(exchange(
+                    request,
+                    conn.clone(),
+                    stream,
+                    std::mem::take(&mut out),
+                )));
+                (room, close)
             };
-            let method = head.method.clone();
-            // The request's future (3.2 KiB) lives on the heap, in a room this connection
-            // holds only while the request is in flight: the connection's task stays small,
-            // and an idle connection holds no room.
-            let mut room = recycle::room();
-            room.set(Some(handle(
-                Request::from_parts(head, ClientBody::Whole(body)),
-                conn.clone(),
-            )));
-            (room, method, close)
-        };
-        let Some(handling) = in_flight.as_mut().as_pin_mut() else {
-            return Outcome::Closed;
-        };
-        let (written, mut body) = {
-            let Reply {
-                status,
-                fields,
-                body,
-            } = handling.await;
+            let Some(exchanging) = in_flight.as_mut().as_pin_mut() else {
+                return Outcome::Closed;
+            };
+            let done = exchanging.await;
             recycle::give_room(in_flight);
-            let written = respond::head(
-                &mut out,
-                status,
-                &fields,
-                &method,
-                &body.size_hint(),
-                body.is_end_stream(),
-            );
-            (written, body)
-        };
-        let complete = write_body(stream, &mut out, &mut body, written.framing).await;
-        drop(body);
-        if !complete || close || written.close || late || drain.is_draining() {
-            let _ = stream.shutdown().await;
-            return Outcome::Closed;
-        }
-        out.clear();
-        if out.capacity() > KEEP_WRITE_BUFFER {
-            out = Vec::new();
-        }
-        if buf.is_empty() {
-            // Nothing pipelined behind the request: the connection idles without a buffer.
-            let idle = std::mem::take(&mut buf);
-            if idle.capacity() <= KEEP_READ_BUFFER {
-                recycle::give_buffer(idle);
+            (stream, out) = (done.stream, done.out);
+            if !done.reusable || close || late || drain.is_draining() {
+                let _ = stream.shutdown().await;
+                return Outcome::Closed;
             }
+            out.clear();
+            if out.capacity() > KEEP_WRITE_BUFFER {
+                out = Vec::new();
+            }
+            if buf.is_empty() {
+                // Nothing pipelined behind the request: the connection idles without a buffer.
+                let idle = std::mem::take(&mut buf);
+                if idle.capacity() <= KEEP_READ_BUFFER {
+                    recycle::give_buffer(idle);
+                }
+            }
+        }
+    }
+}
+
+/// What an exchange gives back to its connection.
+struct Exchanged {
+    stream: TcpStream,
+    out: Vec<u8>,
+    /// Whether the connection can carry another exchange: the response was written whole and
+    /// does not close the connection.
+    reusable: bool,
+}
+
+/// One exchange on `stream`: `request` handled and its response written, the head through
+/// `out`. The request's future (3.2 KiB) and the response's writing live in the room this
+/// runs in, which the connection holds only while the request is in flight. (Not an `async
+/// fn`, which would keep its arguments, the request among them, beside its state.)
+#[allow(clippy::manual_async_fn)]
+fn exchange(
+    request: Request<ClientBody>,
+    conn: Arc<Conn>,
+    mut stream: TcpStream,
+    mut out: Vec<u8>,
+) -> impl Future<Output = Exchanged> + Send + 'static {
+    async move {
+        let method = request.method().clone();
+        let Reply {
+            status,
+            fields,
+            mut body,
+        } = handle(request, conn).await;
+        let written = respond::head(
+            &mut out,
+            status,
+            &fields,
+            &method,
+            &body.size_hint(),
+            body.is_end_stream(),
+        );
+        drop(fields);
+        let complete = write_body(&mut stream, &mut out, &mut body, written.framing).await;
+        Exchanged {
+            stream,
+            out,
+            reusable: complete && !written.close,
         }
     }
 }
