@@ -179,7 +179,7 @@ async fn accept_loop(
         let (shared, name) = (shared.clone(), name.clone());
         // One spawn per kind of connection: a task is as large as its future's largest state,
         // and a single future for all three kinds would size every plain HTTP connection for
-        // an intercepted one (1024 bytes a task instead of 896).
+        // an intercepted one (896 bytes a task instead of 768).
         match (shape.mode, shape.protocol) {
             (ListenerMode::Inbound | ListenerMode::Outbound, protocol) => spawn_held(
                 crate::intercept::serve(stream, peer, name, protocol, shared, token),

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -52,10 +53,10 @@ pub fn serve(
         shared,
         original,
     });
-    async move {
-        if let h1::serve::Outcome::Handoff { read, stream } =
-            h1::serve::serve(stream, &conn, fast, late).await
-        {
+    // A combinator, not one `async` block around both parts: the block would keep the
+    // arguments of the fast path beside the fast path's own copies, and room for its outcome.
+    h1::serve::serve(stream, conn.clone(), fast, late).then(move |outcome| async move {
+        if let h1::serve::Outcome::Handoff { read, stream } = outcome {
             // The limits in force now: the fast path may have served for a while, through
             // reloads.
             let limits = conn.shared.config.load().snapshot.proxy.clone();
@@ -64,10 +65,9 @@ pub fn serve(
             let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), stream));
             Box::pin(serve_with_hyper(io, conn, &limits, late)).await;
         }
-        // Held to here: the drain waits for every connection's token. (Named, so that the
-        // block owns it: a block captures only what it names.)
+        // Held to here: the drain waits for every connection's token.
         drop(token);
-    }
+    })
 }
 
 /// The most a connection buffers of a request's head: twice the configured header limit, so

@@ -79,10 +79,10 @@ pub enum Outcome {
 #[allow(clippy::manual_async_fn)]
 pub fn serve(
     mut stream: TcpStream,
-    conn: &Arc<Conn>,
+    conn: Arc<Conn>,
     limits: Limits,
     late: bool,
-) -> impl Future<Output = Outcome> + Send + '_ {
+) -> impl Future<Output = Outcome> + Send + 'static {
     async move {
         let drain = &conn.shared.drain;
         let drained = drain.drained();
