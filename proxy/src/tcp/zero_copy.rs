@@ -82,8 +82,10 @@ pub(super) async fn pump(
 ) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
-        // Fill; the pipe is empty here.
-        from.readable().await?;
+        // Fill; the pipe is empty here. Each socket's read side is waited on by one direction
+        // and its write side by the other, so each has its own waker slot (`readable()` and
+        // `writable()` would queue a waiter under a lock, and widen every connection's task).
+        std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
         let filled = from.try_io(Interest::READABLE, || {
             splice(from.as_fd(), pipe.write.as_fd(), pipe.capacity)
         });
@@ -98,7 +100,7 @@ pub(super) async fn pump(
         };
         // Drain all of it before filling again (and before any shutdown).
         while in_pipe > 0 {
-            to.writable().await?;
+            std::future::poll_fn(|cx| to.poll_write_ready(cx)).await?;
             let drained = to.try_io(Interest::WRITABLE, || {
                 splice(pipe.read.as_fd(), to.as_fd(), in_pipe)
             });
