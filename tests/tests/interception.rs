@@ -31,7 +31,7 @@ kind: ProxyConfig
 metadata: {{name: sidecar}}
 spec:
   admin: 0.0.0.0:{ADMIN_PORT}
-  drainTimeout: 2s
+  drainTimeout: 5s
   listeners:
     - {{name: inbound, address: 0.0.0.0:{INBOUND_PORT}, protocol: http, mode: inbound}}
     - {{name: outbound, address: 127.0.0.1:{OUTBOUND_PORT}, protocol: http, mode: outbound}}
@@ -249,6 +249,19 @@ async fn pod_traffic_goes_through_the_proxy_both_ways() {
         "{metrics}"
     );
 
+    // An opaque connection the app keeps open across the shutdown (see below).
+    let held = pod
+        .run(async move {
+            let mut stream = tokio::net::TcpStream::connect(echo).await.expect("connect");
+            stream.write_all(b"before").await.expect("write");
+            let mut back = [0u8; 6];
+            stream.read_exact(&mut back).await.expect("echo");
+            assert_eq!(&back, b"before");
+            // Served from the test's thread from here: the namespace mattered for connecting.
+            stream.into_std().expect("std stream")
+        })
+        .await;
+
     // /shutdown is refused from outside the pod, accepted from inside it.
     let refused = client
         .run(async move { post(admin, "/shutdown").await })
@@ -296,9 +309,29 @@ async fn pod_traffic_goes_through_the_proxy_both_ways() {
         .run(async move { get(&http1(), &url, "app.strait.test", &[]).await })
         .await;
     assert!(late.is_err(), "inbound accepted while draining: {late:?}");
-    // ...and the request in flight completes.
+    // ...and the request in flight completes...
     let slow = slow.await.expect("slow task").expect("slow request");
     assert_eq!(slow.status, 200, "{slow:?}");
+    // ...and the opaque connection, still open well after that, is still served: the drain
+    // waits for it (up to drainTimeout) instead of exiting under it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let echoed = tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let mut held = held;
+        held.set_nonblocking(false)?;
+        held.set_read_timeout(Some(Duration::from_secs(5)))?;
+        held.write_all(b"after!")?;
+        let mut back = [0u8; 6];
+        held.read_exact(&mut back)?;
+        Ok::<_, std::io::Error>(back)
+    })
+    .await
+    .expect("blocking task");
+    assert_eq!(
+        echoed.ok(),
+        Some(*b"after!"),
+        "the drain cut an open opaque connection"
+    );
     let exited = eventually(
         "the proxy exits after /shutdown",
         Duration::from_secs(10),

@@ -18,8 +18,11 @@ pub mod sniff;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use strait_config::snapshot::Serves;
 use strait_config::spec::ListenerProtocol;
 use tokio::net::TcpStream;
@@ -30,11 +33,12 @@ use sniff::Sniffed;
 
 /// Serves one connection accepted on an intercepting listener.
 ///
-/// An `async` block rather than an `async fn`: an async fn keeps its arguments twice in its
-/// state (as taken and as rebound), and this future is most of every connection's task. The
-/// TCP paths are boxed (once per opaque connection, which dials one anyway) so that their
-/// larger state does not size every intercepted HTTP connection's task.
-#[allow(clippy::manual_async_fn)]
+/// Sniffing and what follows are chained with `then` rather than written as one `async`
+/// block, which would keep the connection's parts (socket, peer, names: ~100 bytes) beside
+/// the HTTP server's own copies for the connection's whole life; this future is most of every
+/// intercepted connection's task. The opaque and TCP paths are boxed (once per opaque
+/// connection, which dials one anyway) so that their larger state does not size every
+/// intercepted HTTP connection's task.
 pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -43,35 +47,52 @@ pub fn serve(
     shared: Arc<Shared>,
     token: ConnToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let original = orig_dst::original_destination(&stream);
-        match protocol {
-            ListenerProtocol::Http => match (sniff::sniff(&stream).await, original) {
+    let original = orig_dst::original_destination(&stream);
+    match protocol {
+        ListenerProtocol::Http => {
+            let sniffed = async move {
+                let verdict = sniff::sniff(&stream).await;
+                (verdict, stream)
+            };
+            Either::Left(sniffed.then(move |(verdict, stream)| match (verdict, original) {
                 (Sniffed::Http, original) => {
                     let original = original.map(OriginalDestination::new);
-                    crate::http::server::serve(stream, peer, listener, shared, token, original)
-                        .await
+                    Either::Left(crate::http::server::serve(
+                        stream, peer, listener, shared, token, original,
+                    ))
                 }
-                (Sniffed::Opaque, Some(destination)) => {
-                    Box::pin(passthrough::tcp(stream, peer, destination, listener)).await
-                }
+                (Sniffed::Opaque, Some(destination)) => Either::Right(rare(
+                    passthrough::tcp(stream, peer, destination, listener),
+                    token,
+                )),
                 (Sniffed::Opaque, None) => {
                     tracing::debug!(listener = %listener, client = %peer, "not HTTP and not redirected; closing");
+                    Either::Right(rare(std::future::ready(()), token))
                 }
-            },
-            ListenerProtocol::Tcp => {
-                let routed = shared
-                    .config
-                    .load()
-                    .listener(&listener)
-                    .is_some_and(|(_, l)| matches!(l.serves, Serves::Tcp(Some(_))));
-                match (routed, original) {
-                    (false, Some(destination)) => {
-                        Box::pin(passthrough::tcp(stream, peer, destination, listener)).await
-                    }
-                    _ => Box::pin(crate::tcp::serve(stream, peer, listener, shared, token)).await,
+            }))
+        }
+        ListenerProtocol::Tcp => {
+            let routed = shared
+                .config
+                .load()
+                .listener(&listener)
+                .is_some_and(|(_, l)| matches!(l.serves, Serves::Tcp(Some(_))));
+            Either::Right(match (routed, original) {
+                (false, Some(destination)) => {
+                    rare(passthrough::tcp(stream, peer, destination, listener), token)
                 }
-            }
+                // tcp::serve holds the token itself.
+                _ => Box::pin(crate::tcp::serve(stream, peer, listener, shared, token)),
+            })
         }
     }
+}
+
+/// A connection's path that few connections take, on the heap, holding the connection's
+/// token (which the drain waits for) until it ends.
+fn rare(
+    path: impl Future<Output = ()> + Send + 'static,
+    token: ConnToken,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(path.map(move |()| drop(token)))
 }
