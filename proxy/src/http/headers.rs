@@ -151,7 +151,7 @@ impl ClientHeaders {
 
     /// The values for `ip`, shared by the connections from it: a sidecar's clients are few
     /// (the app over loopback, a handful of peers), so each thread keeps the values of the
-    /// last [`CACHED_CLIENTS`] addresses it saw and a connection from one of them holds a
+    /// last `CACHED_CLIENTS` (8) addresses it saw and a connection from one of them holds a
     /// reference instead of three allocations of its own.
     pub fn of(ip: IpAddr) -> Arc<Self> {
         thread_local! {
