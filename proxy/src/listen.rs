@@ -178,8 +178,8 @@ async fn accept_loop(
         let held = Held::new(active.clone(), permit);
         let (shared, name) = (shared.clone(), name.clone());
         // One spawn per kind of connection: a task is as large as its future's largest state,
-        // and a single future for all three kinds would size every plain HTTP connection for
-        // an intercepted one (896 bytes a task instead of 768).
+        // and a single future for all three kinds would size every HTTP connection for an
+        // opaque TCP one (1408 bytes a task instead of 768).
         match (shape.mode, shape.protocol) {
             (ListenerMode::Inbound | ListenerMode::Outbound, protocol) => spawn_held(
                 crate::intercept::serve(stream, peer, name, protocol, shared, token),
