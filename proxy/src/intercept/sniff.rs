@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -49,7 +50,10 @@ pub async fn sniff(stream: &TcpStream) -> Sniffed {
     let deadline = Instant::now() + SNIFF_TIMEOUT;
     let mut buf = [0u8; MAX_METHOD + 2];
     loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+        // `poll_peek` waits in the socket's own read waker slot (`peek()` would queue a waiter
+        // under a lock, and add ~200 bytes to every intercepted connection's task).
+        let peeked = std::future::poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut buf)));
+        let n = match tokio::time::timeout_at(deadline, peeked).await {
             Ok(Ok(n)) if n > 0 => n,
             // Closed, failed or silent: nothing to route by.
             _ => return Sniffed::Opaque,

@@ -1,5 +1,6 @@
 //! Per-thread free lists for what a downstream connection needs only while a request is in
-//! flight: the heap room for the request's future and the buffer its head is read into.
+//! flight: the heap room for the request's future, the buffer its head is read into and the
+//! buffer its response's head is written from.
 //!
 //! A keep-alive connection that kept its own would hold several KiB while it idles, which is
 //! most of the time; instead it takes them from its thread's free lists when a request
@@ -24,6 +25,8 @@ thread_local! {
     static ROOMS: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     /// This thread's free head buffers.
     static BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    /// This thread's free write buffers.
+    static WRITE_BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An empty room, from this thread's free list when it has one.
@@ -70,6 +73,24 @@ pub fn give_buffer(buf: BytesMut) {
     }
 }
 
+/// An empty buffer to write a response from, with room in it when one was given back.
+pub fn write_buffer() -> Vec<u8> {
+    WRITE_BUFFERS
+        .try_with(|buffers| buffers.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps `buf` (emptied here) for another response, unless it has grown past `limit` bytes.
+pub fn give_write_buffer(mut buf: Vec<u8>, limit: usize) {
+    if buf.capacity() == 0 || buf.capacity() > limit {
+        return;
+    }
+    buf.clear();
+    let _ = WRITE_BUFFERS.try_with(|buffers| keep(&mut buffers.borrow_mut(), buf));
+}
+
 fn keep<T>(list: &mut Vec<T>, value: T) {
     if list.len() < KEEP {
         list.push(value);
@@ -108,6 +129,25 @@ mod tests {
         assert_eq!(BUFFERS.with(|buffers| buffers.borrow().len()), 1);
         assert!(buffer().capacity() >= 100);
         assert_eq!(buffer().capacity(), 0);
+    }
+
+    #[test]
+    fn write_buffers_come_back_empty_and_big_ones_are_not_kept() {
+        let mut used = write_buffer();
+        used.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        let at = used.as_ptr();
+        give_write_buffer(used, 1024);
+        give_write_buffer(Vec::with_capacity(4096), 1024);
+        give_write_buffer(Vec::new(), 1024);
+        assert_eq!(WRITE_BUFFERS.with(|buffers| buffers.borrow().len()), 1);
+        let again = write_buffer();
+        assert_eq!(again.as_ptr(), at, "the same allocation, taken again");
+        assert!(again.is_empty());
+        assert_eq!(
+            write_buffer().capacity(),
+            0,
+            "none left: a new, unallocated one"
+        );
     }
 
     #[test]

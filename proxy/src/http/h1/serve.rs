@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::io;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,7 +24,7 @@ use futures_util::FutureExt;
 use http::Request;
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::encode::{chunk_end, chunk_start, last_chunk};
@@ -41,7 +42,8 @@ const READ_SIZE: usize = 1024;
 const COALESCE: usize = 16 * 1024;
 /// A read buffer with more room than this left is not kept for the next head.
 const KEEP_READ_BUFFER: usize = 4 * READ_SIZE;
-/// A write buffer grown larger than this by a big head is not kept while idle.
+/// A write buffer grown larger than this (by a big head, or a small body written with its
+/// head) goes back to the allocator, not to the thread's free list.
 const KEEP_WRITE_BUFFER: usize = 8 * 1024;
 
 /// The connection's limits on reading heads.
@@ -84,14 +86,12 @@ pub fn serve(
     late: bool,
 ) -> impl Future<Output = Outcome> + Send + 'static {
     async move {
-        let drain = &conn.shared.drain;
-        let drained = drain.drained();
+        let drained = conn.shared.drain.drained();
         tokio::pin!(drained);
         let mut draining_seen = late;
         let timeout = tokio::time::sleep(limits.header_read_timeout);
         tokio::pin!(timeout);
         let mut buf = BytesMut::new();
-        let mut out = Vec::new();
         loop {
             // The next head: the timeout counts from here, and an idle connection closes on
             // drain.
@@ -114,12 +114,15 @@ pub fn serve(
                                 return Outcome::Handoff { read: buf, stream }
                             }
                             Parsed::Partial => {}
-                            Parsed::BodyToCome { total } => awaiting = Some(total),
+                            // (Never 0: the head is part of it.)
+                            Parsed::BodyToCome { total } => awaiting = NonZeroUsize::new(total),
                         }
                     }
                     tokio::select! {
                         biased;
-                        read = read_more(&mut stream, &mut buf, awaiting) => match read {
+                        read = std::future::poll_fn(|cx| {
+                            poll_read_more(&mut stream, &mut buf, awaiting, cx)
+                        }) => match read {
                             Ok(0) | Err(_) => return Outcome::Closed,
                             Ok(_) => {}
                         },
@@ -141,27 +144,18 @@ pub fn serve(
                 };
                 let request = Request::from_parts(head, ClientBody::Whole(body));
                 let mut room = recycle::room();
-                room.set(Some(exchange(
-                    request,
-                    conn.clone(),
-                    stream,
-                    std::mem::take(&mut out),
-                )));
+                room.set(Some(exchange(request, conn.clone(), stream)));
                 (room, close)
             };
             let Some(exchanging) = in_flight.as_mut().as_pin_mut() else {
                 return Outcome::Closed;
             };
-            let done = exchanging.await;
+            let reusable;
+            Exchanged { stream, reusable } = exchanging.await;
             recycle::give_room(in_flight);
-            (stream, out) = (done.stream, done.out);
-            if !done.reusable || close || late || drain.is_draining() {
+            if !reusable || close || late || conn.shared.drain.is_draining() {
                 let _ = stream.shutdown().await;
                 return Outcome::Closed;
-            }
-            out.clear();
-            if out.capacity() > KEEP_WRITE_BUFFER {
-                out = Vec::new();
             }
             if buf.is_empty() {
                 // Nothing pipelined behind the request: the connection idles without a buffer.
@@ -177,22 +171,22 @@ pub fn serve(
 /// What an exchange gives back to its connection.
 struct Exchanged {
     stream: TcpStream,
-    out: Vec<u8>,
     /// Whether the connection can carry another exchange: the response was written whole and
     /// does not close the connection.
     reusable: bool,
 }
 
-/// One exchange on `stream`: `request` handled and its response written, the head through
-/// `out`. The request's future (3.2 KiB) and the response's writing live in the room this
-/// runs in, which the connection holds only while the request is in flight. (Not an `async
-/// fn`, which would keep its arguments, the request among them, beside its state.)
+/// One exchange on `stream`: `request` handled and its response written. The request's future
+/// (3.2 KiB) and the response's writing live in the room this runs in, which the connection
+/// holds only while the request is in flight; the buffer the response's head (and a small
+/// body) is written from comes from the thread's free list once the response is there, and
+/// goes back when it is written. (Not an `async fn`, which would keep its arguments, the
+/// request among them, beside its state.)
 #[allow(clippy::manual_async_fn)]
 fn exchange(
     request: Request<ClientBody>,
     conn: Arc<Conn>,
     mut stream: TcpStream,
-    mut out: Vec<u8>,
 ) -> impl Future<Output = Exchanged> + Send + 'static {
     async move {
         let method = request.method().clone();
@@ -201,6 +195,7 @@ fn exchange(
             fields,
             mut body,
         } = handle(request, conn).await;
+        let mut out = recycle::write_buffer();
         let written = respond::head(
             &mut out,
             status,
@@ -211,9 +206,9 @@ fn exchange(
         );
         drop(fields);
         let complete = write_body(&mut stream, &mut out, &mut body, written.framing).await;
+        recycle::give_write_buffer(out, KEEP_WRITE_BUFFER);
         Exchanged {
             stream,
-            out,
             reusable: complete && !written.close,
         }
     }
@@ -223,24 +218,30 @@ fn exchange(
 /// known (`total`), else for a head of usual size. An empty `buf` gets room (from the thread's
 /// free buffers) only once the socket turns readable, so that an idle connection holds none.
 /// `Ok(0)` at end of stream.
-async fn read_more(
+///
+/// A poll function, not an `async fn`: the idle connection's task keeps the future waiting on
+/// it, and a closure over its arguments is a third of the size of an `async fn`'s state.
+fn poll_read_more(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    total: Option<usize>,
-) -> io::Result<usize> {
+    total: Option<NonZeroUsize>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
     if buf.capacity() == 0 {
         // The reader's own waker slot (`readable()` would queue a waiter under a lock).
-        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+        std::task::ready!(stream.poll_read_ready(cx))?;
         *buf = recycle::buffer();
     }
     match total {
-        Some(total) => buf.reserve(total.saturating_sub(buf.len())),
+        Some(total) => buf.reserve(total.get().saturating_sub(buf.len())),
         // The room freed by requests already taken off the buffer is reclaimed once nothing
         // holds them (no allocation then).
         None if buf.capacity() - buf.len() < READ_SIZE => buf.reserve(READ_SIZE),
         None => {}
     }
-    stream.read_buf(buf).await
+    // Through `AsyncRead`, which, unlike `try_read`, notes a short read as the socket drained
+    // (no EAGAIN read before the next wait).
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
 
 /// Writes the head in `out` and then the body as `framing` delimits it; false when the
