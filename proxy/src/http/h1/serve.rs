@@ -26,6 +26,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::encode::{chunk_end, chunk_start, last_chunk};
 use super::recycle;
@@ -34,6 +35,7 @@ use super::respond::{self, Framing};
 use crate::http::body::{ClientBody, ResponseBody};
 use crate::http::pipeline::{handle, Conn};
 use crate::http::response::Reply;
+use crate::shared::Drained;
 
 /// Room a read asks for: a request of usual size in one read (a request split across reads
 /// costs a second read and a second parse).
@@ -86,17 +88,19 @@ pub fn serve(
     late: bool,
 ) -> impl Future<Output = Outcome> + Send + 'static {
     async move {
-        let drained = conn.shared.drain.drained();
-        tokio::pin!(drained);
-        let mut draining_seen = late;
-        let timeout = tokio::time::sleep(limits.header_read_timeout);
-        tokio::pin!(timeout);
+        let idle = Idle {
+            timeout: tokio::time::sleep(limits.header_read_timeout),
+            drained: conn.shared.drain.drained(),
+            draining_seen: late,
+        };
+        let mut idle = std::pin::pin!(idle);
         let mut buf = BytesMut::new();
         loop {
             // The next head: the timeout counts from here, and an idle connection closes on
             // drain.
-            timeout
-                .as_mut()
+            idle.as_mut()
+                .project()
+                .timeout
                 .reset(tokio::time::Instant::now() + limits.header_read_timeout);
             // A block ends the head's storage before the await that follows it: the
             // connection's task keeps room only for what each await needs.
@@ -118,28 +122,22 @@ pub fn serve(
                             Parsed::BodyToCome { total } => awaiting = NonZeroUsize::new(total),
                         }
                     }
-                    tokio::select! {
-                        biased;
-                        read = std::future::poll_fn(|cx| {
-                            poll_read_more(&mut stream, &mut buf, awaiting, cx)
-                        }) => match read {
-                            Ok(0) | Err(_) => return Outcome::Closed,
-                            Ok(_) => {}
-                        },
+                    let woken = std::future::poll_fn(|cx| {
+                        poll_next_head(&mut stream, &mut buf, awaiting, idle.as_mut(), cx)
+                    });
+                    match woken.await {
+                        Woken::Read(Ok(0) | Err(_)) => return Outcome::Closed,
+                        Woken::Read(Ok(_)) => {}
                         // The head's time covers a small body too; one still arriving when it
                         // is up goes on through hyper's server, which waits for bodies.
-                        () = timeout.as_mut() => {
+                        Woken::TimedOut => {
                             return match awaiting {
                                 Some(_) => Outcome::Handoff { read: buf, stream },
                                 None => Outcome::Closed,
                             }
                         }
-                        () = drained.as_mut(), if !draining_seen => {
-                            draining_seen = true;
-                            if buf.is_empty() {
-                                return Outcome::Closed;
-                            }
-                        }
+                        Woken::Draining if buf.is_empty() => return Outcome::Closed,
+                        Woken::Draining => {}
                     }
                 };
                 let request = Request::from_parts(head, ClientBody::Whole(body));
@@ -212,6 +210,55 @@ fn exchange(
             reusable: complete && !written.close,
         }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// What a connection waiting for its next head waits on besides its socket, pinned
+    /// together.
+    struct Idle<'a> {
+        // The head's time (which also closes an idle keep-alive connection).
+        #[pin]
+        timeout: Sleep,
+        // Draining has started.
+        #[pin]
+        drained: Drained<'a>,
+        // Draining was seen (or the connection was accepted during it): not waited on again.
+        draining_seen: bool,
+    }
+}
+
+/// What ended a wait for more of the next head.
+enum Woken {
+    /// The socket was read: `Ok(0)` at its end.
+    Read(io::Result<usize>),
+    /// The head's time is up.
+    TimedOut,
+    /// Draining started (reported once).
+    Draining,
+}
+
+/// Waits for more of the next head ([`poll_read_more`]), the head's time, or draining —
+/// the socket first. Written out rather than a `select!`, whose futures, flags and poller
+/// widen every idle connection's task by ~40 bytes.
+fn poll_next_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    total: Option<NonZeroUsize>,
+    idle: Pin<&mut Idle<'_>>,
+    cx: &mut Context<'_>,
+) -> Poll<Woken> {
+    if let Poll::Ready(read) = poll_read_more(stream, buf, total, cx) {
+        return Poll::Ready(Woken::Read(read));
+    }
+    let idle = idle.project();
+    if idle.timeout.poll(cx).is_ready() {
+        return Poll::Ready(Woken::TimedOut);
+    }
+    if !*idle.draining_seen && idle.drained.poll(cx).is_ready() {
+        *idle.draining_seen = true;
+        return Poll::Ready(Woken::Draining);
+    }
+    Poll::Pending
 }
 
 /// Reads more of the next request into `buf`: room for the rest of it when its length is
