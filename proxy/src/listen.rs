@@ -180,7 +180,7 @@ async fn accept_loop(
         let (shared, name) = (shared.clone(), name.clone());
         // One spawn per kind of connection: a task is as large as its future's largest state,
         // and a single future for all three kinds would size every HTTP connection for an
-        // opaque TCP one (1408 bytes a task instead of 512).
+        // opaque TCP one (1152 bytes a task instead of 512).
         match (shape.mode, shape.protocol) {
             (ListenerMode::Inbound | ListenerMode::Outbound, protocol) => spawn_held(
                 crate::intercept::serve(stream, peer, name, protocol, shared, token),

@@ -2,6 +2,7 @@
 //! through kernel pipes where possible), honouring half-close, until both sides finish or the
 //! idle timeout passes.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,76 +19,82 @@ use zero_copy::Pipe;
 
 mod zero_copy;
 
-/// Proxies one client connection accepted on a TCP listener.
-pub async fn serve(
+/// Proxies one client connection accepted on a TCP listener. (A function returning an `async`
+/// block: an `async fn` would keep its arguments twice in every TCP connection's task.)
+#[allow(clippy::manual_async_fn)]
+pub fn serve(
     client: TcpStream,
     peer: SocketAddr,
     listener: Arc<str>,
     shared: Arc<Shared>,
-    _token: ConnToken,
-) {
-    let active = shared.config.load_full();
-    let Some((_, l)) = active.listener(&listener) else {
-        return;
-    };
-    let Serves::Tcp(Some(route)) = &l.serves else {
-        tracing::debug!(listener = %listener, "no TCPRoute attached; closing");
-        return;
-    };
-    let si = match route.backends.single() {
-        Some(si) => si,
-        None => {
-            route
-                .backends
-                .pick_with(fastrand::u32(0..route.backends.total()))
-                .1
-        }
-    };
-    let (Some(service), Some(runtime)) =
-        (active.snapshot.services.get(si), active.services.get(si))
-    else {
-        return;
-    };
-    let Some(endpoint) = runtime
-        .balancer
-        .pick(&runtime.endpoints, None)
-        .and_then(|i| runtime.endpoints.get(i))
-        .cloned()
-    else {
-        tracing::warn!(listener = %listener, service = %service.name, "no healthy endpoints; closing");
-        return;
-    };
-    // A circuit breaker's maxConnections also bounds proxied TCP connections.
-    let _connection = match runtime.breaker.as_ref().map(|b| b.open_connection()) {
-        Some(Err(_)) => {
-            tracing::warn!(listener = %listener, service = %service.name, "maxConnections reached; closing");
+    token: ConnToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _token = token;
+        let active = shared.config.load_full();
+        let Some((_, l)) = active.listener(&listener) else {
             return;
-        }
-        Some(Ok(slot)) => slot,
-        None => None,
-    };
-    metrics::counter!(TCP_CONNECTIONS, "listener" => listener.clone()).increment(1);
-    let _in_flight = endpoint.start_request();
-    let upstream = match crate::http::upstream::connect(&endpoint, route.connect_timeout).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(listener = %listener, endpoint = %endpoint.label, error = %e, "upstream connect failed");
+        };
+        let Serves::Tcp(Some(route)) = &l.serves else {
+            tracing::debug!(listener = %listener, "no TCPRoute attached; closing");
             return;
-        }
-    };
-    let idle = route.idle_timeout;
-    // Hold no config version for the life of a long connection.
-    drop(active);
-    let started = Instant::now();
-    let result = splice(client, upstream, idle, &listener).await;
-    tracing::debug!(
-        listener = %listener,
-        client = %peer,
-        endpoint = %endpoint.label,
-        duration_ms = started.elapsed().as_millis() as u64,
-        result = ?result,
-        "tcp connection closed"
-    );
+        };
+        let si = match route.backends.single() {
+            Some(si) => si,
+            None => {
+                route
+                    .backends
+                    .pick_with(fastrand::u32(0..route.backends.total()))
+                    .1
+            }
+        };
+        let (Some(service), Some(runtime)) =
+            (active.snapshot.services.get(si), active.services.get(si))
+        else {
+            return;
+        };
+        let Some(endpoint) = runtime
+            .balancer
+            .pick(&runtime.endpoints, None)
+            .and_then(|i| runtime.endpoints.get(i))
+            .cloned()
+        else {
+            tracing::warn!(listener = %listener, service = %service.name, "no healthy endpoints; closing");
+            return;
+        };
+        // A circuit breaker's maxConnections also bounds proxied TCP connections.
+        let _connection = match runtime.breaker.as_ref().map(|b| b.open_connection()) {
+            Some(Err(_)) => {
+                tracing::warn!(listener = %listener, service = %service.name, "maxConnections reached; closing");
+                return;
+            }
+            Some(Ok(slot)) => slot,
+            None => None,
+        };
+        metrics::counter!(TCP_CONNECTIONS, "listener" => listener.clone()).increment(1);
+        let _in_flight = endpoint.start_request();
+        let upstream = match crate::http::upstream::connect(&endpoint, route.connect_timeout).await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(listener = %listener, endpoint = %endpoint.label, error = %e, "upstream connect failed");
+                return;
+            }
+        };
+        let idle = route.idle_timeout;
+        // Hold no config version for the life of a long connection.
+        drop(active);
+        let started = Instant::now();
+        let result = splice(client, upstream, idle, &listener).await;
+        tracing::debug!(
+            listener = %listener,
+            client = %peer,
+            endpoint = %endpoint.label,
+            duration_ms = started.elapsed().as_millis() as u64,
+            result = ?result,
+            "tcp connection closed"
+        );
+    }
 }
 
 /// Copies both ways; each direction's EOF is passed on as a write shutdown (half-close).
@@ -95,12 +102,15 @@ pub async fn serve(
 ///
 /// Bytes move through kernel pipes with splice(2) (`zero_copy`); when the pipes cannot be had
 /// (out of descriptors, pipe budget spent) through a buffer in user space.
-pub(crate) async fn splice(
+///
+/// Not an `async fn`: the pipes are made at once and the relay's future is returned as it is,
+/// without a wrapper keeping this function's arguments beside it for the connection's life.
+pub(crate) fn splice<'a>(
     client: TcpStream,
     upstream: TcpStream,
     idle: Duration,
-    listener: &Arc<str>,
-) -> std::io::Result<(u64, u64)> {
+    listener: &'a Arc<str>,
+) -> impl Future<Output = std::io::Result<(u64, u64)>> + 'a {
     let mode = match (Pipe::new(), Pipe::new()) {
         (Ok(up), Ok(down)) => Mode::ZeroCopy { up, down },
         (Err(e), _) | (_, Err(e)) => {
@@ -108,7 +118,7 @@ pub(crate) async fn splice(
             Mode::Buffered
         }
     };
-    relay(client, upstream, mode, idle, listener).await
+    relay(client, upstream, mode, idle, listener)
 }
 
 /// How the bytes of one connection cross the proxy.
