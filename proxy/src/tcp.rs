@@ -30,6 +30,8 @@ pub fn serve(
     token: ConnToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
+        // Held to the end: the drain waits for every connection's token. (A block captures
+        // only what it names; a token it does not name is dropped when this function returns.)
         let _token = token;
         let active = shared.config.load_full();
         let Some((_, l)) = active.listener(&listener) else {
