@@ -297,7 +297,10 @@ pub async fn bulk(addr: SocketAddr, total: u64) -> Run {
             ..Run::default()
         };
     };
-    let chunk = vec![0u8; 256 * 1024];
+    // Written bytes: a zeroed allocation this large is fresh mmap'd memory, and reading pages
+    // that were never written reads the kernel's one shared zero page, which a real sender's
+    // data is not.
+    let chunk: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 + 3) as u8).collect();
     let started = Instant::now();
     let mut sent = 0u64;
     while sent < total {
