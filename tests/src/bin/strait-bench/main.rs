@@ -5,8 +5,9 @@
 //! ```
 //!
 //! Proxies run pinned to CPU 0; this process (load generator and upstream, one thread) to
-//! CPU 1. Targets are interleaved round by round (the fixed-rate latency runs in one-second
-//! slices within each round); each figure is the median of the rounds with min–max; the
+//! CPU 1. Targets are interleaved round by round (the HTTP/1 fixed-rate latency and
+//! saturation runs in one-second slices within each round); each figure is the median of the
+//! rounds with min–max; the
 //! report also gives the machine's floor for added latency and the CPU time the hypervisor
 //! stole during the run. Writes `target/bench/results.md` and `results.json`. `--quick` is the
 //! CI smoke mode: one short round, and a non-zero exit if Strait errors or drops requests
