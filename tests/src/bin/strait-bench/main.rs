@@ -7,11 +7,10 @@
 //! Proxies run pinned to CPU 0; this process (load generator and upstream, one thread) to
 //! CPU 1. Targets are interleaved round by round (the HTTP/1 fixed-rate latency and
 //! saturation runs in one-second slices within each round); each figure is the median of the
-//! rounds with min–max; the
-//! report also gives the machine's floor for added latency and the CPU time the hypervisor
-//! stole during the run. Writes `target/bench/results.md` and `results.json`. `--quick` is the
-//! CI smoke mode: one short round, and a non-zero exit if Strait errors or drops requests
-//! (never on timings).
+//! rounds with min–max; the report also gives the machine's floor for added latency and the
+//! CPU time the hypervisor stole during the run. Writes `target/bench/results.md` and
+//! `results.json`. `--quick` is the CI smoke mode: one short round, and a non-zero exit if
+//! Strait errors or drops requests (never on timings).
 
 mod load;
 mod procstat;
@@ -110,6 +109,13 @@ impl Settings {
 
     fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.seconds)
+    }
+
+    /// How a run interleaved across the targets is cut: the number of slices (about one a
+    /// second) and each one's length.
+    fn slices(&self) -> (u32, Duration) {
+        let n = self.seconds.round().max(1.0) as u32;
+        (n, self.duration() / n)
     }
 }
 
@@ -409,8 +415,7 @@ async fn run(settings: Settings) -> Result<Results, String> {
 /// included, for milliseconds at a time and in spells of seconds, and slices spread a bad
 /// spell over every target instead of loading it onto the one that ran through it.
 async fn latency_at_fixed_rates(settings: &Settings, targets: &[Target], results: &mut Results) {
-    let slices = settings.seconds.round().max(1.0) as u32;
-    let slice = settings.duration() / slices;
+    let (slices, slice) = settings.slices();
     for rate in [2_000u64, 5_000] {
         let mut merged: Vec<Option<hdrhistogram::Histogram<u64>>> = vec![None; targets.len()];
         for _ in 0..slices {
@@ -447,8 +452,7 @@ async fn latency_at_fixed_rates(settings: &Settings, targets: &[Target], results
 /// whichever ran through it. Each target's CPU is read before its first slice and after its
 /// last (it is idle in between, while the others run).
 async fn saturation_in_slices(settings: &Settings, targets: &[Target], results: &mut Results) {
-    let slices = settings.seconds.round().max(1.0) as u32;
-    let slice = settings.duration() / slices;
+    let (slices, slice) = settings.slices();
     let before: Vec<Option<f64>> = targets.iter().map(cpu).collect();
     let mut ok = vec![0u64; targets.len()];
     let mut seconds = vec![0f64; targets.len()];
