@@ -398,9 +398,10 @@ async fn big_responses(settings: &Settings, targets: &[Target], results: &mut Re
 /// runs come after a pause and one after another, never straight after another scenario.
 const QUIET_BEFORE_TCP: Duration = Duration::from_secs(8);
 
-/// Scenario 4: opaque TCP bulk, each target in turn after a quiet pause. This process's own
-/// CPU is reported beside the proxy's: the load generator and the sink share one core, and
-/// whether that core or the proxy's is the bottleneck decides what the throughput measures.
+/// Scenario 4: opaque TCP bulk, each target in turn after a quiet pause (none in `--quick`,
+/// whose timings are not read). This process's own CPU is reported beside the proxy's: the
+/// load generator and the sink share one core, and whether that core or the proxy's is the
+/// bottleneck decides what the throughput measures.
 async fn tcp_bulk(settings: &Settings, targets: &[Target], results: &mut Results) {
     if !settings.quick {
         tokio::time::sleep(QUIET_BEFORE_TCP).await;
