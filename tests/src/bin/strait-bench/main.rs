@@ -5,9 +5,9 @@
 //! ```
 //!
 //! Proxies run pinned to CPU 0; this process (load generator and upstream, one thread) to
-//! CPU 1. Targets are interleaved round by round: each scenario runs every target in turn
-//! (the HTTP/1 fixed-rate latency and saturation runs in one-second slices, A B C A B C …)
-//! before the next scenario starts; each figure is the median of the rounds with min–max; the
+//! CPU 1. Targets are interleaved round by round: each scenario runs every target in turn,
+//! forward and backward by turns (the HTTP/1 fixed-rate latency and saturation runs in
+//! one-second slices, A B C C B A A B C …), before the next scenario starts; each figure is the median of the rounds with min–max; the
 //! report also gives the machine's floor for added latency and the CPU time the hypervisor
 //! stole during the run. Writes `target/bench/results.md` and `results.json`. `--quick` is
 //! the CI smoke mode: one short round, and a non-zero exit if Strait errors or drops requests
@@ -302,20 +302,20 @@ async fn run(settings: Settings) -> Result<Results, String> {
     for t in &targets {
         load::saturate(t.http, "bench", "/", 8, Duration::from_millis(300)).await;
     }
-    for round in 1..=settings.rounds {
-        eprintln!("round {round}/{}", settings.rounds);
+    for round in 0..settings.rounds {
+        eprintln!("round {}/{}", round + 1, settings.rounds);
         if settings.runs("http1") {
             latency_at_fixed_rates(&settings, &targets, &mut results).await;
             saturation_in_slices(&settings, &targets, &mut results).await;
         }
         if settings.runs("h2c") {
-            h2c(&settings, &targets, &mut results).await;
+            h2c(&settings, &targets, round, &mut results).await;
         }
         if settings.runs("big") {
-            big_responses(&settings, &targets, &mut results).await;
+            big_responses(&settings, &targets, round, &mut results).await;
         }
         if settings.runs("tcp") {
-            tcp_bulk(&settings, &targets, &mut results).await;
+            tcp_bulk(&settings, &targets, round, &mut results).await;
         }
     }
     if settings.runs("routes") {
@@ -358,8 +358,8 @@ async fn run(settings: Settings) -> Result<Results, String> {
 }
 
 /// Scenario 2: HTTP/2 with 100 concurrent streams, each target in turn.
-async fn h2c(settings: &Settings, targets: &[Target], results: &mut Results) {
-    for t in targets {
+async fn h2c(settings: &Settings, targets: &[Target], round: usize, results: &mut Results) {
+    for (_, t) in in_turn(targets, round) {
         let before = cpu(t);
         let r = load::h2_streams(t.h2, "bench", 100, settings.duration()).await;
         results.errors(&t.name, r.errors);
@@ -377,8 +377,13 @@ async fn h2c(settings: &Settings, targets: &[Target], results: &mut Results) {
 }
 
 /// Scenario 3: 1 MiB responses, each target in turn.
-async fn big_responses(settings: &Settings, targets: &[Target], results: &mut Results) {
-    for t in targets {
+async fn big_responses(
+    settings: &Settings,
+    targets: &[Target],
+    round: usize,
+    results: &mut Results,
+) {
+    for (_, t) in in_turn(targets, round) {
         let before = cpu(t);
         let r = load::saturate(t.http, "bench", "/big", 4, settings.duration()).await;
         results.errors(&t.name, r.errors);
@@ -402,11 +407,11 @@ const QUIET_BEFORE_TCP: Duration = Duration::from_secs(8);
 /// whose timings are not read). This process's own CPU is reported beside the proxy's: the
 /// load generator and the sink share one core, and whether that core or the proxy's is the
 /// bottleneck decides what the throughput measures.
-async fn tcp_bulk(settings: &Settings, targets: &[Target], results: &mut Results) {
+async fn tcp_bulk(settings: &Settings, targets: &[Target], round: usize, results: &mut Results) {
     if !settings.quick {
         tokio::time::sleep(QUIET_BEFORE_TCP).await;
     }
-    for t in targets {
+    for (_, t) in in_turn(targets, round) {
         let before = (cpu(t), procstat::cpu_seconds(std::process::id()));
         let r = load::bulk(t.tcp, settings.tcp_bytes).await;
         let after = (cpu(t), procstat::cpu_seconds(std::process::id()));
@@ -430,8 +435,19 @@ async fn tcp_bulk(settings: &Settings, targets: &[Target], results: &mut Results
     }
 }
 
+/// The targets, with their indices, in the order of turn `k` (a slice or a round): forward on
+/// even turns and backward on odd ones, so that no target always runs right after the same
+/// other one (Strait would otherwise always follow direct, whose run leaves the proxies' CPU
+/// idle).
+fn in_turn(targets: &[Target], k: usize) -> impl Iterator<Item = (usize, &Target)> {
+    let n = targets.len();
+    (0..n)
+        .map(move |j| if k % 2 == 0 { j } else { n - 1 - j })
+        .map(move |i| (i, &targets[i]))
+}
+
 /// Scenario 1's latency: p50/p99/p99.9 at 2k and 5k rps. A round's run of each target is cut
-/// into slices of about a second, interleaved across the targets (A B C A B C …) and merged
+/// into slices of about a second, interleaved across the targets (A B C C B A …) and merged
 /// into one histogram per target: this VM stalls every process on it, the direct path
 /// included, for milliseconds at a time and in spells of seconds, and slices spread a bad
 /// spell over every target instead of loading it onto the one that ran through it.
@@ -439,16 +455,16 @@ async fn latency_at_fixed_rates(settings: &Settings, targets: &[Target], results
     let (slices, slice) = settings.slices();
     for rate in [2_000u64, 5_000] {
         let mut merged: Vec<Option<hdrhistogram::Histogram<u64>>> = vec![None; targets.len()];
-        for _ in 0..slices {
-            for (t, merged) in targets.iter().zip(&mut merged) {
+        for k in 0..slices as usize {
+            for (i, t) in in_turn(targets, k) {
                 let r = load::fixed_rate(t.http, "bench", rate, slice, 64).await;
                 results.errors(&t.name, r.errors);
                 if let Some(h) = r.latency {
-                    match merged {
+                    match &mut merged[i] {
                         Some(m) => {
                             let _ = m.add(&h);
                         }
-                        None => *merged = Some(h),
+                        None => merged[i] = Some(h),
                     }
                 }
             }
@@ -477,8 +493,8 @@ async fn saturation_in_slices(settings: &Settings, targets: &[Target], results: 
     let before: Vec<Option<f64>> = targets.iter().map(cpu).collect();
     let mut ok = vec![0u64; targets.len()];
     let mut seconds = vec![0f64; targets.len()];
-    for _ in 0..slices {
-        for (i, t) in targets.iter().enumerate() {
+    for k in 0..slices as usize {
+        for (i, t) in in_turn(targets, k) {
             let r = load::saturate(t.http, "bench", "/", 32, slice).await;
             results.errors(&t.name, r.errors);
             ok[i] += r.ok;
