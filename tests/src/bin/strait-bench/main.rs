@@ -7,9 +7,9 @@
 //! Proxies run pinned to CPU 0; this process (load generator and upstream, one thread) to
 //! CPU 1. Targets are interleaved round by round: each scenario runs every target in turn,
 //! forward and backward by turns (the HTTP/1 fixed-rate latency and saturation runs in
-//! one-second slices, A B C C B A A B C …), before the next scenario starts; each figure is the median of the rounds with min–max; the
-//! report also gives the machine's floor for added latency and the CPU time the hypervisor
-//! stole during the run. Writes `target/bench/results.md` and `results.json`. `--quick` is
+//! one-second slices, A B C C B A A B C …), before the next scenario starts; each figure is
+//! the median of the rounds with min–max; the report also gives the machine's floor for added
+//! latency and the CPU time the hypervisor stole during the run. Writes `target/bench/results.md` and `results.json`. `--quick` is
 //! the CI smoke mode: one short round, and a non-zero exit if Strait errors or drops requests
 //! (never on timings).
 
@@ -173,6 +173,11 @@ fn median(v: &[f64]) -> f64 {
 
 fn cpu(target: &Target) -> Option<f64> {
     target.pid().and_then(procstat::cpu_seconds)
+}
+
+/// CPU seconds the target's process has used since it read `before` (from `cpu`).
+fn cpu_since(target: &Target, before: Option<f64>) -> Option<f64> {
+    Some(cpu(target)? - before?)
 }
 
 fn main() -> ExitCode {
@@ -364,8 +369,8 @@ async fn h2c(settings: &Settings, targets: &[Target], round: usize, results: &mu
         let r = load::h2_streams(t.h2, "bench", 100, settings.duration()).await;
         results.errors(&t.name, r.errors);
         results.add("h2c 100 streams", "requests/s", &t.name, r.rps());
-        if let (Some(b), Some(a)) = (before, cpu(t)) {
-            let per_request = (a - b) * 1e6 / r.ok.max(1) as f64;
+        if let Some(spent) = cpu_since(t, before) {
+            let per_request = spent * 1e6 / r.ok.max(1) as f64;
             results.add(
                 "h2c 100 streams",
                 "proxy CPU µs/request",
@@ -389,8 +394,8 @@ async fn big_responses(
         results.errors(&t.name, r.errors);
         let mb = r.bytes as f64 / 1e6;
         results.add("1 MiB responses", "MB/s", &t.name, mb / r.seconds);
-        if let (Some(b), Some(a)) = (before, cpu(t)) {
-            let per_mb = (a - b) * 1e3 / mb.max(1e-9);
+        if let Some(spent) = cpu_since(t, before) {
+            let per_mb = spent * 1e3 / mb.max(1e-9);
             results.add("1 MiB responses", "proxy CPU ms/MB", &t.name, per_mb);
         }
     }
@@ -412,16 +417,17 @@ async fn tcp_bulk(settings: &Settings, targets: &[Target], round: usize, results
         tokio::time::sleep(QUIET_BEFORE_TCP).await;
     }
     for (_, t) in in_turn(targets, round) {
-        let before = (cpu(t), procstat::cpu_seconds(std::process::id()));
+        let own_cpu = || procstat::cpu_seconds(std::process::id());
+        let (before, own_before) = (cpu(t), own_cpu());
         let r = load::bulk(t.tcp, settings.tcp_bytes).await;
-        let after = (cpu(t), procstat::cpu_seconds(std::process::id()));
+        let (spent, own_after) = (cpu_since(t, before), own_cpu());
         results.errors(&t.name, r.errors);
         let gb = (r.bytes as f64 / 1e9).max(1e-9);
         results.add("tcp bulk", "MB/s", &t.name, gb * 1e3 / r.seconds);
-        if let (Some(b), Some(a)) = (before.0, after.0) {
-            results.add("tcp bulk", "proxy CPU s/GB", &t.name, (a - b) / gb);
+        if let Some(spent) = spent {
+            results.add("tcp bulk", "proxy CPU s/GB", &t.name, spent / gb);
         }
-        if let (Some(b), Some(a)) = (before.1, after.1) {
+        if let (Some(b), Some(a)) = (own_before, own_after) {
             let loadgen = "load generator + sink";
             results.add(
                 "tcp bulk",
@@ -508,13 +514,9 @@ async fn saturation_in_slices(settings: &Settings, targets: &[Target], results: 
             &t.name,
             ok[i] as f64 / seconds[i].max(1e-9),
         );
-        if let (Some(b), Some(a)) = (before[i], cpu(t)) {
-            results.add(
-                "http1 small",
-                "proxy CPU µs/request",
-                &t.name,
-                (a - b) * 1e6 / ok[i].max(1) as f64,
-            );
+        if let Some(spent) = cpu_since(t, before[i]) {
+            let per_request = spent * 1e6 / ok[i].max(1) as f64;
+            results.add("http1 small", "proxy CPU µs/request", &t.name, per_request);
         }
     }
 }
@@ -541,13 +543,10 @@ async fn routes(
             let before = cpu(t);
             let r = load::saturate(t.http, "bench", "/", 32, settings.duration()).await;
             results.errors("strait", r.errors);
-            if let (Some(b), Some(a)) = (before, cpu(t)) {
-                results.add(
-                    "route scaling",
-                    &format!("CPU µs/request, {n} routes"),
-                    "strait",
-                    (a - b) * 1e6 / r.ok.max(1) as f64,
-                );
+            if let Some(spent) = cpu_since(t, before) {
+                let per_request = spent * 1e6 / r.ok.max(1) as f64;
+                let metric = format!("CPU µs/request, {n} routes");
+                results.add("route scaling", &metric, "strait", per_request);
             }
         }
     }
