@@ -14,6 +14,7 @@ use crate::service::balance::{Balancer, Policy};
 use crate::service::breaker::Breaker;
 use crate::service::endpoint::{Endpoint, Pool};
 use crate::service::health_check::{self, Checker};
+use crate::service::idle::IdleStack;
 use crate::service::outlier::Outlier;
 use crate::service::state::ServiceState;
 
@@ -322,9 +323,7 @@ fn listener_runtime(listener: &Listener, snapshot: &Snapshot) -> ListenerRuntime
 
 fn new_pool(protocol: ServiceProtocol, max_idle: usize) -> Pool {
     match protocol {
-        ServiceProtocol::Http1 => {
-            Pool::Http1(Box::new(crossbeam_queue::ArrayQueue::new(max_idle.max(1))))
-        }
+        ServiceProtocol::Http1 => Pool::Http1(IdleStack::new(max_idle)),
         ServiceProtocol::Http2 | ServiceProtocol::Grpc => Pool::Http2(Default::default()),
         ServiceProtocol::Tcp => Pool::Tcp,
     }

@@ -672,6 +672,83 @@ async fn a_request_lost_to_the_keep_alive_race_is_resent_only_when_idempotent() 
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_burst_one_request_at_a_time_reuses_the_last_connection_and_the_rest_age_out() {
+    bounded(async {
+        // A keep-alive server with a 600 ms idle timeout that names the connection answering
+        // (in accept order); `/burst` answers are held back so that a burst overlaps.
+        const BURST: usize = 6;
+        let ids = Arc::new(AtomicUsize::new(0));
+        let up = RawUpstream::start(move |mut wire| {
+            let id = ids.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let idle = Duration::from_millis(600);
+                loop {
+                    // Idle too long: closed (by dropping the connection).
+                    let Ok(next) = tokio::time::timeout(idle, wire.read_request()).await else {
+                        return Ok(());
+                    };
+                    let Some(req) = next? else {
+                        return Ok(());
+                    };
+                    if req.path().starts_with("/burst") {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    let body = format!("conn {id}");
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    wire.send((head + &body).as_bytes()).await?;
+                }
+            }
+        })
+        .await;
+        let proxy = proxy_to(&up);
+        let client = http1();
+        let burst: Vec<_> = (0..BURST)
+            .map(|i| {
+                let (client, url) = (client.clone(), format!("{}/burst/{i}", proxy.url("web")));
+                tokio::spawn(async move { get(&client, &url, "svc.local", &[]).await })
+            })
+            .collect();
+        for answer in burst {
+            let answer = answer.await.expect("task").expect("burst request");
+            assert_eq!(answer.status, 200);
+        }
+        assert_eq!(
+            up.accepted(),
+            BURST,
+            "the burst needed a connection per request"
+        );
+
+        // One request every 50 ms for 3 s: the sweep (every 2 s) runs while it goes on.
+        let mut answered_by = std::collections::BTreeSet::new();
+        for i in 0..60 {
+            let a = get_path(&client, &proxy, &format!("/one/{i}")).await;
+            assert_eq!(a.status, 200, "request {i}");
+            answered_by.insert(String::from_utf8_lossy(&a.body).into_owned());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            answered_by.len(),
+            1,
+            "one request at a time goes out on the connection used last, not in turn on every \
+             connection the burst opened (which keeps each of them alive and near the upstream's \
+             idle timeout): {answered_by:?}"
+        );
+        assert_eq!(
+            up.accepted(),
+            BURST,
+            "no connection was opened for the trickle"
+        );
+        let idle = clusters(proxy.admin()).await;
+        assert_eq!(
+            cluster(&idle, "raw")["endpoints"][0]["idleConnections"].as_u64(),
+            Some(1),
+            "the connections the trickle left alone timed out at the upstream and left the pool"
+        );
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Broken upstream answers
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ use super::headers::ClientHeaders;
 use super::response::Reply;
 use crate::service::breaker::{Breaker, Slot};
 use crate::service::endpoint::{Endpoint, Http2Sender, Pool};
+use crate::service::idle::IdleStack;
 
 /// Opens a TCP connection to the endpoint within `timeout`.
 pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, ProxyError> {
@@ -120,7 +121,7 @@ pub async fn send(
 /// One exchange on a pooled HTTP/1.1 connection (a new one when none is idle).
 async fn send_http1(
     endpoint: &Arc<Endpoint>,
-    idle: &crossbeam_queue::ArrayQueue<Box<h1::Connection>>,
+    idle: &IdleStack<h1::Connection>,
     dial: Dial<'_>,
     head: &Parts,
     extra: &[u8],
@@ -182,9 +183,7 @@ async fn send_http2(
 }
 
 /// Takes an idle connection that is still usable, closing dead ones.
-fn checkout(
-    idle: &crossbeam_queue::ArrayQueue<Box<h1::Connection>>,
-) -> Option<Box<h1::Connection>> {
+fn checkout(idle: &IdleStack<h1::Connection>) -> Option<Box<h1::Connection>> {
     while let Some(mut conn) = idle.pop() {
         if conn.is_reusable() {
             return Some(conn);

@@ -19,6 +19,7 @@ use crate::http::response::Reply;
 use crate::http::upstream::{self, Dial};
 use crate::metrics::TCP_CONNECTIONS;
 use crate::service::endpoint::{Endpoint, Pool};
+use crate::service::idle::IdleStack;
 
 /// How long connecting to an original destination may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,9 +53,7 @@ impl OriginalDestination {
             let pool = if http2 {
                 Pool::Http2(Default::default())
             } else {
-                Pool::Http1(Box::new(crossbeam_queue::ArrayQueue::new(
-                    IDLE_PER_CONNECTION,
-                )))
+                Pool::Http1(IdleStack::new(IDLE_PER_CONNECTION))
             };
             Arc::new(Endpoint::unlisted(SERVICE, self.address, pool))
         })

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http2;
 
 use super::balance::Candidate;
+use super::idle::IdleStack;
 use super::outlier::EndpointOutlier;
 use crate::http::body::UpstreamBody;
 use crate::http::h1;
@@ -24,8 +24,8 @@ pub type Http2Sender = http2::SendRequest<UpstreamBody>;
 /// How the proxy keeps connections to one endpoint.
 #[derive(Debug)]
 pub enum Pool {
-    /// Idle HTTP/1 keep-alive connections (lock-free queue; boxed: it is cache-padded).
-    Http1(Box<ArrayQueue<Box<h1::Connection>>>),
+    /// Idle HTTP/1 keep-alive connections, the last given back taken first.
+    Http1(IdleStack<h1::Connection>),
     /// One multiplexed HTTP/2 connection, replaced when it closes.
     Http2(ArcSwapOption<Http2Sender>),
     /// TCP: a connection per client connection, nothing pooled.
@@ -140,21 +140,20 @@ impl Endpoint {
     /// idle, which would otherwise wait in CLOSE_WAIT — holding a file descriptor and a
     /// `maxConnections` slot — until a request took them. Returns how many it closed.
     pub fn close_dead_idle(&self) -> usize {
-        let Pool::Http1(queue) = &self.pool else {
+        let Pool::Http1(idle) = &self.pool else {
             return 0;
         };
-        let mut closed = 0;
-        // One pass over what is there now; requests may take and return connections meanwhile.
-        for _ in 0..queue.len() {
-            let Some(mut conn) = queue.pop() else {
-                break;
-            };
-            if conn.is_reusable() {
-                // Full only if requests returned more meanwhile: then this one closes.
-                let _ = queue.push(conn);
-            } else {
-                closed += 1;
-            }
+        // What is there now taken out (top first) and the live ones put back bottom first, so
+        // that their order stands; a check costs a syscall only for a socket that turned
+        // readable, so requests find the pool empty for microseconds at most.
+        let now = idle.len();
+        let mut taken: Vec<_> = std::iter::from_fn(|| idle.pop()).take(now).collect();
+        let before = taken.len();
+        taken.retain_mut(|conn| conn.is_reusable());
+        let closed = before - taken.len();
+        for conn in taken.into_iter().rev() {
+            // Full only if requests returned more meanwhile: then this one closes.
+            let _ = idle.push(conn);
         }
         closed
     }

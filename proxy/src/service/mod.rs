@@ -5,6 +5,7 @@ pub mod balance;
 pub mod breaker;
 pub mod endpoint;
 pub mod health_check;
+pub mod idle;
 pub mod outlier;
 pub mod retry_budget;
 pub mod state;

@@ -28,9 +28,9 @@ pub struct Lease {
 impl Lease {
     /// Gives the connection back to the idle pool (closed instead when the pool is full).
     pub fn release(mut self) {
-        if let Pool::Http1(queue) = &self.endpoint.pool {
+        if let Pool::Http1(idle) = &self.endpoint.pool {
             self.conn.idle();
-            let _ = queue.push(self.conn);
+            let _ = idle.push(self.conn);
         }
     }
 }
