@@ -554,9 +554,13 @@ async fn interim_100_continue_is_skipped_for_the_final_response() {
 
 /// Answers `req` with a keep-alive 200 whose body is `served PATH`.
 async fn answer_served(wire: &mut Wire, req: &Seen) -> io::Result<()> {
-    let body = format!("served {}", req.path());
+    answer(wire, &format!("served {}", req.path())).await
+}
+
+/// Answers with a keep-alive 200 whose body is `body`.
+async fn answer(wire: &mut Wire, body: &str) -> io::Result<()> {
     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-    wire.send((head + &body).as_bytes()).await
+    wire.send((head + body).as_bytes()).await
 }
 
 /// Like a server with keep-alive timeout `idle`: one answer per connection, which it keeps open
@@ -694,9 +698,7 @@ async fn after_a_burst_one_request_at_a_time_reuses_the_last_connection_and_the_
                     if req.path().starts_with("/burst") {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
-                    let body = format!("conn {id}");
-                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                    wire.send((head + &body).as_bytes()).await?;
+                    answer(&mut wire, &format!("conn {id}")).await?;
                 }
             }
         })

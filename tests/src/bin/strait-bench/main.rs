@@ -9,9 +9,9 @@
 //! forward and backward by turns (the HTTP/1 fixed-rate latency and saturation runs in
 //! one-second slices, A B C C B A A B C …), before the next scenario starts; each figure is
 //! the median of the rounds with min–max; the report also gives the machine's floor for added
-//! latency and the CPU time the hypervisor stole during the run. Writes `target/bench/results.md` and `results.json`. `--quick` is
-//! the CI smoke mode: one short round, and a non-zero exit if Strait errors or drops requests
-//! (never on timings).
+//! latency and the CPU time the hypervisor stole during the run. Writes
+//! `target/bench/results.md` and `results.json`. `--quick` is the CI smoke mode: one short
+//! round, and a non-zero exit if Strait errors or drops requests (never on timings).
 
 mod load;
 mod procstat;
