@@ -274,21 +274,9 @@ async fn run(settings: Settings) -> Result<Results, String> {
             other_cpu,
             same_cpu,
         });
-    let mut skipped = Vec::new();
-    let mut targets = vec![
-        targets::direct(up, sink),
-        targets::strait(&bin, up, sink, 1, &work)?,
-    ];
-    for (name, started) in [
-        ("nginx", targets::nginx(up, sink, &work)),
-        ("haproxy", targets::haproxy(up, sink, &work)),
-    ] {
-        match started {
-            Some(Ok(t)) => targets.push(t),
-            Some(Err(e)) => skipped.push(format!("{name}: failed to start ({e})")),
-            None => skipped.push(format!("{name}: not installed (apt-get install -y {name})")),
-        }
-    }
+    let mut targets = vec![targets::direct(up, sink)];
+    let (proxies, skipped) = start_proxies(&bin, up, sink, &work)?;
+    targets.extend(proxies);
     for s in &skipped {
         eprintln!("skipped {s}");
     }
@@ -330,7 +318,64 @@ async fn run(settings: Settings) -> Result<Results, String> {
         reloads(&settings, &bin, up, sink, &work, &mut results).await?;
     }
     // 5. Memory with idle keep-alive connections (last: it leaves connections behind).
-    for t in targets.iter().filter(|_| settings.runs("memory")) {
+    if settings.runs("memory") {
+        memory(&settings, &bin, up, sink, &work, &targets, &mut results).await?;
+    }
+    if let (Some(before), Some(after)) = (steal_before, procstat::steal_seconds()) {
+        results.steal = Some(Steal {
+            stolen: after - before,
+            wall: began.elapsed().as_secs_f64(),
+        });
+    }
+    report(&settings, &targets, &skipped, &results, &out_dir)?;
+    Ok(results)
+}
+
+/// Starts Strait and, when installed, nginx and haproxy, with their files in `dir`; returns
+/// them and, for each peer that could not be started, why.
+fn start_proxies(
+    bin: &Path,
+    up: SocketAddr,
+    sink: SocketAddr,
+    dir: &Path,
+) -> Result<(Vec<Target>, Vec<String>), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut proxies = vec![targets::strait(bin, up, sink, 1, dir)?];
+    let mut skipped = Vec::new();
+    for (name, started) in [
+        ("nginx", targets::nginx(up, sink, dir)),
+        ("haproxy", targets::haproxy(up, sink, dir)),
+    ] {
+        match started {
+            Some(Ok(t)) => proxies.push(t),
+            Some(Err(e)) => skipped.push(format!("{name}: failed to start ({e})")),
+            None => skipped.push(format!("{name}: not installed (apt-get install -y {name})")),
+        }
+    }
+    Ok((proxies, skipped))
+}
+
+/// Scenario 5's connections: the RSS each proxy kept after the runs above, then, in a fresh
+/// instance of each (a heap grown by earlier load would take new connections into memory it
+/// already holds and hide their cost), the RSS with `idle_connections` idle keep-alive client
+/// connections open and what each added.
+async fn memory(
+    settings: &Settings,
+    bin: &Path,
+    up: SocketAddr,
+    sink: SocketAddr,
+    work: &Path,
+    loaded: &[Target],
+    results: &mut Results,
+) -> Result<(), String> {
+    for t in loaded {
+        if let Some(rss) = t.pid().and_then(procstat::rss_bytes) {
+            let mib = rss as f64 / (1 << 20) as f64;
+            results.add("memory", "RSS after the runs above (MiB)", &t.name, mib);
+        }
+    }
+    let (fresh, _) = start_proxies(bin, up, sink, &work.join("memory"))?;
+    for t in &fresh {
         let Some(pid) = t.pid() else { continue };
         let before = procstat::rss_bytes(pid).unwrap_or(0);
         let (held, failed) =
@@ -350,16 +395,8 @@ async fn run(settings: Settings) -> Result<Results, String> {
             &t.name,
             after.saturating_sub(before) as f64 / 1024.0 / held.len().max(1) as f64,
         );
-        drop(held);
     }
-    if let (Some(before), Some(after)) = (steal_before, procstat::steal_seconds()) {
-        results.steal = Some(Steal {
-            stolen: after - before,
-            wall: began.elapsed().as_secs_f64(),
-        });
-    }
-    report(&settings, &targets, &skipped, &results, &out_dir)?;
-    Ok(results)
+    Ok(())
 }
 
 /// Scenario 2: HTTP/2 with 100 concurrent streams, each target in turn.
