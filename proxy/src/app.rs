@@ -98,26 +98,33 @@ fn control_from_file(path: &std::path::Path) -> Result<Option<ControlTarget>, St
     }))
 }
 
-/// How often pooled upstream connections are checked for having been closed by the upstream.
+/// How often pooled upstream connections are checked for having been closed by the upstream
+/// or idled past their service's `connectionPool.idleTimeout`.
 const IDLE_SWEEP: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Closes, every [`IDLE_SWEEP`], the pooled connections upstreams have closed while idle.
-async fn close_dead_idle_connections(shared: std::sync::Arc<crate::shared::Shared>) {
+/// Closes, every [`IDLE_SWEEP`], the pooled connections upstreams have closed while idle and
+/// those unused for longer than their service's idle timeout.
+async fn close_idle_connections(shared: std::sync::Arc<crate::shared::Shared>) {
+    use crate::service::endpoint::idle_sweeps_allowed;
     let mut tick = tokio::time::interval(IDLE_SWEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let active = shared.config.load();
         let closed: usize = active
+            .snapshot
             .services
             .iter()
-            .flat_map(|service| &service.endpoints)
-            .map(|endpoint| endpoint.close_dead_idle())
+            .zip(&active.services)
+            .flat_map(|(service, runtime)| {
+                let allowed = idle_sweeps_allowed(service.pool_idle_timeout, IDLE_SWEEP);
+                runtime.endpoints.iter().map(move |e| e.close_idle(allowed))
+            })
             .sum();
         if closed > 0 {
             tracing::debug!(
                 closed,
-                "closed idle upstream connections the upstreams had closed"
+                "closed pooled upstream connections that were closed by the upstream or idle too long"
             );
         }
     }
@@ -204,7 +211,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let bound = admin.local_addr().unwrap_or(admin_address);
     tracing::info!(listener = "admin", address = %bound, "listening");
     tokio::spawn(crate::admin::serve(admin, shared.clone()));
-    tokio::spawn(close_dead_idle_connections(shared.clone()));
+    tokio::spawn(close_idle_connections(shared.clone()));
     reloader.mark_ready();
     let reloads =
         tokio::spawn(reloader.run(options.watch_interval, control_attached.then_some(received)));

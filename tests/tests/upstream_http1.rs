@@ -751,6 +751,99 @@ async fn after_a_burst_one_request_at_a_time_reuses_the_last_connection_and_the_
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_left_unused_past_the_idle_timeout_are_closed_by_the_proxy() {
+    bounded(async {
+        // An upstream that never times out a connection (as Go's http.Server by default) and
+        // notes when the proxy closes one, by the path of the request it had served.
+        let closed = Arc::new(Mutex::new(Vec::<(String, std::time::Instant)>::new()));
+        let seen = closed.clone();
+        let up = RawUpstream::start(move |mut wire| {
+            let seen = seen.clone();
+            async move {
+                let mut last = String::new();
+                while let Some(req) = wire.read_request().await? {
+                    last = req.path().to_owned();
+                    answer_served(&mut wire, &req).await?;
+                }
+                seen.lock()
+                    .expect("closed")
+                    .push((last, std::time::Instant::now()));
+                Ok(())
+            }
+        })
+        .await;
+        let addr = [(up.addr.to_string(), 1)];
+        let proxy = Proxy::start(
+            &(proxy("")
+                + &service(
+                    "brief",
+                    "http1",
+                    &addr,
+                    "  connectionPool: {idleTimeout: 1s}",
+                )
+                + &service("kept", "http1", &addr, "")
+                + &http_route(
+                    "r",
+                    "  rules:
+    - {matches: [{path: {type: PathPrefix, value: /brief}}], backendRefs: [{name: brief}]}
+    - {backendRefs: [{name: kept}]}",
+                )),
+        );
+        let client = http1();
+        assert_ok(
+            &get_path(&client, &proxy, "/brief").await,
+            "served /brief",
+            "brief",
+        );
+        let idle_since = std::time::Instant::now();
+        assert_ok(
+            &get_path(&client, &proxy, "/kept").await,
+            "served /kept",
+            "kept",
+        );
+        assert_eq!(up.accepted(), 2, "a connection per service");
+
+        let idle = |name: &'static str| {
+            let admin = proxy.admin();
+            async move {
+                cluster(&clusters(admin).await, name)["endpoints"][0]["idleConnections"]
+                    .as_u64()
+                    .expect("idleConnections")
+            }
+        };
+        // The sweep runs every 2 s: closed between 1 s (the timeout) and 4 s after.
+        strait_tests::eventually(
+            "the upstream sees brief's connection closed",
+            Duration::from_secs(6),
+            || async { (!closed.lock().expect("closed").is_empty()).then_some(()) },
+        )
+        .await;
+        let gone = closed.lock().expect("closed").clone();
+        assert_eq!(gone.len(), 1, "only brief's connection: {gone:?}");
+        assert_eq!(gone[0].0, "/brief");
+        let after = gone[0].1.duration_since(idle_since);
+        assert!(
+            after >= Duration::from_secs(1),
+            "closed {after:?} after it went idle, before its idle timeout"
+        );
+        assert_eq!(idle("brief").await, 0, "brief's pool is empty");
+        assert_eq!(
+            idle("kept").await,
+            1,
+            "the default timeout (60 s) keeps kept's connection"
+        );
+        // A request after the close opens a new connection and is served.
+        assert_ok(
+            &get_path(&client, &proxy, "/brief/again").await,
+            "served /brief/again",
+            "again",
+        );
+        assert_eq!(up.accepted(), 3);
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Broken upstream answers
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ use crate::snapshot::{
 };
 use crate::spec::{Discovery, Document, LbPolicy, ServiceSpec};
 
+/// How long a pooled HTTP/1 connection stays unused before it is closed, unless
+/// `connectionPool.idleTimeout` says otherwise: nginx's upstream `keepalive_timeout`.
+const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Largest endpoint weight accepted.
 pub(crate) const MAX_WEIGHT: u32 = 1000;
 
@@ -222,6 +226,12 @@ pub(crate) fn compile(
             &at.key("connectionPool").key("connectTimeout"),
             pool.connect_timeout,
         );
+        check_positive(
+            errors,
+            doc,
+            &at.key("connectionPool").key("idleTimeout"),
+            pool.idle_timeout,
+        );
     }
 
     Service {
@@ -237,6 +247,9 @@ pub(crate) fn compile(
         max_idle_per_endpoint: pool
             .and_then(|p| p.max_idle_per_endpoint)
             .map_or(64, |n| n as usize),
+        pool_idle_timeout: pool
+            .and_then(|p| p.idle_timeout)
+            .map_or(DEFAULT_POOL_IDLE_TIMEOUT, |d| d.get()),
         health_check: spec.health_check.as_ref().map(|hc| HealthCheck {
             probe: match &hc.http {
                 Some(http) => HealthProbe::Http {

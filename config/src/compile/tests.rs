@@ -293,3 +293,37 @@ fn intercepting_listeners_need_a_fixed_port_and_inbound_a_non_loopback_address()
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].contains("spec.listeners[0].mode"), "{errs:?}");
 }
+
+#[test]
+fn pool_idle_timeout_defaults_to_a_minute_and_zero_is_rejected_at_its_field() {
+    let pool = |spec: &str| {
+        format!(
+            "apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {{name: pooled}}
+spec:
+  protocol: http1
+  endpoints: [{{address: 127.0.0.1:9002}}]
+{spec}"
+        )
+    };
+    let idle_timeout = |spec: &str| {
+        let text = format!("{HEAD}---\n{}", pool(spec));
+        let snapshot = load_str("cfg.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let service = snapshot.services.iter().find(|s| &*s.name == "pooled");
+        service.expect("service pooled").pool_idle_timeout
+    };
+    assert_eq!(idle_timeout(""), std::time::Duration::from_secs(60));
+    assert_eq!(
+        idle_timeout("  connectionPool: {idleTimeout: 1500ms}"),
+        std::time::Duration::from_millis(1500)
+    );
+    let errs = errors_of(&pool("  connectionPool: {idleTimeout: 0s}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("spec.connectionPool.idleTimeout: must be greater than 0")
+            && errs[0].contains("cfg.yaml:"),
+        "{}",
+        errs[0]
+    );
+}

@@ -207,4 +207,9 @@ pub struct ConnectionPoolSpec {
     /// Idle HTTP/1 connections kept per endpoint. Default 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_per_endpoint: Option<u32>,
+    /// How long an HTTP/1 connection may wait in the pool unused before the proxy closes it
+    /// (an upstream that never times out its connections would otherwise keep every one a
+    /// burst opened). Default 60s, as nginx's upstream `keepalive_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
 }

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use hyper::client::conn::http2;
@@ -138,8 +139,10 @@ impl Endpoint {
 
     /// Closes the idle HTTP/1 connections the upstream closed (or spoke on) since they went
     /// idle, which would otherwise wait in CLOSE_WAIT — holding a file descriptor and a
-    /// `maxConnections` slot — until a request took them. Returns how many it closed.
-    pub fn close_dead_idle(&self) -> usize {
+    /// `maxConnections` slot — until a request took them, and those this sweep finds unused
+    /// for the `sweeps_allowed + 1`th time in a row (see [`idle_sweeps_allowed`]). Returns
+    /// how many it closed.
+    pub fn close_idle(&self, sweeps_allowed: u32) -> usize {
         let Pool::Http1(idle) = &self.pool else {
             return 0;
         };
@@ -149,7 +152,7 @@ impl Endpoint {
         let now = idle.len();
         let mut taken: Vec<_> = std::iter::from_fn(|| idle.pop()).take(now).collect();
         let before = taken.len();
-        taken.retain_mut(|conn| conn.is_reusable());
+        taken.retain_mut(|conn| conn.swept_idle() <= sweeps_allowed && conn.is_reusable());
         let closed = before - taken.len();
         for conn in taken.into_iter().rev() {
             // Full only if requests returned more meanwhile: then this one closes.
@@ -166,6 +169,15 @@ impl Endpoint {
             Pool::Tcp => 0,
         }
     }
+}
+
+/// How many sweeps, `every` apart, may find a pooled connection unused before the next one
+/// closes it, for it to close once it has idled `timeout` (and at most `every` later): the
+/// first sweep to find it can come right after it went idle, so the one that closes it is
+/// the first after `timeout` has certainly passed.
+pub fn idle_sweeps_allowed(timeout: Duration, every: Duration) -> u32 {
+    let every = every.as_nanos().max(1);
+    u32::try_from(timeout.as_nanos().div_ceil(every)).unwrap_or(u32::MAX)
 }
 
 impl Candidate for Arc<Endpoint> {
@@ -185,5 +197,85 @@ pub struct InFlight(Arc<Endpoint>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    #[test]
+    fn a_connection_closes_at_the_first_sweep_after_its_idle_timeout() {
+        let every = Duration::from_secs(2);
+        let allowed = |timeout| idle_sweeps_allowed(timeout, every);
+        // Found idle by sweep k (the first can come right after it went idle), a connection
+        // has idled at least (k - 1) * 2 s: the one closing it is the first with that ≥ timeout.
+        assert_eq!(allowed(Duration::from_secs(60)), 30);
+        assert_eq!(allowed(Duration::from_secs(2)), 1);
+        assert_eq!(allowed(Duration::from_millis(2001)), 2);
+        assert_eq!(allowed(Duration::from_millis(500)), 1);
+        assert_eq!(allowed(Duration::MAX), u32::MAX);
+    }
+
+    /// An endpoint with `n` open, idle pooled connections (and their server sides, kept open).
+    async fn pooled(n: usize) -> (Endpoint, Vec<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let endpoint = Endpoint::unlisted("test", address, Pool::Http1(IdleStack::new(8)));
+        let mut servers = Vec::new();
+        for _ in 0..n {
+            let client = TcpStream::connect(address).await.unwrap();
+            servers.push(listener.accept().await.unwrap().0);
+            let Pool::Http1(idle) = &endpoint.pool else {
+                unreachable!()
+            };
+            let mut conn = h1::Connection::new(client, None);
+            conn.idle();
+            idle.push(conn).unwrap();
+        }
+        (endpoint, servers)
+    }
+
+    #[tokio::test]
+    async fn sweeps_close_connections_left_unused_past_the_allowed_count_and_no_others() {
+        let (endpoint, _servers) = pooled(2).await;
+        let Pool::Http1(idle) = &endpoint.pool else {
+            unreachable!()
+        };
+        assert_eq!(endpoint.close_idle(2), 0, "first sweep");
+        // One is used and given back between the sweeps: its idle time starts again.
+        let mut used = idle.pop().unwrap();
+        used.idle();
+        idle.push(used).unwrap();
+        assert_eq!(endpoint.close_idle(2), 0, "second sweep");
+        assert_eq!(
+            endpoint.close_idle(2),
+            1,
+            "third sweep: the unused one goes"
+        );
+        assert_eq!(endpoint.idle_connections(), 1);
+        assert_eq!(
+            endpoint.close_idle(2),
+            1,
+            "fourth: the one used before the second"
+        );
+        assert_eq!(endpoint.idle_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_goes_at_the_next_sweep() {
+        let (endpoint, mut servers) = pooled(2).await;
+        drop(servers.pop());
+        // The reactor learns of the close asynchronously.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut closed = 0;
+        while closed == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            closed = endpoint.close_idle(u32::MAX);
+        }
+        assert_eq!(closed, 1);
+        assert_eq!(endpoint.idle_connections(), 1, "the live one stays");
     }
 }

@@ -33,6 +33,8 @@ pub struct Connection {
     pub(super) input: BytesMut,
     /// The last request's output buffer, kept for its capacity.
     pub(super) output: Vec<u8>,
+    /// Pool sweeps that have found it idle since it was last given back.
+    idle_sweeps: u32,
     /// Counts against the service's `maxConnections` while the connection is open.
     _slot: Option<Slot>,
 }
@@ -45,6 +47,7 @@ impl Connection {
             stream,
             input: BytesMut::new(),
             output: Vec::new(),
+            idle_sweeps: 0,
             _slot: slot,
         })
     }
@@ -67,8 +70,18 @@ impl Connection {
         }
     }
 
-    /// Readies the connection for the idle pool: buffers a large message grew are let go.
+    /// Counts one more pool sweep that found the connection idle; returns how many have.
+    /// Counting sweeps rather than reading the clock when it goes idle keeps its age off the
+    /// request path.
+    pub fn swept_idle(&mut self) -> u32 {
+        self.idle_sweeps = self.idle_sweeps.saturating_add(1);
+        self.idle_sweeps
+    }
+
+    /// Readies the connection for the idle pool: buffers a large message grew are let go, and
+    /// its idle time counts from now.
     pub fn idle(&mut self) {
+        self.idle_sweeps = 0;
         if self.input.capacity() > KEEP_BUFFER {
             self.input = BytesMut::new();
         }
