@@ -301,7 +301,7 @@ pub struct Service {
     pub connect_timeout: Duration,
     /// Idle HTTP/1 connections kept per endpoint.
     pub max_idle_per_endpoint: usize,
-    /// How long a pooled HTTP/1 connection may stay unused before it is closed.
+    /// How long an upstream connection may stay unused before it is closed.
     pub pool_idle_timeout: Duration,
     /// Active health checking.
     pub health_check: Option<HealthCheck>,

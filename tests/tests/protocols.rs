@@ -188,3 +188,78 @@ async fn one_access_log_line_per_request() {
     assert!(f["endpoint"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(f["duration_ms"].as_f64().unwrap() >= 0.0);
 }
+
+/// An h2c server answering 200 "ok" that notes when each connection ends, by when it ended.
+async fn h2c_noting_closes() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+) {
+    use hyper::server::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let noted = noted.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                noted.lock().unwrap().push(std::time::Instant::now());
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upstream_connection_left_unused_past_the_idle_timeout_is_closed() {
+    let run = async {
+        let (addr, closed) = h2c_noting_closes().await;
+        let yaml = proxy("")
+            + &service(
+                "h2",
+                "http2",
+                &[(addr.to_string(), 1)],
+                "  connectionPool: {idleTimeout: 1s}",
+            )
+            + &http_route("r", "  rules:\n    - {backendRefs: [{name: h2}]}");
+        let proxy = Proxy::start(&yaml);
+        let url = format!("{}/", proxy.url("web"));
+        for _ in 0..3 {
+            let a = get(&http1(), &url, "svc.local", &[]).await.unwrap();
+            assert_eq!((a.status.as_u16(), &a.body[..]), (200, &b"ok"[..]));
+        }
+        let idle_since = std::time::Instant::now();
+        // The sweep runs every 2 s: closed between 1 s (the timeout) and 4 s after.
+        strait_tests::eventually(
+            "the upstream sees the proxy close the connection",
+            std::time::Duration::from_secs(6),
+            || async { (!closed.lock().unwrap().is_empty()).then_some(()) },
+        )
+        .await;
+        let after = closed.lock().unwrap()[0].duration_since(idle_since);
+        assert!(
+            after >= std::time::Duration::from_secs(1),
+            "closed {after:?} after its last request, before the idle timeout"
+        );
+        // The next request opens a new connection.
+        let a = get(&http1(), &url, "svc.local", &[]).await.unwrap();
+        assert_eq!((a.status.as_u16(), &a.body[..]), (200, &b"ok"[..]));
+        assert_eq!(
+            closed.lock().unwrap().len(),
+            1,
+            "one connection closed so far"
+        );
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), run)
+        .await
+        .expect("test did not finish within 15 s");
+}

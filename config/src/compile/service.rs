@@ -14,7 +14,7 @@ use crate::snapshot::{
 };
 use crate::spec::{Discovery, Document, LbPolicy, ServiceSpec};
 
-/// How long a pooled HTTP/1 connection stays unused before it is closed, unless
+/// How long an upstream connection stays unused before it is closed, unless
 /// `connectionPool.idleTimeout` says otherwise: nginx's upstream `keepalive_timeout`.
 const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 

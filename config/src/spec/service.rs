@@ -207,9 +207,10 @@ pub struct ConnectionPoolSpec {
     /// Idle HTTP/1 connections kept per endpoint. Default 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_per_endpoint: Option<u32>,
-    /// How long an HTTP/1 connection may wait in the pool unused before the proxy closes it
-    /// (an upstream that never times out its connections would otherwise keep every one a
-    /// burst opened). Default 60s, as nginx's upstream `keepalive_timeout`.
+    /// How long an upstream connection may go unused before the proxy closes it: a pooled
+    /// HTTP/1 connection, or the shared HTTP/2 connection with no request in flight (an
+    /// upstream that never times out its connections would otherwise keep every one a burst
+    /// opened). Default 60s, as nginx's upstream `keepalive_timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
 }

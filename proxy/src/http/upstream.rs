@@ -177,6 +177,7 @@ async fn send_http2(
             s
         }
     };
+    endpoint.note_http2_use();
     sender.ready().await.map_err(classify)?;
     let resp = sender.send_request(req).await.map_err(classify)?;
     Ok(Reply::from(resp.map(UpstreamResponseBody::Http2)))

@@ -6,7 +6,7 @@
 //! carry over.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,9 @@ pub struct Endpoint {
     /// Name of the service it belongs to.
     pub service: Arc<str>,
     in_flight: AtomicU64,
+    /// Sweeps that have found the shared HTTP/2 connection unused since a request last went
+    /// out on it (HTTP/1 connections count their own).
+    unused_sweeps: AtomicU32,
     /// [`OutOfRotation`] bits: one load tells a picker whether the endpoint is usable.
     out: AtomicU8,
     /// Passive outlier-detection counts.
@@ -77,6 +80,7 @@ impl Endpoint {
             label,
             service: service.clone(),
             in_flight: AtomicU64::new(0),
+            unused_sweeps: AtomicU32::new(0),
             out: AtomicU8::new(0),
             outlier: EndpointOutlier::default(),
             healthy,
@@ -93,6 +97,7 @@ impl Endpoint {
             label: address.to_string().into(),
             service: service.into(),
             in_flight: AtomicU64::new(0),
+            unused_sweeps: AtomicU32::new(0),
             out: AtomicU8::new(0),
             outlier: EndpointOutlier::default(),
             healthy: metrics::Gauge::noop(),
@@ -137,28 +142,36 @@ impl Endpoint {
         InFlight(self.clone())
     }
 
-    /// Closes the idle HTTP/1 connections the upstream closed (or spoke on) since they went
-    /// idle, which would otherwise wait in CLOSE_WAIT — holding a file descriptor and a
-    /// `maxConnections` slot — until a request took them, and those this sweep finds unused
-    /// for the `sweeps_allowed + 1`th time in a row (see [`idle_sweeps_allowed`]). Returns
-    /// how many it closed.
+    /// Notes a request sent on the shared HTTP/2 connection: its idle time starts again.
+    pub fn note_http2_use(&self) {
+        self.unused_sweeps.store(0, Ordering::Relaxed);
+    }
+
+    /// One sweep of the pool, which closes what has idled past `sweeps_allowed` sweeps (see
+    /// [`idle_sweeps_allowed`]) and, of HTTP/1 connections, those the upstream closed (or
+    /// spoke on) since they went idle, which would otherwise wait in CLOSE_WAIT — holding a
+    /// file descriptor and a `maxConnections` slot — until a request took them. Returns how
+    /// many it closed.
     pub fn close_idle(&self, sweeps_allowed: u32) -> usize {
-        let Pool::Http1(idle) = &self.pool else {
-            return 0;
-        };
-        // What is there now taken out (top first) and the live ones put back bottom first, so
-        // that their order stands; a check costs a syscall only for a socket that turned
-        // readable, so requests find the pool empty for microseconds at most.
-        let now = idle.len();
-        let mut taken: Vec<_> = std::iter::from_fn(|| idle.pop()).take(now).collect();
-        let before = taken.len();
-        taken.retain_mut(|conn| conn.swept_idle() <= sweeps_allowed && conn.is_reusable());
-        let closed = before - taken.len();
-        for conn in taken.into_iter().rev() {
-            // Full only if requests returned more meanwhile: then this one closes.
-            let _ = idle.push(conn);
+        match &self.pool {
+            Pool::Http1(idle) => close_idle_http1(idle, sweeps_allowed),
+            Pool::Http2(shared) => {
+                if self.in_flight() > 0 {
+                    self.unused_sweeps.store(0, Ordering::Relaxed);
+                    return 0;
+                }
+                let unused = self.unused_sweeps.fetch_add(1, Ordering::Relaxed) + 1;
+                if unused <= sweeps_allowed {
+                    return 0;
+                }
+                self.unused_sweeps.store(0, Ordering::Relaxed);
+                // The connection closes with the last handle to it: this one, unless a
+                // request started since the check above holds another.
+                let dropped = shared.swap(None);
+                usize::from(dropped.is_some_and(|sender| !sender.is_closed()))
+            }
+            Pool::Tcp => 0,
         }
-        closed
     }
 
     /// Idle HTTP/1 connections now pooled.
@@ -169,6 +182,23 @@ impl Endpoint {
             Pool::Tcp => 0,
         }
     }
+}
+
+/// One sweep of an HTTP/1 pool (see [`Endpoint::close_idle`]).
+fn close_idle_http1(idle: &IdleStack<h1::Connection>, sweeps_allowed: u32) -> usize {
+    // What is there now taken out (top first) and the live ones put back bottom first, so
+    // that their order stands; a check costs a syscall only for a socket that turned
+    // readable, so requests find the pool empty for microseconds at most.
+    let now = idle.len();
+    let mut taken: Vec<_> = std::iter::from_fn(|| idle.pop()).take(now).collect();
+    let before = taken.len();
+    taken.retain_mut(|conn| conn.swept_idle() <= sweeps_allowed && conn.is_reusable());
+    let closed = before - taken.len();
+    for conn in taken.into_iter().rev() {
+        // Full only if requests returned more meanwhile: then this one closes.
+        let _ = idle.push(conn);
+    }
+    closed
 }
 
 /// How many sweeps, `every` apart, may find a pooled connection unused before the next one
@@ -262,6 +292,31 @@ mod tests {
             "fourth: the one used before the second"
         );
         assert_eq!(endpoint.idle_connections(), 0);
+    }
+
+    #[test]
+    fn the_http2_connection_is_idle_only_while_no_request_is_in_flight_or_sent() {
+        let address = ([127, 0, 0, 1], 9).into();
+        let endpoint = Arc::new(Endpoint::unlisted(
+            "test",
+            address,
+            Pool::Http2(Default::default()),
+        ));
+        let unused = || endpoint.unused_sweeps.load(Ordering::Relaxed);
+        endpoint.close_idle(2);
+        assert_eq!(unused(), 1);
+        let in_flight = endpoint.start_request();
+        endpoint.close_idle(2);
+        assert_eq!(unused(), 0, "a request in flight (a long stream) is use");
+        drop(in_flight);
+        endpoint.close_idle(2);
+        endpoint.note_http2_use();
+        assert_eq!(unused(), 0, "a request sent since the last sweep is use");
+        endpoint.close_idle(2);
+        endpoint.close_idle(2);
+        assert_eq!(unused(), 2);
+        endpoint.close_idle(2);
+        assert_eq!(unused(), 0, "the third unused sweep lets the connection go");
     }
 
     #[tokio::test]
