@@ -351,7 +351,7 @@ async fn run(settings: Settings) -> Result<Results, String> {
     if settings.runs("reload") {
         reloads(&settings, &bin, up, sink, &work, &mut results).await?;
     }
-    // 5. Memory with idle keep-alive connections (last: it leaves connections behind).
+    // 5. Memory with idle keep-alive connections, in fresh instances of the proxies.
     if settings.runs("memory") {
         memory(&settings, &bin, up, sink, &work, &targets, &mut results).await?;
     }
