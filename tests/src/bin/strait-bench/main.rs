@@ -259,9 +259,10 @@ fn strait_bin() -> Result<PathBuf, String> {
 }
 
 /// Builds the `strait-proxy` binary into `dir` (`<target>/<profile>`), whose name gives the
-/// profile (`debug` is cargo's `dev`). This package is selected too: most dependencies then
-/// resolve to the features they were built with for this binary and are not built again (on a
-/// clean checkout this build takes 1m52s here, 2m29s with strait-proxy alone).
+/// profile (`debug` is cargo's `dev`). Built alone, as it ships and as the scripts in
+/// `scripts/` build it: its dependencies' features are its own, not unified with this
+/// package's (so on a clean checkout some are built twice: 2m29s here, against 1m52s with
+/// this package selected too).
 fn build_proxy(cargo: &std::ffi::OsStr, dir: &Path) -> Result<(), String> {
     let profile = match dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => "dev",
@@ -271,8 +272,8 @@ fn build_proxy(cargo: &std::ffi::OsStr, dir: &Path) -> Result<(), String> {
     let target_dir = dir.parent().ok_or("no target dir")?;
     eprintln!("building strait-proxy (profile {profile})");
     let status = std::process::Command::new(cargo)
-        .args(["build", "-p", "strait-proxy", "-p", env!("CARGO_PKG_NAME")])
-        .args(["--bin", "strait-proxy", "--profile", profile])
+        .args(["build", "-p", "strait-proxy", "--bin", "strait-proxy"])
+        .args(["--profile", profile])
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
