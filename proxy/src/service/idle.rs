@@ -183,6 +183,34 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_view_of_the_top_fails_even_with_the_same_slot_back_on_top() {
+        // The ABA interleaving, played out by hand: a thread about to take the top slot has
+        // read the head and the slot below; before its exchange, another takes the top value
+        // and gives one back, into the same slot, which is on top again.
+        let stack = IdleStack::new(4);
+        assert!(stack.push(Box::new(1)).is_ok());
+        assert!(stack.push(Box::new(2)).is_ok());
+        let seen = stack.values.load(Ordering::Acquire);
+        let top = Head::slot(seen).expect("a top slot");
+        let below = stack.slots[top as usize].next.load(Ordering::Relaxed);
+
+        assert_eq!(stack.pop().as_deref(), Some(&2));
+        assert!(stack.push(Box::new(3)).is_ok());
+        let now = stack.values.load(Ordering::Acquire);
+        assert_eq!(Head::slot(now), Some(top), "the same slot is back on top");
+
+        let stale = stack.values.compare_exchange(
+            seen,
+            Head::after(seen, below),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        assert!(stale.is_err(), "a stale exchange went through");
+        assert_eq!(stack.pop().as_deref(), Some(&3));
+        assert_eq!(stack.pop().as_deref(), Some(&1));
+    }
+
+    #[test]
     fn full_stack_gives_the_value_back() {
         let stack = IdleStack::new(2);
         assert!(stack.push(Box::new(1)).is_ok());
