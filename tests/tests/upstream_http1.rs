@@ -552,6 +552,13 @@ async fn interim_100_continue_is_skipped_for_the_final_response() {
     .await;
 }
 
+/// Idle connections pooled to the first endpoint of `service`, as `/clusters` reports them.
+async fn idle_connections(proxy: &Proxy, service: &str) -> u64 {
+    cluster(&clusters(proxy.admin()).await, service)["endpoints"][0]["idleConnections"]
+        .as_u64()
+        .expect("idleConnections")
+}
+
 /// Answers `req` with a keep-alive 200 whose body is `served PATH`.
 async fn answer_served(wire: &mut Wire, req: &Seen) -> io::Result<()> {
     answer(wire, &format!("served {}", req.path())).await
@@ -613,18 +620,16 @@ async fn an_idle_pooled_connection_closed_by_the_upstream_leaves_the_pool_withou
             "served /one",
             "first",
         );
-        let idle = || async {
-            let clusters = clusters(proxy.admin()).await;
-            cluster(&clusters, "raw")["endpoints"][0]["idleConnections"]
-                .as_u64()
-                .expect("idleConnections")
-        };
-        assert_eq!(idle().await, 1, "kept for the next request");
+        assert_eq!(
+            idle_connections(&proxy, "raw").await,
+            1,
+            "kept for the next request"
+        );
         // Within the proxy's sweep interval (2 s), not at the next request.
         strait_tests::eventually(
             "the dead connection leaves the pool",
             Duration::from_secs(5),
-            || async { (idle().await == 0).then_some(()) },
+            || async { (idle_connections(&proxy, "raw").await == 0).then_some(()) },
         )
         .await;
     })
@@ -741,10 +746,9 @@ async fn after_a_burst_one_request_at_a_time_reuses_the_last_connection_and_the_
             BURST,
             "no connection was opened for the trickle"
         );
-        let idle = clusters(proxy.admin()).await;
         assert_eq!(
-            cluster(&idle, "raw")["endpoints"][0]["idleConnections"].as_u64(),
-            Some(1),
+            idle_connections(&proxy, "raw").await,
+            1,
             "the connections the trickle left alone timed out at the upstream and left the pool"
         );
     })
@@ -804,14 +808,6 @@ async fn pooled_connections_left_unused_past_the_idle_timeout_are_closed_by_the_
         );
         assert_eq!(up.accepted(), 2, "a connection per service");
 
-        let idle = |name: &'static str| {
-            let admin = proxy.admin();
-            async move {
-                cluster(&clusters(admin).await, name)["endpoints"][0]["idleConnections"]
-                    .as_u64()
-                    .expect("idleConnections")
-            }
-        };
         // The sweep runs every 2 s: closed between 1 s (the timeout) and 4 s after.
         strait_tests::eventually(
             "the upstream sees brief's connection closed",
@@ -827,9 +823,13 @@ async fn pooled_connections_left_unused_past_the_idle_timeout_are_closed_by_the_
             after >= Duration::from_secs(1),
             "closed {after:?} after it went idle, before its idle timeout"
         );
-        assert_eq!(idle("brief").await, 0, "brief's pool is empty");
         assert_eq!(
-            idle("kept").await,
+            idle_connections(&proxy, "brief").await,
+            0,
+            "brief's pool is empty"
+        );
+        assert_eq!(
+            idle_connections(&proxy, "kept").await,
             1,
             "the default timeout (60 s) keeps kept's connection"
         );
