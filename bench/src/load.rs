@@ -324,23 +324,42 @@ pub async fn bulk(addr: SocketAddr, total: u64) -> Run {
 }
 
 /// Opens `n` keep-alive connections, each after one answered request; holds them open.
+/// Opens up to `AT_ONCE` at a time: a proxy that holds fewer than `n` (haproxy sizes its
+/// `maxconn` from the file-descriptor limit, two per connection) leaves the rest unanswered
+/// until their timeout, and one after another those timeouts took a minute.
 pub async fn idle_connections(
     addr: SocketAddr,
     host: &str,
     n: usize,
 ) -> (Vec<http1::SendRequest<Empty<Bytes>>>, u64) {
+    const AT_ONCE: usize = 16;
     let mut held = Vec::with_capacity(n);
     let mut failed = 0;
+    let mut opening = tokio::task::JoinSet::new();
+    let mut settle = |opened: Result<Option<_>, tokio::task::JoinError>| match opened {
+        Ok(Some(s)) => held.push(s),
+        _ => failed += 1,
+    };
     for _ in 0..n {
-        let opened = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut s = connect_h1(addr).await?;
-            once(&mut s, host, "/").await.map(|_| s)
-        })
-        .await;
-        match opened {
-            Ok(Some(s)) => held.push(s),
-            _ => failed += 1,
+        if opening.len() >= AT_ONCE {
+            if let Some(opened) = opening.join_next().await {
+                settle(opened);
+            }
         }
+        let host = host.to_owned();
+        opening.spawn(async move {
+            let open = async {
+                let mut s = connect_h1(addr).await?;
+                once(&mut s, &host, "/").await.map(|_| s)
+            };
+            tokio::time::timeout(Duration::from_secs(2), open)
+                .await
+                .ok()
+                .flatten()
+        });
+    }
+    while let Some(opened) = opening.join_next().await {
+        settle(opened);
     }
     (held, failed)
 }

@@ -1,7 +1,8 @@
 //! `strait-bench`: Strait against direct, nginx and haproxy, in one run.
 //!
 //! ```text
-//! cargo run --release -p strait-tests --bin strait-bench [-- --quick] [--rounds N] [--seconds S]
+//! scripts/bench.sh [--quick] [--rounds N] [--seconds S] [--only SCENARIO,...]
+//! cargo run --release -p strait-bench [-- --quick ...]   # the same, building one after the other
 //! ```
 //!
 //! Proxies run pinned to CPU 0; this process (load generator and upstream, one thread) to
@@ -50,7 +51,7 @@ impl Settings {
         let mut s = Self {
             quick: false,
             rounds: 3,
-            seconds: 5.0,
+            seconds: 4.0,
             idle_connections: 10_000,
             route_counts: vec![10, 1_000, 10_000],
             tcp_bytes: 2 << 30,
@@ -259,10 +260,10 @@ fn strait_bin() -> Result<PathBuf, String> {
 }
 
 /// Builds the `strait-proxy` binary into `dir` (`<target>/<profile>`), whose name gives the
-/// profile (`debug` is cargo's `dev`). Built alone, as it ships and as the scripts in
-/// `scripts/` build it: its dependencies' features are its own, not unified with this
-/// package's (so on a clean checkout some are built twice: 2m29s here, against 1m52s with
-/// this package selected too).
+/// profile (`debug` is cargo's `dev`), as it ships. `scripts/bench.sh` builds both in one
+/// cargo invocation instead, which gives the same binary (this package adds no feature to a
+/// dependency they share) sooner: from clean, 2m08s here against ~3m40s for this build after
+/// the bench's own, which cannot overlap it.
 fn build_proxy(cargo: &std::ffi::OsStr, dir: &Path) -> Result<(), String> {
     let profile = match dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => "dev",
@@ -326,36 +327,51 @@ async fn run(settings: Settings) -> Result<Results, String> {
             );
         }
     }
-    eprintln!("warming up");
+    let step = |what: &str| eprintln!("[{:>4.0} s] {what}", began.elapsed().as_secs_f64());
+    step("warming up");
     for t in &targets {
         load::saturate(t.http, "bench", "/", 8, Duration::from_millis(300)).await;
     }
-    for round in 0..settings.rounds {
-        eprintln!("round {}/{}", round + 1, settings.rounds);
+    let rounds = settings.rounds;
+    for round in 0..rounds {
         if settings.runs("http1") {
+            step(&format!("round {}/{rounds}: http1", round + 1));
             latency_at_fixed_rates(&settings, &targets, &mut results).await;
             saturation_in_slices(&settings, &targets, &mut results).await;
         }
         if settings.runs("h2c") {
+            step(&format!("round {}/{rounds}: h2c", round + 1));
             h2c(&settings, &targets, round, &mut results).await;
         }
         if settings.runs("big") {
+            step(&format!("round {}/{rounds}: 1 MiB responses", round + 1));
             big_responses(&settings, &targets, round, &mut results).await;
         }
-        if settings.runs("tcp") {
+    }
+    if settings.runs("tcp") {
+        if !settings.quick {
+            step("quiet before tcp bulk");
+            tokio::time::sleep(QUIET_BEFORE_TCP).await;
+        }
+        for round in 0..rounds {
+            step(&format!("round {}/{rounds}: tcp bulk", round + 1));
             tcp_bulk(&settings, &targets, round, &mut results).await;
         }
     }
     if settings.runs("routes") {
+        step("route scaling");
         routes(&settings, &bin, up, sink, &work, &mut results).await?;
     }
     if settings.runs("reload") {
+        step("reloads under load");
         reloads(&settings, &bin, up, sink, &work, &mut results).await?;
     }
     // 5. Memory with idle keep-alive connections, in fresh instances of the proxies.
     if settings.runs("memory") {
+        step("memory with idle connections");
         memory(&settings, &bin, up, sink, &work, &targets, &mut results).await?;
     }
+    step("done");
     if let (Some(before), Some(after)) = (steal_before, procstat::steal_seconds()) {
         results.steal = Some(Steal {
             stolen: after - before,
@@ -477,17 +493,14 @@ async fn big_responses(
 /// that starts right after that proxy served 10 GB of 1 MiB responses reads about half of what
 /// it reads otherwise (Strait: 910–1030 MB/s against 1800–2200), and recovers over 5 to 10 s;
 /// what lingers is not in the proxy's sockets, which are idle and empty by then. So the TCP
-/// runs come after a pause and one after another, never straight after another scenario.
+/// rounds run after the others, one after another, after a pause (none in `--quick`, whose
+/// timings are not read).
 const QUIET_BEFORE_TCP: Duration = Duration::from_secs(8);
 
-/// Scenario 4: opaque TCP bulk, each target in turn after a quiet pause (none in `--quick`,
-/// whose timings are not read). This process's own CPU is reported beside the proxy's: the
-/// load generator and the sink share one core, and whether that core or the proxy's is the
-/// bottleneck decides what the throughput measures.
+/// Scenario 4: opaque TCP bulk, each target in turn. This process's own CPU is reported
+/// beside the proxy's: the load generator and the sink share one core, and whether that core
+/// or the proxy's is the bottleneck decides what the throughput measures.
 async fn tcp_bulk(settings: &Settings, targets: &[Target], round: usize, results: &mut Results) {
-    if !settings.quick {
-        tokio::time::sleep(QUIET_BEFORE_TCP).await;
-    }
     for (_, t) in in_turn(targets, round) {
         let own_cpu = || procstat::cpu_seconds(std::process::id());
         let (before, own_before) = (cpu(t), own_cpu());
@@ -659,38 +672,53 @@ async fn reloads(
             Ok(())
         }
     };
+    // Quiet and reloading runs in slices of about a second, alternating (Q R R Q Q R …) and
+    // merged per round, for the reason the HTTP/1 fixed-rate runs are sliced: this VM's
+    // spells of noise would otherwise land on whichever of the two ran through them.
+    let (slices, slice) = settings.slices();
     let mut swaps = 0usize;
     for _ in 0..settings.rounds {
-        let quiet = load::fixed_rate(t.http, "bench", 2_000, settings.duration(), 64).await;
-        results.errors("strait", quiet.errors);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reloader = {
-            let (stop, swap) = (stop.clone(), swap.clone());
-            std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = swap(swaps);
-                    swaps += 1;
-                    std::thread::sleep(Duration::from_millis(100));
+        let mut merged: [Option<hdrhistogram::Histogram<u64>>; 2] = [None, None];
+        for k in 0..slices {
+            let order = if k % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for reloading in order {
+                let run = if reloading {
+                    let run;
+                    (run, swaps) = reloading_every_100ms(t.http, slice, &swap, swaps).await?;
+                    // The last reload's parse and compile (~65 ms) end before a quiet slice.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    run
+                } else {
+                    load::fixed_rate(t.http, "bench", 2_000, slice, 64).await
+                };
+                results.errors("strait", run.errors);
+                let (Some(h), m) = (run.latency, &mut merged[usize::from(reloading)]) else {
+                    continue;
+                };
+                match m {
+                    Some(m) => {
+                        let _ = m.add(&h);
+                    }
+                    None => *m = Some(h),
                 }
-                swaps
-            })
-        };
-        let busy = load::fixed_rate(t.http, "bench", 2_000, settings.duration(), 64).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        swaps = reloader.join().map_err(|_| "reloader panicked")?;
-        results.errors("strait", busy.errors);
-        if let (Some(q), Some(b)) = (&quiet.latency, &busy.latency) {
+            }
+        }
+        if let [Some(quiet), Some(busy)] = &merged {
             results.add(
                 "reload under load",
                 "p99 ms @ 2k rps, no reloads",
                 "strait",
-                q.value_at_quantile(0.99) as f64 / 1000.0,
+                quiet.value_at_quantile(0.99) as f64 / 1000.0,
             );
             results.add(
                 "reload under load",
                 "p99 ms @ 2k rps, reload every 100 ms",
                 "strait",
-                b.value_at_quantile(0.99) as f64 / 1000.0,
+                busy.value_at_quantile(0.99) as f64 / 1000.0,
             );
         }
     }
@@ -725,6 +753,33 @@ async fn reloads(
         );
     }
     Ok(())
+}
+
+/// 2k requests/s to `addr` for `duration` while a thread calls `swap(n)` (a reload) every
+/// 100 ms, counting on from `swaps`; returns the run and the count of swaps so far.
+async fn reloading_every_100ms(
+    addr: SocketAddr,
+    duration: Duration,
+    swap: &(impl Fn(usize) -> std::io::Result<()> + Clone + Send + 'static),
+    swaps: usize,
+) -> Result<(load::Run, usize), String> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reloader = {
+        let (stop, swap) = (stop.clone(), swap.clone());
+        std::thread::spawn(move || {
+            let mut swaps = swaps;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = swap(swaps);
+                swaps += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            swaps
+        })
+    };
+    let run = load::fixed_rate(addr, "bench", 2_000, duration, 64).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = reloader.join().map_err(|_| "reloader panicked")?;
+    Ok((run, swaps))
 }
 
 /// Sends SIGHUP to `pid` — directly, not by starting `kill`, which would take CPU from the load
@@ -776,7 +831,7 @@ fn report(
     };
     let has_nginx = names.iter().any(|n| n == "nginx");
     let mut command = format!(
-        "cargo run --release -p strait-tests --bin strait-bench --{}",
+        "scripts/bench.sh{}",
         if settings.quick {
             " --quick".to_owned()
         } else {
