@@ -36,6 +36,18 @@ impl Run {
     pub fn rps(&self) -> f64 {
         self.ok as f64 / self.seconds.max(1e-9)
     }
+
+    /// Moves this run's latencies into `merged`, which gathers the slices of one target's
+    /// run. (The histograms share their bounds, so adding one to another cannot fail.)
+    pub fn merge_latency_into(&mut self, merged: &mut Option<Histogram<u64>>) {
+        let Some(h) = self.latency.take() else { return };
+        match merged {
+            Some(m) => {
+                let _ = m.add(&h);
+            }
+            None => *merged = Some(h),
+        }
+    }
 }
 
 async fn connect_h1(addr: SocketAddr) -> Option<http1::SendRequest<Empty<Bytes>>> {

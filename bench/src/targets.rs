@@ -343,3 +343,27 @@ fn which(program: &str) -> Option<PathBuf> {
         )
         .find(|p| p.is_file())
 }
+
+/// Starts Strait and, when installed, nginx and haproxy, with their files in `dir`; returns
+/// them and, for each peer that could not be started, why.
+pub fn start_proxies(
+    bin: &Path,
+    up: SocketAddr,
+    sink: SocketAddr,
+    dir: &Path,
+) -> Result<(Vec<Target>, Vec<String>), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut proxies = vec![strait(bin, up, sink, 1, dir)?];
+    let mut skipped = Vec::new();
+    for (name, started) in [
+        ("nginx", nginx(up, sink, dir)),
+        ("haproxy", haproxy(up, sink, dir)),
+    ] {
+        match started {
+            Some(Ok(t)) => proxies.push(t),
+            Some(Err(e)) => skipped.push(format!("{name}: failed to start ({e})")),
+            None => skipped.push(format!("{name}: not installed (apt-get install -y {name})")),
+        }
+    }
+    Ok((proxies, skipped))
+}
