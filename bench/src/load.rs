@@ -375,3 +375,30 @@ pub async fn idle_connections(
     }
     (held, failed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_with(latencies: &[u64]) -> Run {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+        for &l in latencies {
+            h.record(l).expect("in bounds");
+        }
+        Run {
+            latency: Some(h),
+            ..Run::default()
+        }
+    }
+
+    #[test]
+    fn slices_merge_into_one_histogram_per_target() {
+        let mut merged = None;
+        run_with(&[100, 200]).merge_latency_into(&mut merged);
+        run_with(&[300, 40_000]).merge_latency_into(&mut merged);
+        Run::default().merge_latency_into(&mut merged);
+        let merged = merged.expect("two slices merged");
+        assert_eq!(merged.len(), 4);
+        assert_eq!(merged.max(), merged.highest_equivalent(40_000));
+    }
+}

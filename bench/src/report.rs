@@ -55,10 +55,17 @@ impl Results {
     }
 }
 
+/// The median of `v` (the mean of the two middle values when their count is even); NaN when
+/// `v` is empty.
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+    let mid = s.len() / 2;
+    match (s.len() % 2, s.get(mid)) {
+        (_, None) => f64::NAN,
+        (1, Some(&m)) => m,
+        (_, Some(&upper)) => (s[mid - 1] + upper) / 2.0,
+    }
 }
 
 pub fn report(
@@ -227,5 +234,18 @@ pub fn fmt(v: f64) -> String {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_no_samples() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+        assert!(median(&[]).is_nan());
     }
 }

@@ -148,7 +148,7 @@ pub async fn tcp_bulk(
 /// even turns and backward on odd ones, so that no target always runs right after the same
 /// other one (Strait would otherwise always follow direct, whose run leaves the proxies' CPU
 /// idle).
-pub fn in_turn(targets: &[Target], k: usize) -> impl Iterator<Item = (usize, &Target)> {
+pub fn in_turn<T>(targets: &[T], k: usize) -> impl Iterator<Item = (usize, &T)> {
     let n = targets.len();
     (0..n)
         .map(move |j| if k % 2 == 0 { j } else { n - 1 - j })
@@ -251,4 +251,21 @@ pub async fn routes(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_take_turns_forward_then_backward() {
+        let order = |k| {
+            in_turn(&["a", "b", "c"], k)
+                .map(|(i, t)| (i, *t))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(0), [(0, "a"), (1, "b"), (2, "c")]);
+        assert_eq!(order(1), [(2, "c"), (1, "b"), (0, "a")]);
+        assert_eq!(order(2), order(0));
+    }
 }

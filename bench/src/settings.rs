@@ -19,7 +19,14 @@ pub struct Settings {
 pub const SCENARIOS: [&str; 7] = ["http1", "h2c", "big", "tcp", "memory", "routes", "reload"];
 
 impl Settings {
+    /// The settings from this process's arguments.
     pub fn from_args() -> Result<Self, String> {
+        Self::parse(std::env::args().skip(1))
+    }
+
+    /// The settings from `args` (without the program's name). `--quick` sets its own
+    /// defaults, which `--rounds` and `--seconds` override wherever they stand.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
         let mut s = Self {
             quick: false,
             rounds: 3,
@@ -29,28 +36,19 @@ impl Settings {
             tcp_bytes: 2 << 30,
             only: Vec::new(),
         };
-        let mut args = std::env::args().skip(1);
+        let (mut rounds, mut seconds) = (None, None);
+        let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
-                "--quick" => {
-                    s.quick = true;
-                    s.rounds = 1;
-                    s.seconds = 1.0;
-                    s.idle_connections = 500;
-                    s.route_counts = vec![10, 1_000];
-                    s.tcp_bytes = 64 << 20;
-                }
+                "--quick" => s.quick = true,
                 "--rounds" => {
-                    s.rounds = args
-                        .next()
-                        .and_then(|v| v.parse().ok())
-                        .ok_or("--rounds N")?
+                    let n = args.next().and_then(|v| v.parse::<usize>().ok());
+                    rounds = Some(n.filter(|&n| n >= 1).ok_or("--rounds N (N ≥ 1)")?);
                 }
                 "--seconds" => {
-                    s.seconds = args
-                        .next()
-                        .and_then(|v| v.parse().ok())
-                        .ok_or("--seconds S")?
+                    let v = args.next().and_then(|v| v.parse::<f64>().ok());
+                    let valid = |v: &f64| v.is_finite() && (0.1..=3600.0).contains(v);
+                    seconds = Some(v.filter(valid).ok_or("--seconds S (0.1 to 3600)")?);
                 }
                 "--only" => {
                     let list = args.next().ok_or("--only SCENARIO[,SCENARIO...]")?;
@@ -73,6 +71,15 @@ impl Settings {
                 }
             }
         }
+        if s.quick {
+            s.rounds = 1;
+            s.seconds = 1.0;
+            s.idle_connections = 500;
+            s.route_counts = vec![10, 1_000];
+            s.tcp_bytes = 64 << 20;
+        }
+        s.rounds = rounds.unwrap_or(s.rounds);
+        s.seconds = seconds.unwrap_or(s.seconds);
         Ok(s)
     }
 
@@ -90,5 +97,56 @@ impl Settings {
     pub fn slices(&self) -> (u32, Duration) {
         let n = self.seconds.round().max(1.0) as u32;
         (n, self.duration() / n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        Settings::parse(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn quick_sets_its_defaults_and_explicit_values_win_wherever_they_stand() {
+        let s = parse(&["--rounds", "2", "--quick"]).expect("valid");
+        assert!(s.quick);
+        assert_eq!((s.rounds, s.seconds, s.idle_connections), (2, 1.0, 500));
+        let s = parse(&[]).expect("valid");
+        assert_eq!((s.rounds, s.seconds, s.idle_connections), (3, 4.0, 10_000));
+    }
+
+    #[test]
+    fn only_names_known_scenarios_and_limits_what_runs() {
+        let s = parse(&["--only", "http1,reload"]).expect("valid");
+        assert!(s.runs("http1") && s.runs("reload") && !s.runs("tcp"));
+        assert!(parse(&[]).expect("valid").runs("tcp"));
+        let e = parse(&["--only", "http1,http3"]).expect_err("http3 is no scenario");
+        assert!(e.contains("unknown scenario http3"), "{e}");
+    }
+
+    #[test]
+    fn values_that_cannot_make_a_run_are_refused() {
+        for bad in [
+            &["--rounds", "0"][..],
+            &["--rounds", "x"],
+            &["--rounds"],
+            &["--seconds", "0"],
+            &["--seconds", "-1"],
+            &["--seconds", "NaN"],
+            &["--seconds", "inf"],
+            &["--fast"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_run_is_cut_into_slices_of_about_a_second() {
+        let s = parse(&["--seconds", "4"]).expect("valid");
+        assert_eq!(s.slices(), (4, Duration::from_secs(1)));
+        let s = parse(&["--seconds", "0.3"]).expect("valid");
+        assert_eq!(s.slices(), (1, Duration::from_millis(300)));
     }
 }
