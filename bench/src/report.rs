@@ -37,6 +37,7 @@ pub struct Steal {
 }
 
 impl Results {
+    /// Records one round's `value` of `metric` for `target`; rows keep the order first seen.
     pub fn add(&mut self, scenario: &str, metric: &str, target: &str, value: f64) {
         let key = (scenario.to_owned(), metric.to_owned());
         if !self.samples.contains_key(&key) {
@@ -50,6 +51,7 @@ impl Results {
             .push(value);
     }
 
+    /// Counts `n` failed requests against `target`.
     pub fn errors(&mut self, target: &str, n: u64) {
         *self.errors.entry(target.to_owned()).or_default() += n;
     }
@@ -68,6 +70,7 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// Prints the markdown report and writes it, with the JSON, to `out_dir`.
 pub fn report(
     settings: &Settings,
     targets: &[Target],
@@ -227,6 +230,7 @@ pub fn report(
     Ok(())
 }
 
+/// `v` with three significant digits or so, as the table shows figures.
 pub fn fmt(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")

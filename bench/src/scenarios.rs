@@ -10,6 +10,7 @@ use crate::settings::Settings;
 use crate::targets::{self, start_proxies, Target};
 use crate::{load, procstat};
 
+/// CPU seconds (user + system) the target's process has used so far; None for direct.
 pub fn cpu(target: &Target) -> Option<f64> {
     target.pid().and_then(procstat::cpu_seconds)
 }

@@ -88,6 +88,7 @@ impl Settings {
         self.only.is_empty() || self.only.iter().any(|n| n == name)
     }
 
+    /// How long each target runs per scenario and round.
     pub fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.seconds)
     }
