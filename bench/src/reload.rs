@@ -119,7 +119,7 @@ pub async fn reloads(
 
 /// 2k requests/s to `addr` for `duration` while a thread calls `swap(n)` (a reload) every
 /// 100 ms, counting on from `swaps`; returns the run and the count of swaps so far.
-pub async fn reloading_every_100ms(
+async fn reloading_every_100ms(
     addr: SocketAddr,
     duration: Duration,
     swap: &(impl Fn(usize) -> std::io::Result<()> + Clone + Send + 'static),
@@ -146,7 +146,7 @@ pub async fn reloading_every_100ms(
 
 /// Sends SIGHUP to `pid` — directly, not by starting `kill`, which would take CPU from the load
 /// generator on its core in the middle of the measurement.
-pub fn hangup(pid: u32) {
+fn hangup(pid: u32) {
     if let Ok(pid) = libc::pid_t::try_from(pid) {
         // SAFETY: kill(2) with a valid signal number has no memory-safety preconditions.
         unsafe {
@@ -156,15 +156,15 @@ pub fn hangup(pid: u32) {
 }
 
 /// The phases of one applied reload, as the proxy logs them.
-pub struct Reload {
+struct Reload {
     /// Reading the files and parsing the YAML into resources.
-    pub parse_ms: f64,
+    parse_ms: f64,
     /// Compiling, building the runtime and swapping it in.
-    pub compile_ms: f64,
+    compile_ms: f64,
 }
 
 /// Every reload the proxy logged as applied, in order.
-pub fn reload_durations(log: &Path) -> Vec<Reload> {
+fn reload_durations(log: &Path) -> Vec<Reload> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()

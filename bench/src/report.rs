@@ -231,7 +231,7 @@ pub fn report(
 }
 
 /// `v` with three significant digits or so, as the table shows figures.
-pub fn fmt(v: f64) -> String {
+fn fmt(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {

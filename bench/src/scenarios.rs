@@ -11,12 +11,12 @@ use crate::targets::{self, start_proxies, Target};
 use crate::{load, procstat};
 
 /// CPU seconds (user + system) the target's process has used so far; None for direct.
-pub fn cpu(target: &Target) -> Option<f64> {
+fn cpu(target: &Target) -> Option<f64> {
     target.pid().and_then(procstat::cpu_seconds)
 }
 
 /// CPU seconds the target's process has used since it read `before` (from `cpu`).
-pub fn cpu_since(target: &Target, before: Option<f64>) -> Option<f64> {
+fn cpu_since(target: &Target, before: Option<f64>) -> Option<f64> {
     Some(cpu(target)? - before?)
 }
 
@@ -149,7 +149,7 @@ pub async fn tcp_bulk(
 /// even turns and backward on odd ones, so that no target always runs right after the same
 /// other one (Strait would otherwise always follow direct, whose run leaves the proxies' CPU
 /// idle).
-pub fn in_turn<T>(targets: &[T], k: usize) -> impl Iterator<Item = (usize, &T)> {
+fn in_turn<T>(targets: &[T], k: usize) -> impl Iterator<Item = (usize, &T)> {
     let n = targets.len();
     (0..n)
         .map(move |j| if k % 2 == 0 { j } else { n - 1 - j })

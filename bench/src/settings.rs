@@ -16,7 +16,7 @@ pub struct Settings {
 }
 
 /// Scenario names accepted by `--only`.
-pub const SCENARIOS: [&str; 7] = ["http1", "h2c", "big", "tcp", "memory", "routes", "reload"];
+const SCENARIOS: [&str; 7] = ["http1", "h2c", "big", "tcp", "memory", "routes", "reload"];
 
 impl Settings {
     /// The settings from this process's arguments.
