@@ -98,8 +98,13 @@ pub fn report(
     if !settings.only.is_empty() {
         let _ = write!(command, " --only {}", settings.only.join(","));
     }
+    let commit = source_commit();
     let mut md = String::new();
     let _ = writeln!(md, "Machine: {}  ", procstat::machine());
+    let _ = match &commit {
+        Some(c) => writeln!(md, "Source: commit {c}  "),
+        None => writeln!(md, "Source: not a git checkout  "),
+    };
     let _ = writeln!(
         md,
         "Peers: {}  ",
@@ -209,6 +214,7 @@ pub fn report(
     std::fs::write(out_dir.join("results.md"), &md).map_err(|e| e.to_string())?;
     let doc = json!({
         "machine": procstat::machine(),
+        "commit": commit,
         "command": command,
         "peers": targets.iter().map(|t| json!({"name": t.name, "version": t.version})).collect::<Vec<_>>(),
         "skipped": skipped,
@@ -228,6 +234,25 @@ pub fn report(
     .map_err(|e| e.to_string())?;
     eprintln!("written: {}", out_dir.join("results.md").display());
     Ok(())
+}
+
+/// The commit of the checkout the bench was built from (`git describe --always --dirty`:
+/// `-dirty` when tracked files have changes not committed), so that a table can be traced
+/// to its source; None without git or outside a checkout.
+fn source_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let commit = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !commit.is_empty()).then_some(commit)
 }
 
 /// `v` with three significant digits or so, as the table shows figures.
