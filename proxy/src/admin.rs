@@ -53,7 +53,9 @@ async fn answer(
     }
     Ok(match req.uri().path() {
         "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(shared.prometheus.render())));
+            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render(
+                &shared.prometheus,
+            ))));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

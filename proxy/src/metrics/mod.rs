@@ -3,10 +3,14 @@
 //! Handles are created at reload time so a request only touches atomics: no registry lookup,
 //! no label hashing, no lock.
 
+mod duration;
+
 use std::sync::{Arc, OnceLock};
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
+use metrics::{describe_counter, describe_gauge, Counter, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use duration::DurationHistogram;
 
 /// `strait_requests_total{listener,route,service,code}`.
 pub const REQUESTS_TOTAL: &str = "strait_requests_total";
@@ -33,26 +37,12 @@ pub const CIRCUIT_STATE: &str = "strait_circuit_state";
 /// `strait_endpoint_healthy{service,endpoint}`.
 pub const ENDPOINT_HEALTHY: &str = "strait_endpoint_healthy";
 
-const DURATION_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
 /// Installs the global recorder and describes every metric (promtool wants HELP lines).
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(REQUEST_DURATION.to_owned()),
-            &DURATION_BUCKETS,
-        )?
-        .install_recorder()?;
+    let handle = PrometheusBuilder::new().install_recorder()?;
     describe_counter!(
         REQUESTS_TOTAL,
         "HTTP requests answered, by listener, route, service and status code."
-    );
-    describe_histogram!(
-        REQUEST_DURATION,
-        Unit::Seconds,
-        "Time from request received to response headers sent."
     );
     describe_counter!(
         CONFIG_RELOADS,
@@ -95,13 +85,24 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     Ok(handle)
 }
 
+/// The metrics text for `/metrics`: the exporter's, then the request-duration histograms.
+pub fn render(prometheus: &PrometheusHandle) -> String {
+    let mut out = prometheus.render();
+    duration::render(
+        REQUEST_DURATION,
+        "Time from request received to response headers sent.",
+        &mut out,
+    );
+    out
+}
+
 /// Counters per status code for one (listener, route, service), created on first use.
 #[derive(Debug)]
 pub struct RequestMetrics {
     labels: [(&'static str, Arc<str>); 3],
     /// One lazily filled block of 100 counters per status class (1xx..5xx).
     classes: [OnceLock<Box<[OnceLock<Counter>]>>; 5],
-    duration: Histogram,
+    duration: Arc<DurationHistogram>,
 }
 
 impl RequestMetrics {
@@ -112,12 +113,7 @@ impl RequestMetrics {
             ("route", route.clone()),
             ("service", service.clone()),
         ];
-        let duration = metrics::histogram!(
-            REQUEST_DURATION,
-            "listener" => listener.clone(),
-            "route" => route.clone(),
-            "service" => service.clone()
-        );
+        let duration = duration::histogram(listener, route, service);
         Self {
             labels,
             classes: Default::default(),
