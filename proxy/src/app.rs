@@ -137,8 +137,9 @@ const NACK_DELIVERY: std::time::Duration = std::time::Duration::from_secs(3);
 /// up to the configured drain timeout, and returns.
 pub async fn run(options: Options) -> Result<(), StartError> {
     let prometheus = crate::metrics::install()?;
-    // Histogram samples wait in the recorder until drained: drain them on a timer, or a proxy
-    // nobody scrapes would grow without bound.
+    // The exporter keeps a histogram's samples until they are drained: drain them on a timer,
+    // or a proxy nobody scrapes would grow without bound. (The request-duration histogram is
+    // not the exporter's, see `metrics::duration`; this guards any other one.)
     let upkeep = prometheus.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
