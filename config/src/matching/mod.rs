@@ -22,14 +22,17 @@ use regex::Regex;
 use crate::snapshot::HttpRule;
 
 mod group;
+mod path;
 use group::Group;
+pub use path::normalize_path;
 
 /// The parts of a request that matching looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
     /// Host without port, lowercase.
     pub host: &'a str,
-    /// Path without the query.
+    /// Path without the query, normalised by [`normalize_path`] (the request's own bytes go
+    /// upstream; this is only what matching sees).
     pub path: &'a str,
     /// Raw query string, without `?`.
     pub query: Option<&'a str>,
@@ -353,9 +356,10 @@ spec: {{protocol: http1, endpoints: [{{address: 127.0.0.1:1}}]}}
             .split_once('?')
             .map_or((target, None), |(p, q)| (p, Some(q)));
         let host = normalize_host(host);
+        let path = normalize_path(path);
         let view = RequestView {
             host: &host,
-            path,
+            path: &path,
             query,
             method,
             headers: &map,
@@ -393,6 +397,40 @@ spec: {{protocol: http1, endpoints: [{{address: 127.0.0.1:1}}]}}
             find(&s, "h", GET, "/v2/items/1", &[]),
             None,
             "regex matches the whole path"
+        );
+    }
+
+    #[test]
+    fn paths_are_matched_once_normalised() {
+        let s = table(&route(
+            "r",
+            "[]",
+            "    - {matches: [{path: {type: PathPrefix, value: /public}}], backendRefs: [{name: s}]}
+    - {matches: [{path: {type: Exact, value: /admin}}], backendRefs: [{name: s}]}
+",
+        ));
+        for path in [
+            "/public/../admin",
+            "/public/%2e%2e/admin",
+            "/public/.%2E/admin",
+            "//admin",
+            "/../admin",
+            "/%61dmin",
+        ] {
+            assert_eq!(
+                find(&s, "h", GET, path, &[]).as_deref(),
+                Some("r#1"),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            find(&s, "h", GET, "/public/%2e%2e%2fadmin", &[]).as_deref(),
+            Some("r#0"),
+            "an encoded slash separates no segments"
+        );
+        assert_eq!(
+            find(&s, "h", GET, "/admin/../public/x", &[]).as_deref(),
+            Some("r#0")
         );
     }
 
