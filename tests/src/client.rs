@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -63,22 +64,60 @@ pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Result<Answ
             .request(req)
             .await
             .map_err(|e| format!("request failed: {e:?}"))?;
-        let (parts, body) = resp.into_parts();
-        let collected = body
-            .collect()
-            .await
-            .map_err(|e| format!("body failed: {e}"))?;
-        let trailers = collected.trailers().cloned();
-        Ok(Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: collected.to_bytes(),
-            trailers,
-        })
+        read_answer(resp).await
     };
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await
         .map_err(|_| "timed out".to_owned())?
+}
+
+/// Sends `req` exactly as built on a new connection to `addr` and reads the whole answer (10 s
+/// limit): HTTP/1.1 with the target as given (absolute-form when the URI has an authority)
+/// and no Host added, or, for an HTTP/2 request, h2c prior knowledge with the URI's authority
+/// as `:authority` (and any Host header sent as well).
+pub async fn send_to(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Answer, String> {
+    let fut = async {
+        let io = TokioIo::new(
+            TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?,
+        );
+        let failed = |e: hyper::Error| format!("request failed: {e:?}");
+        let resp = if req.version() == Version::HTTP_2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(failed)?;
+            tokio::spawn(conn);
+            sender.send_request(req).await.map_err(failed)?
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(conn);
+            sender.send_request(req).await.map_err(failed)?
+        };
+        read_answer(resp).await
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+/// Reads a response whole.
+async fn read_answer(resp: Response<Incoming>) -> Result<Answer, String> {
+    let (parts, body) = resp.into_parts();
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| format!("body failed: {e}"))?;
+    let trailers = collected.trailers().cloned();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    })
 }
 
 /// GET `url` with `host` as Host and extra headers.

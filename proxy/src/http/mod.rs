@@ -1,5 +1,6 @@
 //! The HTTP side of the proxy.
 
+pub mod authority;
 pub mod body;
 pub mod deadline;
 pub mod error;

@@ -19,10 +19,11 @@ use http::header::{
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
-use strait_config::matching::{normalize_host, RequestView};
+use strait_config::matching::{normalize_host, normalize_path, RequestView};
 use strait_config::snapshot::{HashKey, HttpRule, ProxySettings, Serves};
 use strait_config::spec::ServiceProtocol;
 
+use super::authority::{request_authority, without_userinfo};
 use super::body::{ClientBody, ResponseBody, UpstreamResponseBody};
 use super::deadline::within;
 use super::error::ProxyError;
@@ -124,7 +125,7 @@ pub fn handle(
                 .authority()
                 .map(|a| a.as_str())
                 .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()))
-                .unwrap_or("-");
+                .map_or("-", without_userinfo);
             tracing::info!(
                 target: "strait::access",
                 listener = %conn.listener,
@@ -162,11 +163,12 @@ fn forward<'a>(
             return Err(ProxyError::NoRoute);
         };
         check_limits(req.headers(), &active.snapshot.proxy)?;
-        let authority = request_authority(&req)?;
+        let authority = request_authority(&mut req)?;
         let host = normalize_host(authority.as_str());
+        let path = normalize_path(req.uri().path());
         let view = RequestView {
             host: &host,
-            path: req.uri().path(),
+            path: &path,
             query: req.uri().query(),
             method: req.method(),
             headers: req.headers(),
@@ -413,6 +415,8 @@ fn upstream_head(
         }
         ServiceProtocol::Http1 | ServiceProtocol::Tcp => {
             parts.version = Version::HTTP_11;
+            // A Host the head carries is the authority already (see `request_authority`) or
+            // the route's edit; a head without one (from HTTP/2, a mirror's) gets it here.
             if !has_host {
                 let value = HeaderValue::from_str(authority.as_str())
                     .map_err(|_| ProxyError::BadRequest("authority"))?;
@@ -611,32 +615,6 @@ fn check_limits(headers: &HeaderMap, limits: &ProxySettings) -> Result<(), Proxy
         return Err(ProxyError::HeadersTooLarge("headers exceed maxHeaderBytes"));
     }
     Ok(())
-}
-
-/// The request's authority, enforcing RFC 9112 §3.2: an HTTP/1.1 request carries exactly one
-/// Host; a second Host is always an error.
-fn request_authority(req: &Request<ClientBody>) -> Result<Authority, ProxyError> {
-    let mut hosts = req.headers().get_all(HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("duplicate Host header"));
-    }
-    if let Some(authority) = req.uri().authority() {
-        // HTTP/2 `:authority`, or an HTTP/1 absolute-form target (which overrides Host).
-        if req.version() == Version::HTTP_11 && host.is_none() {
-            return Err(ProxyError::BadRequest("missing Host header"));
-        }
-        return Ok(authority.clone());
-    }
-    match host {
-        Some(value) => Authority::try_from(value.as_bytes())
-            .map_err(|_| ProxyError::BadRequest("malformed Host header")),
-        None if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_2 => {
-            Err(ProxyError::BadRequest("missing Host header"))
-        }
-        // HTTP/1.0 may omit Host; only routes without hostnames can match it.
-        None => Ok(Authority::from_static("unknown")),
-    }
 }
 
 /// The affinity hash of a request for ring_hash, if the request carries the key.
