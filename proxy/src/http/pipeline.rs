@@ -165,15 +165,20 @@ fn forward<'a>(
         check_limits(req.headers(), &active.snapshot.proxy)?;
         let authority = request_authority(&mut req)?;
         let host = normalize_host(authority.as_str());
-        let path = normalize_path(req.uri().path());
-        let view = RequestView {
-            host: &host,
-            path: &path,
-            query: req.uri().query(),
-            method: req.method(),
-            headers: req.headers(),
+        let found = {
+            // In a block: a path normalised into a `String` is dropped here, not held in
+            // this future's state across every await below.
+            let path = normalize_path(req.uri().path());
+            let view = RequestView {
+                host: &host,
+                path: &path,
+                query: req.uri().query(),
+                method: req.method(),
+                headers: req.headers(),
+            };
+            table.find(&view).cloned()
         };
-        let Some(rule) = table.find(&view).cloned() else {
+        let Some(rule) = found else {
             // Intercepted traffic no route claims goes where it was going.
             let original = conn.original.as_ref().ok_or(ProxyError::NoRoute)?;
             exchange.passthrough = true;
