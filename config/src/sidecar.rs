@@ -6,8 +6,11 @@
 //! (4140/4143/4191, UID 2102), so a pod can be moved between meshes without surprises.
 
 /// Admin server (`/metrics`, `/ready`, `/live`, `/config`, `/clusters`, `POST /shutdown`),
-/// bound on all addresses so the kubelet's probes and Prometheus reach it.
+/// bound on 127.0.0.1 only: the config and the shutdown are for the pod's own containers.
 pub const ADMIN_PORT: u16 = 15300;
+/// Telemetry listener (`/metrics`, `/ready`, `/live` only), bound on all addresses so the
+/// kubelet's probes and Prometheus reach it; never redirected inbound.
+pub const TELEMETRY_PORT: u16 = 15303;
 /// Where the pod's outbound TCP is redirected (bound on 127.0.0.1).
 pub const OUTBOUND_PORT: u16 = 15301;
 /// Where the pod's inbound TCP is redirected (bound on 0.0.0.0).

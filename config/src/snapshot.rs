@@ -45,6 +45,11 @@ impl Snapshot {
 pub struct ProxySettings {
     /// Admin server address.
     pub admin: SocketAddr,
+    /// Telemetry listener address (`/metrics`, `/ready`, `/live` only), if any.
+    pub telemetry: Option<SocketAddr>,
+    /// With a control: how long `/ready` waits for the control's first config before it
+    /// reports ready on the bootstrap (`None`: for ever).
+    pub ready_without_control_after: Option<Duration>,
     /// SIGTERM drain deadline.
     pub drain_timeout: Duration,
     /// Whether to log one line per request.

@@ -50,7 +50,8 @@ struct WebhookArgs {
     /// PEM private key for the webhook.
     #[arg(long, value_name = "FILE")]
     webhook_key: Option<PathBuf>,
-    /// PEM CA: client certificates it signed are accepted instead of the bearer token.
+    /// PEM CA a client certificate must chain to when the API server presents one (optional:
+    /// the webhook needs no credentials, it only patches the pods it is sent).
     #[arg(long, value_name = "FILE")]
     webhook_client_ca: Option<PathBuf>,
     /// Proxy image injected pods get.

@@ -76,7 +76,6 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
                 listener,
                 tls,
                 w.settings.clone(),
-                token.clone(),
             )))
         }
         None => None,

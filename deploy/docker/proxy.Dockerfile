@@ -15,6 +15,6 @@ COPY --from=build /src/target/release/strait-proxy /usr/local/bin/strait-proxy
 COPY deploy/proxy/sidecar.yaml /etc/strait/sidecar.yaml
 # The fixed proxy UID/GID the iptables rules exclude (strait_config::sidecar::PROXY_UID).
 USER 1530:1530
-EXPOSE 15300 15301 15302
+EXPOSE 15301 15302 15303
 ENTRYPOINT ["/usr/local/bin/strait-proxy"]
 CMD ["--config", "/etc/strait/sidecar.yaml"]

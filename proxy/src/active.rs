@@ -21,8 +21,12 @@ use crate::service::state::ServiceState;
 /// One applied configuration version.
 #[derive(Debug)]
 pub struct Active {
-    /// Increases by one with every applied reload, from 1.
+    /// This proxy's own counter: increases by one with every applied reload, from 1 (the
+    /// `strait_config_version` gauge).
     pub version: u64,
+    /// The control's revision of the documents being served (`None`: config from files only).
+    /// What `/config` shows as `version`, the number `straitctl proxies` shows.
+    pub control_version: Option<u64>,
     /// Where it came from (file path or control URL).
     pub source: Arc<str>,
     /// The compiled config.
@@ -244,6 +248,7 @@ impl EndpointRegistry {
             .collect();
         Active {
             version,
+            control_version: None,
             source,
             snapshot,
             services,

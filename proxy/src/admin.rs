@@ -1,5 +1,8 @@
 //! The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/clusters`, and
-//! `POST /shutdown` (from loopback only) so a Job's main container can end its sidecar.
+//! `POST /shutdown` (from loopback only) so a Job's main container can end its sidecar; and
+//! the telemetry listener (`spec.telemetry`), the same server limited to `/metrics`, `/ready`
+//! and `/live`, for probes and Prometheus on the pod's address while the admin server stays
+//! on loopback (as Istio splits its admin port from its stats and health ports).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,9 +21,26 @@ use tokio::net::TcpListener;
 use crate::service::endpoint::OutOfRotation;
 use crate::shared::Shared;
 
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Every admin endpoint (`spec.admin`).
+    All,
+    /// `/metrics`, `/ready` and `/live`: nothing that shows the config or changes state
+    /// (`spec.telemetry`).
+    Telemetry,
+}
+
+impl Endpoints {
+    /// Whether `path` is served.
+    fn serves(self, path: &str) -> bool {
+        self == Self::All || matches!(path, "/metrics" | "/ready" | "/live")
+    }
+}
+
 /// Accepts admin connections for the life of the process: while draining, `/ready` answers
 /// 503 and `/metrics` stays scrapeable.
-pub async fn serve(socket: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(socket: TcpListener, shared: Arc<Shared>, endpoints: Endpoints) {
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(pair) => pair,
@@ -32,7 +52,7 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, peer, shared.clone()));
+            let service = service_fn(move |req| answer(req, peer, shared.clone(), endpoints));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -44,7 +64,14 @@ async fn answer(
     req: Request<Incoming>,
     peer: std::net::SocketAddr,
     shared: Arc<Shared>,
+    endpoints: Endpoints,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if !endpoints.serves(req.uri().path()) {
+        return Ok(text(
+            StatusCode::NOT_FOUND,
+            "telemetry endpoints: /metrics /ready /live (the rest is on the admin address)\n",
+        ));
+    }
     if req.uri().path() == "/shutdown" {
         return Ok(shutdown(req.method(), peer, &shared));
     }
@@ -93,6 +120,13 @@ fn shutdown(method: &Method, peer: std::net::SocketAddr, shared: &Shared) -> Res
     text(StatusCode::ACCEPTED, "draining\n")
 }
 
+/// The version users compare across the mesh (Envoy's `version_info`): the control's revision
+/// when the config came from a control, so it matches `straitctl proxies`; otherwise the
+/// proxy's own counter. The counter is always there as `localVersion`.
+fn shown_version(active: &crate::active::Active) -> u64 {
+    active.control_version.unwrap_or(active.version)
+}
+
 fn config(shared: &Shared) -> serde_json::Value {
     let active = shared.config.load();
     let resources: Vec<_> = active
@@ -102,7 +136,8 @@ fn config(shared: &Shared) -> serde_json::Value {
         .map(|r| redacted(r))
         .collect();
     json!({
-        "version": active.version,
+        "version": shown_version(&active),
+        "localVersion": active.version,
         "source": &*active.source,
         "resources": resources,
     })
@@ -152,7 +187,11 @@ fn clusters(shared: &Shared) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "version": active.version, "services": services })
+    json!({
+        "version": shown_version(&active),
+        "localVersion": active.version,
+        "services": services,
+    })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -171,4 +210,20 @@ fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Endpoints;
+
+    #[test]
+    fn the_telemetry_listener_serves_only_metrics_and_probes() {
+        for path in ["/metrics", "/ready", "/live"] {
+            assert!(Endpoints::Telemetry.serves(path), "{path}");
+        }
+        for path in ["/config", "/clusters", "/shutdown", "/", "/metrics/"] {
+            assert!(!Endpoints::Telemetry.serves(path), "{path}");
+            assert!(Endpoints::All.serves(path), "{path}");
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::admin::Endpoints;
 use crate::control::{ControlTarget, ControlUpdate};
 use crate::reload::{Initial, ReloadError, Reloader};
 
@@ -26,9 +27,11 @@ pub enum StartError {
     /// The initial config is invalid or its listeners cannot be bound.
     #[error(transparent)]
     Config(#[from] ReloadError),
-    /// The admin address cannot be bound.
-    #[error("cannot bind admin server on {address}: {source}")]
+    /// The admin or telemetry address cannot be bound.
+    #[error("cannot bind the {listener} server on {address}: {source}")]
     Admin {
+        /// `admin` or `telemetry`.
+        listener: &'static str,
         /// Address asked for.
         address: std::net::SocketAddr,
         /// Why.
@@ -130,6 +133,38 @@ async fn close_idle_connections(shared: std::sync::Arc<crate::shared::Shared>) {
     }
 }
 
+/// Binds an admin-server socket (`name`: `admin` or `telemetry`) and logs where.
+async fn bind_admin(
+    name: &'static str,
+    address: std::net::SocketAddr,
+) -> Result<TcpListener, StartError> {
+    let socket = TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Admin {
+            listener: name,
+            address,
+            source,
+        })?;
+    let bound = socket.local_addr().unwrap_or(address);
+    tracing::info!(listener = name, address = %bound, "listening");
+    Ok(socket)
+}
+
+/// `spec.readyWithoutControlAfter`: reports ready on the bootstrap when the control has sent
+/// no config within `after` (ready already, if it has).
+async fn ready_without_control(shared: std::sync::Arc<crate::shared::Shared>, after: Duration) {
+    tokio::time::sleep(after).await;
+    if shared.config.load().control_version.is_none() {
+        tracing::warn!(
+            waited_ms = after.as_millis() as u64,
+            "no config from the control yet: reporting ready on the bootstrap (spec.readyWithoutControlAfter)"
+        );
+        shared
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// How long a proxy that cannot start waits for its NACK to reach the control.
 const NACK_DELIVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -202,18 +237,31 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         }
     };
     let shared = reloader.shared();
-    let admin_address = shared.config.load().snapshot.proxy.admin;
-    let admin = TcpListener::bind(admin_address)
-        .await
-        .map_err(|source| StartError::Admin {
-            address: admin_address,
-            source,
-        })?;
-    let bound = admin.local_addr().unwrap_or(admin_address);
-    tracing::info!(listener = "admin", address = %bound, "listening");
-    tokio::spawn(crate::admin::serve(admin, shared.clone()));
+    let proxy = shared.config.load().snapshot.proxy.clone();
+    let admin = bind_admin("admin", proxy.admin).await?;
+    tokio::spawn(crate::admin::serve(admin, shared.clone(), Endpoints::All));
+    if let Some(address) = proxy.telemetry {
+        let telemetry = bind_admin("telemetry", address).await?;
+        tokio::spawn(crate::admin::serve(
+            telemetry,
+            shared.clone(),
+            Endpoints::Telemetry,
+        ));
+    }
     tokio::spawn(close_idle_connections(shared.clone()));
-    reloader.mark_ready();
+    if control_attached && shared.config.load().control_version.is_none() {
+        // Serving the bootstrap: ready means serving the control's config, so the app (held
+        // back by the startup probe) does not start with nothing routed. The reloader marks
+        // the proxy ready when the control's first config is applied.
+        tracing::info!(
+            "serving the bootstrap; /ready answers 503 until the control's first config is applied"
+        );
+        if let Some(after) = proxy.ready_without_control_after {
+            tokio::spawn(ready_without_control(shared.clone(), after));
+        }
+    } else {
+        reloader.mark_ready();
+    }
     let reloads =
         tokio::spawn(reloader.run(options.watch_interval, control_attached.then_some(received)));
 

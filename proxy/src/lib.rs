@@ -12,6 +12,7 @@
 //!                      └─ tcp::serve ──▶ pick service/endpoint → splice both ways (half-close)
 //!
 //!  admin: /metrics /ready /live /config /clusters, POST /shutdown (loopback only)
+//!  telemetry (optional): /metrics /ready /live only, for probes and scrapes
 //!  intercept: mode inbound/outbound listeners: SO_ORIGINAL_DST, sniff, passthrough
 //! ```
 //!

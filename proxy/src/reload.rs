@@ -135,7 +135,8 @@ impl Reloader {
         };
         let label = label(path.as_deref(), &control_url, control.as_ref());
         let mut registry = EndpointRegistry::default();
-        let active = registry.build(1, label.clone(), snapshot);
+        let mut active = registry.build(1, label.clone(), snapshot);
+        active.control_version = control.as_ref().map(|c| c.version);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(active),
             prometheus,
@@ -225,13 +226,15 @@ impl Reloader {
         let parse = started.elapsed();
         let docs = effective(&self.local, Some(&candidate));
         let label = label(self.path.as_deref(), &self.control_url, Some(&candidate));
-        match self.apply(docs, label.clone()).await {
+        match self.apply(docs, label.clone(), Some(version)).await {
             Ok(version) => {
                 let took = Phases::since(started, parse);
                 tracing::info!(version, source = %label, trigger = "control", duration_ms = took.total_ms, parse_ms = took.parse_ms, compile_ms = took.compile_ms, "config applied");
                 if let Some(old) = self.control.replace(candidate) {
                     background::retire(Arc::new(old));
                 }
+                // Serving the control's config: what `/ready` waits for with a control.
+                self.mark_ready();
                 let _ = verdict.send(Ok(()));
             }
             Err(e) => {
@@ -292,7 +295,8 @@ impl Reloader {
         let parse = started.elapsed();
         let docs = effective(&local, self.control.as_ref());
         let label = label(Some(&path), &self.control_url, self.control.as_ref());
-        match self.apply(docs, label.clone()).await {
+        let control_version = self.control.as_ref().map(|c| c.version);
+        match self.apply(docs, label.clone(), control_version).await {
             Ok(version) => {
                 self.fingerprint = fingerprint;
                 // The replaced trees are big: free them off the request path.
@@ -311,13 +315,20 @@ impl Reloader {
 
     /// Compiles `docs` and builds the runtime for them on a blocking thread (a big route table
     /// takes milliseconds), binds new listeners, then swaps the new version in.
-    async fn apply(&mut self, docs: Vec<LoadedDoc>, label: Arc<str>) -> Result<u64, ReloadError> {
+    /// `control_version` is the control's revision of `docs`, if they include the control's.
+    async fn apply(
+        &mut self,
+        docs: Vec<LoadedDoc>,
+        label: Arc<str>,
+        control_version: Option<u64>,
+    ) -> Result<u64, ReloadError> {
         let snapshot = off_thread(move || strait_config::compile(&docs)).await??;
         self.listeners.reconcile(&snapshot, &self.shared).await?;
         let version = self.shared.config.load().version + 1;
         let mut registry = std::mem::take(&mut self.registry);
         let (registry, active) = off_thread(move || {
-            let active = registry.build(version, label, snapshot);
+            let mut active = registry.build(version, label, snapshot);
+            active.control_version = control_version;
             (registry, active)
         })
         .await?;
@@ -338,7 +349,7 @@ impl Reloader {
         tracing::error!(error = %error, serving_version = version, "config rejected");
     }
 
-    /// Marks the proxy ready (listeners bound, config applied).
+    /// Marks the proxy ready (listeners bound, config applied; with a control, the control's).
     pub fn mark_ready(&self) {
         self.shared.ready.store(true, Ordering::Release);
     }

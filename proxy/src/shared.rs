@@ -21,7 +21,8 @@ pub struct Shared {
     pub config: ArcSwap<Active>,
     /// Renders `/metrics`.
     pub prometheus: PrometheusHandle,
-    /// True once a config is applied and its listeners are bound, false again while draining.
+    /// True once a config is applied and its listeners are bound (with a control: once the
+    /// control's config is, or `readyWithoutControlAfter` has passed); false while draining.
     pub ready: AtomicBool,
     /// Shutdown coordination.
     pub drain: Drain,

@@ -49,19 +49,31 @@ impl Control {
 
     /// Starts a control like [`start`](Self::start), with extra `serve` arguments.
     pub fn start_with_args(extra: &[&str]) -> Self {
+        let mut control = Self::not_started_at(([127, 0, 0, 1], 0).into());
+        control.extra = extra.iter().map(|a| (*a).to_owned()).collect();
+        control.spawn();
+        control
+    }
+
+    /// A control that will listen on `address` but is not started yet: its token file exists,
+    /// so a proxy can be pointed at it first. [`launch`](Self::launch) starts it.
+    pub fn not_started_at(address: SocketAddr) -> Self {
         let dir = TempDir::new("control");
         let token = format!("test-token-{:016x}", fastrand::u64(..));
         std::fs::write(dir.path().join("token"), &token).expect("write token");
-        let mut control = Self {
+        Self {
             child: None,
             dir,
             logs: Arc::default(),
-            address: ([127, 0, 0, 1], 0).into(),
+            address,
             token,
-            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
-        };
-        control.spawn();
-        control
+            extra: Vec::new(),
+        }
+    }
+
+    /// Starts a control made with [`not_started_at`](Self::not_started_at).
+    pub fn launch(&mut self) {
+        self.spawn();
     }
 
     fn spawn(&mut self) {

@@ -1,12 +1,17 @@
-//! The admin endpoints: /config (redacted), /clusters, /metrics (promtool-clean).
+//! The admin endpoints: /config (redacted), /clusters, /metrics (promtool-clean), and the
+//! telemetry listener that serves only /metrics, /ready and /live.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use strait_tests::client::{get, h2c, http1};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use strait_tests::client::{get, h2c, http1, send};
 use strait_tests::config::{http_route, proxy, service};
 use strait_tests::metrics::{admin_get, scrape, value};
-use strait_tests::{Proxy, Upstream};
+use strait_tests::{eventually, Proxy, Upstream};
 
 async fn setup() -> (Proxy, Upstream) {
     let up = Upstream::start("up").await;
@@ -153,4 +158,40 @@ async fn metrics_count_requests_and_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_telemetry_listener_serves_metrics_and_probes_and_nothing_else() {
+    let up = Upstream::start("up").await;
+    let yaml =
+        proxy("  telemetry: 127.0.0.1:0") + &service("up", "http1", &[(up.address(), 1)], "");
+    let proxy = Proxy::start(&yaml);
+    let telemetry = eventually("the telemetry listener", Duration::from_secs(5), || async {
+        proxy
+            .json_logs()
+            .iter()
+            .any(|v| v["fields"]["listener"] == "telemetry")
+            .then(|| proxy.listener("telemetry"))
+    })
+    .await;
+    assert_ne!(telemetry, proxy.admin());
+    let (status, text) = admin_get(telemetry, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("strait_config_version"), "{text}");
+    assert_eq!(admin_get(telemetry, "/ready").await.0, 200);
+    assert_eq!(admin_get(telemetry, "/live").await.0, 200);
+    for path in ["/config", "/clusters", "/shutdown"] {
+        assert_eq!(admin_get(telemetry, path).await.0, 404, "GET {path}");
+    }
+    let shutdown = Request::post(format!("http://{telemetry}/shutdown"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = send(&http1(), shutdown).await.unwrap();
+    assert_eq!(
+        answer.status, 404,
+        "POST /shutdown on the telemetry listener"
+    );
+    // The admin server still serves everything, and the proxy did not start draining.
+    assert_eq!(admin_get(proxy.admin(), "/config").await.0, 200);
+    assert_eq!(admin_get(proxy.admin(), "/ready").await.0, 200);
 }

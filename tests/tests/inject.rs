@@ -130,7 +130,6 @@ fn other_kinds_opted_out_and_already_injected_are_echoed_byte_for_byte() {
     assert_eq!(run.stdout, format!("---\n{input}"));
     for line in [
         "deployment/shop/legacy skipped: strait.dev/inject: disabled",
-        "deployment/shop/plain skipped: not opted in",
         "pod/shop/done skipped: already injected",
         "daemonset/kube-system/cni skipped: hostNetwork pods are never injected",
     ] {
@@ -139,8 +138,8 @@ fn other_kinds_opted_out_and_already_injected_are_echoed_byte_for_byte() {
 }
 
 #[test]
-fn force_injects_what_is_not_opted_out() {
-    let run = inject_file(&fixtures().join("untouched.yaml"), &["--force"]);
+fn an_unannotated_deployment_is_injected_since_asking_is_the_opt_in() {
+    let run = inject_file(&fixtures().join("plain.yaml"), &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stderr.contains("deployment/shop/plain injected"),
@@ -148,14 +147,11 @@ fn force_injects_what_is_not_opted_out() {
         run.stderr
     );
     assert!(
-        run.stderr.contains("deployment/shop/legacy skipped"),
+        run.stdout.contains("name: strait-proxy") && run.stdout.contains("name: strait-init"),
         "{}",
-        run.stderr
+        run.stdout
     );
-    assert!(run
-        .stderr
-        .contains("pod/shop/done skipped: already injected"));
-    golden("untouched-force.yaml", &run.stdout);
+    golden("plain.yaml", &run.stdout);
 }
 
 #[test]
@@ -219,7 +215,8 @@ impl Pki {
         self.dir.path().join(name).to_string_lossy().into_owned()
     }
 
-    fn client(&self, with_cert: bool) -> tokio_rustls::TlsConnector {
+    /// A client trusting this PKI's CA, presenting the client certificate of `certificate`.
+    fn client(&self, certificate: Option<&Pki>) -> tokio_rustls::TlsConnector {
         use rustls::pki_types::pem::PemObject;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
@@ -228,13 +225,14 @@ impl Pki {
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(roots);
-        let config = if with_cert {
-            let certs = rustls::pki_types::CertificateDer::pem_file_iter(self.path("client.pem"))
+        let config = if let Some(issuer) = certificate {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(issuer.path("client.pem"))
                 .expect("client cert")
                 .collect::<Result<Vec<_>, _>>()
                 .expect("client cert");
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(self.path("client-key.pem"))
-                .expect("client key");
+            let key =
+                rustls::pki_types::PrivateKeyDer::from_pem_file(issuer.path("client-key.pem"))
+                    .expect("client key");
             builder
                 .with_client_auth_cert(certs, key)
                 .expect("client auth")
@@ -246,7 +244,8 @@ impl Pki {
 }
 
 struct Webhook {
-    control: Control,
+    /// Kept running for as long as the webhook is used.
+    _control: Control,
     pki: Pki,
     address: std::net::SocketAddr,
 }
@@ -276,49 +275,61 @@ impl Webhook {
             .and_then(|v| v["fields"]["address"].as_str()?.parse().ok())
             .unwrap_or_else(|| panic!("no webhook address in:\n{}", control.logs().join("\n")));
         Self {
-            control,
+            _control: control,
             pki,
             address,
         }
     }
 
-    /// POSTs `body` to `path` over TLS; returns the status and the JSON answer.
-    async fn post(
+    /// POSTs `body` to `path` over TLS as the API server of a managed cluster does (no
+    /// credentials); returns the status and the JSON answer.
+    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.post_as(None, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// POSTs `body` to `path` over TLS, presenting the client certificate `certificate`
+    /// issued (from its own CA); `Err` when the connection fails.
+    async fn post_as(
         &self,
+        certificate: Option<&Pki>,
         path: &str,
         body: &str,
-        token: Option<&str>,
-        client_cert: bool,
-    ) -> (u16, Value) {
+    ) -> Result<(u16, Value), String> {
         let tcp = tokio::net::TcpStream::connect(self.address)
             .await
             .expect("connect");
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
         let tls = self
             .pki
-            .client(client_cert)
+            .client(certificate)
             .connect(name, tcp)
             .await
-            .expect("TLS handshake");
+            .map_err(|e| format!("TLS handshake: {e}"))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .expect("HTTP handshake");
+            .map_err(|e| format!("HTTP handshake: {e}"))?;
         tokio::spawn(connection);
-        let mut req = http::Request::post(path)
+        let req = http::Request::post(path)
             .header("host", "strait-control.strait-system.svc")
-            .header("content-type", "application/json");
-        if let Some(token) = token {
-            req = req.header("authorization", format!("Bearer {token}"));
-        }
-        let req = req
+            .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_owned())))
             .expect("request");
-        let resp = sender.send_request(req).await.expect("response");
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("response: {e}"))?;
         let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
         let json = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
-        (status, json)
+        Ok((status, json))
     }
 }
 
@@ -345,9 +356,8 @@ fn decoded_patch(answer: &Value) -> Value {
 #[tokio::test]
 async fn webhook_patches_pods_from_real_admission_reviews() {
     let hook = Webhook::start();
-    let token = hook.control.token().to_owned();
     let review = admission("pod-create.json");
-    let (status, answer) = hook.post("/inject", &review, Some(&token), false).await;
+    let (status, answer) = hook.post("/inject", &review).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         answer["response"]["uid"],
@@ -373,7 +383,7 @@ async fn webhook_patches_pods_from_real_admission_reviews() {
     assert!(paths.contains(&"/spec/volumes/-"), "{paths:?}");
 
     // The same review again: the same answer.
-    let (_, again) = hook.post("/inject", &review, Some(&token), false).await;
+    let (_, again) = hook.post("/inject", &review).await;
     assert_eq!(again, answer);
 
     // Applying the patch gives a pod with the proxy as a native sidecar after strait-init.
@@ -403,15 +413,7 @@ async fn webhook_patches_pods_from_real_admission_reviews() {
 #[tokio::test]
 async fn webhook_leaves_opted_out_pods_and_honours_namespace_opt_in() {
     let hook = Webhook::start();
-    let token = hook.control.token().to_owned();
-    let (status, answer) = hook
-        .post(
-            "/inject",
-            &admission("pod-opted-out.json"),
-            Some(&token),
-            false,
-        )
-        .await;
+    let (status, answer) = hook.post("/inject", &admission("pod-opted-out.json")).await;
     assert_eq!(status, 200);
     assert_eq!(
         answer["response"],
@@ -422,28 +424,17 @@ async fn webhook_leaves_opted_out_pods_and_honours_namespace_opt_in() {
         .post(
             "/inject/namespace-enabled",
             &admission("pod-opted-out.json"),
-            Some(&token),
-            false,
         )
         .await;
     assert!(answer["response"].get("patch").is_none(), "{answer}");
 
     let unannotated = admission("pod-unannotated.json");
-    let (_, answer) = hook
-        .post("/inject", &unannotated, Some(&token), false)
-        .await;
+    let (_, answer) = hook.post("/inject", &unannotated).await;
     assert!(
         answer["response"].get("patch").is_none(),
         "not opted in: {answer}"
     );
-    let (_, answer) = hook
-        .post(
-            "/inject/namespace-enabled",
-            &unannotated,
-            Some(&token),
-            false,
-        )
-        .await;
+    let (_, answer) = hook.post("/inject/namespace-enabled", &unannotated).await;
     let patch = decoded_patch(&answer);
     // No annotations map yet: it is created whole, before anything is added to it.
     assert_eq!(patch[0]["path"], "/metadata/annotations", "{patch}");
@@ -453,12 +444,7 @@ async fn webhook_leaves_opted_out_pods_and_honours_namespace_opt_in() {
     );
 
     let (status, answer) = hook
-        .post(
-            "/inject",
-            &admission("pod-bad-annotation.json"),
-            Some(&token),
-            false,
-        )
+        .post("/inject", &admission("pod-bad-annotation.json"))
         .await;
     assert_eq!(status, 200);
     assert_eq!(answer["response"]["allowed"], false, "{answer}");
@@ -470,23 +456,29 @@ async fn webhook_leaves_opted_out_pods_and_honours_namespace_opt_in() {
         "{message}"
     );
 
-    let (status, _) = hook
-        .post("/inject", "{\"not\": \"a review\"}", Some(&token), false)
-        .await;
+    let (status, _) = hook.post("/inject", "{\"not\": \"a review\"}").await;
     assert_eq!(status, 400);
 }
 
 #[tokio::test]
-async fn webhook_requires_the_token_or_a_client_certificate() {
+async fn webhook_needs_no_credentials_and_verifies_a_presented_certificate() {
     let hook = Webhook::start();
     let review = admission("pod-create.json");
-    let (status, _) = hook.post("/inject", &review, None, false).await;
-    assert_eq!(status, 401, "neither token nor certificate");
-    let (status, _) = hook
-        .post("/inject", &review, Some("wrong-token"), false)
-        .await;
-    assert_eq!(status, 401, "a wrong token");
-    let (status, answer) = hook.post("/inject", &review, None, true).await;
+    // A managed API server (EKS, GKE, AKS) sends neither a token nor a certificate.
+    let (status, answer) = hook.post("/inject", &review).await;
+    assert_eq!(status, 200, "no credentials: {answer}");
+    decoded_patch(&answer);
+    let (status, answer) = hook
+        .post_as(Some(&hook.pki), "/inject", &review)
+        .await
+        .expect("a certificate from --webhook-client-ca is accepted");
     assert_eq!(status, 200, "a client certificate from the CA: {answer}");
     decoded_patch(&answer);
+    // A certificate that is presented must chain to --webhook-client-ca.
+    let stranger = Pki::new();
+    let refused = hook.post_as(Some(&stranger), "/inject", &review).await;
+    assert!(
+        refused.is_err(),
+        "a certificate from another CA is refused: {refused:?}"
+    );
 }

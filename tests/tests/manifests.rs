@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
+use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, TELEMETRY_PORT};
 use strait_control::inject::yaml;
 use strait_tests::process::{proxy_bin, TempDir};
 
@@ -66,11 +66,7 @@ fn is_kubernetes(api_version: &str, kind: &str) -> bool {
 fn is_known_other(api_version: &str, kind: &str) -> bool {
     matches!(
         (api_version, kind),
-        ("strait.dev/v1alpha1", _)
-            | ("kind.x-k8s.io/v1alpha4", "Cluster")
-            | ("apiserver.config.k8s.io/v1", "AdmissionConfiguration")
-            | ("v1", "Config")
-            | ("monitoring.coreos.com/v1", "PodMonitor")
+        ("strait.dev/v1alpha1", _) | ("monitoring.coreos.com/v1", "PodMonitor")
     )
 }
 
@@ -210,6 +206,44 @@ fn patched_admission_pod() -> Value {
 }
 
 #[test]
+fn injected_probes_and_scrapes_use_the_telemetry_port_not_the_admin_port() {
+    let pod = patched_admission_pod();
+    let proxy = pod["spec"]["initContainers"]
+        .as_array()
+        .expect("initContainers")
+        .iter()
+        .find(|c| c["name"] == "strait-proxy")
+        .expect("the proxy container");
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            proxy[probe]["httpGet"]["port"], TELEMETRY_PORT,
+            "{probe}: {proxy}"
+        );
+    }
+    let ports: Vec<u64> = proxy["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["containerPort"].as_u64())
+        .collect();
+    assert_eq!(
+        ports,
+        [u64::from(TELEMETRY_PORT)],
+        "only telemetry is declared"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/port"],
+        TELEMETRY_PORT.to_string()
+    );
+    let monitor = documents(&root().join("deploy/observability/podmonitor.yaml"));
+    let (_, monitor) = monitor.first().expect("the PodMonitor");
+    assert_eq!(
+        monitor["spec"]["podMetricsEndpoints"][0]["port"],
+        proxy["ports"][0]["name"]
+    );
+}
+
+#[test]
 fn injected_output_validates_against_the_kubernetes_schemas() {
     let golden = root().join("tests/fixtures/inject/golden");
     let mut files = Vec::new();
@@ -226,7 +260,7 @@ fn injected_output_validates_against_the_kubernetes_schemas() {
             ));
         }
     }
-    assert!(docs.len() >= 10, "golden outputs missing: {}", docs.len());
+    assert!(docs.len() >= 8, "golden outputs missing: {}", docs.len());
     docs.push(("webhook-patched-pod".into(), patched_admission_pod()));
     if let Some(validator) = validator() {
         validate(&validator, &docs);
@@ -257,7 +291,12 @@ fn the_validator_rejects_a_wrong_manifest() {
 fn the_sidecar_bootstrap_uses_the_fixed_ports_and_passes_check() {
     let path = root().join("deploy/proxy/sidecar.yaml");
     let snapshot = strait_config::load_path(&path).unwrap_or_else(|e| panic!("{e}"));
+    // The full admin API (config, shutdown) on loopback; probes and scrapes on the pod address.
     assert_eq!(snapshot.proxy.admin.port(), ADMIN_PORT);
+    assert!(snapshot.proxy.admin.ip().is_loopback());
+    let telemetry = snapshot.proxy.telemetry.expect("a telemetry listener");
+    assert_eq!(telemetry.port(), TELEMETRY_PORT);
+    assert!(telemetry.ip().is_unspecified());
     let port = |name: &str| {
         snapshot
             .listeners

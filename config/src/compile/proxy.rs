@@ -60,6 +60,27 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
     let spec = &pc.spec;
     let at = FieldPath::root().key("spec");
     let admin = parse_addr(errors, doc, &at.key("admin"), &spec.admin);
+    let telemetry = spec
+        .telemetry
+        .as_ref()
+        .map(|text| parse_addr(errors, doc, &at.key("telemetry"), text));
+    if let (Some(Some(telemetry)), Some(admin)) = (telemetry, admin) {
+        if telemetry.port() != 0 && telemetry == admin {
+            errors.at(
+                doc,
+                &at.key("telemetry"),
+                format!(
+                    "`{telemetry}` is the admin address: give the telemetry listener its own port"
+                ),
+            );
+        }
+    }
+    check_positive(
+        errors,
+        doc,
+        &at.key("readyWithoutControlAfter"),
+        spec.ready_without_control_after,
+    );
 
     let limits = spec.limits.clone().unwrap_or_default();
     let limits_at = at.key("limits");
@@ -129,11 +150,15 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
         let Some(address) = parse_addr(errors, doc, &here.key("address"), &l.address) else {
             continue;
         };
-        if address.port() != 0 && (Some(address) == admin || !addresses.insert(address)) {
+        let taken = Some(address) == admin || telemetry == Some(Some(address));
+        if address.port() != 0 && (taken || !addresses.insert(address)) {
             errors.at(
                 doc,
                 &here.key("address"),
-                format!("`{address}` is already used by another listener or the admin server"),
+                format!(
+                    "`{address}` is already used by another listener, the admin server or the \
+                     telemetry listener"
+                ),
             );
         }
         check_mode(errors, doc, &here, l.mode, address);
@@ -149,6 +174,11 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
     Some(CompiledProxy {
         settings: ProxySettings {
             admin: admin?,
+            telemetry: match telemetry {
+                Some(parsed) => Some(parsed?),
+                None => None,
+            },
+            ready_without_control_after: spec.ready_without_control_after.map(|d| d.get()),
             drain_timeout: spec
                 .drain_timeout
                 .map_or(Duration::from_secs(10), |d| d.get()),

@@ -327,3 +327,49 @@ spec:
         errs[0]
     );
 }
+
+fn proxy_spec_errors(spec: &str) -> Vec<String> {
+    let text = format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {{name: p}}
+spec:
+  admin: 127.0.0.1:15300
+  listeners:
+    - {{name: web, address: 127.0.0.1:15400, protocol: http}}
+{spec}
+"
+    );
+    match load_str("cfg.yaml", &text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn the_telemetry_listener_and_the_readiness_fallback_compile() {
+    assert_eq!(
+        proxy_spec_errors("  telemetry: 0.0.0.0:15303\n  readyWithoutControlAfter: 60s"),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn the_telemetry_listener_needs_its_own_valid_address() {
+    let errs = proxy_spec_errors("  telemetry: 127.0.0.1:15300");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("spec.telemetry") && errs[0].contains("admin address"),
+        "{errs:?}"
+    );
+    let errs = proxy_spec_errors("  telemetry: 127.0.0.1:15400");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("spec.listeners[0].address"), "{errs:?}");
+    let errs = proxy_spec_errors("  telemetry: everywhere");
+    assert!(errs[0].contains("spec.telemetry"), "{errs:?}");
+    let errs = proxy_spec_errors("  readyWithoutControlAfter: 0s");
+    assert!(
+        errs[0].contains("spec.readyWithoutControlAfter"),
+        "{errs:?}"
+    );
+}

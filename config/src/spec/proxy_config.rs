@@ -8,14 +8,27 @@ use super::Duration;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxyConfigSpec {
-    /// Admin server address (`/metrics`, `/ready`, `/live`, `/config`, `/clusters`), e.g. `127.0.0.1:15000`.
+    /// Admin server address: `/metrics`, `/ready`, `/live`, `/config`, `/clusters`,
+    /// `POST /shutdown`, e.g. `127.0.0.1:15000`. It shows the config and can stop the proxy:
+    /// keep it on loopback, and give probes and Prometheus `telemetry`.
     pub admin: String,
+    /// Telemetry listener address: `/metrics`, `/ready` and `/live` only (every other path is
+    /// 404), for the kubelet's probes and Prometheus on the pod's address while `admin` stays
+    /// on loopback, e.g. `0.0.0.0:15303`. Default: none (the admin server serves those too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<String>,
     /// The ports the proxy serves.
     #[serde(default)]
     pub listeners: Vec<ListenerSpec>,
     /// Where to take config from instead of files (used by `--control`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlSpec>,
+    /// With a control: `/ready` answers 503 until the control's first config is applied (the
+    /// proxy serves this bootstrap meanwhile). After this long without one, `/ready` answers
+    /// 200 on the bootstrap instead. Default: none (unready until the control answers, as
+    /// Istio's sidecar). Without a control, ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_without_control_after: Option<Duration>,
     /// How long SIGTERM waits for in-flight requests before exiting. Default `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<Duration>,

@@ -1,5 +1,8 @@
 //! `straitctl inject -f FILE|-`: writes the injected YAML to stdout and a line per workload
-//! to stderr, like `linkerd inject`. Needs no control: injection is local.
+//! to stderr, like `istioctl kube-inject`. Asking for injection is the opt-in: every workload
+//! is injected unless it opts out (`strait.dev/inject: disabled`), so `straitctl inject -f
+//! app.yaml | kubectl apply -f -` never silently deploys a pod without its proxy. Needs no
+//! control: injection is local.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -12,13 +15,10 @@ use super::workload::{inject_documents, Change};
 #[derive(Debug, Clone, clap::Args)]
 pub struct InjectArgs {
     /// YAML (or JSON) file with Deployments, StatefulSets, DaemonSets, Jobs, CronJobs,
-    /// ReplicaSets, Pods; `-` reads stdin. Other kinds pass through unchanged. Repeatable.
+    /// ReplicaSets, Pods; `-` reads stdin. Each is injected unless annotated
+    /// `strait.dev/inject: disabled`; other kinds pass through unchanged. Repeatable.
     #[arg(short = 'f', long = "filename", required = true)]
     pub paths: Vec<PathBuf>,
-    /// Inject every workload not annotated `strait.dev/inject: disabled`, as a namespace
-    /// labelled `strait.dev/inject=enabled` does (default: only those annotated `enabled`).
-    #[arg(long)]
-    pub force: bool,
     /// Proxy image (also used by the `strait-init` container).
     #[arg(long, default_value = super::settings::DEFAULT_PROXY_IMAGE)]
     pub proxy_image: String,
@@ -41,11 +41,8 @@ impl InjectArgs {
 /// Runs the command; returns the exit code (0 ok, 1 a document could not be injected, 2 a
 /// file could not be read).
 pub fn run(args: &InjectArgs) -> u8 {
-    let scope = if args.force {
-        Scope::Everything
-    } else {
-        Scope::Pod
-    };
+    // Running the command is the opt-in, as a namespace labelled for injection is.
+    let scope = Scope::Everything;
     let settings = args.settings();
     let mut output = String::new();
     for path in &args.paths {

@@ -13,8 +13,8 @@ use super::InjectError;
 pub enum Scope {
     /// Only the pod's own `strait.dev/inject: enabled` opts it in.
     Pod,
-    /// The namespace opted in (its label matched the webhook's `namespaceSelector`), or
-    /// `straitctl inject --force`: every pod not opted out is injected.
+    /// The namespace opted in (its label matched the webhook's `namespaceSelector`), or the
+    /// user ran `straitctl inject`: every pod not opted out is injected.
     Everything,
 }
 
@@ -36,7 +36,9 @@ impl Skip {
     pub fn reason(self) -> &'static str {
         match self {
             Self::OptedOut => "strait.dev/inject: disabled",
-            Self::NotOptedIn => "not opted in (annotate strait.dev/inject: enabled, or --force)",
+            Self::NotOptedIn => {
+                "not opted in (annotate the pod strait.dev/inject: enabled, or label its namespace)"
+            }
             Self::AlreadyInjected => "already injected",
             Self::HostNetwork => "hostNetwork pods are never injected",
         }

@@ -1,10 +1,14 @@
 //! The webhook's HTTPS listener: rustls (ring provider, chosen explicitly), HTTP/1.1 and
 //! HTTP/2 by ALPN, `POST /inject` and `POST /inject/namespace-enabled`, `GET /healthz`.
 //!
-//! Authentication, as for every other control endpoint: the caller presents the control's
-//! bearer token (the API server sends it when its AdmissionConfiguration kubeconfig for this
-//! webhook has `token:`), or — with `--webhook-client-ca` — a client certificate signed by
-//! that CA (kubeconfig `client-certificate`/`client-key`). Anything else is answered 401.
+//! No bearer token: managed API servers (EKS, GKE, AKS) cannot be told to send one, so a
+//! webhook that required it would refuse every pod of an opted-in namespace. The API server
+//! authenticates the webhook instead (its certificate chains to the `caBundle` of the
+//! MutatingWebhookConfiguration), as Istio's and Linkerd's injectors do. That is safe: the
+//! webhook only turns the pod it is sent into a patch for that pod; it reads and writes no
+//! policy, no token and no certificate of the mesh. With `--webhook-client-ca`, a client
+//! certificate is optional but, when presented, must chain to that CA (else the handshake
+//! fails): an API server configured with one is checked, the others still work.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,7 +31,6 @@ use tokio_rustls::TlsAcceptor;
 use super::pod::Scope;
 use super::settings::Settings;
 use super::webhook::{review, Verdict};
-use crate::auth::Token;
 
 /// Largest AdmissionReview accepted.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -41,7 +44,7 @@ pub struct WebhookOptions {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
-    /// PEM CA whose client certificates are accepted in place of the bearer token.
+    /// PEM CA that a presented client certificate must chain to (a certificate stays optional).
     pub client_ca: Option<PathBuf>,
     /// What injected pods get.
     pub settings: Settings,
@@ -102,8 +105,8 @@ pub fn tls_config(options: &WebhookOptions) -> Result<Arc<ServerConfig>, Webhook
                     .add(cert.map_err(|e| pem_error(path, e))?)
                     .map_err(|e| pem_error(path, e))?;
             }
-            // Optional at the TLS level: a caller without a certificate may still present
-            // the bearer token.
+            // Optional: managed API servers present no certificate; one that is presented
+            // must verify.
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()
@@ -134,12 +137,7 @@ pub async fn bind(
 }
 
 /// Serves the webhook until the task is dropped.
-pub async fn serve(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-    settings: Settings,
-    token: Token,
-) {
+pub async fn serve(listener: TcpListener, config: Arc<ServerConfig>, settings: Settings) {
     let acceptor = TlsAcceptor::from(config);
     let settings = Arc::new(settings);
     loop {
@@ -151,7 +149,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let (acceptor, settings, token) = (acceptor.clone(), settings.clone(), token.clone());
+        let (acceptor, settings) = (acceptor.clone(), settings.clone());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(
                 std::time::Duration::from_secs(10),
@@ -166,19 +164,9 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
-            // With a client CA configured, a presented certificate has been verified by now.
-            let certified = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .is_some_and(|c| !c.is_empty());
             let service = service_fn(move |req| {
-                let (settings, token) = (settings.clone(), token.clone());
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        answer(req, certified, &settings, &token).await,
-                    )
-                }
+                let settings = settings.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(req, &settings).await) }
             });
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), service)
@@ -202,12 +190,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
     resp
 }
 
-async fn answer(
-    req: Request<Incoming>,
-    certified: bool,
-    settings: &Settings,
-    token: &Token,
-) -> Response<Full<Bytes>> {
+async fn answer(req: Request<Incoming>, settings: &Settings) -> Response<Full<Bytes>> {
     let scope = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => {
             return json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
@@ -221,25 +204,6 @@ async fn answer(
             )
         }
     };
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .is_some_and(|t| token.matches(t));
-    if !(certified || bearer) {
-        tracing::warn!(
-            "webhook call refused: no verified client certificate and no valid bearer token"
-        );
-        let mut resp = json_response(
-            StatusCode::UNAUTHORIZED,
-            &serde_json::json!({"error": "present the control's bearer token or a client certificate from --webhook-client-ca"}),
-        );
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer"),
-        );
-        return resp;
-    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {

@@ -54,4 +54,4 @@ impl Default for Settings {
 }
 
 /// The fixed ports and UID, re-exported for the manifests' sake.
-pub use sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
+pub use sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID, TELEMETRY_PORT};

@@ -2,7 +2,7 @@
 //! rules, the proxy (native or classic sidecar), its token volume and its annotations.
 
 use serde_json::{json, Map, Value};
-use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
+use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID, TELEMETRY_PORT};
 
 use super::annotations::PodOptions;
 use super::settings::{Resources, Settings};
@@ -17,6 +17,9 @@ pub const TOKEN_VOLUME: &str = "strait-token";
 pub const TOKEN_DIR: &str = "/var/run/secrets/strait";
 /// The bootstrap ProxyConfig shipped in the proxy image (`deploy/proxy/sidecar.yaml`).
 pub const BOOTSTRAP: &str = "/etc/strait/sidecar.yaml";
+/// Name of the proxy's telemetry container port (the PodMonitor selects it; at most 15
+/// characters, as Kubernetes requires).
+pub const TELEMETRY_PORT_NAME: &str = "strait-metrics";
 /// Seconds a classic sidecar waits before it starts draining (the app shuts down first).
 pub const CLASSIC_PRESTOP_SECONDS: u32 = 5;
 
@@ -63,6 +66,8 @@ pub fn init_container(options: &PodOptions, settings: &Settings) -> Value {
         OUTBOUND_PORT.to_string(),
         "--admin-port".into(),
         ADMIN_PORT.to_string(),
+        "--telemetry-port".into(),
+        TELEMETRY_PORT.to_string(),
     ];
     if !options.exclude_inbound_ports.is_empty() {
         args.extend([
@@ -104,12 +109,14 @@ fn field_env(name: &str, path: &str) -> Value {
 }
 
 /// The proxy container. Native (`restartPolicy: Always` in initContainers): its startup probe
-/// holds back every container after it until the proxy is ready, and it gets SIGTERM only
-/// after the app has exited. Classic: a container with a preStop pause so the app stops first.
+/// holds back every container after it until the proxy is ready (serving the control's
+/// config), and it gets SIGTERM only after the app has exited. Classic: a container with a
+/// preStop pause so the app stops first. Probes and Prometheus use the telemetry port; the
+/// admin port is bound on loopback and not declared.
 pub fn proxy_container(options: &PodOptions, settings: &Settings) -> Value {
     let probe = |period: u32, failures: u32| {
         json!({
-            "httpGet": {"path": "/ready", "port": ADMIN_PORT},
+            "httpGet": {"path": "/ready", "port": TELEMETRY_PORT},
             "periodSeconds": period,
             "failureThreshold": failures,
         })
@@ -132,11 +139,11 @@ pub fn proxy_container(options: &PodOptions, settings: &Settings) -> Value {
             field_env("STRAIT_POD_NAMESPACE", "metadata.namespace"),
             field_env("STRAIT_POD_IP", "status.podIP"),
         ],
-        "ports": [{"name": "strait-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
+        "ports": [{"name": TELEMETRY_PORT_NAME, "containerPort": TELEMETRY_PORT, "protocol": "TCP"}],
         "startupProbe": probe(1, 120),
         "readinessProbe": probe(5, 3),
         "livenessProbe": {
-            "httpGet": {"path": "/live", "port": ADMIN_PORT},
+            "httpGet": {"path": "/live", "port": TELEMETRY_PORT},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
@@ -184,7 +191,10 @@ pub fn added_annotations(
     )];
     if !existing.keys().any(|k| k.starts_with("prometheus.io/")) {
         out.push(("prometheus.io/scrape".into(), json!("true")));
-        out.push(("prometheus.io/port".into(), json!(ADMIN_PORT.to_string())));
+        out.push((
+            "prometheus.io/port".into(),
+            json!(TELEMETRY_PORT.to_string()),
+        ));
         out.push(("prometheus.io/path".into(), json!("/metrics")));
     }
     if let Some(app) = app_container {

@@ -1,7 +1,7 @@
 //! `strait-proxy init-iptables`: the nat rules that send a pod's TCP through the proxy.
 //!
 //! ```text
-//! PREROUTING ─▶ STRAIT_INBOUND:  excluded ports (and the proxy's own) RETURN,
+//! PREROUTING ─▶ STRAIT_INBOUND:  excluded ports (and the proxy's own: admin, telemetry) RETURN,
 //!                                everything else REDIRECT --to-ports INBOUND
 //! OUTPUT     ─▶ STRAIT_OUTBOUND: the proxy's UID/GID, loopback destinations, excluded ports
 //!                                and CIDRs RETURN, everything else REDIRECT --to-ports OUTBOUND
@@ -41,6 +41,9 @@ pub struct InitArgs {
     /// Port of the proxy's admin server (never redirected inbound).
     #[arg(long, default_value_t = sidecar::ADMIN_PORT)]
     pub admin_port: u16,
+    /// Port of the proxy's telemetry listener (probes, metrics; never redirected inbound).
+    #[arg(long, default_value_t = sidecar::TELEMETRY_PORT)]
+    pub telemetry_port: u16,
     /// Inbound destination ports left alone, comma-separated.
     #[arg(long, value_delimiter = ',', value_name = "PORTS")]
     pub exclude_inbound_ports: Vec<u16>,
@@ -227,7 +230,12 @@ pub fn plan(args: &InitArgs, family: Family) -> Vec<Step> {
     if !args.no_inbound {
         steps.push(Step::NewChain(INBOUND_CHAIN));
         steps.push(Step::Flush(INBOUND_CHAIN));
-        let mut skipped = vec![args.admin_port, args.inbound_port, args.outbound_port];
+        let mut skipped = vec![
+            args.admin_port,
+            args.telemetry_port,
+            args.inbound_port,
+            args.outbound_port,
+        ];
         skipped.extend(&args.exclude_inbound_ports);
         for port in dedup(skipped) {
             let port = port.to_string();
@@ -448,6 +456,7 @@ mod tests {
             "iptables -t nat -N STRAIT_INBOUND    # unless it exists",
             "iptables -t nat -F STRAIT_INBOUND",
             "iptables -t nat -A STRAIT_INBOUND -p tcp --dport 15300 -j RETURN",
+            "iptables -t nat -A STRAIT_INBOUND -p tcp --dport 15303 -j RETURN",
             "iptables -t nat -A STRAIT_INBOUND -p tcp --dport 15302 -j RETURN",
             "iptables -t nat -A STRAIT_INBOUND -p tcp --dport 15301 -j RETURN",
             "iptables -t nat -A STRAIT_INBOUND -p tcp -j REDIRECT --to-ports 15302",

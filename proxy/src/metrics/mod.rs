@@ -50,7 +50,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     );
     describe_gauge!(
         CONFIG_VERSION,
-        "Version number of the configuration being served."
+        "This proxy's count of applied configurations, from 1 (/config's localVersion; with a control, /config's version is the control's revision)."
     );
     describe_counter!(TCP_CONNECTIONS, "TCP connections proxied, by listener.");
     describe_counter!(
