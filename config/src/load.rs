@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::de::{from_node, DeError};
 use crate::error::{ConfigError, ConfigErrors, FieldPath, Mark};
 use crate::spec::{Document, Resource, API_VERSION, KINDS};
-use crate::yaml::{parse_documents, Node};
+use crate::yaml::{parse_documents_within, Budget, Node};
 
 /// One parsed document with the tree it came from (kept to locate later errors).
 ///
@@ -74,12 +74,16 @@ fn unreadable(file: &Path, e: &std::io::Error) -> ConfigErrors {
 }
 
 /// Parses every document of every source into typed resources, collecting all errors.
+///
+/// What aliases copy is paid from one [`Budget`] for all the sources: a directory or an apply of
+/// many files expands no further than one file may.
 pub fn parse_sources(sources: &[Source]) -> Result<Vec<LoadedDoc>, ConfigErrors> {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
+    let mut budget = Budget::default();
     for source in sources {
         let file: Arc<Path> = Arc::from(source.file.as_path());
-        let parsed = match parse_documents(&source.text) {
+        let parsed = match parse_documents_within(&source.text, &mut budget) {
             Ok(parsed) => parsed,
             Err(e) => {
                 errors.push(ConfigError {

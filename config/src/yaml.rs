@@ -4,17 +4,22 @@
 //! `yaml-rust2` on a 10,000-route file) so that errors can point at line and column, and so that
 //! duplicate keys — silently "last wins" in the serde_yaml family — are errors.
 
+mod budget;
+mod keys;
+
 use std::collections::HashMap;
 
 use libyaml_safer::{EventData, Parser, ScalarStyle};
 
 use crate::error::{Mark, PathSeg};
 
-/// Most nodes aliases may add to one document (guards against "billion laughs"; nodes written
-/// out in the text are bounded by the text itself).
-const MAX_ALIAS_NODES: usize = 100_000;
-/// Deepest nesting accepted.
-const MAX_DEPTH: usize = 64;
+use budget::Cost;
+use keys::KeySet;
+
+pub use budget::{Budget, MAX_ALIAS_BYTES, MAX_ALIAS_NODES};
+
+/// Deepest nesting accepted, aliases expanded.
+pub const MAX_DEPTH: usize = 64;
 
 /// A YAML node and its position.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,15 +126,22 @@ fn mark(m: libyaml_safer::Mark) -> Mark {
 
 type Marker = libyaml_safer::Mark;
 
-/// Parses every document of a stream; empty documents are skipped.
+/// Parses every document of a stream; empty documents are skipped. Aliases in all documents
+/// share one fresh [`Budget`].
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
+    parse_documents_within(text, &mut Budget::default())
+}
+
+/// Parses every document of a stream, paying for what aliases copy from `budget` (share one
+/// budget between the files of one load).
+pub fn parse_documents_within(text: &str, budget: &mut Budget) -> Result<Vec<Document>, YamlError> {
     let mut input = text.as_bytes();
     let mut parser = Parser::new();
     parser.set_input_string(&mut input);
     let mut builder = Builder {
         parser,
         anchors: HashMap::new(),
-        nodes: 0,
+        budget,
     };
     let mut docs = Vec::new();
     loop {
@@ -138,12 +150,11 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
             EventData::StreamEnd => return Ok(docs),
             EventData::DocumentStart { .. } => {
                 builder.anchors.clear();
-                builder.nodes = 0;
                 let (event, at) = builder.next()?;
                 if matches!(event, EventData::DocumentEnd { .. }) {
                     continue;
                 }
-                let root = builder.node(event, at, 0).map_err(|mut e| {
+                let (root, _) = builder.node(event, at, 0).map_err(|mut e| {
                     // Segments were added innermost first, on the way out.
                     e.path.reverse();
                     e
@@ -167,13 +178,14 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
     }
 }
 
-struct Builder<'i, 't> {
+struct Builder<'i, 't, 'b> {
     parser: Parser<&'i mut &'t [u8]>,
-    anchors: HashMap<String, Node>,
-    nodes: usize,
+    /// The anchors of the current document, with the size of each.
+    anchors: HashMap<String, (Node, Cost)>,
+    budget: &'b mut Budget,
 }
 
-impl Builder<'_, '_> {
+impl Builder<'_, '_, '_> {
     fn next(&mut self) -> Result<(EventData, Marker), YamlError> {
         match self.parser.parse() {
             Ok(event) => Ok((event.data, event.start_mark)),
@@ -192,32 +204,19 @@ impl Builder<'_, '_> {
         }
     }
 
-    /// Counts nodes added by an alias.
-    fn count(&mut self, at: Marker, n: usize) -> Result<(), YamlError> {
-        self.nodes += n;
-        if self.nodes > MAX_ALIAS_NODES {
-            return Err(YamlError {
-                mark: mark(at),
-                path: Vec::new(),
-                message: format!(
-                    "aliases expand the document by more than {MAX_ALIAS_NODES} nodes"
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    /// Builds the node starting with `event` at nesting `depth`. An error's path is built on
-    /// the way out, innermost segment first, so that success pays nothing for it.
-    fn node(&mut self, event: EventData, at: Marker, depth: usize) -> Result<Node, YamlError> {
+    /// Builds the node starting with `event` at nesting `depth`, with its size. An error's
+    /// path is built on the way out, innermost segment first, so that success pays nothing for
+    /// it.
+    fn node(
+        &mut self,
+        event: EventData,
+        at: Marker,
+        depth: usize,
+    ) -> Result<(Node, Cost), YamlError> {
         if depth > MAX_DEPTH {
-            return Err(YamlError {
-                mark: mark(at),
-                path: Vec::new(),
-                message: format!("nesting deeper than {MAX_DEPTH} levels"),
-            });
+            return Err(too_deep(at));
         }
-        let (node, anchor) = match event {
+        let (node, cost, anchor) = match event {
             EventData::Scalar {
                 value,
                 style,
@@ -226,85 +225,32 @@ impl Builder<'_, '_> {
                 ..
             } => {
                 let plain = style == ScalarStyle::Plain && tag.is_none();
-                (
-                    Node {
-                        kind: NodeKind::Scalar { value, plain },
-                        mark: mark(at),
-                    },
-                    anchor,
-                )
+                let cost = Cost::scalar(&value);
+                let kind = NodeKind::Scalar { value, plain };
+                (kind, cost, anchor)
             }
             EventData::SequenceStart { anchor, .. } => {
-                let mut items = Vec::new();
-                loop {
-                    let (event, item_at) = self.next()?;
-                    if event == EventData::SequenceEnd {
-                        break;
-                    }
-                    let index = items.len();
-                    let item = self
-                        .node(event, item_at, depth + 1)
-                        .map_err(|e| e.under(PathSeg::Index(index)))?;
-                    items.push(item);
-                }
-                (
-                    Node {
-                        kind: NodeKind::Seq(items),
-                        mark: mark(at),
-                    },
-                    anchor,
-                )
+                let (items, cost) = self.sequence(depth)?;
+                (NodeKind::Seq(items), cost, anchor)
             }
             EventData::MappingStart { anchor, .. } => {
-                let mut entries: Vec<(Node, Node)> = Vec::new();
-                loop {
-                    let (event, key_at) = self.next()?;
-                    if event == EventData::MappingEnd {
-                        break;
-                    }
-                    let key = self.node(event, key_at, depth + 1)?;
-                    let segment = || PathSeg::Key(key.as_str().unwrap_or("?").to_owned().into());
-                    if let Some(name) = key.as_str() {
-                        if let Some((first, _)) =
-                            entries.iter().find(|(k, _)| k.as_str() == Some(name))
-                        {
-                            return Err(YamlError {
-                                mark: key.mark,
-                                path: vec![segment()],
-                                message: format!(
-                                    "duplicate key `{name}` (first at line {})",
-                                    first.mark.line
-                                ),
-                            });
-                        }
-                    }
-                    let (event, value_at) = self.next()?;
-                    let value = self
-                        .node(event, value_at, depth + 1)
-                        .map_err(|e| e.under(segment()))?;
-                    entries.push((key, value));
-                }
-                (
-                    Node {
-                        kind: NodeKind::Map(entries),
-                        mark: mark(at),
-                    },
-                    anchor,
-                )
+                let (entries, cost) = self.mapping(depth)?;
+                (NodeKind::Map(entries), cost, anchor)
             }
             EventData::Alias { anchor } => {
-                let Some(target) = self.anchors.get(&anchor).cloned() else {
+                let Some((target, cost)) = self.anchors.get(&anchor) else {
                     return Err(YamlError {
                         mark: mark(at),
                         path: Vec::new(),
                         message: "alias to an unknown anchor".into(),
                     });
                 };
-                self.count(at, size(&target))?;
-                return Ok(Node {
-                    kind: target.kind,
+                pay(self.budget, at, *cost, depth)?;
+                let node = Node {
+                    kind: target.kind.clone(),
                     mark: mark(at),
-                });
+                };
+                return Ok((node, *cost));
             }
             other => {
                 return Err(YamlError {
@@ -314,23 +260,87 @@ impl Builder<'_, '_> {
                 });
             }
         };
+        let node = Node {
+            kind: node,
+            mark: mark(at),
+        };
         if let Some(anchor) = anchor {
-            self.anchors.insert(anchor, node.clone());
+            // The anchor keeps a copy for its aliases: that copy is paid for too, or anchors
+            // nested in anchors would each copy the same alias expansion again.
+            pay(self.budget, at, cost, depth)?;
+            self.anchors.insert(anchor, (node.clone(), cost));
         }
-        Ok(node)
+        Ok((node, cost))
+    }
+
+    fn sequence(&mut self, depth: usize) -> Result<(Vec<Node>, Cost), YamlError> {
+        let mut items = Vec::new();
+        let mut cost = Cost::collection();
+        loop {
+            let (event, item_at) = self.next()?;
+            if event == EventData::SequenceEnd {
+                return Ok((items, cost));
+            }
+            let index = items.len();
+            let (item, item_cost) = self
+                .node(event, item_at, depth + 1)
+                .map_err(|e| e.under(PathSeg::Index(index)))?;
+            cost.add_child(item_cost);
+            items.push(item);
+        }
+    }
+
+    fn mapping(&mut self, depth: usize) -> Result<(Vec<(Node, Node)>, Cost), YamlError> {
+        let mut entries: Vec<(Node, Node)> = Vec::new();
+        let mut keys = KeySet::default();
+        let mut cost = Cost::collection();
+        loop {
+            let (event, key_at) = self.next()?;
+            if event == EventData::MappingEnd {
+                return Ok((entries, cost));
+            }
+            let (key, key_cost) = self.node(event, key_at, depth + 1)?;
+            let segment = || PathSeg::Key(key.as_str().unwrap_or("?").to_owned().into());
+            if let Some(name) = key.as_str() {
+                if let Some(first) = keys.insert(&entries, name) {
+                    return Err(YamlError {
+                        mark: key.mark,
+                        path: vec![segment()],
+                        message: format!(
+                            "duplicate key `{name}` (first at line {})",
+                            first.mark.line
+                        ),
+                    });
+                }
+            }
+            let (event, value_at) = self.next()?;
+            let (value, value_cost) = self
+                .node(event, value_at, depth + 1)
+                .map_err(|e| e.under(segment()))?;
+            cost.add_child(key_cost);
+            cost.add_child(value_cost);
+            entries.push((key, value));
+        }
     }
 }
 
-fn size(node: &Node) -> usize {
-    match &node.kind {
-        NodeKind::Scalar { .. } => 1,
-        NodeKind::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
-        NodeKind::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| size(k) + size(v))
-                .sum::<usize>()
-        }
+/// Pays from `budget` for copying a subtree of size `cost` to `depth`, before it is copied.
+fn pay(budget: &mut Budget, at: Marker, cost: Cost, depth: usize) -> Result<(), YamlError> {
+    if depth.saturating_add(cost.height) > MAX_DEPTH {
+        return Err(too_deep(at));
+    }
+    budget.spend(cost).map_err(|e| YamlError {
+        mark: mark(at),
+        path: Vec::new(),
+        message: e.to_string(),
+    })
+}
+
+fn too_deep(at: Marker) -> YamlError {
+    YamlError {
+        mark: mark(at),
+        path: Vec::new(),
+        message: format!("nesting deeper than {MAX_DEPTH} levels"),
     }
 }
 
@@ -393,6 +403,128 @@ mod tests {
             .unwrap_err()
             .message
             .contains("more than"));
+    }
+
+    /// A document whose aliases copy `copies` × 101 nodes (plus 101 for the anchor).
+    fn aliased(copies: usize) -> String {
+        let list = vec!["1"; 100].join(",");
+        format!("x: &a [{list}]\ny: [{}]\n", vec!["*a"; copies].join(","))
+    }
+
+    #[test]
+    fn documents_of_one_stream_share_one_alias_budget() {
+        // Each document copies 60,701 nodes: under the budget alone, over it together.
+        let one = aliased(600);
+        assert!(parse_documents(&one).is_ok());
+        let err = parse_documents(&format!("---\n{one}---\n{one}")).unwrap_err();
+        assert_eq!(err.mark.line, 6, "{err:?}");
+        assert!(err.message.contains("more than 100000 nodes"), "{err:?}");
+    }
+
+    #[test]
+    fn files_read_together_share_one_alias_budget() {
+        let one = aliased(600);
+        let mut budget = Budget::default();
+        assert!(parse_documents_within(&one, &mut budget).is_ok());
+        assert!(parse_documents_within(&one, &mut budget).is_err());
+    }
+
+    #[test]
+    fn a_long_string_repeated_by_aliases_is_paid_by_its_bytes() {
+        // 50 nodes, but 5 MB of text.
+        let text = format!(
+            "a: &a \"{}\"\nb: [{}]\n",
+            "x".repeat(100_000),
+            vec!["*a"; 50].join(",")
+        );
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("bytes of text"), "{err:?}");
+        assert_eq!(err.mark.line, 2);
+    }
+
+    #[test]
+    fn anchors_pay_for_the_copy_they_keep() {
+        // 90,900 nodes copied by aliases, and 30 nested anchors copying them again.
+        let aliases = vec!["*x"; 900].join(",");
+        let mut inner = format!("[{aliases}]");
+        for level in 0..30 {
+            inner = format!("&l{level} [{inner}]");
+        }
+        let text = format!("x: &x [{}]\ny: {inner}\n", vec!["1"; 100].join(","));
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("more than 100000 nodes"), "{err:?}");
+    }
+
+    #[test]
+    fn aliases_cannot_nest_deeper_than_the_limit() {
+        let deep = |inner: &str| format!("{}{inner}{}", "[".repeat(40), "]".repeat(40));
+        let text = format!("a: &a {}\nb: &b {}\n", deep("1"), deep("*a"));
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("nesting deeper than 64"), "{err:?}");
+        assert_eq!(err.mark.line, 2);
+    }
+
+    /// 200,000 keys: compared pairwise (the old check) that is 2·10¹⁰ string comparisons, far
+    /// beyond the test run (160,000 took 28 s in release); with a hash per key it takes well
+    /// under a second.
+    #[test]
+    fn many_keys_are_checked_in_linear_time() {
+        let mut text = String::from("keys:\n");
+        for i in 0..200_000 {
+            text.push_str(&format!("  k{i}: {i}\n"));
+        }
+        let docs = parse_documents(&text).unwrap();
+        assert!(
+            matches!(&docs[0].root.get("keys").unwrap().kind, NodeKind::Map(entries) if entries.len() == 200_000)
+        );
+        text.push_str("  k100000: again\n");
+        let err = parse_documents(&text).unwrap_err();
+        assert_eq!(
+            err.mark,
+            Mark {
+                line: 200_002,
+                column: 3
+            }
+        );
+        assert!(
+            err.message
+                .contains("duplicate key `k100000` (first at line 100002)"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn duplicates_are_found_before_and_after_keys_are_hashed() {
+        let keys: String = (0..20).map(|i| format!("  k{i}: {i}\n")).collect();
+        for (dup, first_line) in [("k0", 2), ("k3", 5), ("k19", 21)] {
+            let err = parse_documents(&format!("m:\n{keys}  {dup}: x\n")).unwrap_err();
+            assert_eq!(
+                err.mark,
+                Mark {
+                    line: 22,
+                    column: 3
+                },
+                "{dup}"
+            );
+            assert_eq!(
+                err.path,
+                vec![
+                    PathSeg::Key("m".into()),
+                    PathSeg::Key(dup.to_owned().into())
+                ]
+            );
+            assert!(
+                err.message.contains(&format!(
+                    "duplicate key `{dup}` (first at line {first_line})"
+                )),
+                "{}",
+                err.message
+            );
+        }
+        // Keys that are not scalars are not compared, however many.
+        let complex: String = (0..20).map(|i| format!("  ? [{i}]\n  : {i}\n")).collect();
+        assert!(parse_documents(&format!("m:\n{complex}  a: 1\n  b: 2\n")).is_ok());
     }
 
     #[test]
