@@ -135,6 +135,11 @@ impl Control {
             .and_then(|v| v["fields"]["address"].as_str()?.parse().ok())
     }
 
+    /// The control's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.address)
