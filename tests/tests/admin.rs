@@ -21,7 +21,12 @@ async fn setup() -> (Proxy, Upstream) {
             "secretive",
             "  rules:
     - backendRefs: [{name: up}]
-      requestHeaders: {set: {authorization: \"Bearer s3cr3t\", x-mesh: strait}}",
+      requestHeaders: {set: {authorization: \"Bearer s3cr3t\", x-mesh: strait}}
+    - matches:
+        - headers: [{name: X-Hub-Signature-256, value: sha256-h00k}, {name: x-env, value: prod}]
+          queryParams: [{name: access_token, value: t0ken-q}, {name: page, value: '2'}]
+      backendRefs: [{name: up}]
+      requestHeaders: {add: {x-upstream-auth: upstr3am}}",
         );
     (Proxy::start(&yaml), up)
 }
@@ -45,6 +50,20 @@ async fn config_shows_version_and_resources_with_secrets_redacted() {
     let set = &v["resources"][2]["spec"]["rules"][0]["requestHeaders"]["set"];
     assert_eq!(set["authorization"], "<redacted>");
     assert_eq!(set["x-mesh"], "strait", "non-secret values stay visible");
+    // Values of matches and edits whose name looks like a credential's, wherever the word is.
+    for secret in ["sha256-h00k", "t0ken-q", "upstr3am"] {
+        assert!(!body.contains(secret), "{secret} shown in /config: {body}");
+    }
+    let rule = &v["resources"][2]["spec"]["rules"][1];
+    let m = &rule["matches"][0];
+    assert_eq!(m["queryParams"][0]["value"], "<redacted>");
+    assert_eq!(m["queryParams"][1]["value"], "2");
+    assert_eq!(m["headers"][0]["value"], "<redacted>");
+    assert_eq!(m["headers"][1]["value"], "prod");
+    assert_eq!(
+        rule["requestHeaders"]["add"]["x-upstream-auth"],
+        "<redacted>"
+    );
     // The secret still reaches the upstream: redaction is for display only.
     let echo = get(&http1(), &format!("{}/", proxy.url("web")), "h", &[])
         .await
