@@ -108,6 +108,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Invalid(m) => Self::BadRequest(m),
             RegistryError::NotFound(_) => Self::NotFound(e.to_string()),
             RegistryError::Store(s) => s.into(),
+            RegistryError::Random(_) => Self::Internal(e.to_string()),
         }
     }
 }

@@ -2,6 +2,9 @@
 //!
 //! The token comes from `--token-file` (or is generated into `DATA_DIR/token`, mode 0600, when
 //! none is given). It is compared in constant time and never logged.
+//!
+//! Tokens and ids that grant anything come from the operating system's random source
+//! ([`random_hex`]), never from `fastrand`, whose state a few outputs give away.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,9 +43,7 @@ impl Token {
     pub fn generate(path: &Path) -> std::io::Result<Self> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let token: String = (0..4)
-            .map(|_| format!("{:016x}", fastrand::u64(..)))
-            .collect();
+        let token = random_hex::<32>()?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -58,6 +59,13 @@ impl Token {
     pub fn matches(&self, presented: &[u8]) -> bool {
         presented.ct_eq(&self.0).into()
     }
+}
+
+/// `N` bytes from the operating system's cryptographic random source, in lowercase hex.
+pub fn random_hex<const N: usize>() -> std::io::Result<String> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Middleware: 401 unless `Authorization: Bearer <token>`.
@@ -95,5 +103,28 @@ mod tests {
         assert!(!t.matches(b"secret-token2"));
         assert!(!t.matches(b""));
         assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn generated_tokens_are_256_bit_hex_and_distinct() {
+        let dir = std::env::temp_dir().join(format!("strait-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..64 {
+            // Seeded alike, fastrand (which made tokens before) would repeat itself here.
+            fastrand::seed(7);
+            let path = dir.join(format!("token-{i}"));
+            let token = Token::generate(&path).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(token.matches(text.as_bytes()));
+            assert_eq!(text.len(), 64, "{text}");
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{text}"
+            );
+            assert!(seen.insert(text), "a token repeated");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::random_hex;
 use crate::events::EventSink;
 use crate::policy::Revisions;
 use crate::store::{self, db, JsonTable, StoreError};
@@ -104,6 +105,9 @@ pub enum RegistryError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The operating system's random source failed (no id could be drawn).
+    #[error("cannot draw an instance id: {0}")]
+    Random(std::io::Error),
 }
 
 /// The registry.
@@ -194,7 +198,8 @@ impl Registry {
     pub fn register(&self, registration: Registration) -> Result<Instance, RegistryError> {
         check(&registration)?;
         let instance = Instance {
-            id: format!("{:016x}", fastrand::u64(..)),
+            // The id is what heartbeats and deregistrations present: unguessable, 128 bits.
+            id: random_hex::<16>().map_err(RegistryError::Random)?,
             registration,
             registered_at: now_ms(),
         };
@@ -344,5 +349,37 @@ impl Registry {
         }
         tx.commit().map_err(db)?;
         Ok(revision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::NoEvents;
+
+    #[test]
+    fn instance_ids_are_128_bit_hex_and_distinct() {
+        let dir = std::env::temp_dir().join(format!("strait-registry-ids-{}", std::process::id()));
+        let db = store::open(&dir, &[crate::policy::META, INSTANCES]).unwrap();
+        let revisions = crate::policy::Revisions::load(&db).unwrap();
+        let registry = Registry::open(db, revisions, Arc::new(NoEvents)).unwrap();
+        let registration: Registration = serde_json::from_value(
+            serde_json::json!({"service": "api", "address": "10.0.0.1", "port": 80}),
+        )
+        .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..32 {
+            // Seeded alike, fastrand (which made ids before) would repeat itself here.
+            fastrand::seed(7);
+            let id = registry.register(registration.clone()).unwrap().id;
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{id}"
+            );
+            assert!(seen.insert(id), "an id repeated");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -26,6 +26,11 @@ fn bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Path of the built `strait-control` binary.
+pub fn control_bin() -> PathBuf {
+    bin("strait-control")
+}
+
 /// Path of the built `straitctl` binary.
 pub fn straitctl_bin() -> PathBuf {
     bin("straitctl")
