@@ -2,7 +2,9 @@
 //!
 //! Built from `libyaml-safer`'s event parser (libyaml ported to safe Rust: 1.6× the speed of
 //! `yaml-rust2` on a 10,000-route file) so that errors can point at line and column, and so that
-//! duplicate keys — silently "last wins" in the serde_yaml family — are errors.
+//! duplicate keys — silently "last wins" in the serde_yaml family — are errors. What anchors and
+//! aliases copy is paid from a [`Budget`] before it is copied, and nesting stops at
+//! [`MAX_DEPTH`], aliases expanded.
 
 mod budget;
 mod keys;
