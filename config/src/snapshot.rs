@@ -60,6 +60,8 @@ pub struct ProxySettings {
     pub max_headers: usize,
     /// How long an HTTP/1 client has to send a request head (idle keep-alive included).
     pub header_read_timeout: Duration,
+    /// How long a request body may stall before the request ends (408).
+    pub body_read_timeout: Duration,
 }
 
 /// A listener and what it serves.

@@ -31,6 +31,7 @@ const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
 const DEFAULT_MAX_HEADERS: u32 = 100;
 /// How long a client has to send a request head, by default.
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 
 fn parse_addr(
@@ -115,6 +116,12 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
         &limits_at.key("headerReadTimeout"),
         limits.header_read_timeout,
     );
+    check_positive(
+        errors,
+        doc,
+        &limits_at.key("bodyReadTimeout"),
+        limits.body_read_timeout,
+    );
     let default_max_conns = limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
 
     let mut listeners = Vec::new();
@@ -188,6 +195,9 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
             header_read_timeout: limits
                 .header_read_timeout
                 .map_or(DEFAULT_HEADER_READ_TIMEOUT, |d| d.get()),
+            body_read_timeout: limits
+                .body_read_timeout
+                .map_or(DEFAULT_BODY_READ_TIMEOUT, |d| d.get()),
         },
         listeners,
     })

@@ -145,4 +145,9 @@ pub struct LimitsSpec {
     /// connection is closed. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_read_timeout: Option<Duration>,
+    /// How long a request body may stall (no byte arrives) before the request ends with 408
+    /// (or, once the upstream has begun answering, the connection is reset) and its upstream
+    /// connection is freed. HTTP/1 and HTTP/2 alike. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_read_timeout: Option<Duration>,
 }

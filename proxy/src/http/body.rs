@@ -10,45 +10,107 @@ use hyper::body::Incoming;
 
 use super::error::UpstreamError;
 use super::h1;
+use super::stall::StallTimer;
 use crate::service::breaker::Slot;
 use crate::service::endpoint::InFlight;
 
-/// A client's request body: read whole with its head by the HTTP/1 fast path (a small body of
-/// announced length, or none; see [`super::h1::serve`]), or by hyper's server as it arrives.
+/// Why a client's request body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// No byte arrived for `limits.bodyReadTimeout`.
+    #[error("no body bytes for {0:?}")]
+    Stalled(std::time::Duration),
+    /// The client closed the connection before the body's end.
+    #[error("connection closed before the body's end")]
+    Truncated,
+    /// The chunked framing is malformed.
+    #[error("malformed chunked body: {0}")]
+    Chunked(&'static str),
+    /// Reading the client's connection failed.
+    #[error("reading the body: {0}")]
+    Io(#[source] std::io::Error),
+    /// The HTTP/2 stream failed.
+    #[error("HTTP/2 body: {0}")]
+    Http2(#[source] hyper::Error),
+}
+
+/// A client's request body: read whole with its head (a small body of announced length
+/// already in the buffer, or none), or streamed off the connection as it is polled.
 #[derive(Debug)]
 pub enum ClientBody {
     /// The whole body (empty: none), sent as one frame.
     Whole(Bytes),
-    /// Read by hyper's server as it arrives.
-    Streamed(Incoming),
+    /// Read off an HTTP/1 connection by whoever polls it.
+    Http1(h1::RequestBody),
+    /// An HTTP/2 stream's body, guarded against stalls.
+    Http2 {
+        /// The stream's data.
+        body: Incoming,
+        /// Fails the body when nothing arrives for the configured time.
+        stall: Box<StallTimer>,
+    },
+}
+
+impl ClientBody {
+    /// An HTTP/2 request's body, failing after `stall` without a byte.
+    pub fn http2(body: Incoming, stall: std::time::Duration) -> Self {
+        if body.is_end_stream() {
+            return Self::Whole(Bytes::new());
+        }
+        Self::Http2 {
+            body,
+            stall: Box::new(StallTimer::new(stall)),
+        }
+    }
 }
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             Self::Whole(bytes) if bytes.is_empty() => Poll::Ready(None),
             Self::Whole(bytes) => Poll::Ready(Some(Ok(Frame::data(std::mem::take(bytes))))),
-            Self::Streamed(b) => Pin::new(b).poll_frame(cx),
+            Self::Http1(b) => Pin::new(b).poll_frame(cx),
+            Self::Http2 { body, stall } => match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => {
+                    let stalled = std::task::ready!(stall.poll_expired(cx));
+                    Poll::Ready(Some(Err(BodyError::Stalled(stalled))))
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    stall.progress();
+                    let frame = match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            h1::strip_framing_fields(&mut trailers);
+                            Frame::trailers(trailers)
+                        }
+                        Err(frame) => frame,
+                    };
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Http2(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Whole(bytes) => bytes.is_empty(),
-            Self::Streamed(b) => b.is_end_stream(),
+            Self::Http1(b) => b.is_end_stream(),
+            Self::Http2 { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Whole(bytes) => SizeHint::with_exact(bytes.len() as u64),
-            Self::Streamed(b) => b.size_hint(),
+            Self::Http1(b) => b.size_hint(),
+            Self::Http2 { body, .. } => body.size_hint(),
         }
     }
 }
@@ -64,12 +126,12 @@ pub enum UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             Self::Streamed(b) => Pin::new(b).poll_frame(cx),
             Self::Full(bytes) => Poll::Ready(
@@ -152,6 +214,18 @@ pub enum ResponseBody {
 }
 
 impl ResponseBody {
+    /// After a 101 to an upgrade: the upstream's connection, now another protocol's, and
+    /// the bytes it sent right behind its 101.
+    pub fn take_upgraded(&mut self) -> Option<(tokio::net::TcpStream, bytes::BytesMut)> {
+        match self {
+            Self::Upstream {
+                inner: UpstreamResponseBody::Http1(body),
+                ..
+            } => body.take_upgraded(),
+            _ => None,
+        }
+    }
+
     /// A proxy-made body.
     pub fn local(bytes: impl Into<Bytes>) -> Self {
         Self::Local(Full::new(bytes.into()))

@@ -3,7 +3,7 @@
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
 
-use super::body::ResponseBody;
+use super::body::{BodyError, ResponseBody};
 use super::response::{Fields, Reply};
 use crate::service::breaker::Refusal;
 
@@ -19,9 +19,18 @@ pub enum ProxyError {
     /// Downstream: headers exceed the configured limits.
     #[error("request headers too large: {0}")]
     HeadersTooLarge(&'static str),
-    /// Downstream: the request body broke off or was malformed mid-stream.
+    /// Downstream: the request body broke off, stalled or was malformed mid-stream.
     #[error("request body aborted: {0}")]
-    RequestBody(#[source] hyper::Error),
+    RequestBody(#[source] BodyError),
+    /// Downstream: a method the proxy does not forward (`CONNECT`).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Downstream: a transfer coding other than chunked.
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+    /// Downstream: an `Expect` other than `100-continue`.
+    #[error("expectation not supported")]
+    ExpectationFailed,
     /// Config: no rule matches.
     #[error("no route matches")]
     NoRoute,
@@ -90,7 +99,11 @@ impl ProxyError {
     /// Status code of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::RequestBody(BodyError::Stalled(_)) => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) | Self::RequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoHealthyEndpoints | Self::CircuitOpen | Self::Overflow => {
@@ -107,7 +120,11 @@ impl ProxyError {
     /// Value of `x-strait-reason`.
     pub fn reason(&self) -> &'static str {
         match self {
+            Self::RequestBody(BodyError::Stalled(_)) => "body-timeout",
             Self::BadRequest(_) | Self::RequestBody(_) => "bad-request",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::NotImplemented(_) => "not-implemented",
+            Self::ExpectationFailed => "expectation-failed",
             Self::HeadersTooLarge(_) => "header-too-large",
             Self::NoRoute => "no-route",
             Self::NoHealthyEndpoints => "no-healthy-endpoints",
@@ -135,7 +152,12 @@ impl ProxyError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            Self::BadRequest(_) | Self::RequestBody(_) | Self::HeadersTooLarge(_)
+            Self::BadRequest(_)
+                | Self::RequestBody(_)
+                | Self::HeadersTooLarge(_)
+                | Self::MethodNotAllowed
+                | Self::NotImplemented(_)
+                | Self::ExpectationFailed
         )
     }
 
@@ -154,6 +176,13 @@ impl ProxyError {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let Self::MethodNotAllowed = self {
+            // RFC 9110 §15.5.6: a 405 names the methods that are allowed.
+            headers.insert(
+                http::header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+            );
+        }
         if let Self::RateLimited(wait) = self {
             // Whole seconds, rounded up: a client that waits this long will be accepted.
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -186,6 +215,13 @@ mod tests {
             (ProxyError::Overflow, 503, "overflow"),
             (ProxyError::HeadersTooLarge("size"), 431, "header-too-large"),
             (ProxyError::BadRequest("host"), 400, "bad-request"),
+            (
+                ProxyError::RequestBody(BodyError::Stalled(std::time::Duration::from_secs(30))),
+                408,
+                "body-timeout",
+            ),
+            (ProxyError::MethodNotAllowed, 405, "method-not-allowed"),
+            (ProxyError::NotImplemented("gzip"), 501, "not-implemented"),
             (
                 ProxyError::RateLimited(std::time::Duration::from_millis(1500)),
                 429,

@@ -11,5 +11,6 @@ pub mod pipeline;
 pub mod response;
 pub mod retry;
 pub mod server;
+pub mod stall;
 pub mod tunnel;
 pub mod upstream;

@@ -18,7 +18,6 @@ use http::header::{
 };
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, StatusCode, Uri, Version};
-use hyper::upgrade::OnUpgrade;
 use strait_config::matching::{normalize_host, normalize_path, RequestView};
 use strait_config::snapshot::{HashKey, HttpRule, ProxySettings, Serves};
 use strait_config::spec::ServiceProtocol;
@@ -31,11 +30,11 @@ use super::headers::{strip_hop_by_hop, wants_upgrade, ClientHeaders};
 use super::response::Reply;
 use super::retry::{backoff, retryable, RequestBody};
 use super::upstream::Dial;
-use super::{mirror, tunnel, upstream};
+use super::{mirror, upstream};
 use crate::active::{Active, ServiceRuntime};
 use crate::service::balance::affinity_hash;
 use crate::service::breaker::{Attempt, Breaker};
-use crate::service::endpoint::{Endpoint, InFlight};
+use crate::service::endpoint::InFlight;
 use crate::shared::Shared;
 
 /// What a connection knows about itself, shared by its requests.
@@ -215,7 +214,6 @@ fn forward<'a>(
         let upgrade = req.version() == Version::HTTP_11
             && service.protocol == ServiceProtocol::Http1
             && wants_upgrade(req.headers());
-        let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
         // Upgrades are never retried nor mirrored: the connection becomes the client's.
@@ -275,7 +273,6 @@ fn forward<'a>(
         let Sent {
             response,
             in_flight,
-            endpoint,
             tries,
         } = sent;
 
@@ -283,7 +280,7 @@ fn forward<'a>(
             status,
             mut fields,
             body: inner,
-        } = for_client(response, on_client_upgrade, upgrade, &endpoint.label);
+        } = for_client(response, upgrade);
         if !rule.response_headers.is_empty() {
             rule.response_headers.apply(fields.map_mut());
         }
@@ -305,18 +302,14 @@ fn forward<'a>(
     }
 }
 
-/// The upstream's response made fit for the client's hop: a 101 to a request that upgrades
-/// joins the two connections into a tunnel, and the hop-by-hop fields stay behind.
+/// The upstream's response made fit for the client's hop: the hop-by-hop fields stay behind
+/// (but those of a 101 to a request that upgrades, which the client must see; the server
+/// then joins the two connections, see [`super::tunnel`]).
 pub(crate) fn for_client(
     mut reply: Reply<UpstreamResponseBody>,
-    on_client_upgrade: Option<OnUpgrade>,
     upgrade: bool,
-    endpoint: &Arc<str>,
 ) -> Reply<UpstreamResponseBody> {
     let switching = reply.status == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        tunnel::join(on_client_upgrade, &mut reply.body, endpoint);
-    }
     reply.fields.strip_hop_by_hop(switching && upgrade);
     reply
 }
@@ -456,7 +449,6 @@ struct Outgoing<'a> {
 struct Sent {
     response: Reply<UpstreamResponseBody>,
     in_flight: InFlight,
-    endpoint: Arc<Endpoint>,
     tries: u32,
 }
 
@@ -537,7 +529,6 @@ async fn send_with_retries(
             return outcome.map(|(response, in_flight)| Sent {
                 response,
                 in_flight,
-                endpoint,
                 tries,
             });
         };

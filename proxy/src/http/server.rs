@@ -1,6 +1,6 @@
-//! Serving one downstream HTTP connection: plain HTTP/1.1 requests on the fast path
-//! ([`h1::serve`]), then — from the first request it leaves, or the first bytes when they are
-//! HTTP/2's preface — hyper's server, with the configured limits and graceful shutdown on drain.
+//! Serving one downstream HTTP connection: HTTP/1 by Strait's own server ([`h1::serve`]) from
+//! the first byte to the close; a connection that opens with HTTP/2's preface goes to hyper's
+//! HTTP/2 server, with the configured limits and graceful shutdown on drain.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,9 +11,9 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use http::Request;
 use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use strait_config::snapshot::ProxySettings;
 use tokio::net::TcpStream;
 
@@ -39,11 +39,13 @@ pub fn serve(
 ) -> impl Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay(true);
     let late = shared.drain.is_draining();
-    let fast = {
-        let limits = &shared.config.load().snapshot.proxy;
+    let limits = {
+        let settings = &shared.config.load().snapshot.proxy;
         h1::serve::Limits {
-            header_read_timeout: limits.header_read_timeout,
-            max_head: max_buf_size(limits),
+            header_read_timeout: settings.header_read_timeout,
+            max_head: max_head(settings),
+            max_headers: settings.max_headers,
+            body_read_timeout: settings.body_read_timeout,
         }
     };
     let conn = Arc::new(Conn {
@@ -54,65 +56,50 @@ pub fn serve(
         original,
     });
     // A combinator, not one `async` block around both parts: the block would keep the
-    // arguments of the fast path beside the fast path's own copies, and room for its outcome.
-    h1::serve::serve(stream, conn.clone(), fast, late).then(move |outcome| async move {
-        if let h1::serve::Outcome::Handoff { read, stream } = outcome {
-            // The limits in force now: the fast path may have served for a while, through
-            // reloads.
+    // arguments of the HTTP/1 server beside its own copies, and room for its outcome.
+    h1::serve::serve(stream, conn.clone(), limits, late).then(move |outcome| async move {
+        if let h1::serve::Outcome::Http2 { read, stream } = outcome {
+            // The limits in force now: the connection may have waited through reloads.
             let limits = conn.shared.config.load().snapshot.proxy.clone();
             // Boxed: hyper's connection state would otherwise widen every connection's task,
-            // most of which never leave the fast path.
+            // most of which are HTTP/1.
             let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), stream));
-            Box::pin(serve_with_hyper(io, conn, &limits, late)).await;
+            Box::pin(serve_http2(io, conn, &limits, late)).await;
         }
         // Held to here: the drain waits for every connection's token.
         drop(token);
     })
 }
 
-/// The most a connection buffers of a request's head: twice the configured header limit, so
-/// that our 431 (with a reason) answers before hyper's own limit is reached.
-fn max_buf_size(limits: &ProxySettings) -> usize {
+/// The most a connection buffers of a request's head before answering 431: the configured
+/// header bytes, with room for the request line and the fields' separators.
+fn max_head(limits: &ProxySettings) -> usize {
     (limits.max_header_bytes * 2).max(16 * 1024)
 }
 
-/// hyper's server, from where the fast path left the connection to its end.
-async fn serve_with_hyper(
+/// hyper's HTTP/2 server, from the connection's preface to its end.
+async fn serve_http2(
     io: TokioIo<h1::serve::Rewound>,
     conn: Arc<Conn>,
     limits: &ProxySettings,
     late: bool,
 ) {
-    let max_buf_size = max_buf_size(limits);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own limits sit above ours so that our 431 (with a reason) answers first.
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    // hyper's own limit sits above ours so that our 431 (with a reason) answers first.
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The slowloris guard, which also closes idle keep-alive connections.
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(max_buf_size)
-        .max_headers(limits.max_headers * 2);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(30));
     let state = conn.shared.clone();
     let (listener, peer) = (conn.listener.clone(), conn.peer);
-    // Accepted while draining (an outbound listener keeps accepting so the app can still call
-    // out): serve one request and close, rather than shut down a connection whose request has
-    // not been read yet.
-    if late {
-        builder.http1().keep_alive(false);
-    }
+    let stall = limits.body_read_timeout;
     let service = service_fn(move |req: Request<Incoming>| {
         let version = req.version();
-        let reply = handle(req.map(ClientBody::Streamed), conn.clone());
+        let reply = handle(req.map(|body| ClientBody::http2(body, stall)), conn.clone());
         async move { Ok::<_, Infallible>(reply.await.into_http(version)) }
     });
-    let connection = builder.serve_connection_with_upgrades(io, service);
+    let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -1,50 +1,34 @@
-//! Upgraded connections (WebSocket and other `Upgrade` protocols): once both sides have
-//! switched, bytes are copied both ways until either closes.
-
-use std::sync::Arc;
+//! Upgraded connections (WebSocket and other `Upgrade` protocols): once the upstream has
+//! answered 101 to a request that asked to upgrade, the client's connection and the
+//! upstream's are joined and bytes are copied both ways until either closes.
 
 use bytes::BytesMut;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::body::UpstreamResponseBody;
-
-/// After a 101, joins the client's upgraded connection to the upstream's in a background
-/// task. Without a client upgrade (the client did not ask) the upstream side is dropped.
-pub fn join(client: Option<OnUpgrade>, body: &mut UpstreamResponseBody, endpoint: &Arc<str>) {
-    let UpstreamResponseBody::Http1(body) = body else {
-        return;
+/// Joins `client` to `upstream`. `client_early`: bytes the client sent behind its request,
+/// read with it; `upstream_early`: bytes the upstream sent right behind its 101.
+pub async fn join(
+    mut client: TcpStream,
+    client_early: BytesMut,
+    (mut upstream, upstream_early): (TcpStream, BytesMut),
+    endpoint: &str,
+) {
+    let early = async {
+        if !upstream_early.is_empty() {
+            client.write_all(&upstream_early).await?;
+        }
+        if !client_early.is_empty() {
+            upstream.write_all(&client_early).await?;
+        }
+        Ok::<_, std::io::Error>(())
     };
-    if let (Some(client), Some(upstream)) = (client, body.take_upgraded()) {
-        spawn(client, upstream, endpoint.clone());
+    if let Err(e) = early.await {
+        tracing::debug!(endpoint, error = %e, "upgraded connection broke");
+        return;
     }
-}
-
-fn spawn(client: OnUpgrade, (mut upstream, early): (TcpStream, BytesMut), endpoint: Arc<str>) {
-    tokio::spawn(async move {
-        let mut client = match client.await {
-            Ok(upgraded) => TokioIo::new(upgraded),
-            Err(e) => {
-                tracing::debug!(endpoint = %endpoint, error = %e, "upgrade failed");
-                return;
-            }
-        };
-        // Bytes the upstream sent right behind its 101 were read with it.
-        if !early.is_empty() {
-            if let Err(e) = client.write_all(&early).await {
-                tracing::debug!(endpoint = %endpoint, error = %e, "upgraded connection broke");
-                return;
-            }
-        }
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => {
-                tracing::debug!(endpoint = %endpoint, up, down, "upgraded connection closed")
-            }
-            Err(e) => {
-                tracing::debug!(endpoint = %endpoint, error = %e, "upgraded connection broke")
-            }
-        }
-    });
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(endpoint, up, down, "upgraded connection closed"),
+        Err(e) => tracing::debug!(endpoint, error = %e, "upgraded connection broke"),
+    }
 }

@@ -8,7 +8,7 @@ use http::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::body::{UpstreamBody, UpstreamResponseBody};
+use super::body::{BodyError, UpstreamBody, UpstreamResponseBody};
 use super::error::ProxyError;
 use super::h1;
 use super::headers::ClientHeaders;
@@ -226,9 +226,18 @@ async fn connect_http2(endpoint: &Endpoint, dial: Dial<'_>) -> Result<Http2Sende
 /// Splits send errors by side: a failing client body is the client's fault, the rest is the
 /// upstream's.
 fn classify(e: hyper::Error) -> ProxyError {
-    if e.is_user() {
-        ProxyError::RequestBody(e)
-    } else {
-        ProxyError::UpstreamReset(e.into())
+    if !e.is_user() {
+        return ProxyError::UpstreamReset(e.into());
+    }
+    // The client's body failed as hyper sent it: a stall keeps its own answer (408).
+    let stalled = std::error::Error::source(&e)
+        .and_then(|cause| cause.downcast_ref::<BodyError>())
+        .and_then(|cause| match cause {
+            BodyError::Stalled(after) => Some(*after),
+            _ => None,
+        });
+    match stalled {
+        Some(after) => ProxyError::RequestBody(BodyError::Stalled(after)),
+        None => ProxyError::RequestBody(BodyError::Http2(e)),
     }
 }

@@ -63,14 +63,13 @@ impl OriginalDestination {
 /// Sends `req` to the original destination as it is (hop-by-hop headers aside) and streams
 /// the answer back. Returns the endpoint label for the access log.
 pub async fn http(
-    mut req: Request<ClientBody>,
+    req: Request<ClientBody>,
     authority: Authority,
     original: &OriginalDestination,
 ) -> Result<(Reply<ResponseBody>, Arc<str>), ProxyError> {
     let downstream_version = req.version();
     let http2 = downstream_version == Version::HTTP_2;
     let upgrade = downstream_version == Version::HTTP_11 && wants_upgrade(req.headers());
-    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     if parts.headers.contains_key(TRANSFER_ENCODING) {
         // RFC 9112 §6.3: never forward both.
@@ -115,7 +114,7 @@ pub async fn http(
         status,
         fields,
         body: inner,
-    } = for_client(response, on_client_upgrade, upgrade, &endpoint.label);
+    } = for_client(response, upgrade);
     let body = ResponseBody::Upstream {
         inner,
         in_flight: Some(in_flight),

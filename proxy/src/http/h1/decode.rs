@@ -317,8 +317,8 @@ impl Chunked {
     pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Error> {
         loop {
             match *self {
-                Self::Size => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
+                Self::Size => match chunk_size_line(buf)? {
+                    Some((used, size)) => {
                         buf.advance(used);
                         *self = if size == 0 {
                             Self::Trailers(0)
@@ -326,10 +326,7 @@ impl Chunked {
                             Self::Data(size)
                         };
                     }
-                    Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => {
-                        return Ok(Step::NeedMore)
-                    }
-                    _ => return Err(Error::Malformed("chunk size")),
+                    None => return Ok(Step::NeedMore),
                 },
                 Self::Data(left) => {
                     if buf.is_empty() {
@@ -342,18 +339,13 @@ impl Chunked {
                     };
                     return Ok(Step::Data(buf.split_to(n).freeze()));
                 }
-                Self::DataEnd => match buf.first() {
-                    None => return Ok(Step::NeedMore),
-                    Some(b'\n') => {
-                        buf.advance(1);
-                        *self = Self::Size;
-                    }
-                    Some(b'\r') if buf.len() < 2 => return Ok(Step::NeedMore),
-                    Some(b'\r') if buf[1] == b'\n' => {
+                Self::DataEnd => match buf.get(..2) {
+                    None if buf.first().is_none_or(|&b| b == b'\r') => return Ok(Step::NeedMore),
+                    Some(b"\r\n") => {
                         buf.advance(2);
                         *self = Self::Size;
                     }
-                    Some(_) => return Err(Error::Malformed("chunk data longer than its size")),
+                    _ => return Err(Error::Malformed("chunk data not ended by CRLF")),
                 },
                 Self::Trailers(seen) => {
                     // Line by line from where the last look stopped, to the blank line.
@@ -368,7 +360,14 @@ impl Chunked {
                     if end > MAX_TRAILER_BYTES {
                         return Err(Error::Malformed("trailers too large"));
                     }
-                    if !(line.is_empty() || line == b"\r") {
+                    // A bare LF ends a line for some parsers and not for others.
+                    let Some(line) = line.strip_suffix(b"\r") else {
+                        return Err(Error::Malformed("bare LF in trailers"));
+                    };
+                    if line.contains(&b'\r') {
+                        return Err(Error::Malformed("bare CR in trailers"));
+                    }
+                    if !line.is_empty() {
                         *self = Self::Trailers(end);
                         continue;
                     }
@@ -384,6 +383,98 @@ impl Chunked {
             }
         }
     }
+}
+
+/// Reads a chunk-size line off the front of `buf` (RFC 9112 §7.1.1), strictly: hex digits,
+/// extensions `*( BWS ";" BWS name [ BWS "=" BWS value ] )`, CRLF. Returns the line's length
+/// and the size, or `None` when the line is not complete yet. Anything else — whitespace
+/// without an extension after it, an empty extension, a bare LF, a size beyond 64 bits — is
+/// refused: a peer parsing it differently would see another body.
+fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
+    let window = &buf[..buf.len().min(MAX_CHUNK_LINE)];
+    let Some(eol) = window.iter().position(|&b| b == b'\n') else {
+        return if buf.len() >= MAX_CHUNK_LINE {
+            Err(Error::Malformed("chunk size line too long"))
+        } else {
+            Ok(None)
+        };
+    };
+    let line = window[..eol]
+        .strip_suffix(b"\r")
+        .ok_or(Error::Malformed("chunk size line not ended by CRLF"))?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(Error::Malformed("chunk size"));
+    }
+    let size = line[..digits].iter().fold(0u64, |n, &b| {
+        // Checked above: hex digits only, at most 16 of them.
+        (n << 4) | u64::from((b as char).to_digit(16).unwrap_or(0))
+    });
+    if !chunk_extensions(&line[digits..]) {
+        return Err(Error::Malformed("chunk extension"));
+    }
+    Ok(Some((eol + 1, size)))
+}
+
+/// Whether `text` is a well-formed (possibly empty) list of chunk extensions.
+fn chunk_extensions(mut text: &[u8]) -> bool {
+    let skip_bws =
+        |t: &[u8]| -> usize { t.iter().take_while(|&&b| b == b' ' || b == b'\t').count() };
+    let token = |t: &[u8]| -> usize { t.iter().take_while(|&&b| is_tchar(b)).count() };
+    while !text.is_empty() {
+        text = &text[skip_bws(text)..];
+        let Some(rest) = text.strip_prefix(b";") else {
+            return false;
+        };
+        text = &rest[skip_bws(rest)..];
+        let name = token(text);
+        if name == 0 {
+            return false;
+        }
+        text = &text[name..];
+        let after = &text[skip_bws(text)..];
+        let Some(value) = after.strip_prefix(b"=") else {
+            continue;
+        };
+        let value = &value[skip_bws(value)..];
+        let len = match value.first() {
+            Some(b'"') => match quoted_string(value) {
+                Some(len) => len,
+                None => return false,
+            },
+            _ => token(value),
+        };
+        if len == 0 {
+            return false;
+        }
+        text = &value[len..];
+    }
+    true
+}
+
+/// Length of the quoted-string at the front of `text` (RFC 9110 §5.6.4), if it is one.
+fn quoted_string(text: &[u8]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(&b) = text.get(i) {
+        match b {
+            b'"' => return Some(i + 1),
+            b'\\' => {
+                let escaped = *text.get(i + 1)?;
+                if escaped != b'\t' && !(0x20..=0x7e).contains(&escaped) && escaped < 0x80 {
+                    return None;
+                }
+                i += 2;
+            }
+            b'\t' | 0x20..=0x7e | 0x80..=0xff => i += 1,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Parses a trailer section (fields and the blank line that ends it).
@@ -667,5 +758,44 @@ mod tests {
         let big_trailer = format!("0\r\nx: {}\r\n\r\n", "t".repeat(MAX_TRAILER_BYTES));
         assert!(decode_all(big_trailer.as_bytes(), 512).is_err());
         assert!(decode_all(b"0\r\nbad name: 1\r\n\r\n", 64).is_err());
+    }
+
+    #[test]
+    fn chunk_lines_are_read_strictly() {
+        for wire in [
+            &b"2;\r\nhi\r\n0\r\n\r\n"[..],
+            b"2 \r\nhi\r\n0\r\n\r\n",
+            b"2\nhi\r\n0\r\n\r\n",
+            b"2\r\nhi\n0\r\n\r\n",
+            b"2\r\nhi\r\n0\r\n\n",
+            b"2\r\nhi\r\n0\r\nx: 1\n\r\n",
+            b"-2\r\nhi\r\n0\r\n\r\n",
+            b"0x2\r\nhi\r\n0\r\n\r\n",
+            b"+2\r\nhi\r\n0\r\n\r\n",
+            b"2;a=\r\nhi\r\n0\r\n\r\n",
+            b"2;a=\"x\r\nhi\r\n0\r\n\r\n",
+            b"2;=b\r\nhi\r\n0\r\n\r\n",
+            b"11111111111111111\r\nhi\r\n0\r\n\r\n",
+            b"2\r\r\nhi\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                decode_all(wire, 64).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        for wire in [
+            &b"2;a\r\nhi\r\n0\r\n\r\n"[..],
+            b"2 ; a = b\r\nhi\r\n0\r\n\r\n",
+            b"2;a=\"q \\\" ;\";b\r\nhi\r\n0\r\n\r\n",
+            b"0002\r\nhi\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(
+                decode_all(wire, 3).unwrap(),
+                b"hi",
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
     }
 }

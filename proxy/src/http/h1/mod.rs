@@ -13,6 +13,7 @@ mod body;
 mod conn;
 pub mod decode;
 pub mod encode;
+pub mod inbound;
 mod recycle;
 pub mod request;
 pub mod respond;
@@ -21,6 +22,7 @@ mod write;
 
 pub use body::{Body, Lease};
 pub use conn::Connection;
+pub use inbound::{strip_framing_fields, Inbound, RequestBody};
 pub use write::RequestWriter;
 
 /// Why an exchange with an upstream over HTTP/1 failed.
@@ -44,7 +46,7 @@ pub enum Error {
     Truncated,
     /// The client's request body failed while it was being sent.
     #[error("request body: {0}")]
-    RequestBody(#[source] hyper::Error),
+    RequestBody(#[source] crate::http::body::BodyError),
     /// The client's request body does not match its announced length.
     #[error("request body does not match its content-length")]
     RequestBodyLength,

@@ -21,6 +21,9 @@ pub enum Framing {
     Length(u64),
     /// Chunks, the length not being known ahead.
     Chunked,
+    /// Everything until the connection closes (an HTTP/1.0 client, which knows no chunks,
+    /// and a length not known ahead).
+    UntilClose,
 }
 
 /// What was written.
@@ -33,9 +36,19 @@ pub struct Written {
     pub close: bool,
 }
 
+/// The client a response goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// It spoke HTTP/1.0: no chunks, and keep-alive only when said so.
+    pub http10: bool,
+    /// The connection closes after this response: the response says so (RFC 9112 §9.6).
+    pub closing: bool,
+}
+
 /// Appends the head of a response to a request with `method` whose body reports `hint` and
-/// `end` (the body is already over): the status line, the fields as they are (a `Date` added
-/// when there is none), and the framing field hyper's server would write.
+/// `end` (the body is already over), for `peer`: the status line, the fields as they are (a
+/// `Date` added when there is none), the framing field, and `Connection` when the
+/// connection closes after it (or is kept open for an HTTP/1.0 client).
 pub fn head(
     out: &mut Vec<u8>,
     status: StatusCode,
@@ -43,6 +56,7 @@ pub fn head(
     method: &Method,
     hint: &SizeHint,
     end: bool,
+    peer: Peer,
 ) -> Written {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -68,7 +82,7 @@ pub fn head(
             }
         }
     };
-    let close = stated.close || status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut close = stated.close || status == StatusCode::SWITCHING_PROTOCOLS || peer.closing;
     let stated_length = stated.length;
     let framing = if bodiless {
         if stated_length.is_none() && length_allowed && !end {
@@ -92,12 +106,21 @@ pub fn head(
                     Framing::Length(n)
                 }
             }
+            (None, None) if peer.http10 => {
+                close = true;
+                Framing::UntilClose
+            }
             (None, None) => {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
                 Framing::Chunked
             }
         }
     };
+    if close && !stated.close && status != StatusCode::SWITCHING_PROTOCOLS {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if peer.http10 && !close {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
     if !stated.dated {
         out.extend_from_slice(b"date: ");
         now(out);
@@ -184,9 +207,14 @@ mod tests {
         let mut out = Vec::new();
         let (parts, ()) = resp.into_parts();
         let fields = Fields::Map(parts.headers);
-        let written = head(&mut out, parts.status, &fields, &method, &hint, end);
+        let written = head(&mut out, parts.status, &fields, &method, &hint, end, KEEP);
         (String::from_utf8(out).unwrap(), written)
     }
+
+    const KEEP: Peer = Peer {
+        http10: false,
+        closing: false,
+    };
 
     fn known(n: u64) -> SizeHint {
         SizeHint::with_exact(n)
@@ -256,5 +284,78 @@ mod tests {
         assert!(!text.contains("gzip"), "{text}");
         assert!(w.close);
         assert_eq!(w.framing, Framing::Length(2));
+    }
+
+    #[test]
+    fn a_closing_connection_is_announced_once() {
+        let mut out = Vec::new();
+        let fields = Fields::Map(HeaderMap::new());
+        let closing = Peer {
+            http10: false,
+            closing: true,
+        };
+        let w = head(
+            &mut out,
+            StatusCode::OK,
+            &fields,
+            &Method::GET,
+            &known(2),
+            false,
+            closing,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("connection: close\r\n").count(), 1, "{text}");
+        assert!(w.close);
+        let mut out = Vec::new();
+        let mut map = HeaderMap::new();
+        map.insert(CONNECTION, "close".parse().unwrap());
+        let w = head(
+            &mut out,
+            StatusCode::OK,
+            &Fields::Map(map),
+            &Method::GET,
+            &known(2),
+            false,
+            closing,
+        );
+        let text = String::from_utf8(out).unwrap().to_ascii_lowercase();
+        assert_eq!(text.matches("connection: close\r\n").count(), 1, "{text}");
+        assert!(w.close);
+    }
+
+    #[test]
+    fn http10_clients_get_no_chunks_and_keep_alive_said_out_loud() {
+        let old = Peer {
+            http10: true,
+            closing: false,
+        };
+        let mut out = Vec::new();
+        let fields = Fields::Map(HeaderMap::new());
+        let w = head(
+            &mut out,
+            StatusCode::OK,
+            &fields,
+            &Method::GET,
+            &SizeHint::new(),
+            false,
+            old,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("chunked"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert_eq!((w.framing, w.close), (Framing::UntilClose, true));
+        let mut out = Vec::new();
+        let w = head(
+            &mut out,
+            StatusCode::OK,
+            &fields,
+            &Method::GET,
+            &known(3),
+            false,
+            old,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("connection: keep-alive\r\n"), "{text}");
+        assert_eq!((w.framing, w.close), (Framing::Length(3), false));
     }
 }

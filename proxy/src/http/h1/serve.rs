@@ -1,19 +1,13 @@
-//! The downstream HTTP/1.1 fast path: plain requests — no upgrade, no expectation, no body or a
-//! small one of announced length (read whole with the head), the bulk of what a sidecar
-//! proxies — are read, handled and answered straight off the socket, in the connection's task,
-//! with one buffer each way.
-//!
-//! Everything else goes to hyper's server, which takes the connection from the first request
-//! the fast path does not serve (with the bytes already read, see [`Rewound`]) and serves it
-//! to its end: chunked and large bodies, a small body still arriving when the head's time is
-//! up, `Expect: 100-continue`, upgrades, HTTP/1.0, HTTP/2's preface, and every malformed or
-//! oversized head (hyper answers those with its 400/414/431). hyper's dispatcher cost 8.4k of
-//! the 25k instructions a small proxied request took (callgrind), for a job this loop does in
-//! a fraction.
+//! The downstream HTTP/1 server: every request of a connection, from its first byte to its
+//! close, is read, handled and answered here, in the connection's task, with one buffer each
+//! way — plain requests and small bodies read whole with their head, streamed and chunked
+//! bodies read as the upstream takes them (see [`super::inbound`]), `Expect: 100-continue`,
+//! upgrades, HTTP/1.0, and every refusal through [`crate::http::error::ProxyError`]'s one
+//! answer. Only a connection that opens with HTTP/2's preface leaves, for hyper's HTTP/2
+//! server ([`Outcome::Http2`]).
 
 use std::future::Future;
 use std::io;
-use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::Request;
+use http::{Method, Request, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -29,17 +23,24 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::encode::{chunk_end, chunk_start, last_chunk};
+use super::inbound::{Inbound, RequestBody, SharedWriter};
 use super::recycle;
-use super::request::{self, Parsed, Plain};
-use super::respond::{self, Framing};
+use super::request::{self, BodyFraming, Head, Parsed};
+use super::respond::{self, Framing, Peer};
 use crate::http::body::{ClientBody, ResponseBody};
+use crate::http::error::ProxyError;
+use crate::http::headers::wants_upgrade;
 use crate::http::pipeline::{handle, Conn};
 use crate::http::response::Reply;
+use crate::http::tunnel;
 use crate::shared::Drained;
 
 /// Room a read asks for: a request of usual size in one read (a request split across reads
 /// costs a second read and a second parse).
 const READ_SIZE: usize = 1024;
+/// Largest body read whole with its head when it is already there; a larger one, or one
+/// still arriving, streams.
+const MAX_WHOLE_BODY: u64 = 16 * 1024;
 /// Body bytes gathered behind the head into one write; larger frames are written as they are.
 const COALESCE: usize = 16 * 1024;
 /// A read buffer with more room than this left is not kept for the next head.
@@ -47,24 +48,39 @@ const KEEP_READ_BUFFER: usize = 4 * READ_SIZE;
 /// A write buffer grown larger than this (by a big head, or a small body written with its
 /// head) goes back to the allocator, not to the thread's free list.
 const KEEP_WRITE_BUFFER: usize = 8 * 1024;
+/// HTTP/2's connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame (the server's preface), then GOAWAY(last stream 0,
+/// PROTOCOL_ERROR): the answer to a connection that starts HTTP/2's preface and breaks it.
+const H2_PROTOCOL_ERROR: &[u8] = &[
+    0, 0, 0, 4, 0, 0, 0, 0, 0, // SETTINGS, empty
+    0, 0, 8, 7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes, stream 0
+    0, 0, 0, 0, // last stream id
+    0, 0, 0, 1, // PROTOCOL_ERROR
+];
 
-/// The connection's limits on reading heads.
+/// The connection's limits on reading requests.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Time allowed for a request head to arrive, counted from when the previous response was
     /// written (the slowloris guard, which also closes idle keep-alive connections).
     pub header_read_timeout: Duration,
-    /// Longest incomplete head the fast path holds before hyper's server judges it.
+    /// Longest head read; a longer one is answered 431.
     pub max_head: usize,
+    /// Most header fields a head may carry; more is answered 431.
+    pub max_headers: usize,
+    /// Time a request body may go without a byte.
+    pub body_read_timeout: Duration,
 }
 
-/// How the fast path left the connection.
+/// How the server left the connection.
 #[derive(Debug)]
 pub enum Outcome {
     /// The connection is over.
     Closed,
-    /// hyper's server goes on with the connection; `read` was read off `stream` and not served.
-    Handoff {
+    /// The connection opened with HTTP/2's preface: hyper's HTTP/2 server takes it, `read`
+    /// (read off `stream`) first.
+    Http2 {
         /// Bytes read and not served.
         read: BytesMut,
         /// The connection.
@@ -72,9 +88,8 @@ pub enum Outcome {
     },
 }
 
-/// Serves plain requests on `stream` until the connection ends or a request needs hyper's
-/// server. `late`: accepted while draining, so one request is served and the connection
-/// closed.
+/// Serves the requests on `stream` until the connection ends. `late`: accepted while
+/// draining, so one request is served and the connection closed.
 ///
 /// This future is most of an idle connection's task, so it keeps only what the wait for the
 /// next head needs: an exchange (the request handled, its response written) runs in a room
@@ -95,6 +110,7 @@ pub fn serve(
         };
         let mut idle = std::pin::pin!(idle);
         let mut buf = BytesMut::new();
+        let mut first = true;
         loop {
             // The next head: the timeout counts from here, and an idle connection closes on
             // drain.
@@ -104,54 +120,94 @@ pub fn serve(
                 .reset(tokio::time::Instant::now() + limits.header_read_timeout);
             // A block ends the head's storage before the await that follows it: the
             // connection's task keeps room only for what each await needs.
-            let (mut in_flight, close) = {
-                // A complete head whose body is still arriving: the request's length.
-                let mut awaiting = None;
-                let Plain { head, body, close } = loop {
+            let (mut in_flight, keep_alive) = {
+                let head = loop {
                     // Between requests the buffer is usually empty: nothing to parse yet.
                     if !buf.is_empty() {
-                        awaiting = None;
-                        match request::request(&mut buf) {
-                            Parsed::Plain(plain) => break plain,
-                            Parsed::Other => return Outcome::Handoff { read: buf, stream },
+                        let parsed = match first.then(|| preface(&buf)) {
+                            Some(Preface::Http2) => {
+                                return Outcome::Http2 { read: buf, stream };
+                            }
+                            Some(Preface::Broken) => {
+                                let _ = stream.write_all(H2_PROTOCOL_ERROR).await;
+                                return Outcome::Closed;
+                            }
+                            Some(Preface::Partial) => Parsed::Partial,
+                            Some(Preface::None) | None => {
+                                request::parse(&mut buf, limits.max_headers)
+                            }
+                        };
+                        match parsed {
+                            Parsed::Head(head) => break head,
+                            Parsed::Refused(refusal) => {
+                                refuse(&mut stream, refusal).await;
+                                return Outcome::Closed;
+                            }
                             Parsed::Partial if buf.len() >= limits.max_head => {
-                                return Outcome::Handoff { read: buf, stream }
+                                let refusal = ProxyError::HeadersTooLarge("request head too long");
+                                refuse(&mut stream, refusal).await;
+                                return Outcome::Closed;
                             }
                             Parsed::Partial => {}
-                            // (Never 0: the head is part of it.)
-                            Parsed::BodyToCome { total } => awaiting = NonZeroUsize::new(total),
                         }
                     }
                     let woken = std::future::poll_fn(|cx| {
-                        poll_next_head(&mut stream, &mut buf, awaiting, idle.as_mut(), cx)
+                        poll_next_head(&mut stream, &mut buf, 0, idle.as_mut(), cx)
                     });
                     match woken.await {
-                        Woken::Read(Ok(0) | Err(_)) => return Outcome::Closed,
+                        Woken::Read(Ok(0) | Err(_)) | Woken::TimedOut => return Outcome::Closed,
                         Woken::Read(Ok(_)) => {}
-                        // The head's time covers a small body too; one still arriving when it
-                        // is up goes on through hyper's server, which waits for bodies.
-                        Woken::TimedOut => {
-                            return match awaiting {
-                                Some(_) => Outcome::Handoff { read: buf, stream },
-                                None => Outcome::Closed,
-                            }
-                        }
                         Woken::Draining if buf.is_empty() => return Outcome::Closed,
                         Woken::Draining => {}
                     }
                 };
-                let request = Request::from_parts(head, ClientBody::Whole(body));
+                first = false;
+                // A small body of announced length is read whole with its head, within the
+                // head's time; one still arriving then streams.
+                if let Some(total) = small_body_to_come(&head, buf.len()) {
+                    while buf.len() < total {
+                        let woken = std::future::poll_fn(|cx| {
+                            poll_next_head(&mut stream, &mut buf, total, idle.as_mut(), cx)
+                        });
+                        match woken.await {
+                            Woken::Read(Ok(0) | Err(_)) => return Outcome::Closed,
+                            Woken::Read(Ok(_)) | Woken::Draining => {}
+                            Woken::TimedOut => break,
+                        }
+                    }
+                }
+                let keep_alive = head.keep_alive && !late;
+                let (request, socket) = request_of(head, &mut buf, stream, &limits);
                 let mut room = recycle::room();
-                room.set(Some(exchange(request, conn.clone(), stream)));
-                (room, close)
+                room.set(Some(exchange(request, conn.clone(), socket, keep_alive)));
+                (room, keep_alive)
             };
             let Some(exchanging) = in_flight.as_mut().as_pin_mut() else {
                 return Outcome::Closed;
             };
-            let reusable;
-            Exchanged { stream, reusable } = exchanging.await;
+            let Exchanged {
+                socket,
+                mut reusable,
+                upgraded,
+            } = exchanging.await;
             recycle::give_room(in_flight);
-            if !reusable || close || late || conn.shared.drain.is_draining() {
+            stream = match socket {
+                Socket::Own(stream) => stream,
+                Socket::Shared(inbound) => match Inbound::reclaim(inbound) {
+                    Some((stream, leftover)) => {
+                        buf = leftover.read;
+                        reusable &= leftover.complete;
+                        stream
+                    }
+                    // The body is still held somewhere: where it ends is unknown.
+                    None => return Outcome::Closed,
+                },
+            };
+            if let Some(upstream) = upgraded {
+                tunnel::join(stream, std::mem::take(&mut buf), upstream, &conn.listener).await;
+                return Outcome::Closed;
+            }
+            if !reusable || !keep_alive || conn.shared.drain.is_draining() {
                 let _ = stream.shutdown().await;
                 return Outcome::Closed;
             }
@@ -166,16 +222,121 @@ pub fn serve(
     }
 }
 
+/// The length of a small body not all read yet, which the server waits for before handling
+/// its request.
+fn small_body_to_come(head: &Head, read: usize) -> Option<usize> {
+    match head.framing {
+        BodyFraming::Length(n) if n <= MAX_WHOLE_BODY && !head.expect_continue => {
+            // (At most MAX_WHOLE_BODY: it fits.)
+            let n = n as usize;
+            (read < n).then_some(n)
+        }
+        _ => None,
+    }
+}
+
+/// What the first bytes of a connection say about HTTP/2.
+enum Preface {
+    /// HTTP/2's preface, whole.
+    Http2,
+    /// A beginning of it, the rest to come.
+    Partial,
+    /// A beginning of it, then something else.
+    Broken,
+    /// Not HTTP/2.
+    None,
+}
+
+fn preface(read: &[u8]) -> Preface {
+    // "PRI" is no method HTTP/1 knows: a connection that starts with it means HTTP/2.
+    let n = read.len().min(H2_PREFACE.len());
+    if n < 4 && !read.starts_with(&H2_PREFACE[..n]) || n >= 4 && !read.starts_with(b"PRI ") {
+        return Preface::None;
+    }
+    if read[..n] != H2_PREFACE[..n] {
+        Preface::Broken
+    } else if n < H2_PREFACE.len() {
+        Preface::Partial
+    } else {
+        Preface::Http2
+    }
+}
+
+/// The request a head starts, its body read whole when it is small and already here, or
+/// streamed off the connection (which the exchange then shares with the body).
+fn request_of(
+    head: Head,
+    buf: &mut BytesMut,
+    stream: TcpStream,
+    limits: &Limits,
+) -> (Request<ClientBody>, Socket) {
+    let Head {
+        parts,
+        framing,
+        expect_continue,
+        ..
+    } = head;
+    let whole = match framing {
+        BodyFraming::None => Some(Bytes::new()),
+        BodyFraming::Length(n)
+            if n <= MAX_WHOLE_BODY && buf.len() as u64 >= n && !expect_continue =>
+        {
+            // (`n` fits: it is at most the buffer's length.)
+            Some(buf.split_to(n as usize).freeze())
+        }
+        _ => None,
+    };
+    if let Some(bytes) = whole {
+        return (
+            Request::from_parts(parts, ClientBody::Whole(bytes)),
+            Socket::Own(stream),
+        );
+    }
+    let inbound = Inbound::new(stream);
+    let body = RequestBody::new(
+        inbound.clone(),
+        std::mem::take(buf),
+        framing,
+        expect_continue,
+        limits.body_read_timeout,
+    );
+    (
+        Request::from_parts(parts, ClientBody::Http1(body)),
+        Socket::Shared(inbound),
+    )
+}
+
+/// The client connection as an exchange holds it.
+#[derive(Debug)]
+enum Socket {
+    /// Alone (the request was read whole).
+    Own(TcpStream),
+    /// Shared with the request's streamed body.
+    Shared(Arc<Inbound>),
+}
+
+impl Socket {
+    fn stream(&self) -> &TcpStream {
+        match self {
+            Self::Own(stream) => stream,
+            Self::Shared(inbound) => inbound.stream(),
+        }
+    }
+}
+
 /// What an exchange gives back to its connection.
 struct Exchanged {
-    stream: TcpStream,
+    socket: Socket,
     /// Whether the connection can carry another exchange: the response was written whole and
     /// does not close the connection.
     reusable: bool,
+    /// After a 101 to a request that asked to upgrade: the upstream's connection and what it
+    /// sent behind its 101, to join to the client's.
+    upgraded: Option<(TcpStream, BytesMut)>,
 }
 
-/// One exchange on `stream`: `request` handled and its response written. The request's future
-/// (3.2 KiB) and the response's writing live in the room this runs in, which the connection
+/// One exchange on `socket`: `request` handled and its response written. The request's
+/// future and the response's writing live in the room this runs in, which the connection
 /// holds only while the request is in flight; the buffer the response's head (and a small
 /// body) is written from comes from the thread's free list once the response is there, and
 /// goes back when it is written. (Not an `async fn`, which would keep its arguments, the
@@ -184,16 +345,23 @@ struct Exchanged {
 fn exchange(
     request: Request<ClientBody>,
     conn: Arc<Conn>,
-    mut stream: TcpStream,
+    socket: Socket,
+    keep_alive: bool,
 ) -> impl Future<Output = Exchanged> + Send + 'static {
     async move {
         let method = request.method().clone();
+        let http10 = request.version() == Version::HTTP_10;
+        let upgrade = !http10 && wants_upgrade(request.headers());
         let Reply {
             status,
             fields,
             mut body,
-        } = handle(request, conn).await;
+        } = handle(request, conn.clone()).await;
         let mut out = recycle::write_buffer();
+        let peer = Peer {
+            http10,
+            closing: !keep_alive || conn.shared.drain.is_draining(),
+        };
         let written = respond::head(
             &mut out,
             status,
@@ -201,15 +369,54 @@ fn exchange(
             &method,
             &body.size_hint(),
             body.is_end_stream(),
+            peer,
         );
         drop(fields);
-        let complete = write_body(&mut stream, &mut out, &mut body, written.framing).await;
+        let mut writer = SharedWriter(socket.stream());
+        let upgraded = (upgrade && status == StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| body.take_upgraded())
+            .flatten();
+        let complete = if upgraded.is_some() {
+            writer.write_all(&out).await.is_ok()
+        } else {
+            write_body(&mut writer, &mut out, &mut body, written.framing).await
+        };
         recycle::give_write_buffer(out, KEEP_WRITE_BUFFER);
+        // Before the connection is reclaimed: the response body may hold the request's.
+        drop(body);
         Exchanged {
-            stream,
+            socket,
             reusable: complete && !written.close,
+            upgraded: upgraded.filter(|_| complete),
         }
     }
+}
+
+/// Answers a request the server refuses before handling it, and shuts the connection.
+async fn refuse(stream: &mut TcpStream, refusal: ProxyError) {
+    tracing::debug!(error = %refusal, "request refused");
+    let Reply {
+        status,
+        fields,
+        mut body,
+    } = refusal.into_response();
+    let mut out = Vec::with_capacity(256);
+    let peer = Peer {
+        http10: false,
+        closing: true,
+    };
+    let written = respond::head(
+        &mut out,
+        status,
+        &fields,
+        &Method::GET,
+        &body.size_hint(),
+        body.is_end_stream(),
+        peer,
+    );
+    let mut writer = SharedWriter(stream);
+    write_body(&mut writer, &mut out, &mut body, written.framing).await;
+    let _ = stream.shutdown().await;
 }
 
 pin_project_lite::pin_project! {
@@ -243,11 +450,11 @@ enum Woken {
 fn poll_next_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    total: Option<NonZeroUsize>,
+    want: usize,
     idle: Pin<&mut Idle<'_>>,
     cx: &mut Context<'_>,
 ) -> Poll<Woken> {
-    if let Poll::Ready(read) = poll_read_more(stream, buf, total, cx) {
+    if let Poll::Ready(read) = poll_read_more(stream, buf, want, cx) {
         return Poll::Ready(Woken::Read(read));
     }
     let idle = idle.project();
@@ -261,17 +468,17 @@ fn poll_next_head(
     Poll::Pending
 }
 
-/// Reads more of the next request into `buf`: room for the rest of it when its length is
-/// known (`total`), else for a head of usual size. An empty `buf` gets room (from the thread's
-/// free buffers) only once the socket turns readable, so that an idle connection holds none.
-/// `Ok(0)` at end of stream.
+/// Reads more of the next request into `buf`: room for `want` bytes in all when it is more
+/// than a head of usual size. An empty `buf` gets room (from the thread's free buffers) only
+/// once the socket turns readable, so that an idle connection holds none. `Ok(0)` at end of
+/// stream.
 ///
 /// A poll function, not an `async fn`: the idle connection's task keeps the future waiting on
 /// it, and a closure over its arguments is a third of the size of an `async fn`'s state.
 fn poll_read_more(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    total: Option<NonZeroUsize>,
+    want: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     if buf.capacity() == 0 {
@@ -279,12 +486,13 @@ fn poll_read_more(
         std::task::ready!(stream.poll_read_ready(cx))?;
         *buf = recycle::buffer();
     }
-    match total {
-        Some(total) => buf.reserve(total.get().saturating_sub(buf.len())),
-        // The room freed by requests already taken off the buffer is reclaimed once nothing
-        // holds them (no allocation then).
-        None if buf.capacity() - buf.len() < READ_SIZE => buf.reserve(READ_SIZE),
-        None => {}
+    // The room freed by requests already taken off the buffer is reclaimed once nothing
+    // holds them (no allocation then).
+    if buf.capacity() - buf.len() < READ_SIZE {
+        buf.reserve(READ_SIZE);
+    }
+    if want > buf.capacity() {
+        buf.reserve(want - buf.len());
     }
     // Through `AsyncRead`, which, unlike `try_read`, notes a short read as the socket drained
     // (no EAGAIN read before the next wait).
@@ -295,7 +503,7 @@ fn poll_read_more(
 /// connection cannot carry another exchange (the body failed, or did not match its length, or
 /// the client went away).
 async fn write_body(
-    stream: &mut TcpStream,
+    stream: &mut SharedWriter<'_>,
     out: &mut Vec<u8>,
     body: &mut ResponseBody,
     framing: Framing,
@@ -303,7 +511,7 @@ async fn write_body(
     let mut remaining = match framing {
         Framing::Empty => return stream.write_all(out).await.is_ok(),
         Framing::Length(n) => n,
-        Framing::Chunked => u64::MAX,
+        Framing::Chunked | Framing::UntilClose => u64::MAX,
     };
     loop {
         // What is ready goes out together; before waiting on the upstream, what is buffered
@@ -346,6 +554,8 @@ async fn write_body(
     }
     match framing {
         Framing::Chunked => last_chunk(out, None),
+        // The close that follows ends the body.
+        Framing::UntilClose => {}
         // The body ended short of its length: the client would wait for the rest.
         _ if remaining != 0 => return false,
         _ => {}
@@ -354,7 +564,7 @@ async fn write_body(
 }
 
 /// Appends `data` to what is buffered, or writes both when it is large.
-async fn put(stream: &mut TcpStream, out: &mut Vec<u8>, data: Bytes) -> io::Result<()> {
+async fn put(stream: &mut SharedWriter<'_>, out: &mut Vec<u8>, data: Bytes) -> io::Result<()> {
     if out.len() + data.len() <= COALESCE {
         out.extend_from_slice(&data);
         return Ok(());

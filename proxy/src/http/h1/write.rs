@@ -105,7 +105,7 @@ impl RequestWriter {
     /// Queues one frame of the body (or its end).
     fn queue(
         &mut self,
-        frame: Option<Result<http_body::Frame<Bytes>, hyper::Error>>,
+        frame: Option<Result<http_body::Frame<Bytes>, crate::http::body::BodyError>>,
     ) -> Result<(), Error> {
         let chunked = self.framing == Framing::Chunked;
         let frame = match frame {
