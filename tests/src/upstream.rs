@@ -413,7 +413,9 @@ pub fn request_complete(raw: &[u8]) -> bool {
     let head = text[..head_end].to_ascii_lowercase();
     let body = &text[head_end + 4..];
     if head.contains("transfer-encoding: chunked") {
-        return body.contains("0\r\n\r\n");
+        // The last chunk, then the trailer section's blank line.
+        return body.ends_with("\r\n\r\n")
+            && (body.starts_with("0\r\n") || body.contains("\r\n0\r\n"));
     }
     let length = head
         .lines()

@@ -271,11 +271,16 @@ fn request_of(
     limits: &Limits,
 ) -> (Request<ClientBody>, Socket) {
     let Head {
-        parts,
+        mut parts,
         framing,
         expect_continue,
         ..
     } = head;
+    if expect_continue {
+        // The body answers `100 Continue` itself when it is first read, as Envoy does: the
+        // upstream is not asked again.
+        parts.headers.remove(http::header::EXPECT);
+    }
     let whole = match framing {
         BodyFraming::None => Some(Bytes::new()),
         BodyFraming::Length(n)
