@@ -2,11 +2,11 @@
 //!
 //! The fields come in one of two forms. Most heads an upstream sends over HTTP/1 need nothing
 //! done to them — no hop-by-hop field to strip, no policy to apply — and keep the upstream's
-//! own bytes with the place of each field ([`RawFields`]): the HTTP/1 fast path copies them to
+//! own bytes with the place of each field ([`RawFields`]): the HTTP/1 server copies them to
 //! its client as they came. Building a `HeaderMap` for them only to serialise it again cost an
 //! eighth of a small proxied request's instructions (callgrind). Whatever reads or changes the
-//! fields asks for the map ([`Fields::map_mut`]), which is built then, once; hyper's server
-//! (HTTP/2 clients, and HTTP/1 connections it took over) gets the map.
+//! fields asks for the map ([`Fields::map_mut`]), which is built then, once; hyper's HTTP/2
+//! server gets the map.
 
 use std::ops::Range;
 

@@ -1,13 +1,13 @@
 //! HTTP/1.1 on the wire, written for the proxy's hot path: the client side (requests to
-//! upstreams over pooled keep-alive connections) and the server side's fast path for plain
-//! requests ([`serve`]).
+//! upstreams over pooled keep-alive connections) and the server side, which serves every
+//! HTTP/1 request of a downstream connection ([`serve`], [`request`], [`inbound`]).
 //!
 //! The exchange runs in the task of the request it serves: [`Connection::send`] writes the
 //! request and reads the response head, and the [`Body`] it leads to is read off the same
 //! socket by whoever polls it — the downstream connection's task. hyper's client would put a
 //! task per connection and two channels between that task and the request (13.7k of the
 //! 37k instructions a small proxied request cost, by callgrind); here it is one task and no
-//! channel. On the downstream side, hyper's server takes every request the fast path leaves.
+//! channel. The downstream side likewise runs each exchange in its connection's task.
 
 mod body;
 mod conn;

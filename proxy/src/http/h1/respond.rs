@@ -1,5 +1,5 @@
-//! Writing a response for a client of the HTTP/1 fast path: the head (RFC 9112 §4) and how
-//! its body is delimited (§6.3), as hyper's server writes them.
+//! Writing a response for a client of the HTTP/1 server: the head (RFC 9112 §4), how its body
+//! is delimited (§6.3), and whether the connection stays open (§9).
 
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
