@@ -487,3 +487,41 @@ async fn a_user_issuer_signs_and_its_root_is_the_bundle() {
     let status = stdout(&control.straitctl(&["identity", "status"]));
     assert!(status.contains("user issuer"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_alone_verifies_the_control_on_first_contact() {
+    let control = start();
+    let token = join_token(&control, "reviews", "1h");
+    let bundle_with = |token: &str| {
+        let file = control.scratch().join("join-token");
+        std::fs::write(&file, token).expect("write token");
+        // No --ca-file and no operator token: only the join token.
+        std::process::Command::new(strait_tests::control::straitctl_bin())
+            .args([
+                "--server",
+                &control.url(),
+                "identity",
+                "bundle",
+                "--join-token",
+            ])
+            .arg(&file)
+            .output()
+            .expect("straitctl")
+    };
+    let ok = bundle_with(&token);
+    assert_eq!(stdout(&ok), control.bundle());
+
+    // A token whose hash is another bundle's (another control's) is refused.
+    let other = start();
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    parts[3] = TrustBundle::from_pem(&other.bundle())
+        .expect("bundle")
+        .sha256();
+    let refused = bundle_with(&parts.join("."));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not the control the token is for"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

@@ -44,24 +44,30 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-/// A TLS client configuration trusting the certificates in `ca_file`.
-fn tls_connector(ca_file: &Path) -> Result<TlsConnector, String> {
+/// A TLS client configuration trusting the PEM certificates in `roots_pem`.
+pub(crate) fn roots_connector(roots_pem: &str) -> Result<TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        CertificateDer::pem_file_iter(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?
-    {
+    for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
         roots
-            .add(cert.map_err(|e| format!("{}: {e}", ca_file.display()))?)
-            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate".into());
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    Ok(connector(config))
+}
+
+/// The connector of a client configuration (HTTP/1.1 by ALPN).
+pub(crate) fn connector(mut config: rustls::ClientConfig) -> TlsConnector {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
+    TlsConnector::from(Arc::new(config))
 }
 
 /// A failed call.
@@ -106,12 +112,28 @@ impl Client {
         token: Option<String>,
         ca_file: Option<&Path>,
     ) -> Result<Self, String> {
-        let Some(rest) = server.strip_prefix("https://") else {
+        if !server.starts_with("https://") {
             return Ok(Self::new(server, token));
-        };
+        }
         let ca_file = ca_file.ok_or_else(|| {
             format!("{server}: https needs --ca-file (the control's trust bundle, DATA_DIR/trust-bundle.pem)")
         })?;
+        let roots =
+            std::fs::read_to_string(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        let connector =
+            roots_connector(&roots).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        Self::over_tls(server, token, connector)
+    }
+
+    /// A client of `https://HOST:PORT` through `connector`.
+    pub(crate) fn over_tls(
+        server: &str,
+        token: Option<String>,
+        connector: TlsConnector,
+    ) -> Result<Self, String> {
+        let rest = server
+            .strip_prefix("https://")
+            .ok_or_else(|| format!("{server}: want https://HOST:PORT"))?;
         let address = rest.split('/').next().unwrap_or_default().to_owned();
         let host = match address.rsplit_once(':') {
             Some((host, port)) if port.parse::<u16>().is_ok() => host,
@@ -123,7 +145,7 @@ impl Client {
             server: server.trim_end_matches('/').to_owned(),
             token,
             transport: Transport::Tls {
-                connector: tls_connector(ca_file)?,
+                connector,
                 address,
                 name,
             },

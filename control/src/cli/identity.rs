@@ -1,5 +1,7 @@
 //! `straitctl identity token | bundle | status | rotate`: the control's CA.
 
+use std::path::{Path, PathBuf};
+
 use clap::Subcommand;
 use http::Method;
 use serde_json::json;
@@ -22,7 +24,12 @@ pub enum IdentityCommand {
         ttl: String,
     },
     /// Print the trust bundle (PEM roots).
-    Bundle,
+    Bundle {
+        /// Trust nothing but this join token: fetch the bundle, check it against the hash the
+        /// token carries, then verify the control with it (no --ca-file needed).
+        #[arg(long, value_name = "FILE")]
+        join_token: Option<PathBuf>,
+    },
     /// Trust domain, roots, issuer and certificate lifetime.
     Status {
         /// Print the JSON answer.
@@ -65,7 +72,7 @@ pub async fn run(client: &Client, command: IdentityCommand) -> Result<(), CallEr
             );
             println!("{}", answer["token"].as_str().unwrap_or_default());
         }
-        IdentityCommand::Bundle => {
+        IdentityCommand::Bundle { .. } => {
             let answer = client
                 .call(Method::GET, "/v1/identity/bundle", None)
                 .await?;
@@ -115,4 +122,29 @@ pub async fn run(client: &Client, command: IdentityCommand) -> Result<(), CallEr
         }
     }
     Ok(())
+}
+
+/// `straitctl identity bundle --join-token FILE`: exit code.
+pub async fn bundle_by_token(server: &str, token_file: &Path) -> u8 {
+    let token = match std::fs::read_to_string(token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("straitctl: {}: {e}", token_file.display());
+            return 2;
+        }
+    };
+    let (bundle, verified) = match super::bootstrap::bundle_by_token(server, token.trim()).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("straitctl: {e}");
+            return 1;
+        }
+    };
+    // The control's certificate now verifies against the bundle just checked.
+    if let Err(e) = verified.call(Method::GET, "/healthz", None).await {
+        eprintln!("straitctl: the control's certificate does not verify against its bundle: {e}");
+        return 1;
+    }
+    print!("{bundle}");
+    0
 }

@@ -1,5 +1,6 @@
 //! `straitctl`: the command line of the control.
 
+pub mod bootstrap;
 pub mod client;
 pub mod identity;
 pub mod yaml;
@@ -167,6 +168,12 @@ async fn run(command: Command, server: &str, token: Option<String>, ca_file: Opt
                 1
             }
         };
+    }
+    if let Command::Identity(identity::IdentityCommand::Bundle {
+        join_token: Some(path),
+    }) = &command
+    {
+        return identity::bundle_by_token(server, path).await;
     }
     let client = match Client::connect(server, token, ca_file) {
         Ok(c) => c,
