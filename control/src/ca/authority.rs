@@ -1,60 +1,23 @@
-//! The CA's pure core: the roots and issuer it holds ([`CaState`], what the store keeps), the
-//! rotation steps over them, and issuance ([`Authority`]): CSR checks, leaf certificates for
-//! SPIFFE IDs, the control's own serving certificate. No I/O; the caller passes the time.
+//! Issuance, pure: [`Authority`] checks CSRs and signs leaf certificates for SPIFFE IDs and
+//! the control's own serving certificate, with an issuer that must chain to the bundle.
+//! No I/O; the caller passes the time.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::bundle::{pem_certificate, TrustBundle};
 use super::spiffe::SpiffeId;
-
-/// How long a root the control creates is valid.
-const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// How long an issuer the control creates is valid (`rotate switch-issuer` makes a new one).
-const ISSUER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+use super::state::CaState;
 /// Leaves start this long before issuance, for peers whose clocks lag.
-const BACKDATE: Duration = Duration::from_secs(60);
-
-/// A root of the bundle, with its key when the control created it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RootRecord {
-    /// PEM certificate.
-    pub cert_pem: String,
-    /// PEM PKCS#8 key.
-    pub key_pem: String,
-}
-
-/// The issuer (intermediate) leaves are signed with.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IssuerRecord {
-    /// PEM certificate of the issuer, followed by any intermediates up to (not including) a root.
-    pub chain_pem: String,
-    /// PEM PKCS#8 key.
-    pub key_pem: String,
-}
-
-/// What the store keeps of a CA the control created: every root of the bundle and the issuer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CaState {
-    /// The trust domain it was created for.
-    pub trust_domain: String,
-    /// The bundle's roots, oldest first.
-    pub roots: Vec<RootRecord>,
-    /// The current issuer, signed by one of `roots`.
-    pub issuer: IssuerRecord,
-}
+pub(super) const BACKDATE: Duration = Duration::from_secs(60);
 
 /// Why the CA cannot do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -81,12 +44,12 @@ pub enum CaError {
     Rotation(String),
 }
 
-fn material(e: impl std::fmt::Display) -> CaError {
+pub(super) fn material(e: impl std::fmt::Display) -> CaError {
     CaError::Material(e.to_string())
 }
 
 /// A random positive 127-bit serial from the system CSPRNG.
-fn random_serial() -> Result<SerialNumber, CaError> {
+pub(super) fn random_serial() -> Result<SerialNumber, CaError> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
     ring::rand::SystemRandom::new()
@@ -95,149 +58,6 @@ fn random_serial() -> Result<SerialNumber, CaError> {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01; // no leading zero byte to strip
     Ok(SerialNumber::from_slice(&bytes))
-}
-
-fn ca_params(
-    common_name: String,
-    now: OffsetDateTime,
-    validity: Duration,
-    path_len: Option<u8>,
-) -> Result<CertificateParams, CaError> {
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "Strait");
-    dn.push(DnType::CommonName, common_name);
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(match path_len {
-        Some(n) => BasicConstraints::Constrained(n),
-        None => BasicConstraints::Unconstrained,
-    });
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.not_before = now - BACKDATE;
-    params.not_after = now + validity;
-    params.serial_number = Some(random_serial()?);
-    params.use_authority_key_identifier_extension = true;
-    Ok(params)
-}
-
-fn new_root(trust_domain: &str, now: OffsetDateTime) -> Result<RootRecord, CaError> {
-    let key = KeyPair::generate().map_err(material)?;
-    let params = ca_params(
-        format!("Strait root CA {trust_domain} {}", now.unix_timestamp()),
-        now,
-        ROOT_VALIDITY,
-        None,
-    )?;
-    let cert = params.self_signed(&key).map_err(material)?;
-    Ok(RootRecord {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
-}
-
-fn new_issuer(
-    trust_domain: &str,
-    root: &RootRecord,
-    now: OffsetDateTime,
-) -> Result<IssuerRecord, CaError> {
-    let root_key = KeyPair::from_pem(&root.key_pem).map_err(material)?;
-    let root_issuer = Issuer::from_ca_cert_pem(&root.cert_pem, root_key).map_err(material)?;
-    let key = KeyPair::generate().map_err(material)?;
-    let params = ca_params(
-        format!("Strait issuer {trust_domain} {}", now.unix_timestamp()),
-        now,
-        ISSUER_VALIDITY,
-        Some(0),
-    )?;
-    let cert = params.signed_by(&key, &root_issuer).map_err(material)?;
-    Ok(IssuerRecord {
-        chain_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
-}
-
-fn first_der(pem: &str) -> Result<CertificateDer<'static>, CaError> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .ok_or_else(|| CaError::Material("no certificate".into()))?
-        .map_err(material)
-}
-
-/// Whether `cert` carries a valid signature by `signer`'s key.
-fn signed_by(cert: &[u8], signer: &[u8]) -> bool {
-    match (
-        x509_parser::parse_x509_certificate(cert),
-        x509_parser::parse_x509_certificate(signer),
-    ) {
-        (Ok((_, cert)), Ok((_, signer))) => {
-            cert.verify_signature(Some(signer.public_key())).is_ok()
-        }
-        _ => false,
-    }
-}
-
-impl CaState {
-    /// A new root and an issuer signed by it.
-    pub fn generate(trust_domain: &str, now: OffsetDateTime) -> Result<Self, CaError> {
-        let root = new_root(trust_domain, now)?;
-        let issuer = new_issuer(trust_domain, &root, now)?;
-        Ok(Self {
-            trust_domain: trust_domain.to_owned(),
-            roots: vec![root],
-            issuer,
-        })
-    }
-
-    /// The bundle of every root.
-    pub fn bundle(&self) -> Result<TrustBundle, CaError> {
-        let pem: String = self.roots.iter().map(|r| r.cert_pem.as_str()).collect();
-        TrustBundle::from_pem(&pem).map_err(material)
-    }
-
-    /// Rotation step 1: a new root joins the bundle; the issuer stays (leaves issued from now
-    /// on still chain to the old root). Refused while a newer root is not yet issuing.
-    pub fn add_root(&mut self, now: OffsetDateTime) -> Result<(), CaError> {
-        if self.roots.len() > 1 {
-            return Err(CaError::Rotation(
-                "a rotation is under way: switch-issuer, then remove-old-roots first".into(),
-            ));
-        }
-        self.roots.push(new_root(&self.trust_domain, now)?);
-        Ok(())
-    }
-
-    /// Rotation step 2 (also how an issuer is renewed): a new issuer signed by the newest
-    /// root. Leaves of the old issuer keep verifying while their root is in the bundle.
-    pub fn switch_issuer(&mut self, now: OffsetDateTime) -> Result<(), CaError> {
-        let newest = self
-            .roots
-            .last()
-            .ok_or_else(|| CaError::Rotation("no root".into()))?;
-        self.issuer = new_issuer(&self.trust_domain, newest, now)?;
-        Ok(())
-    }
-
-    /// Rotation step 3: every root but the newest leaves the bundle. Refused unless the issuer
-    /// is signed by the newest root (so nothing issued from now on would stop verifying).
-    pub fn remove_old_roots(&mut self) -> Result<usize, CaError> {
-        let Some(newest) = self.roots.last() else {
-            return Err(CaError::Rotation("no root".into()));
-        };
-        let newest_der = first_der(&newest.cert_pem)?;
-        let issuer_der = first_der(&self.issuer.chain_pem)?;
-        if !signed_by(&issuer_der, &newest_der) {
-            return Err(CaError::Rotation(
-                "the issuer is not signed by the newest root yet: run switch-issuer first".into(),
-            ));
-        }
-        let removed = self.roots.len() - 1;
-        self.roots.drain(..removed);
-        Ok(removed)
-    }
 }
 
 /// A certificate issued for a CSR.
@@ -506,6 +326,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::state::CaState;
 
     fn id(sa: &str) -> SpiffeId {
         SpiffeId::new("example.org", "default", sa).unwrap()

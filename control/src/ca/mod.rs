@@ -10,7 +10,8 @@
 //!  spiffe   SPIFFE IDs: parse, print, read from a certificate           (pure)
 //!  bundle   the roots, their hash, PEM                                   (pure)
 //!  join     join tokens: format, mint, check against the stored hash     (pure)
-//!  authority  roots + issuer (CaState), rotation steps, CSR checks, issuance (pure)
+//!  state    roots + issuer as stored (CaState), the rotation steps      (pure)
+//!  authority  CSR checks, issuance, chain checks                          (pure)
 //!  service  the shell: store (redb), issuer files, bundle file, swaps     (I/O)
 //!  tls      the control's HTTPS listener: serving certificate, client certificates
 //!  api      /v1/identity/* handlers
@@ -22,6 +23,7 @@ pub mod bundle;
 pub mod join;
 pub mod service;
 pub mod spiffe;
+pub mod state;
 pub mod tls;
 
 use std::path::PathBuf;

@@ -12,10 +12,11 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use super::authority::{Authority, CaError, CaState, Issued};
+use super::authority::{Authority, CaError, Issued};
 use super::bundle::{rfc3339, TrustBundle};
 use super::join::{JoinError, JoinToken, TokenRecord};
 use super::spiffe::SpiffeId;
+use super::state::CaState;
 use super::{CaOptions, RotationStep};
 use crate::store::{self, db, JsonTable, StoreError};
 
@@ -132,6 +133,10 @@ impl Ca {
             changes: watch::channel(0).0,
         });
         ca.write_bundle_file()?;
+        metrics::describe_counter!(
+            "strait_control_certificates_issued_total",
+            "Certificates issued for CSRs, by how the caller authenticated (join-token or certificate)."
+        );
         Ok(ca)
     }
 

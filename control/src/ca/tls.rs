@@ -31,6 +31,8 @@ use super::{CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity(pub SpiffeId);
 
+/// How long open connections may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -189,7 +191,13 @@ impl TlsServer {
             });
         }
         drop(listener);
-        graceful.shutdown().await;
+        // Push streams never end by themselves: wait for answers in flight, not for them.
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::debug!("connections still open after the grace period");
+        }
     }
 }
 
