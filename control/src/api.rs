@@ -1,5 +1,7 @@
-//! The control's HTTP API: JSON over HTTP/1.1 and HTTP/2 (h2c), every `/v1` call behind the
-//! bearer token. `/healthz`, `/metrics` and `/openapi.json` are open (no secrets in them).
+//! The control's HTTP API: JSON over HTTP/1.1 and HTTP/2 (h2c, or TLS with `--trust-domain`),
+//! every `/v1` call behind [`auth::require`] (the operator's token, or a proxy's certificate
+//! for what a proxy may do). `/healthz`, `/metrics`, `/openapi.json` and the trust bundle are
+//! open (no secrets in them); certificate issuance authenticates its callers itself.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::Extension;
 use axum::{Json, Router};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -18,7 +21,8 @@ use strait_config::Source;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::auth::{self, Token};
+use crate::auth::{self, Caller, Token};
+use crate::ca::Ca;
 use crate::policy::{canonical_kind, PolicyError, PolicyStore};
 use crate::push::{Ack, Push, KEEPALIVE};
 use crate::registry::{Query as RegistryQuery, Registration, Registry, RegistryError};
@@ -42,6 +46,8 @@ pub struct AppState {
     pub prometheus: PrometheusHandle,
     /// The OpenAPI document.
     pub openapi: serde_json::Value,
+    /// The CA, with `--trust-domain`.
+    pub ca: Option<Arc<Ca>>,
 }
 
 /// An API failure, answered as `{"error": ..., "errors": [...]}`.
@@ -53,6 +59,12 @@ pub enum ApiError {
     /// 400 with every validation error.
     #[error("invalid configuration")]
     Invalid(Vec<String>),
+    /// 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404.
     #[error("{0}")]
     NotFound(String),
@@ -68,6 +80,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             Self::BadRequest(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -138,12 +152,14 @@ pub fn router(state: Arc<AppState>, token: Token, extra: Router) -> Router {
         .route("/v1/proxies", get(proxies))
         .with_state(state.clone())
         .merge(extra)
+        .merge(crate::ca::api::operator_routes(state.ca.clone()))
         .layer(axum::middleware::from_fn_with_state(token, auth::require));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::ca::api::open_routes(state.ca.clone()))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
@@ -301,11 +317,28 @@ async fn history(
     Ok(Json(json!({ "items": items })))
 }
 
+/// The caller (the operator when the middleware did not run, as in unit tests).
+fn caller(c: Option<Extension<Caller>>) -> Caller {
+    c.map_or(Caller::Operator, |Extension(c)| c)
+}
+
+/// 403 unless `caller` may act on instances of `namespace`.
+fn own_namespace(caller: &Caller, namespace: Option<String>) -> Result<(), ApiError> {
+    match namespace {
+        Some(ns) if !auth::may_register(caller, &ns) => Err(ApiError::Forbidden(format!(
+            "a proxy identity may only act on instances of its own namespace, not `{ns}`"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 async fn register(
     State(s): State<Arc<AppState>>,
+    who: Option<Extension<Caller>>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let registration: Registration = parse(&body)?;
+    own_namespace(&caller(who), Some(registration.namespace.clone()))?;
     let registry = s.registry.clone();
     let instance = blocking(move || Ok(registry.register(registration)?)).await?;
     Ok((
@@ -316,16 +349,20 @@ async fn register(
 
 async fn heartbeat(
     State(s): State<Arc<AppState>>,
+    who: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    own_namespace(&caller(who), s.registry.namespace_of(&id))?;
     s.registry.heartbeat(&id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn deregister(
     State(s): State<Arc<AppState>>,
+    who: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    own_namespace(&caller(who), s.registry.namespace_of(&id))?;
     let registry = s.registry.clone();
     let instance = blocking(move || Ok(registry.deregister(&id)?)).await?;
     Ok(Json(json!({ "deregistered": instance })))
@@ -354,8 +391,25 @@ fn valid_node(node: &str) -> bool {
 }
 
 /// `GET /v1/push/stream?node=N&listeners=a,b`: the proxy's long-lived config stream.
+/// 403 unless `caller` may read node `node`'s config (see [`auth::may_stream`]).
+fn own_node(s: &AppState, caller: &Caller, node: &str) -> Result<(), ApiError> {
+    if *caller == Caller::Operator {
+        return Ok(());
+    }
+    let configs = s.policy.list(Some("ProxyConfig"), None)?;
+    let config = configs.iter().find(|r| r.name == node).map(|r| &r.document);
+    if auth::may_stream(caller, config) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "node `{node}`: its ProxyConfig's spec.identity does not name this proxy's identity"
+        )))
+    }
+}
+
 async fn stream(
     State(s): State<Arc<AppState>>,
+    who: Option<Extension<Caller>>,
     Query(q): Query<StreamQuery>,
 ) -> Result<Response, ApiError> {
     if !valid_node(&q.node) {
@@ -363,6 +417,7 @@ async fn stream(
             "node: 1-253 characters of letters, digits, `-`, `.`, `_`".into(),
         ));
     }
+    own_node(&s, &caller(who), &q.node)?;
     let listeners: Vec<String> = q
         .listeners
         .split(',')
@@ -411,11 +466,16 @@ async fn stream(
     Ok(resp)
 }
 
-async fn ack(State(s): State<Arc<AppState>>, body: Bytes) -> Result<StatusCode, ApiError> {
+async fn ack(
+    State(s): State<Arc<AppState>>,
+    who: Option<Extension<Caller>>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     let ack: Ack = parse(&body)?;
     if !valid_node(&ack.node) {
         return Err(ApiError::BadRequest("node: invalid name".into()));
     }
+    own_node(&s, &caller(who), &ack.node)?;
     s.push.answer(&ack);
     Ok(StatusCode::NO_CONTENT)
 }

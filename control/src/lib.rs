@@ -3,7 +3,8 @@
 //! bus, all durable in one embedded database (redb) in `--data-dir`.
 //!
 //! ```text
-//!  straitctl / proxies / services ──HTTP (bearer token)──▶ api
+//!  straitctl / proxies / services ──HTTP or HTTPS (bearer token, proxy certificates)──▶ api
+//!     api ─▶ ca (--trust-domain: SPIFFE certificates for CSRs, join tokens, trust bundle)
 //!     api ─▶ policy (validate with strait-config, resourceVersion, history) ─┐
 //!     api ─▶ registry (TTL heartbeats, discovery)  ──────────────────────────┼─▶ revision ─▶ push ─▶ proxies
 //!     api ─▶ bus (topics, groups, durable subscriptions, dead letters)       │   (watch)     (NDJSON stream,
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod auth;
 pub mod bus;
+pub mod ca;
 pub mod cli;
 pub mod events;
 pub mod inject;

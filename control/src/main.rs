@@ -35,7 +35,58 @@ enum Command {
         log_format: LogFormat,
         #[command(flatten)]
         webhook: WebhookArgs,
+        #[command(flatten)]
+        identity: IdentityArgs,
     },
+}
+
+/// The mesh's certificate authority; with it, the API is served over TLS.
+#[derive(Debug, clap::Args)]
+struct IdentityArgs {
+    /// Trust domain of the mesh's SPIFFE IDs (`spiffe://D/ns/NS/sa/SA`); turns the CA and TLS on.
+    #[arg(long, value_name = "D")]
+    trust_domain: Option<String>,
+    /// PEM issuer (intermediate) certificate to sign with, then any intermediates (and
+    /// optionally the root); without it the control creates a root and issuer in its store.
+    #[arg(long, value_name = "FILE", requires_all = ["trust_domain", "issuer_key"])]
+    issuer_cert: Option<PathBuf>,
+    /// PEM private key of --issuer-cert.
+    #[arg(long, value_name = "FILE", requires = "issuer_cert")]
+    issuer_key: Option<PathBuf>,
+    /// PEM roots that proxies trust, with --issuer-cert (default: the self-signed
+    /// certificates in --issuer-cert).
+    #[arg(long, value_name = "FILE", requires = "issuer_cert")]
+    trust_bundle: Option<PathBuf>,
+    /// Lifetime of issued certificates (s, m, h or d); proxies renew at 70% of it.
+    #[arg(long, value_name = "TTL", default_value = "24h", value_parser = strait_control::ca::parse_ttl)]
+    cert_ttl: Duration,
+    /// Extra DNS name or IP of the control's serving certificate (repeatable).
+    #[arg(long = "server-name", value_name = "NAME", requires = "trust_domain")]
+    server_names: Vec<String>,
+}
+
+impl IdentityArgs {
+    fn options(self) -> Result<Option<strait_control::ca::CaOptions>, String> {
+        let Some(trust_domain) = self.trust_domain else {
+            return Ok(None);
+        };
+        strait_control::ca::spiffe::check_trust_domain(&trust_domain)
+            .map_err(|e| format!("--trust-domain: {e}"))?;
+        let issuer = match (self.issuer_cert, self.issuer_key) {
+            (Some(cert), Some(key)) => Some(strait_control::ca::IssuerFiles {
+                cert,
+                key,
+                trust_bundle: self.trust_bundle,
+            }),
+            _ => None,
+        };
+        Ok(Some(strait_control::ca::CaOptions {
+            trust_domain,
+            issuer,
+            cert_ttl: self.cert_ttl,
+            server_names: self.server_names,
+        }))
+    }
 }
 
 /// The sidecar-injection webhook (HTTPS, separate from the API).
@@ -92,7 +143,15 @@ fn main() -> ExitCode {
         token_file,
         log_format,
         webhook,
+        identity,
     } = Args::parse().command;
+    let identity = match identity.options() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("strait-control: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // The workspace's one rustls provider, installed before anything builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -121,6 +180,7 @@ fn main() -> ExitCode {
         sweep_interval: Duration::from_millis(250),
         install_metrics: true,
         webhook: webhook.options(),
+        identity,
     };
     match runtime.block_on(strait_control::server::serve(options)) {
         Ok(()) => ExitCode::SUCCESS,

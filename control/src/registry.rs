@@ -229,6 +229,13 @@ impl Registry {
         }
     }
 
+    /// The namespace instance `id` was registered in, if it is registered.
+    pub fn namespace_of(&self, id: &str) -> Option<String> {
+        self.live()
+            .get(id)
+            .map(|(i, _)| i.registration.namespace.clone())
+    }
+
     /// Removes an instance.
     pub fn deregister(&self, id: &str) -> Result<Instance, RegistryError> {
         let Some((instance, _)) = self.live().remove(id) else {

@@ -10,6 +10,8 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::api::{self, AppState};
 use crate::auth::Token;
+use crate::ca::tls::TlsServer;
+use crate::ca::{Ca, CaOptions};
 use crate::events::EventSink;
 use crate::policy::{PolicyStore, Revisions, HISTORY, META, RESOURCES};
 use crate::push::Push;
@@ -31,6 +33,8 @@ pub struct Options {
     pub install_metrics: bool,
     /// The sidecar-injection webhook's HTTPS listener, if wanted.
     pub webhook: Option<crate::inject::server::WebhookOptions>,
+    /// The mesh's CA (`--trust-domain`): the API is then served over TLS.
+    pub identity: Option<CaOptions>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -80,8 +84,33 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let db = crate::store::open(&options.data_dir, &[RESOURCES, HISTORY, META, INSTANCES])
-        .with_context(|| format!("cannot open the store in {}", options.data_dir.display()))?;
+    let db = crate::store::open(
+        &options.data_dir,
+        &[
+            RESOURCES,
+            HISTORY,
+            META,
+            INSTANCES,
+            crate::ca::service::CA,
+            crate::ca::service::JOIN_TOKENS,
+        ],
+    )
+    .with_context(|| format!("cannot open the store in {}", options.data_dir.display()))?;
+    let ca = match &options.identity {
+        Some(identity) => {
+            let ca = Ca::open(db.clone(), identity, &options.data_dir)
+                .context("cannot start the certificate authority")?;
+            let authority = ca.authority();
+            tracing::info!(
+                trust_domain = authority.trust_domain(),
+                trust_bundle = %ca.bundle_file().display(),
+                bundle_sha256 = %authority.bundle().sha256(),
+                "certificate authority ready; the trust bundle is in trust_bundle"
+            );
+            Some(ca)
+        }
+        None => None,
+    };
     let bus = crate::bus::Bus::open(db.clone()).context("cannot open the event bus")?;
     bus.spawn_background();
     let events: Arc<dyn EventSink> = bus.clone();
@@ -105,17 +134,30 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         push,
         prometheus,
         openapi: crate::openapi::document(crate::bus::Bus::openapi_paths()),
+        ca: ca.clone(),
     });
     let app = api::router(state, token, bus.router());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(address = %address, data_dir = %options.data_dir.display(), "listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("server failed")?;
+    match (ca, &options.identity) {
+        (Some(ca), Some(identity)) => {
+            let (tls, not_after) = TlsServer::new(ca, address, &identity.server_names)
+                .context("cannot issue the control's serving certificate")?;
+            let renewal = tokio::spawn(tls.clone().renew(not_after));
+            tracing::info!(address = %address, data_dir = %options.data_dir.display(), tls = true, "listening");
+            tls.serve(listener, app, shutdown()).await;
+            renewal.abort();
+        }
+        _ => {
+            tracing::info!(address = %address, data_dir = %options.data_dir.display(), "listening");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown())
+                .await
+                .context("server failed")?;
+        }
+    }
     if let Some(task) = webhook {
         task.abort();
     }

@@ -44,6 +44,8 @@ pub struct Control {
     address: SocketAddr,
     token: String,
     extra: Vec<String>,
+    /// Serving HTTPS (started with `--trust-domain`).
+    tls: bool,
 }
 
 impl Control {
@@ -73,6 +75,7 @@ impl Control {
             address,
             token,
             extra: Vec::new(),
+            tls: false,
         }
     }
 
@@ -110,8 +113,9 @@ impl Control {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(address) = self.listening() {
+            if let Some((address, tls)) = self.listening() {
                 self.address = address;
+                self.tls = tls;
                 return;
             }
             if let Some(status) = self
@@ -133,11 +137,14 @@ impl Control {
         }
     }
 
-    fn listening(&self) -> Option<SocketAddr> {
+    fn listening(&self) -> Option<(SocketAddr, bool)> {
         self.json_logs()
             .iter()
             .find(|v| v["fields"]["message"] == "listening")
-            .and_then(|v| v["fields"]["address"].as_str()?.parse().ok())
+            .and_then(|v| {
+                let address = v["fields"]["address"].as_str()?.parse().ok()?;
+                Some((address, v["fields"]["tls"] == true))
+            })
     }
 
     /// The control's process id, while it runs.
@@ -145,9 +152,25 @@ impl Control {
         self.child.as_ref().map(Child::id)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` when started with `--trust-domain`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
+    }
+
+    /// The API's address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The trust bundle file the control writes with `--trust-domain`.
+    pub fn bundle_file(&self) -> PathBuf {
+        self.dir.path().join("data").join("trust-bundle.pem")
+    }
+
+    /// The trust bundle (PEM) as the control's file has it now.
+    pub fn bundle(&self) -> String {
+        std::fs::read_to_string(self.bundle_file()).expect("trust bundle file")
     }
 
     /// The bearer token.
@@ -223,6 +246,13 @@ impl Control {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
+        if self.tls {
+            let answer = crate::tls::TlsClient::new(&self.bundle(), None, false)
+                .call(self.address, method, path, token, body)
+                .await
+                .expect("control answers");
+            return (answer.status, answer.json);
+        }
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.url()));
@@ -267,6 +297,11 @@ impl Control {
             .arg(self.url())
             .arg("--token-file")
             .arg(self.token_file())
+            .args(if self.tls {
+                vec!["--ca-file".into(), self.bundle_file()]
+            } else {
+                vec![]
+            })
             .args(args)
             .output()
             .expect("run straitctl")

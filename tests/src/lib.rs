@@ -8,6 +8,7 @@ pub mod control;
 pub mod metrics;
 pub mod netns;
 pub mod process;
+pub mod tls;
 pub mod upstream;
 pub mod wait;
 

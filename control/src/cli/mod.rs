@@ -1,6 +1,8 @@
 //! `straitctl`: the command line of the control.
 
+pub mod bootstrap;
 pub mod client;
+pub mod identity;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +29,9 @@ pub struct Args {
     /// File holding the bearer token.
     #[arg(long, env = "STRAIT_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
+    /// PEM roots to verify an `https://` control with (its `DATA_DIR/trust-bundle.pem`).
+    #[arg(long, env = "STRAIT_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -104,6 +109,9 @@ enum Command {
     Events(crate::bus::cli::EventsCommand),
     /// Add the Strait sidecar to workloads in YAML (local; writes the result to stdout).
     Inject(crate::inject::cli::InjectArgs),
+    /// The mesh's certificate authority: join tokens, trust bundle, status, rotation.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
     /// Is the control up, and what does it hold?
     Status,
 }
@@ -139,11 +147,16 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(args.command, &args.server, token));
+    let code = runtime.block_on(run(
+        args.command,
+        &args.server,
+        token,
+        args.ca_file.as_deref(),
+    ));
     ExitCode::from(code)
 }
 
-async fn run(command: Command, server: &str, token: Option<String>) -> u8 {
+async fn run(command: Command, server: &str, token: Option<String>, ca_file: Option<&Path>) -> u8 {
     if let Command::Inject(args) = &command {
         return crate::inject::cli::run(args);
     }
@@ -156,7 +169,19 @@ async fn run(command: Command, server: &str, token: Option<String>) -> u8 {
             }
         };
     }
-    let client = Client::new(server, token);
+    if let Command::Identity(identity::IdentityCommand::Bundle {
+        join_token: Some(path),
+    }) = &command
+    {
+        return identity::bundle_by_token(server, path).await;
+    }
+    let client = match Client::connect(server, token, ca_file) {
+        Ok(c) => c,
+        Err(m) => {
+            eprintln!("straitctl: {m}");
+            return 2;
+        }
+    };
     match execute(&client, command).await {
         Ok(()) => 0,
         Err(Failure::Usage(m)) => {
@@ -408,6 +433,7 @@ async fn execute(client: &Client, command: Command) -> Result<(), Failure> {
                 count(&instances)
             );
         }
+        Command::Identity(cmd) => identity::run(client, cmd).await?,
         Command::Events(_) | Command::Inject(_) => {}
     }
     Ok(())

@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
         token_file: Some(token_file.clone()),
         sweep_interval: Duration::from_millis(250),
         webhook: None,
+        identity: None,
         install_metrics: false,
     };
     let control = tokio::spawn(strait_control::server::serve(control_options));

@@ -1,0 +1,170 @@
+//! TLS clients for the control's HTTPS API, as a proxy or straitctl would be: the server is
+//! verified against a PEM bundle, a client certificate is presented when given, HTTP/1.1 or h2
+//! by ALPN. Plus key pairs and CSRs for test identities.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::TlsConnector;
+
+/// A CSR for one URI SAN (`spiffe://...`), and its key (PEM), made here as a proxy would.
+pub fn csr(uri: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("uri"))];
+    let csr = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    (csr, key.serialize_pem())
+}
+
+/// Every certificate of a PEM text.
+pub fn certificates(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
+}
+
+/// A client identity: certificate chain and key, PEM.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    /// Leaf first.
+    pub chain_pem: String,
+    /// PKCS#8 key.
+    pub key_pem: String,
+}
+
+/// An answer of the control.
+#[derive(Debug)]
+pub struct TlsAnswer {
+    /// Status code.
+    pub status: u16,
+    /// JSON body (`null` when empty, a string when not JSON).
+    pub json: serde_json::Value,
+    /// The protocol ALPN chose.
+    pub alpn: Option<Vec<u8>>,
+}
+
+/// A TLS client of the control.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+    h2: bool,
+}
+
+impl TlsClient {
+    /// Trusts `bundle_pem`; presents `identity` if given; offers h2 (else http/1.1) by ALPN.
+    pub fn new(bundle_pem: &str, identity: Option<&ClientIdentity>, h2: bool) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certificates(bundle_pem) {
+            roots.add(cert).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some(id) => builder
+                .with_client_auth_cert(
+                    certificates(&id.chain_pem),
+                    PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).expect("key"),
+                )
+                .expect("client certificate"),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = if h2 {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            h2,
+        }
+    }
+
+    /// One request on a new connection to `address` (verified as its IP): bearer token and
+    /// JSON body optional. Err: the connection or handshake failed.
+    pub async fn call(
+        &self,
+        address: SocketAddr,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Result<TlsAnswer, String> {
+        let work = async {
+            let tcp = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(|e| e.to_string())?;
+            let tls = self
+                .connector
+                .connect(ServerName::IpAddress(address.ip().into()), tcp)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            let mut req = Request::builder().method(method);
+            req = if self.h2 {
+                req.uri(format!("https://{address}{path}"))
+            } else {
+                req.uri(path).header("host", address.to_string())
+            };
+            if let Some(token) = bearer {
+                req = req.header("authorization", format!("Bearer {token}"));
+            }
+            let bytes = match body {
+                Some(b) => {
+                    req = req.header("content-type", "application/json");
+                    Bytes::from(serde_json::to_vec(&b).map_err(|e| e.to_string())?)
+                }
+                None => Bytes::new(),
+            };
+            let req = req.body(Full::new(bytes)).map_err(|e| e.to_string())?;
+            let io = TokioIo::new(tls);
+            let resp = if self.h2 {
+                let (mut sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                sender.send_request(req).await
+            } else {
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                sender.send_request(req).await
+            }
+            .map_err(|e| format!("request: {e}"))?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            let json = if body.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_slice(&body).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+                })
+            };
+            Ok(TlsAnswer { status, json, alpn })
+        };
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+    }
+}
