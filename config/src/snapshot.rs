@@ -40,9 +40,53 @@ impl Snapshot {
     }
 }
 
+/// Where the proxy's workload identity comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// Issued by the control for `spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}`.
+    Control {
+        /// The mesh's trust domain.
+        trust_domain: String,
+        /// The workload's namespace.
+        namespace: String,
+        /// The workload's service account.
+        service_account: String,
+        /// Roots to verify peers (and the control) against instead of the control's bundle.
+        trust_bundle: Option<std::path::PathBuf>,
+    },
+    /// Read from files (re-read when they change).
+    Files {
+        /// PEM certificate chain, leaf first.
+        cert: std::path::PathBuf,
+        /// PEM private key.
+        key: std::path::PathBuf,
+        /// PEM trust bundle.
+        trust_bundle: std::path::PathBuf,
+    },
+}
+
+impl IdentitySource {
+    /// The SPIFFE ID a control-issued identity has; `None` for files (the certificate says).
+    pub fn spiffe_id(&self) -> Option<String> {
+        match self {
+            Self::Control {
+                trust_domain,
+                namespace,
+                service_account,
+                ..
+            } => Some(format!(
+                "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+            )),
+            Self::Files { .. } => None,
+        }
+    }
+}
+
 /// Proxy-wide settings.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
+    /// The proxy's workload identity, if it has one (`spec.identity`).
+    pub identity: Option<IdentitySource>,
     /// Admin server address.
     pub admin: SocketAddr,
     /// Telemetry listener address (`/metrics`, `/ready`, `/live` only), if any.

@@ -94,9 +94,10 @@ async fn answer(
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/config" => json_response(&config(&shared)),
         "/clusters" => json_response(&clusters(&shared)),
+        "/identity" => json_response(&identity(&shared)),
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /metrics /ready /live /config /clusters, POST /shutdown\n",
+            "admin endpoints: /metrics /ready /live /config /clusters /identity, POST /shutdown\n",
         ),
     })
 }
@@ -118,6 +119,46 @@ fn shutdown(method: &Method, peer: std::net::SocketAddr, shared: &Shared) -> Res
     tracing::info!(client = %peer, "POST /shutdown: draining");
     shared.shutdown.notify_one();
     text(StatusCode::ACCEPTED, "draining\n")
+}
+
+/// `GET /identity`: the proxy's SPIFFE ID, its certificate's serial and validity, and the
+/// trust bundle's roots — never the private key.
+fn identity(shared: &Shared) -> serde_json::Value {
+    let Some(id) = shared.identity.current() else {
+        let configured = shared.config.load().snapshot.proxy.identity.is_some();
+        return serde_json::json!({
+            "spiffeId": null,
+            "status": if configured { "pending" } else { "none" },
+        });
+    };
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let roots: Vec<_> = id
+        .bundle
+        .iter()
+        .map(|der| {
+            let parsed = x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, c)| c);
+            serde_json::json!({
+                "subject": parsed.as_ref().map(|c| c.subject().to_string()),
+                "notAfter": parsed.as_ref().map(|c| c.validity().not_after.timestamp()),
+                "sha256": crate::identity::fingerprint(der),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "spiffeId": &*id.spiffe_id,
+        "status": "active",
+        "serial": id.serial,
+        "notBefore": httpdate::fmt_http_date(id.not_before),
+        "notAfter": httpdate::fmt_http_date(id.not_after),
+        "notAfterUnix": unix(id.not_after),
+        "renewAt": httpdate::fmt_http_date(id.renew_at()),
+        "trustBundle": roots,
+    })
 }
 
 /// The version users compare across the mesh (Envoy's `version_info`): the control's revision

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use strait_config::snapshot::IdentitySource;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -49,6 +50,9 @@ pub enum StartError {
     /// The control named in the config cannot be used.
     #[error("{0}")]
     Control(String),
+    /// The identity files do not make an identity.
+    #[error("spec.identity: {0}")]
+    Identity(#[from] crate::identity::files::FilesError),
     /// Stopped before the control sent a first config.
     #[error("stopped while waiting for the first config from the control")]
     Interrupted,
@@ -249,6 +253,26 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         ));
     }
     tokio::spawn(close_idle_connections(shared.clone()));
+    if let Some(IdentitySource::Files {
+        cert,
+        key,
+        trust_bundle,
+    }) = &proxy.identity
+    {
+        let files = crate::identity::files::IdentityFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            trust_bundle: trust_bundle.clone(),
+        };
+        // Refused at start like an invalid config: a proxy that must speak mTLS cannot serve
+        // without an identity.
+        shared.identity.install(files.load()?);
+        tokio::spawn(crate::identity::files::watch(
+            files,
+            shared.identity.clone(),
+            options.watch_interval,
+        ));
+    }
     if control_attached && shared.config.load().control_version.is_none() {
         // Serving the bootstrap: ready means serving the control's config, so the app (held
         // back by the startup probe) does not start with nothing routed. The reloader marks

@@ -27,6 +27,7 @@ pub mod background;
 pub mod clock;
 pub mod control;
 pub mod http;
+pub mod identity;
 pub mod intercept;
 pub mod listen;
 pub mod logging;

@@ -143,6 +143,7 @@ impl Reloader {
             ready: Default::default(),
             drain: Drain::default(),
             shutdown: Default::default(),
+            identity: Default::default(),
         });
         let mut listeners = Listeners::default();
         let bound = listeners

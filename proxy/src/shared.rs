@@ -28,6 +28,8 @@ pub struct Shared {
     pub drain: Drain,
     /// Notified by `POST /shutdown` on the admin port: the same drain as SIGTERM follows.
     pub shutdown: Notify,
+    /// The proxy's workload identity (mTLS), once it has one.
+    pub identity: Arc<crate::identity::IdentityStore>,
 }
 
 impl Shared {

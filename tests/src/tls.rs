@@ -168,3 +168,84 @@ impl TlsClient {
             .map_err(|_| "timed out".to_owned())?
     }
 }
+
+/// A certificate authority of the tests' own, as cert-manager or SPIRE would be: one root,
+/// leaves for SPIFFE IDs (or DNS names) signed by it.
+pub struct TestCa {
+    key: rcgen::KeyPair,
+    params: rcgen::CertificateParams,
+    /// The root, PEM: the trust bundle.
+    pub bundle: String,
+}
+
+/// A leaf: its chain (leaf, PEM) and key (PEM).
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    /// The certificate, PEM.
+    pub chain: String,
+    /// Its private key, PEM.
+    pub key: String,
+}
+
+impl TestCa {
+    /// A new root.
+    pub fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().expect("root key");
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test root"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let bundle = params.self_signed(&key).expect("root").pem();
+        Self {
+            key,
+            params,
+            bundle,
+        }
+    }
+
+    fn sign(&self, sans: Vec<rcgen::SanType>, valid_for: Duration) -> Leaf {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = sans;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + time::Duration::seconds(valid_for.as_secs() as i64);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("leaf");
+        Leaf {
+            chain: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// A leaf for `spiffe_id`, valid for a day.
+    pub fn workload(&self, spiffe_id: &str) -> Leaf {
+        self.workload_for(spiffe_id, Duration::from_secs(86_400))
+    }
+
+    /// A leaf for `spiffe_id`, valid for `valid_for`.
+    pub fn workload_for(&self, spiffe_id: &str, valid_for: Duration) -> Leaf {
+        let uri = rcgen::SanType::URI(spiffe_id.try_into().expect("spiffe id"));
+        self.sign(vec![uri], valid_for)
+    }
+
+    /// A server leaf for a DNS name or IP address (non-mesh TLS: origination, termination).
+    pub fn server(&self, name: &str) -> Leaf {
+        let san = match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName(name.try_into().expect("dns name")),
+        };
+        self.sign(vec![san], Duration::from_secs(86_400))
+    }
+}

@@ -9,7 +9,7 @@ use super::{check_positive, check_range, Errors};
 use crate::error::FieldPath;
 use crate::load::LoadedDoc;
 use crate::matching::{RouteEntries, RouteTable};
-use crate::snapshot::{Listener, ProxySettings, Serves, TcpRoute};
+use crate::snapshot::{IdentitySource, Listener, ProxySettings, Serves, TcpRoute};
 use crate::spec::{ListenerMode, ListenerProtocol, Resource};
 
 /// A listener before routes are attached.
@@ -53,6 +53,105 @@ fn parse_addr(
     }
 }
 
+/// `spec.identity`: files (all three), or what the control issues for (trust domain,
+/// namespace and service account). Relative files are relative to the document's directory.
+fn identity_source(
+    errors: &mut Errors,
+    doc: &LoadedDoc,
+    at: &FieldPath,
+    spec: &crate::spec::IdentitySpec,
+) -> Option<IdentitySource> {
+    let base = doc.file.parent().unwrap_or(std::path::Path::new("."));
+    let resolve = |file: &String| base.join(file);
+    let files = [
+        ("certFile", &spec.cert_file),
+        ("keyFile", &spec.key_file),
+        ("trustBundleFile", &spec.trust_bundle_file),
+    ];
+    let given = files.iter().filter(|(_, f)| f.is_some()).count();
+    let (cert, key) = (&spec.cert_file, &spec.key_file);
+    if cert.is_some() || key.is_some() {
+        if given < 3 {
+            for (name, _) in files.iter().filter(|(_, f)| f.is_none()) {
+                errors.at(
+                    doc,
+                    &at.key(*name),
+                    "certFile, keyFile and trustBundleFile go together: give all three".to_owned(),
+                );
+            }
+            return None;
+        }
+        return Some(IdentitySource::Files {
+            cert: resolve(cert.as_ref()?),
+            key: resolve(key.as_ref()?),
+            trust_bundle: resolve(spec.trust_bundle_file.as_ref()?),
+        });
+    }
+    let mut part = |name: &'static str,
+                    value: &Option<String>,
+                    check: fn(&str) -> bool,
+                    rule: &str| {
+        match value {
+            Some(v) if check(v) => Some(v.clone()),
+            Some(v) => {
+                errors.at(doc, &at.key(name), format!("`{v}`: {rule}"));
+                None
+            }
+            None => {
+                errors.at(
+                    doc,
+                    &at.key(name),
+                    format!("{name} is required for an identity the control issues (or give certFile, keyFile and trustBundleFile)"),
+                );
+                None
+            }
+        }
+    };
+    let trust_domain = part(
+        "trustDomain",
+        &spec.trust_domain,
+        is_trust_domain,
+        "1-255 characters of a-z, 0-9, `.`, `-`, `_`",
+    );
+    let namespace = part(
+        "namespace",
+        &spec.namespace,
+        is_spiffe_segment,
+        "1-253 characters of letters, digits, `.`, `-`, `_`",
+    );
+    let service_account = part(
+        "serviceAccount",
+        &spec.service_account,
+        is_spiffe_segment,
+        "1-253 characters of letters, digits, `.`, `-`, `_`",
+    );
+    Some(IdentitySource::Control {
+        trust_domain: trust_domain?,
+        namespace: namespace?,
+        service_account: service_account?,
+        trust_bundle: spec.trust_bundle_file.as_ref().map(resolve),
+    })
+}
+
+/// A SPIFFE trust domain: lowercase letters, digits, `.`, `-`, `_`.
+fn is_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= 255
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
+/// A namespace or service account as a SPIFFE path segment.
+fn is_spiffe_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
 /// Validates and compiles the ProxyConfig document.
 pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledProxy> {
     let Resource::ProxyConfig(pc) = &*doc.resource else {
@@ -82,6 +181,11 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
         &at.key("readyWithoutControlAfter"),
         spec.ready_without_control_after,
     );
+
+    let identity = spec
+        .identity
+        .as_ref()
+        .and_then(|id| identity_source(errors, doc, &at.key("identity"), id));
 
     let limits = spec.limits.clone().unwrap_or_default();
     let limits_at = at.key("limits");
@@ -180,6 +284,7 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
 
     Some(CompiledProxy {
         settings: ProxySettings {
+            identity,
             admin: admin?,
             telemetry: match telemetry {
                 Some(parsed) => Some(parsed?),

@@ -23,6 +23,9 @@ pub struct ProxyConfigSpec {
     /// Where to take config from instead of files (used by `--control`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlSpec>,
+    /// The proxy's workload identity (mTLS): issued by the control, or read from files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentitySpec>,
     /// With a control: `/ready` answers 503 until the control's first config is applied (the
     /// proxy serves this bootstrap meanwhile). After this long without one, `/ready` answers
     /// 200 on the bootstrap instead. Default: none (unready until the control answers, as
@@ -38,6 +41,37 @@ pub struct ProxyConfigSpec {
     /// Limits on what clients may send.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsSpec>,
+}
+
+/// `ProxyConfig.spec.identity`: who the proxy is in the mesh.
+///
+/// With a control, the proxy generates its key and gets a short-lived certificate for
+/// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>` (renewed before it expires).
+/// With `certFile`, `keyFile` and `trustBundleFile` (all three), it uses certificates issued
+/// elsewhere (cert-manager, SPIRE), re-read when the files change; the identity is then the
+/// SPIFFE ID in the certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentitySpec {
+    /// The mesh's trust domain, e.g. `cluster.local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
+    /// The workload's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The workload's service account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// PEM certificate chain (leaf first); relative to the config's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1); relative to the config's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// PEM trust bundle: the roots peers are verified against; relative to the config's
+    /// directory. With a control and no files, the control's bundle is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle_file: Option<String>,
 }
 
 /// One listener.

@@ -37,6 +37,9 @@ pub const CIRCUIT_STATE: &str = "strait_circuit_state";
 /// `strait_endpoint_healthy{service,endpoint}`.
 pub const ENDPOINT_HEALTHY: &str = "strait_endpoint_healthy";
 
+/// `strait_identity_expiry_timestamp_seconds`: when the proxy's certificate expires.
+pub const IDENTITY_EXPIRY: &str = "strait_identity_expiry_timestamp_seconds";
+
 /// Installs the global recorder and describes every metric (promtool wants HELP lines).
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new().install_recorder()?;
@@ -81,6 +84,11 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_gauge!(
         ENDPOINT_HEALTHY,
         "1 when the endpoint is in rotation, 0 when it is out."
+    );
+    describe_gauge!(
+        IDENTITY_EXPIRY,
+        Unit::Seconds,
+        "When the proxy's workload certificate expires (Unix time): alert when it nears now, renewal failed."
     );
     Ok(handle)
 }
