@@ -177,3 +177,28 @@ fn refused(mark: Mark, path: FieldPath, message: String) -> Box<DeError> {
         mark,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_that_makes_the_parser_panic_is_an_error() {
+        // Found by the `yaml_load` fuzz target: libyaml-safer 0.3.0 panics on these
+        // (config/src/yaml/panic_guard.rs).
+        for text in [
+            "[!,",
+            "spec: {[{path: {type: !egularExpression, value: x}}]}\n",
+            "a: ''|\n 0",
+            "\"\\",
+        ] {
+            let source = Source {
+                file: "fuzz.yaml".into(),
+                text: text.to_owned(),
+            };
+            let errors = parse_sources(&[source]).expect_err(text);
+            let shown = format!("{errors:?}");
+            assert!(shown.contains("fuzz.yaml"), "{text:?}: {shown}");
+        }
+    }
+}

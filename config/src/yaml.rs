@@ -11,6 +11,7 @@ mod keys;
 
 use std::collections::HashMap;
 
+mod panic_guard;
 use libyaml_safer::{EventData, Parser, ScalarStyle};
 
 use crate::error::{Mark, PathSeg};
@@ -144,6 +145,7 @@ pub fn parse_documents_within(text: &str, budget: &mut Budget) -> Result<Vec<Doc
         parser,
         anchors: HashMap::new(),
         budget,
+        last: Marker::default(),
     };
     let mut docs = Vec::new();
     loop {
@@ -185,12 +187,25 @@ struct Builder<'i, 't, 'b> {
     /// The anchors of the current document, with the size of each.
     anchors: HashMap<String, (Node, Cost)>,
     budget: &'b mut Budget,
+    /// Where the last event started (where a parser panic is reported).
+    last: Marker,
 }
 
 impl Builder<'_, '_, '_> {
     fn next(&mut self) -> Result<(EventData, Marker), YamlError> {
-        match self.parser.parse() {
-            Ok(event) => Ok((event.data, event.start_mark)),
+        let Some(parsed) = panic_guard::catch(|| self.parser.parse()) else {
+            // The parser is in no state to go on: the whole text is refused.
+            return Err(YamlError {
+                mark: mark(self.last),
+                path: Vec::new(),
+                message: "invalid YAML after this point (the parser could not read it)".into(),
+            });
+        };
+        match parsed {
+            Ok(event) => {
+                self.last = event.start_mark;
+                Ok((event.data, event.start_mark))
+            }
             Err(e) => Err(YamlError {
                 mark: e
                     .problem_mark()
