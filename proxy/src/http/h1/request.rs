@@ -23,6 +23,9 @@ use crate::http::headers::lists;
 /// Field slots parsed on the stack; a head with more is parsed again with room for the
 /// configured limit.
 const INLINE_HEADERS: usize = 64;
+/// Largest body of announced length read whole with its head (waited for, when it is still
+/// arriving, within the head's time); a larger one streams.
+pub const MAX_WHOLE_BODY: u64 = 16 * 1024;
 
 /// How a request's body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +59,12 @@ pub struct Head {
 pub enum Parsed {
     /// Not a complete head yet.
     Partial,
+    /// A complete head whose small body (at most [`MAX_WHOLE_BODY`]) has not all arrived:
+    /// the request is `total` bytes long. The head stays in the buffer.
+    BodyToCome {
+        /// Head and body, in bytes.
+        total: usize,
+    },
     /// A complete head, taken off the buffer.
     Head(Head),
     /// The head is refused: the answer to send before the connection closes.
@@ -64,7 +73,9 @@ pub enum Parsed {
 
 /// Reads one request head off the front of `buf`; the buffer is untouched unless a
 /// [`Parsed::Head`] is returned. `max_headers`: the configured field count limit.
-pub fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
+/// `whole_small_bodies`: a head whose small body is still arriving is left in the buffer
+/// ([`Parsed::BodyToCome`]) rather than taken.
+pub fn parse(buf: &mut BytesMut, max_headers: usize, whole_small_bodies: bool) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; INLINE_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let checked = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -76,15 +87,17 @@ pub fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
             check(buf, &request, len, max_headers).map(|c| (c, len))
         }
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return parse_many(buf, max_headers),
+        Err(httparse::Error::TooManyHeaders) => {
+            return parse_many(buf, max_headers, whole_small_bodies)
+        }
         Err(e) => return Parsed::Refused(ProxyError::BadRequest(describe(e))),
     };
-    take(buf, checked)
+    take(buf, checked, whole_small_bodies)
 }
 
 /// [`parse`] for a head with more fields than the stack holds (rare: heap slots).
 #[cold]
-fn parse_many(buf: &mut BytesMut, max_headers: usize) -> Parsed {
+fn parse_many(buf: &mut BytesMut, max_headers: usize, whole_small_bodies: bool) -> Parsed {
     let mut slots = vec![httparse::EMPTY_HEADER; max_headers];
     let mut request = httparse::Request::new(&mut slots);
     let checked = match request.parse(buf) {
@@ -97,15 +110,32 @@ fn parse_many(buf: &mut BytesMut, max_headers: usize) -> Parsed {
         }
         Err(e) => return Parsed::Refused(ProxyError::BadRequest(describe(e))),
     };
-    take(buf, checked)
+    take(buf, checked, whole_small_bodies)
 }
 
-/// The checked head, taken off `buf`, or the refusal.
-fn take(buf: &mut BytesMut, checked: Result<(Checked, usize), ProxyError>) -> Parsed {
-    match checked {
-        Ok((checked, len)) => Parsed::Head(checked.into_head(buf, len)),
-        Err(refusal) => Parsed::Refused(refusal),
+/// The checked head, taken off `buf` (left there while its small body is still arriving,
+/// with `whole_small_bodies`), or the refusal.
+fn take(
+    buf: &mut BytesMut,
+    checked: Result<(Checked, usize), ProxyError>,
+    whole_small_bodies: bool,
+) -> Parsed {
+    let (checked, len) = match checked {
+        Ok(checked) => checked,
+        Err(refusal) => return Parsed::Refused(refusal),
+    };
+    if let BodyFraming::Length(n) = checked.framing {
+        // (At most MAX_WHOLE_BODY: `n` fits.)
+        let total = len + n as usize;
+        if whole_small_bodies
+            && n <= MAX_WHOLE_BODY
+            && !checked.expect_continue
+            && buf.len() < total
+        {
+            return Parsed::BodyToCome { total };
+        }
     }
+    Parsed::Head(checked.into_head(buf, len))
 }
 
 fn describe(e: httparse::Error) -> &'static str {
@@ -306,7 +336,7 @@ mod tests {
 
     fn parse_text(text: &str) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(text);
-        (parse(&mut buf, 100), buf)
+        (parse(&mut buf, 100, true), buf)
     }
 
     fn head(text: &str) -> Head {
@@ -456,6 +486,25 @@ mod tests {
             refusal(&with(101)),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
+    }
+
+    #[test]
+    fn a_small_body_still_arriving_leaves_the_head_in_place() {
+        let text = "PUT /a HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\nhello";
+        let (parsed, rest) = parse_text(text);
+        assert!(
+            matches!(parsed, Parsed::BodyToCome { total } if total == text.len() + 5),
+            "{parsed:?}"
+        );
+        assert_eq!(&rest[..], text.as_bytes());
+        let mut buf = BytesMut::from(text);
+        assert!(matches!(parse(&mut buf, 100, false), Parsed::Head(_)));
+        assert_eq!(&buf[..], b"hello");
+        let large = format!(
+            "PUT /a HTTP/1.1\r\nHost: svc\r\nContent-Length: {}\r\n\r\nhello",
+            MAX_WHOLE_BODY + 1
+        );
+        assert!(matches!(parse_text(&large).0, Parsed::Head(_)));
     }
 
     #[test]

@@ -38,9 +38,6 @@ use crate::shared::Drained;
 /// Room a read asks for: a request of usual size in one read (a request split across reads
 /// costs a second read and a second parse).
 const READ_SIZE: usize = 1024;
-/// Largest body read whole with its head when it is already there; a larger one, or one
-/// still arriving, streams.
-const MAX_WHOLE_BODY: u64 = 16 * 1024;
 /// Body bytes gathered behind the head into one write; larger frames are written as they are.
 const COALESCE: usize = 16 * 1024;
 /// A read buffer with more room than this left is not kept for the next head.
@@ -121,40 +118,48 @@ pub fn serve(
             // A block ends the head's storage before the await that follows it: the
             // connection's task keeps room only for what each await needs.
             let (mut in_flight, keep_alive) = {
+                // The length of a request whose small body is still arriving; once the head's
+                // time is up, such a body streams instead.
+                let (mut awaiting, mut stream_late_body) = (0, false);
                 let head = loop {
                     // Between requests the buffer is usually empty: nothing to parse yet.
                     if !buf.is_empty() {
+                        awaiting = 0;
                         let parsed = match first.then(|| preface(&buf)) {
                             Some(Preface::Http2) => {
                                 return Outcome::Http2 { read: buf, stream };
                             }
                             Some(Preface::Broken) => {
-                                let _ = stream.write_all(H2_PROTOCOL_ERROR).await;
+                                // Boxed, as every rare path below: this future is most of an
+                                // idle connection's memory, and an await's state sizes it.
+                                let _ = Box::pin(stream.write_all(H2_PROTOCOL_ERROR)).await;
                                 return Outcome::Closed;
                             }
                             Some(Preface::Partial) => Parsed::Partial,
                             Some(Preface::None) | None => {
-                                request::parse(&mut buf, limits.max_headers)
+                                request::parse(&mut buf, limits.max_headers, !stream_late_body)
                             }
                         };
                         match parsed {
                             Parsed::Head(head) => break head,
+                            Parsed::BodyToCome { total } => awaiting = total,
                             Parsed::Refused(refusal) => {
-                                refuse(&mut stream, refusal).await;
+                                Box::pin(refuse(&mut stream, refusal)).await;
                                 return Outcome::Closed;
                             }
                             Parsed::Partial if buf.len() >= limits.max_head => {
                                 let refusal = ProxyError::HeadersTooLarge("request head too long");
-                                refuse(&mut stream, refusal).await;
+                                Box::pin(refuse(&mut stream, refusal)).await;
                                 return Outcome::Closed;
                             }
                             Parsed::Partial => {}
                         }
                     }
                     let woken = std::future::poll_fn(|cx| {
-                        poll_next_head(&mut stream, &mut buf, 0, idle.as_mut(), cx)
+                        poll_next_head(&mut stream, &mut buf, awaiting, idle.as_mut(), cx)
                     });
                     match woken.await {
+                        Woken::TimedOut if awaiting > 0 => stream_late_body = true,
                         Woken::Read(Ok(0) | Err(_)) | Woken::TimedOut => return Outcome::Closed,
                         Woken::Read(Ok(_)) => {}
                         Woken::Draining if buf.is_empty() => return Outcome::Closed,
@@ -162,20 +167,6 @@ pub fn serve(
                     }
                 };
                 first = false;
-                // A small body of announced length is read whole with its head, within the
-                // head's time; one still arriving then streams.
-                if let Some(total) = small_body_to_come(&head, buf.len()) {
-                    while buf.len() < total {
-                        let woken = std::future::poll_fn(|cx| {
-                            poll_next_head(&mut stream, &mut buf, total, idle.as_mut(), cx)
-                        });
-                        match woken.await {
-                            Woken::Read(Ok(0) | Err(_)) => return Outcome::Closed,
-                            Woken::Read(Ok(_)) | Woken::Draining => {}
-                            Woken::TimedOut => break,
-                        }
-                    }
-                }
                 let keep_alive = head.keep_alive && !late;
                 let (request, socket) = request_of(head, &mut buf, stream, &limits);
                 let mut room = recycle::room();
@@ -204,11 +195,12 @@ pub fn serve(
                 },
             };
             if let Some(upstream) = upgraded {
-                tunnel::join(stream, std::mem::take(&mut buf), upstream, &conn.listener).await;
+                let early = std::mem::take(&mut buf);
+                Box::pin(tunnel::join(stream, early, upstream, &conn.listener)).await;
                 return Outcome::Closed;
             }
             if !reusable || !keep_alive || conn.shared.drain.is_draining() {
-                let _ = stream.shutdown().await;
+                let _ = Box::pin(stream.shutdown()).await;
                 return Outcome::Closed;
             }
             if buf.is_empty() {
@@ -219,19 +211,6 @@ pub fn serve(
                 }
             }
         }
-    }
-}
-
-/// The length of a small body not all read yet, which the server waits for before handling
-/// its request.
-fn small_body_to_come(head: &Head, read: usize) -> Option<usize> {
-    match head.framing {
-        BodyFraming::Length(n) if n <= MAX_WHOLE_BODY && !head.expect_continue => {
-            // (At most MAX_WHOLE_BODY: it fits.)
-            let n = n as usize;
-            (read < n).then_some(n)
-        }
-        _ => None,
     }
 }
 
@@ -284,7 +263,7 @@ fn request_of(
     let whole = match framing {
         BodyFraming::None => Some(Bytes::new()),
         BodyFraming::Length(n)
-            if n <= MAX_WHOLE_BODY && buf.len() as u64 >= n && !expect_continue =>
+            if n <= request::MAX_WHOLE_BODY && buf.len() as u64 >= n && !expect_continue =>
         {
             // (`n` fits: it is at most the buffer's length.)
             Some(buf.split_to(n as usize).freeze())
