@@ -2,13 +2,17 @@
 # Runs every fuzz target in fuzz/ for SECONDS each (default 5), starting from its committed
 # corpus (fuzz/corpus/TARGET, read only: new inputs go to a scratch directory). Fails on the
 # first crash, leak or timeout; libFuzzer writes the reproducer to fuzz/artifacts/TARGET/.
-# Installs cargo-fuzz when missing; needs a nightly toolchain (rustup toolchain install nightly).
+# Installs the nightly toolchain (cargo-fuzz needs it) and cargo-fuzz when missing.
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${1:-5}"
 shift || true
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "fuzz.sh: installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal
+fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   echo "fuzz.sh: installing cargo-fuzz"
   cargo install cargo-fuzz --locked

@@ -15,17 +15,14 @@ fuzz_target!(|data: &[u8]| {
     let n = usize::from(n % 8).min(rest.len());
     let (lengths, wire) = rest.split_at(n);
     let mut pieces = Vec::new();
-    let mut at = 0;
-    for &len in lengths.iter().cycle().take(if n == 0 { 0 } else { wire.len() }) {
-        if at >= wire.len() {
-            break;
-        }
-        let end = (at + usize::from(len.max(1))).min(wire.len());
-        pieces.push(&wire[at..end]);
-        at = end;
-    }
-    if at < wire.len() {
-        pieces.push(&wire[at..]);
+    let (mut left, mut cuts) = (wire, lengths.iter().cycle());
+    while !left.is_empty() {
+        let len = cuts
+            .next()
+            .map_or(left.len(), |&len| usize::from(len.max(1)));
+        let (piece, rest) = left.split_at(len.min(left.len()));
+        pieces.push(piece);
+        left = rest;
     }
 
     let mut state = Chunked::Size;
@@ -41,13 +38,20 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Step::Data(data)) => {
                     assert!(!data.is_empty(), "an empty data step");
                     yielded += data.len();
-                    assert!(yielded <= consumed, "{yielded} bytes out of {consumed} read");
+                    assert!(
+                        yielded <= consumed,
+                        "{yielded} bytes out of {consumed} read"
+                    );
                 }
                 Ok(Step::Trailers(_)) => assert_eq!(state, Chunked::Done),
                 Ok(Step::NeedMore) => break,
                 Ok(Step::End) => {
                     assert_eq!(state, Chunked::Done);
-                    assert_eq!(state.step(&mut buf).ok(), Some(Step::End), "ended stays ended");
+                    assert_eq!(
+                        state.step(&mut buf).ok(),
+                        Some(Step::End),
+                        "ended stays ended"
+                    );
                     return;
                 }
                 Err(_) => return,

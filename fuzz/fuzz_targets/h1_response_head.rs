@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
     match head(&mut buf, &method) {
         Ok(Some(parsed)) => {
             assert!(buf.len() < wire.len(), "a head was parsed out of nothing");
-            assert_eq!(&wire[wire.len() - buf.len()..], &buf[..], "the rest is kept");
+            assert_eq!(
+                &wire[wire.len() - buf.len()..],
+                &buf[..],
+                "the rest is kept"
+            );
             match parsed.fields {
                 Fields::Raw(raw) => {
                     let mut out = Vec::new();
