@@ -153,7 +153,7 @@ async fn record(mut stream: TcpStream, log: Arc<Mutex<Log>>) {
 }
 
 /// One whole request off the front of `buf` and its length; `None` when it is not all there.
-pub fn parse(buf: &[u8]) -> Result<Option<(Recorded, usize)>, String> {
+fn parse(buf: &[u8]) -> Result<Option<(Recorded, usize)>, String> {
     let Some(head_len) = find(buf, b"\r\n\r\n").map(|at| at + 4) else {
         check_line_endings(buf)?;
         return Ok(None);
@@ -212,9 +212,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Recorded, usize)>, String> {
     Ok(Some((request, head_len + used)))
 }
 
-/// A chunked body at the front of `buf`: (data, trailers, bytes used), `None` if incomplete.
+/// A decoded chunked body: data, trailer fields, bytes it took.
 type Chunked = (Vec<u8>, Vec<(String, String)>, usize);
 
+/// The chunked body at the front of `buf`; `None` when it is not all there.
 fn chunked(buf: &[u8]) -> Result<Option<Chunked>, String> {
     let mut body = Vec::new();
     let mut at = 0;
