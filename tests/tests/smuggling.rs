@@ -530,7 +530,6 @@ async fn large_bodies_stream_with_their_framing() {
 // --- Routing fields -----------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the absolute-form Host fix"]
 async fn an_absolute_form_target_replaces_a_different_host() {
     let seen = check(
         b"GET http://svc.example/x HTTP/1.1\r\nHost: other.example\r\n\r\n",
