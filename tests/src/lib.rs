@@ -8,11 +8,13 @@ pub mod control;
 pub mod metrics;
 pub mod netns;
 pub mod process;
+pub mod recording;
 pub mod tls;
 pub mod upstream;
 pub mod wait;
 
 pub use control::Control;
 pub use process::Proxy;
+pub use recording::RecordingUpstream;
 pub use upstream::{CaptureUpstream, ScriptedUpstream, TcpEcho, Upstream};
 pub use wait::eventually;
