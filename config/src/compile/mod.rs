@@ -1,6 +1,7 @@
 //! Validated resources → one [`Snapshot`]. Every check happens here, every error is collected
 //! with its location, and a snapshot is produced only when there is none.
 
+mod authorization_policy;
 mod http_route;
 mod names;
 mod proxy;
@@ -55,7 +56,8 @@ pub fn validate(docs: &[LoadedDoc]) -> Result<(), ConfigErrors> {
     }
     let others: Vec<LoadedDoc> = others.into_iter().cloned().collect();
     let (services, index) = compile_services(&others, &mut errors);
-    http_route::compile_all(&others, None, &services, &index, &mut errors);
+    let policies = authorization_policy::compile_all(&others, None, &mut errors);
+    http_route::compile_all(&others, None, &services, &index, &policies, &mut errors);
     tcp_route::compile_all(&others, None, &services, &index, &mut errors);
     if errors.0.is_empty() {
         Ok(())
@@ -138,16 +140,18 @@ pub fn compile(docs: &[LoadedDoc]) -> Result<Snapshot, ConfigErrors> {
     };
 
     let listeners = proxy.as_ref().map(|p| p.listeners.as_slice());
+    let policies = authorization_policy::compile_all(docs, listeners, &mut errors);
     let (http, rule_count) =
-        http_route::compile_all(docs, listeners, &services, &index, &mut errors);
+        http_route::compile_all(docs, listeners, &services, &index, &policies, &mut errors);
     let tcp = tcp_route::compile_all(docs, listeners, &services, &index, &mut errors);
 
     match proxy {
         Some(proxy) if errors.0.is_empty() => Ok(Snapshot {
-            listeners: proxy::attach_routes(proxy.listeners, http, tcp),
+            listeners: proxy::attach_routes(proxy.listeners, http, tcp, policies.per_listener),
             proxy: proxy.settings,
             services,
             rule_count,
+            authorization_policies: policies.policies,
             resources: docs.iter().map(|d| d.resource.clone()).collect(),
         }),
         _ => Err(sorted(errors)),
