@@ -24,10 +24,10 @@ pub struct DecisionCounters {
     /// By [`AuthzPolicy::id`]: the policy's one outcome (an ALLOW policy only allows, a DENY
     /// policy only denies).
     by_policy: Vec<Counter>,
-    /// `{policy="default", action="DENY", result="deny"}`: ALLOW policies in force, none matched.
-    default_deny: Counter,
-    /// `{policy="default", action="ALLOW", result="allow"}`: only DENY policies, none matched.
-    default_allow: Counter,
+    /// `{policy="default", action="DENY", result="deny"}` (ALLOW policies in force, none
+    /// matched) and `{policy="default", action="ALLOW", result="allow"}` (only DENY policies,
+    /// none matched); none without any policy, so a proxy without one shows no such series.
+    defaults: Option<[Counter; 2]>,
 }
 
 impl DecisionCounters {
@@ -43,18 +43,23 @@ impl DecisionCounters {
                 counter(p.name.to_string(), p.action, result)
             })
             .collect();
+        let defaults = (!policies.is_empty()).then(|| {
+            [
+                counter(DEFAULT_POLICY.into(), AuthorizationAction::Deny, "deny"),
+                counter(DEFAULT_POLICY.into(), AuthorizationAction::Allow, "allow"),
+            ]
+        });
         Self {
             by_policy,
-            default_deny: counter(DEFAULT_POLICY.into(), AuthorizationAction::Deny, "deny"),
-            default_allow: counter(DEFAULT_POLICY.into(), AuthorizationAction::Allow, "allow"),
+            defaults,
         }
     }
 
     fn record(&self, decision: &Decision<'_>) {
         let counter = match decision {
             Decision::Allowed(Some(p)) | Decision::Denied(Some(p)) => self.by_policy.get(p.id),
-            Decision::Allowed(None) => Some(&self.default_allow),
-            Decision::Denied(None) => Some(&self.default_deny),
+            Decision::Denied(None) => self.defaults.as_ref().map(|[deny, _]| deny),
+            Decision::Allowed(None) => self.defaults.as_ref().map(|[_, allow]| allow),
         };
         if let Some(c) = counter {
             c.increment(1);
