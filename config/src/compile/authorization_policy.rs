@@ -41,17 +41,30 @@ impl CompiledPolicies {
     }
 }
 
+/// The listeners `Listener` targets are resolved against.
+#[derive(Clone, Copy)]
+pub(crate) enum Listeners<'a> {
+    /// One proxy's: every target must be one of them.
+    Proxy(&'a [ListenerDraft]),
+    /// The control's store, which has no proxy's listeners (a proxy may bring its own):
+    /// targets are not checked, but a name that is a TCP listener in a stored ProxyConfig
+    /// refuses `to` (that proxy would refuse the policy).
+    Stored {
+        /// Names of the TCP listeners of the stored ProxyConfigs.
+        tcp: &'a BTreeSet<String>,
+    },
+}
+
 /// Where a policy applies, once its references are resolved.
 enum Target {
     Listener(usize),
     Route(RouteKey),
 }
 
-/// Compiles every AuthorizationPolicy. `listeners` is `None` when validating without a
-/// ProxyConfig (the control's store): listener references are then not checked.
+/// Compiles every AuthorizationPolicy.
 pub(crate) fn compile_all(
     docs: &[LoadedDoc],
-    listeners: Option<&[ListenerDraft]>,
+    listeners: Listeners<'_>,
     errors: &mut Errors,
 ) -> CompiledPolicies {
     let routes: BTreeSet<RouteKey> = docs
@@ -74,8 +87,11 @@ pub(crate) fn compile_all(
     });
 
     let mut compiled = CompiledPolicies::default();
-    let mut on_listener: Vec<Vec<Arc<AuthzPolicy>>> =
-        vec![Vec::new(); listeners.map_or(0, <[_]>::len)];
+    let listener_count = match listeners {
+        Listeners::Proxy(drafts) => drafts.len(),
+        Listeners::Stored { .. } => 0,
+    };
+    let mut on_listener: Vec<Vec<Arc<AuthzPolicy>>> = vec![Vec::new(); listener_count];
     let mut on_route: HashMap<RouteKey, Vec<Arc<AuthzPolicy>>> = HashMap::new();
     for (doc, policy) in policies {
         let targets = resolve_targets(doc, policy, listeners, &routes, errors);
@@ -113,7 +129,7 @@ pub(crate) fn compile_all(
 fn resolve_targets(
     doc: &LoadedDoc,
     policy: &Document<AuthorizationPolicySpec>,
-    listeners: Option<&[ListenerDraft]>,
+    listeners: Listeners<'_>,
     routes: &BTreeSet<RouteKey>,
     errors: &mut Errors,
 ) -> Vec<Target> {
@@ -132,8 +148,14 @@ fn resolve_targets(
         let here = at.index(i);
         match target.kind.as_str() {
             "Listener" => {
-                let Some(listeners) = listeners else {
-                    continue;
+                let listeners = match listeners {
+                    Listeners::Proxy(drafts) => drafts,
+                    Listeners::Stored { tcp } => {
+                        if tcp.contains(&target.name) {
+                            check_no_operations(doc, policy, &target.name, errors);
+                        }
+                        continue;
+                    }
                 };
                 match listeners.iter().position(|l| l.name == target.name) {
                     Some(l) => {

@@ -254,3 +254,25 @@ fn the_store_checks_routes_but_not_listeners() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn the_store_refuses_operations_on_a_stored_proxys_tcp_listener() {
+    let text = format!(
+        "{HEAD}{}",
+        policy("  targetRefs: [{kind: Listener, name: db}]\n  rules: [{to: [{methods: [GET]}]}]\n")
+    );
+    let docs = crate::load::parse_sources(&[crate::Source {
+        file: "store.yaml".into(),
+        text,
+    }])
+    .expect("parses");
+    let errs: Vec<String> = match super::super::validate(&docs) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    };
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("spec.rules[0].to: listener `db` is a TCP listener"),
+        "{errs:?}"
+    );
+}
