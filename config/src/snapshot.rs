@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 
+use crate::matching::authz::{Authorization, AuthzPolicy};
 use crate::matching::RouteTable;
 use crate::spec::{
     FaultSpec, LbPolicy, ListenerMode, ListenerProtocol, MirrorSpec, RateLimitSpec, Resource,
@@ -29,6 +30,8 @@ pub struct Snapshot {
     pub services: Vec<Arc<Service>>,
     /// Number of HTTP rules; [`HttpRule::id`] is below it.
     pub rule_count: usize,
+    /// Every AuthorizationPolicy, by [`AuthzPolicy::id`] (for per-policy metric handles).
+    pub authorization_policies: Vec<Arc<AuthzPolicy>>,
     /// The resources as read, for `/config` (redact before showing).
     pub resources: Vec<Arc<Resource>>,
 }
@@ -121,6 +124,9 @@ pub struct Listener {
     pub mode: ListenerMode,
     /// HTTP routes or the TCP route.
     pub serves: Serves,
+    /// The AuthorizationPolicies targeting this listener (none: no check, no cost); they
+    /// apply to every request or connection on it, before routing.
+    pub authorization: Option<Arc<Authorization>>,
 }
 
 impl Listener {
@@ -181,6 +187,9 @@ pub struct HttpRule {
     pub response_headers: HeaderEdits,
     /// Resilience policies as validated (enforced by the proxy's policy layer).
     pub policies: RulePolicies,
+    /// The AuthorizationPolicies targeting this rule's HTTPRoute (none: no check); checked
+    /// after the listener's.
+    pub authorization: Option<Arc<Authorization>>,
 }
 
 /// Resilience policies of a rule, validated.

@@ -127,6 +127,7 @@ pub fn canonical_kind(user: &str) -> Option<&'static str> {
         "httproute" | "httproutes" => Some("HTTPRoute"),
         "tcproute" | "tcproutes" => Some("TCPRoute"),
         "proxyconfig" | "proxyconfigs" => Some("ProxyConfig"),
+        "authorizationpolicy" | "authorizationpolicies" | "authz" => Some("AuthorizationPolicy"),
         _ => None,
     }
 }

@@ -5,7 +5,7 @@
 //! newline-delimited JSON, one [`NodeSnapshot`] per line, plus an empty line every
 //! [`KEEPALIVE`] so dead peers are noticed. Answers go to `POST /v1/push/ack`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -156,15 +156,25 @@ impl Push {
         if let Some(pc) = proxy_config {
             documents.push(pc.document.clone());
         }
+        // HTTPRoutes sent to this node, for the policies that target them.
+        let mut routes = BTreeSet::new();
         for r in resources.iter() {
             match r.kind.as_str() {
                 "Service" => documents.push(self.with_endpoints(&r.document)),
                 "HTTPRoute" | "TCPRoute" => {
                     if let Some(doc) = attach(&r.document, &listeners) {
+                        if r.kind == "HTTPRoute" {
+                            routes.insert((r.namespace.as_str(), r.name.as_str()));
+                        }
                         documents.push(doc);
                     }
                 }
                 _ => {}
+            }
+        }
+        for r in resources.iter().filter(|r| r.kind == "AuthorizationPolicy") {
+            if let Some(doc) = target(&r.document, &r.namespace, &listeners, &routes) {
+                documents.push(doc);
             }
         }
         Ok(NodeSnapshot { version, documents })
@@ -343,6 +353,36 @@ fn attach(document: &Value, listeners: &[String]) -> Option<Value> {
     Some(doc)
 }
 
+/// An AuthorizationPolicy as `listeners` see it: kept if it targets one of them or one of the
+/// `routes` sent to the node, with `targetRefs` narrowed to those. With no listener known,
+/// listener targets are all kept (as routes are sent as they are).
+fn target(
+    document: &Value,
+    namespace: &str,
+    listeners: &[String],
+    routes: &BTreeSet<(&str, &str)>,
+) -> Option<Value> {
+    let refs = document["spec"]["targetRefs"].as_array()?;
+    let kept: Vec<Value> = refs
+        .iter()
+        .filter(|t| {
+            let name = t["name"].as_str().unwrap_or_default();
+            match t["kind"].as_str() {
+                Some("Listener") => listeners.is_empty() || listeners.iter().any(|l| l == name),
+                Some("HTTPRoute") => routes.contains(&(namespace, name)),
+                _ => false,
+            }
+        })
+        .cloned()
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    let mut doc = document.clone();
+    doc["spec"]["targetRefs"] = Value::Array(kept);
+    Some(doc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +400,31 @@ mod tests {
         assert!(attach(&route, &[]).is_some(), "unknown listeners: send all");
         let any = serde_json::json!({"spec": {}});
         assert!(attach(&any, &["db".into()]).is_some());
+    }
+
+    #[test]
+    fn policies_go_to_the_nodes_that_have_their_targets_only() {
+        let policy = serde_json::json!({"spec": {"targetRefs": [
+            {"kind": "Listener", "name": "inbound"},
+            {"kind": "HTTPRoute", "name": "reviews"},
+        ]}});
+        let routes = BTreeSet::from([("default", "reviews")]);
+        let none = BTreeSet::new();
+        let both = target(&policy, "default", &["inbound".into()], &routes).unwrap();
+        assert_eq!(both["spec"]["targetRefs"].as_array().map(Vec::len), Some(2));
+        let route_only = target(&policy, "default", &["outbound".into()], &routes).unwrap();
+        assert_eq!(
+            route_only["spec"]["targetRefs"],
+            serde_json::json!([{"kind": "HTTPRoute", "name": "reviews"}])
+        );
+        assert!(target(&policy, "default", &["outbound".into()], &none).is_none());
+        assert!(
+            target(&policy, "other", &["outbound".into()], &routes).is_none(),
+            "a route of another namespace is another route"
+        );
+        assert!(
+            target(&policy, "default", &[], &none).is_some(),
+            "unknown listeners: send"
+        );
     }
 }

@@ -8,6 +8,7 @@ use strait_config::snapshot::{HttpRule, Listener, Serves};
 use strait_config::spec::{LbPolicy, ServiceProtocol};
 use strait_config::Snapshot;
 
+use crate::authz::DecisionCounters;
 use crate::metrics::{unrouted, RequestMetrics};
 use crate::ratelimit::RateLimiter;
 use crate::service::balance::{Balancer, Policy};
@@ -37,6 +38,8 @@ pub struct Active {
     pub listeners: Vec<ListenerRuntime>,
     /// Per HTTP rule (index [`HttpRule::id`]): policy state.
     pub rules: Vec<RuleRuntime>,
+    /// `strait_authz_decisions_total` handles of this version's AuthorizationPolicies.
+    pub authz: DecisionCounters,
 }
 
 /// Long-lived policy state of one rule.
@@ -246,6 +249,7 @@ impl EndpointRegistry {
             .iter()
             .map(|l| listener_runtime(l, &snapshot))
             .collect();
+        let authz = DecisionCounters::new(&snapshot.authorization_policies);
         Active {
             version,
             control_version: None,
@@ -254,6 +258,7 @@ impl EndpointRegistry {
             services,
             listeners,
             rules,
+            authz,
         }
     }
 

@@ -6,10 +6,12 @@
 //!   ArcSwap<Active>  ◀── load once per request / connection
 //!             │
 //!  accept ──▶ listen ──┬─ http::server ──▶ http::pipeline::handle
-//!  (limit)             │      check limits + Host → route (config::matching) → weighted service
+//!  (limit)             │      check limits + Host → route (config::matching) → authorize
+//!                      │      (listener's, then route's policies: authz) → weighted service
 //!                      │      → balancer picks endpoint → headers → http::upstream (pooled)
 //!                      │      → stream response back (body returns the connection to the pool)
-//!                      └─ tcp::serve ──▶ pick service/endpoint → splice both ways (half-close)
+//!                      └─ tcp::serve ──▶ authorize (listener's policies) → pick service/endpoint
+//!                                        → splice both ways (half-close)
 //!
 //!  admin: /metrics /ready /live /config /clusters, POST /shutdown (loopback only)
 //!  telemetry (optional): /metrics /ready /live only, for probes and scrapes
@@ -23,6 +25,7 @@
 pub mod active;
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod background;
 pub mod clock;
 pub mod control;

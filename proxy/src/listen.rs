@@ -190,9 +190,10 @@ async fn accept_loop(
                 crate::http::server::serve(stream, peer, name, shared, token, None),
                 held,
             ),
-            (ListenerMode::Explicit, ListenerProtocol::Tcp) => {
-                spawn_held(crate::tcp::serve(stream, peer, name, shared, token), held)
-            }
+            (ListenerMode::Explicit, ListenerProtocol::Tcp) => spawn_held(
+                crate::tcp::serve(stream, peer, None, name, shared, token),
+                held,
+            ),
         }
     }
     tracing::debug!(listener = %name, "listener closed");

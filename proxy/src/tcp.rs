@@ -19,12 +19,15 @@ use zero_copy::Pipe;
 
 mod zero_copy;
 
-/// Proxies one client connection accepted on a TCP listener. (A function returning an `async`
-/// block: an `async fn` would keep its arguments twice in every TCP connection's task.)
+/// Proxies one client connection accepted on a TCP listener. `peer_identity` is the client's
+/// SPIFFE ID when it presented a verified certificate (what the listener's authorization
+/// policies check). (A function returning an `async` block: an `async fn` would keep its
+/// arguments twice in every TCP connection's task.)
 #[allow(clippy::manual_async_fn)]
 pub fn serve(
     client: TcpStream,
     peer: SocketAddr,
+    peer_identity: Option<Arc<str>>,
     listener: Arc<str>,
     shared: Arc<Shared>,
     token: ConnToken,
@@ -37,6 +40,10 @@ pub fn serve(
         let Some((_, l)) = active.listener(&listener) else {
             return;
         };
+        if !crate::authz::admit_connection(l, peer_identity.as_deref(), &active.authz) {
+            tracing::debug!(listener = %listener, client = %peer, "denied by authorization policy; closing");
+            return;
+        }
         let Serves::Tcp(Some(route)) = &l.serves else {
             tracing::debug!(listener = %listener, "no TCPRoute attached; closing");
             return;

@@ -7,10 +7,12 @@ use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use regex::Regex;
 
+use super::authorization_policy::CompiledPolicies;
 use super::proxy::{attached_listeners, ListenerDraft};
 use super::{check_positive, check_range, resolve_service, Errors, ServiceIndexMap};
 use crate::error::FieldPath;
 use crate::load::LoadedDoc;
+use crate::matching::authz::Authorization;
 use crate::matching::{MatchEntry, PathMatch, RequestMatch, RouteEntries, ValueMatch};
 use crate::snapshot::{
     HeaderEdits, HttpRule, RetryOn, RetryPolicy, RulePolicies, Service, WeightedServices,
@@ -40,6 +42,7 @@ pub(crate) fn compile_all(
     listeners: Option<&[ListenerDraft]>,
     services: &[Arc<Service>],
     index: &ServiceIndexMap,
+    policies: &CompiledPolicies,
     errors: &mut Errors,
 ) -> (Vec<Vec<RouteEntries>>, usize) {
     let mut routes: Vec<(&LoadedDoc, &Document<HttpRouteSpec>)> = docs
@@ -57,13 +60,14 @@ pub(crate) fn compile_all(
     let mut per_listener = vec![Vec::new(); listeners.map_or(0, <[_]>::len)];
     let mut next_rule_id = 0;
     for (order, (doc, route)) in routes.into_iter().enumerate() {
+        let authorization = policies.route(&route.metadata.namespace, &route.metadata.name);
         let entries = compile_route(
             doc,
             route,
             order,
             &mut next_rule_id,
-            services,
-            index,
+            (services, index),
+            authorization,
             errors,
         );
         if let Some(listeners) = listeners {
@@ -91,8 +95,8 @@ fn compile_route(
     route: &Document<HttpRouteSpec>,
     order: usize,
     next_rule_id: &mut usize,
-    services: &[Arc<Service>],
-    index: &ServiceIndexMap,
+    (services, index): (&[Arc<Service>], &ServiceIndexMap),
+    authorization: Option<Arc<Authorization>>,
     errors: &mut Errors,
 ) -> RouteEntries {
     let at = FieldPath::root().key("spec");
@@ -125,6 +129,7 @@ fn compile_route(
             errors,
         );
         compiled.id = *next_rule_id;
+        compiled.authorization = authorization.clone();
         *next_rule_id += 1;
         let compiled = Arc::new(compiled);
         let match_all = [HttpMatchSpec::default()];
@@ -338,6 +343,7 @@ fn compile_rule(
             fault: rule.fault.clone(),
             mirror,
         },
+        authorization: None,
     }
 }
 

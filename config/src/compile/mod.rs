@@ -1,20 +1,22 @@
 //! Validated resources → one [`Snapshot`]. Every check happens here, every error is collected
 //! with its location, and a snapshot is produced only when there is none.
 
+mod authorization_policy;
 mod http_route;
 mod names;
 mod proxy;
 mod service;
 mod tcp_route;
 
-use std::collections::HashMap;
+use authorization_policy::Listeners;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{ConfigError, ConfigErrors, FieldPath};
 use crate::load::LoadedDoc;
 use crate::snapshot::{ServiceIndex, Snapshot};
-use crate::spec::Resource;
+use crate::spec::{ListenerProtocol, Resource};
 use crate::yaml::Node;
 
 /// Collects errors; each is located through the document tree it refers to.
@@ -50,12 +52,25 @@ pub fn validate(docs: &[LoadedDoc]) -> Result<(), ConfigErrors> {
     let (proxies, others): (Vec<&LoadedDoc>, Vec<&LoadedDoc>) = docs
         .iter()
         .partition(|d| matches!(*d.resource, Resource::ProxyConfig(_)));
+    let mut tcp_listeners = BTreeSet::new();
     for doc in proxies {
-        proxy::compile(doc, &mut errors);
+        if let Some(proxy) = proxy::compile(doc, &mut errors) {
+            tcp_listeners.extend(
+                proxy
+                    .listeners
+                    .into_iter()
+                    .filter(|l| l.protocol == ListenerProtocol::Tcp)
+                    .map(|l| l.name),
+            );
+        }
     }
     let others: Vec<LoadedDoc> = others.into_iter().cloned().collect();
     let (services, index) = compile_services(&others, &mut errors);
-    http_route::compile_all(&others, None, &services, &index, &mut errors);
+    let stored = Listeners::Stored {
+        tcp: &tcp_listeners,
+    };
+    let policies = authorization_policy::compile_all(&others, stored, &mut errors);
+    http_route::compile_all(&others, None, &services, &index, &policies, &mut errors);
     tcp_route::compile_all(&others, None, &services, &index, &mut errors);
     if errors.0.is_empty() {
         Ok(())
@@ -138,16 +153,20 @@ pub fn compile(docs: &[LoadedDoc]) -> Result<Snapshot, ConfigErrors> {
     };
 
     let listeners = proxy.as_ref().map(|p| p.listeners.as_slice());
+    let no_tcp = BTreeSet::new();
+    let scope = listeners.map_or(Listeners::Stored { tcp: &no_tcp }, Listeners::Proxy);
+    let policies = authorization_policy::compile_all(docs, scope, &mut errors);
     let (http, rule_count) =
-        http_route::compile_all(docs, listeners, &services, &index, &mut errors);
+        http_route::compile_all(docs, listeners, &services, &index, &policies, &mut errors);
     let tcp = tcp_route::compile_all(docs, listeners, &services, &index, &mut errors);
 
     match proxy {
         Some(proxy) if errors.0.is_empty() => Ok(Snapshot {
-            listeners: proxy::attach_routes(proxy.listeners, http, tcp),
+            listeners: proxy::attach_routes(proxy.listeners, http, tcp, policies.per_listener),
             proxy: proxy.settings,
             services,
             rule_count,
+            authorization_policies: policies.policies,
             resources: docs.iter().map(|d| d.resource.clone()).collect(),
         }),
         _ => Err(sorted(errors)),

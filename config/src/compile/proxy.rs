@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{check_positive, check_range, Errors};
 use crate::error::FieldPath;
 use crate::load::LoadedDoc;
+use crate::matching::authz::Authorization;
 use crate::matching::{RouteEntries, RouteTable};
 use crate::snapshot::{IdentitySource, Listener, ProxySettings, Serves, TcpRoute};
 use crate::spec::{ListenerMode, ListenerProtocol, Resource};
@@ -398,11 +399,12 @@ fn protocol_name(p: ListenerProtocol) -> &'static str {
     }
 }
 
-/// Puts the compiled routes on their listeners.
+/// Puts the compiled routes and authorization policies on their listeners.
 pub(crate) fn attach_routes(
     listeners: Vec<ListenerDraft>,
     mut http: Vec<Vec<RouteEntries>>,
     mut tcp: Vec<Option<Arc<TcpRoute>>>,
+    mut authorization: Vec<Option<Arc<Authorization>>>,
 ) -> Vec<Listener> {
     listeners
         .into_iter()
@@ -418,6 +420,7 @@ pub(crate) fn attach_routes(
                 )),
                 ListenerProtocol::Tcp => Serves::Tcp(tcp.get_mut(i).and_then(Option::take)),
             },
+            authorization: authorization.get_mut(i).and_then(Option::take),
         })
         .collect()
 }

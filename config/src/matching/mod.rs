@@ -21,6 +21,7 @@ use regex::Regex;
 
 use crate::snapshot::HttpRule;
 
+pub mod authz;
 mod group;
 mod path;
 use group::Group;

@@ -2,6 +2,7 @@
 //!
 //! Every struct denies unknown fields; defaults are documented on the field.
 
+mod authorization_policy;
 mod duration;
 mod http_route;
 mod meta;
@@ -11,6 +12,7 @@ mod tcp_route;
 
 use serde::{Deserialize, Serialize};
 
+pub use authorization_policy::*;
 pub use duration::Duration;
 pub use http_route::*;
 pub use meta::{Document, ObjectMeta, API_VERSION};
@@ -56,10 +58,18 @@ pub enum Resource {
     HttpRoute(Document<HttpRouteSpec>),
     /// TCP routing.
     TcpRoute(Document<TcpRouteSpec>),
+    /// Who may call what.
+    AuthorizationPolicy(Document<AuthorizationPolicySpec>),
 }
 
 /// The kinds this build knows, as written in `kind:`.
-pub const KINDS: [&str; 4] = ["ProxyConfig", "Service", "HTTPRoute", "TCPRoute"];
+pub const KINDS: [&str; 5] = [
+    "ProxyConfig",
+    "Service",
+    "HTTPRoute",
+    "TCPRoute",
+    "AuthorizationPolicy",
+];
 
 impl Resource {
     /// The resource's metadata.
@@ -69,6 +79,7 @@ impl Resource {
             Self::Service(d) => &d.metadata,
             Self::HttpRoute(d) => &d.metadata,
             Self::TcpRoute(d) => &d.metadata,
+            Self::AuthorizationPolicy(d) => &d.metadata,
         }
     }
 
@@ -79,6 +90,7 @@ impl Resource {
             Self::Service(_) => "Service",
             Self::HttpRoute(_) => "HTTPRoute",
             Self::TcpRoute(_) => "TCPRoute",
+            Self::AuthorizationPolicy(_) => "AuthorizationPolicy",
         }
     }
 }

@@ -46,7 +46,8 @@ enum Command {
     },
     /// Show resources.
     Get {
-        /// Service, HTTPRoute, TCPRoute or ProxyConfig (plural and lowercase work too).
+        /// Service, HTTPRoute, TCPRoute, ProxyConfig or AuthorizationPolicy (plural and
+        /// lowercase work too).
         kind: String,
         /// One resource.
         name: Option<String>,

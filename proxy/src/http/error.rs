@@ -34,6 +34,9 @@ pub enum ProxyError {
     /// Config: no rule matches.
     #[error("no route matches")]
     NoRoute,
+    /// Policy: an AuthorizationPolicy denies the request.
+    #[error("forbidden by authorization policy")]
+    Forbidden,
     /// Upstream: the service has no endpoint to send to.
     #[error("no healthy endpoints")]
     NoHealthyEndpoints,
@@ -106,6 +109,7 @@ impl ProxyError {
             Self::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NoHealthyEndpoints | Self::CircuitOpen | Self::Overflow => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -127,6 +131,7 @@ impl ProxyError {
             Self::ExpectationFailed => "expectation-failed",
             Self::HeadersTooLarge(_) => "header-too-large",
             Self::NoRoute => "no-route",
+            Self::Forbidden => "forbidden",
             Self::NoHealthyEndpoints => "no-healthy-endpoints",
             Self::CircuitOpen => "circuit-open",
             Self::Overflow => "overflow",
@@ -204,6 +209,7 @@ mod tests {
     fn refusals_match_the_contract_table() {
         let cases = [
             (ProxyError::NoRoute, 404, "no-route"),
+            (ProxyError::Forbidden, 403, "forbidden"),
             (ProxyError::NoHealthyEndpoints, 503, "no-healthy-endpoints"),
             (
                 ProxyError::Connect(std::io::Error::other("refused")),

@@ -1,8 +1,9 @@
 //! The HTTP request path, top to bottom:
 //!
 //! ```text
-//! check framing and limits → find the rule → pick a service (weights) → pick an endpoint
-//!   → rewrite headers → send over a pooled connection → stream the response back
+//! check framing and limits → find the rule → authorize → pick a service (weights)
+//!   → pick an endpoint → rewrite headers → send over a pooled connection
+//!   → stream the response back
 //! ```
 //!
 //! Every step that refuses returns a [`ProxyError`]; [`handle`] turns it into the answer and
@@ -18,8 +19,9 @@ use http::header::{
 };
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, StatusCode, Uri, Version};
+use strait_config::matching::authz::{AuthzRequest, Operation};
 use strait_config::matching::{normalize_host, normalize_path, RequestView};
-use strait_config::snapshot::{HashKey, HttpRule, ProxySettings, Serves};
+use strait_config::snapshot::{HashKey, HttpRule, Listener, ProxySettings, Serves};
 use strait_config::spec::ServiceProtocol;
 
 use super::authority::{request_authority, without_userinfo};
@@ -32,6 +34,7 @@ use super::retry::{backoff, retryable, RequestBody};
 use super::upstream::Dial;
 use super::{mirror, upstream};
 use crate::active::{Active, ServiceRuntime};
+use crate::authz;
 use crate::service::balance::affinity_hash;
 use crate::service::breaker::{Attempt, Breaker};
 use crate::service::endpoint::InFlight;
@@ -50,6 +53,9 @@ pub struct Conn {
     pub shared: Arc<Shared>,
     /// Where an intercepted connection was going: requests no route claims go there.
     pub original: Option<crate::intercept::passthrough::OriginalDestination>,
+    /// The peer's SPIFFE ID, from its verified client certificate (`None`: plaintext, or
+    /// TLS without one). What authorization policies' `from` matches.
+    pub peer_identity: Option<Arc<str>>,
 }
 
 /// What the request path learned, for metrics and the access log.
@@ -175,7 +181,11 @@ fn forward<'a>(
                 method: req.method(),
                 headers: req.headers(),
             };
-            table.find(&view).cloned()
+            let found = table.find(&view).cloned();
+            // Set before authorizing: a request a route's policy denies counts under the route.
+            exchange.rule.clone_from(&found);
+            authorize(conn, active, listener, found.as_deref(), &view)?;
+            found
         };
         let Some(rule) = found else {
             // Intercepted traffic no route claims goes where it was going.
@@ -190,7 +200,6 @@ fn forward<'a>(
             .await?;
             return Ok(response);
         };
-        exchange.rule = Some(rule.clone());
         apply_policies(&rule, active, conn, req.headers()).await?;
         let (position, si) = match rule.backends.single() {
             Some(si) => (0, si),
@@ -556,6 +565,38 @@ fn admit_retry(breaker: Option<&Arc<Breaker>>, admitted: &mut Option<Attempt>) -
         }
         Some(Err(_)) => false,
     }
+}
+
+/// Authorization: the listener's policies for every request on it (routed or not), then the
+/// policies of the route that serves it. A denied request is answered 403 `forbidden` and
+/// reaches no upstream. Listeners and routes without a policy cost one `Option` check.
+fn authorize(
+    conn: &Conn,
+    active: &Active,
+    listener: &Listener,
+    rule: Option<&HttpRule>,
+    view: &RequestView<'_>,
+) -> Result<(), ProxyError> {
+    let route = rule.and_then(|r| r.authorization.as_deref());
+    if listener.authorization.is_none() && route.is_none() {
+        return Ok(());
+    }
+    let request = AuthzRequest {
+        peer_identity: conn.peer_identity.as_deref(),
+        operation: Some(Operation {
+            method: view.method,
+            path: view.path,
+        }),
+    };
+    for authorization in [listener.authorization.as_deref(), route]
+        .into_iter()
+        .flatten()
+    {
+        if !authz::check(authorization, &request, &active.authz) {
+            return Err(ProxyError::Forbidden);
+        }
+    }
+    Ok(())
 }
 
 /// Rate limit and fault injection: the policies that may answer before any upstream is chosen.

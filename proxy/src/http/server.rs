@@ -54,6 +54,8 @@ pub fn serve(
         peer,
         shared,
         original,
+        // Filled by mTLS listeners; plaintext has no identity.
+        peer_identity: None,
     });
     // A combinator, not one `async` block around both parts: the block would keep the
     // arguments of the HTTP/1 server beside its own copies, and room for its outcome.

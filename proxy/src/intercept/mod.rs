@@ -6,6 +6,7 @@
 //!    http listener:  HTTP ─▶ http::server (route by Host; no route ─▶ passthrough::http)
 //!                    other ─▶ passthrough::tcp (to the original destination)
 //!    tcp listener:   TCPRoute attached ─▶ tcp::serve;  none ─▶ passthrough::tcp
+//!    (opaque connections the listener's authorization policies deny are closed)
 //! ```
 //!
 //! A connection that was not redirected (someone dialled the listener itself) has no original
@@ -61,6 +62,10 @@ pub fn serve(
                         stream, peer, listener, shared, token, original,
                     ))
                 }
+                (Sniffed::Opaque, Some(_)) if !admitted(&shared, &listener) => {
+                    tracing::debug!(listener = %listener, client = %peer, "denied by authorization policy; closing");
+                    Either::Right(rare(std::future::ready(()), token))
+                }
                 (Sniffed::Opaque, Some(destination)) => Either::Right(rare(
                     passthrough::tcp(stream, peer, destination, listener),
                     token,
@@ -78,14 +83,29 @@ pub fn serve(
                 .listener(&listener)
                 .is_some_and(|(_, l)| matches!(l.serves, Serves::Tcp(Some(_))));
             Either::Right(match (routed, original) {
+                (false, Some(_)) if !admitted(&shared, &listener) => {
+                    tracing::debug!(listener = %listener, client = %peer, "denied by authorization policy; closing");
+                    rare(std::future::ready(()), token)
+                }
                 (false, Some(destination)) => {
                     rare(passthrough::tcp(stream, peer, destination, listener), token)
                 }
                 // tcp::serve holds the token itself.
-                _ => Box::pin(crate::tcp::serve(stream, peer, listener, shared, token)),
+                _ => Box::pin(crate::tcp::serve(
+                    stream, peer, None, listener, shared, token,
+                )),
             })
         }
     }
+}
+
+/// Whether the listener's authorization policies let an opaque connection pass through (it
+/// shows no method or path; intercepted connections carry no identity yet).
+fn admitted(shared: &Shared, listener: &str) -> bool {
+    let active = shared.config.load();
+    active
+        .listener(listener)
+        .is_none_or(|(_, l)| crate::authz::admit_connection(l, None, &active.authz))
 }
 
 /// A connection's path that few connections take, on the heap, holding the connection's

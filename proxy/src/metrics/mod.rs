@@ -36,6 +36,8 @@ pub const RATELIMIT_REJECTED: &str = "strait_ratelimit_rejected_total";
 pub const CIRCUIT_STATE: &str = "strait_circuit_state";
 /// `strait_endpoint_healthy{service,endpoint}`.
 pub const ENDPOINT_HEALTHY: &str = "strait_endpoint_healthy";
+/// `strait_authz_decisions_total{policy,action,result}`.
+pub const AUTHZ_DECISIONS: &str = "strait_authz_decisions_total";
 
 /// `strait_identity_expiry_timestamp_seconds`: when the proxy's certificate expires.
 pub const IDENTITY_EXPIRY: &str = "strait_identity_expiry_timestamp_seconds";
@@ -89,6 +91,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         IDENTITY_EXPIRY,
         Unit::Seconds,
         "When the proxy's workload certificate expires (Unix time): alert when it nears now, renewal failed."
+    );
+    describe_counter!(
+        AUTHZ_DECISIONS,
+        "Authorization decisions on requests and TCP connections, by deciding policy (namespace/name, or default when no policy matched), its action and the result (allow or deny)."
     );
     Ok(handle)
 }
