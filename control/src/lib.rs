@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod bus;
 pub mod ca;
 pub mod cli;

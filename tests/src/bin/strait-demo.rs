@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
     // The control, in-process, with its state in the demo directory.
     let control_options = strait_control::server::Options {
         data_dir: dir.join("control"),
+        store: None,
         listen: CONTROL.parse()?,
         token_file: Some(token_file.clone()),
         sweep_interval: Duration::from_millis(250),
