@@ -100,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
     let options = strait_proxy::app::Options {
         config: Some(bootstrap),
         control: Some(strait_proxy::control::ControlTarget {
-            url: format!("http://{CONTROL}").parse()?,
+            urls: vec![format!("http://{CONTROL}").parse()?],
             node: "demo".into(),
             token: std::fs::read_to_string(&token_file).ok(),
             listeners: Vec::new(),
