@@ -481,5 +481,5 @@ async fn ack(
 }
 
 async fn proxies(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "items": s.push.list() }))
+    Json(json!({ "items": s.push.list_all() }))
 }

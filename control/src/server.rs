@@ -138,6 +138,7 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         registry.clone(),
         revisions,
         events,
+        backends.proxies,
     ));
     let state = Arc::new(AppState {
         policy,

@@ -141,6 +141,16 @@ async fn an_apply_through_one_replica_is_read_and_pushed_through_the_others() {
             "b"
         );
     }
+    // `straitctl proxies` on any replica lists the proxies of every replica.
+    eventually(
+        "the first replica lists the third's proxy",
+        Duration::from_secs(5),
+        || async { connected(&first).await.then_some(()) },
+    )
+    .await;
+    let out = second.straitctl(&["proxies"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && table.contains("pod-1"), "{table}");
     let (_, history) = first
         .call(
             Method::GET,

@@ -51,7 +51,7 @@ impl std::fmt::Debug for Etcd {
 
 /// The runtime the client's connections live on (never dropped: a runtime may not be dropped
 /// on the workers of another).
-fn io_runtime() -> Result<&'static tokio::runtime::Runtime, StoreError> {
+pub(super) fn io_runtime() -> Result<&'static tokio::runtime::Runtime, StoreError> {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
@@ -66,7 +66,9 @@ fn io_runtime() -> Result<&'static tokio::runtime::Runtime, StoreError> {
 }
 
 /// Runs `call` to completion from synchronous code (an async worker or a blocking thread).
-fn wait<T>(call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, StoreError> {
+pub(super) fn wait<T>(
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
     let handle = io_runtime()?.handle();
     let timed = async { tokio::time::timeout(CALL_TIMEOUT, call).await };
     let answer = if tokio::runtime::Handle::try_current().is_ok() {
@@ -111,8 +113,11 @@ impl Etcd {
         let revision = store.revision()?;
         let (tx, rx) = mpsc::unbounded_channel();
         io_runtime()?.spawn(store.as_ref().clone().watch(revision, tx));
+        let proxies =
+            super::etcd_proxies::EtcdProxies::start(store.client.clone(), store.keys.clone())?;
         let mut backends = Backends::single(store, revision);
         backends.remote = Some(rx);
+        backends.proxies = Some(Arc::new(proxies));
         Ok(backends)
     }
 

@@ -9,6 +9,7 @@
 //!  PREFIX registry/deregistered/ID             written with the delete: "not an expiry"
 //!  PREFIX registry/expired/ID                  created by the one replica that announces it
 //!  PREFIX ca/KEY, PREFIX ca_join_tokens/ID     the CA's state; tokens on a lease to their expiry
+//!  PREFIX proxies/NODE/REPLICA                 a replica's view of a proxy, on the replica's lease
 //! ```
 
 use crate::backend::Remote;
@@ -83,6 +84,16 @@ impl Keys {
     /// A join token.
     pub fn token(&self, id: &str) -> String {
         format!("{}ca_join_tokens/{id}", self.prefix)
+    }
+
+    /// Every replica's view of every proxy.
+    pub fn proxies(&self) -> String {
+        format!("{}proxies/", self.prefix)
+    }
+
+    /// Replica `replica`'s view of proxy `node`.
+    pub fn proxy(&self, node: &str, replica: &str) -> String {
+        format!("{}{node}/{replica}", self.proxies())
     }
 
     /// What a watched key is to a replica.

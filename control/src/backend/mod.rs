@@ -16,6 +16,7 @@
 pub mod embedded;
 pub mod etcd;
 pub mod etcd_keys;
+pub mod etcd_proxies;
 pub mod url;
 
 use std::sync::Arc;
@@ -110,6 +111,16 @@ pub trait CaBackend: Send + Sync + std::fmt::Debug {
     fn token(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
+/// What each replica knows of the proxies connected to it (replicated stores only), so that
+/// `straitctl proxies` on any replica lists every proxy of the mesh.
+pub trait ProxyDirectory: Send + Sync + std::fmt::Debug {
+    /// Records this replica's view of `node` (JSON of its status), kept while this replica
+    /// lives. Never waits: written in the background, in order.
+    fn publish(&self, node: &str, status: Vec<u8>);
+    /// Every view every live replica recorded.
+    fn list(&self) -> Result<Vec<Vec<u8>>, StoreError>;
+}
+
 /// A change another replica (or the store itself) made, as a watch reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Remote {
@@ -140,6 +151,8 @@ pub struct Backends {
     /// Replicated stores only: what other replicas (and lease expiries) change, from
     /// `revision` on.
     pub remote: Option<mpsc::UnboundedReceiver<Remote>>,
+    /// Replicated stores only: the proxies of every replica.
+    pub proxies: Option<Arc<dyn ProxyDirectory>>,
 }
 
 impl Backends {
@@ -154,6 +167,7 @@ impl Backends {
             ca: backend,
             revision,
             remote: None,
+            proxies: None,
         }
     }
 }
