@@ -89,11 +89,17 @@ impl Store {
     /// Another replica of `first`'s control plane: the same store and token. Only with etcd
     /// (two embedded controls cannot share one file).
     pub fn replica_of(&self, first: &Control) -> Control {
+        self.replica_with_args(first, &[])
+    }
+
+    /// [`replica_of`](Self::replica_of) with extra `serve` arguments.
+    pub fn replica_with_args(&self, first: &Control, extra: &[&str]) -> Control {
         assert!(self.etcd.is_some(), "replicas need a shared store");
         let mut replica = Control::not_started_at(([127, 0, 0, 1], 0).into());
         replica.token = first.token.clone();
         std::fs::write(replica.token_file(), &replica.token).expect("write token");
         replica.extra = self.args();
+        replica.extra.extend(extra.iter().map(|a| (*a).to_owned()));
         replica.spawn();
         replica
     }

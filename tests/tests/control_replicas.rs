@@ -1,7 +1,7 @@
 //! Several `strait-control` replicas on one etcd (`--store etcd://`) are one control plane:
 //! a write through any replica is read and pushed through every other; `kill -9` of a replica
 //! loses no acknowledged write and no registration; a proxy fails over to another replica and
-//! keeps serving meanwhile. Real etcd, real binaries, loopback only.
+//! keeps serving meanwhile; replicas share one CA. Real etcd, real binaries, loopback only.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -362,4 +362,42 @@ async fn a_proxy_fails_over_to_another_replica_and_keeps_serving_meanwhile() {
         || async { (upstream_of(&proxy).await == "b").then_some(()) },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_ca_and_its_join_tokens() {
+    let store = Store::start(Backend::Etcd);
+    let identity = ["--trust-domain", "example.org"];
+    let first = store.control_with_args(&identity);
+    let second = store.replica_with_args(&first, &identity);
+    assert_eq!(first.bundle(), second.bundle(), "one root for the mesh");
+
+    // A join token made through one replica gets a certificate through the other.
+    let out = first.straitctl(&[
+        "identity",
+        "token",
+        "--namespace",
+        "default",
+        "--service-account",
+        "reviews",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let uri = "spiffe://example.org/ns/default/sa/reviews";
+    let (csr, _key) = strait_tests::tls::csr(uri);
+    let answer = strait_tests::tls::TlsClient::new(&second.bundle(), None, false)
+        .call(
+            second.address(),
+            Method::POST,
+            "/v1/identity/certificates",
+            Some(&token),
+            Some(json!({ "csr": csr })),
+        )
+        .await
+        .expect("the second replica answers");
+    assert_eq!(answer.status, 200, "{}", answer.json);
 }
