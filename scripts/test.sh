@@ -12,6 +12,20 @@ if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# The control's etcd backend: etcd-client's build runs protoc (with the well-known types of
+# libprotobuf-dev); the end-to-end tests start real etcd servers (Debian's etcd-server, 3.4).
+missing=""
+command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing="$missing libprotobuf-dev"
+command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"
+if [ -n "$missing" ]; then
+  echo "test.sh: installing$missing for the etcd backend"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
 # The interception test needs iptables, iproute2 and setpriv (util-linux); the manifest test
 # validates deploy/ and injected output offline with kubernetes-validate.
 missing=""

@@ -109,7 +109,7 @@ impl From<PolicyError> for ApiError {
             PolicyError::Invalid(errors) => {
                 Self::Invalid(errors.iter().map(ToString::to_string).collect())
             }
-            PolicyError::Conflict { .. } => Self::Conflict(e.to_string()),
+            PolicyError::Conflict { .. } | PolicyError::Busy => Self::Conflict(e.to_string()),
             PolicyError::NotFound { .. } => Self::NotFound(e.to_string()),
             PolicyError::Store(s) => s.into(),
         }
@@ -482,5 +482,5 @@ async fn ack(
 }
 
 async fn proxies(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "items": s.push.list() }))
+    Json(json!({ "items": s.push.list_all() }))
 }

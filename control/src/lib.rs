@@ -1,6 +1,7 @@
 //! `strait-control`: the companion control process of the Strait sidecar — the versioned
 //! policy store, the service registry, config push to proxies with ACK/NACK, and the event
-//! bus, all durable in one embedded database (redb) in `--data-dir`.
+//! bus, durable in one embedded database (redb) in `--data-dir`, or with policies, registry and
+//! CA state in etcd (`--store etcd://`) for any number of replicas ([`backend`]).
 //!
 //! ```text
 //!  straitctl / proxies / services ──HTTP or HTTPS (bearer token, proxy certificates)──▶ api
@@ -8,11 +9,13 @@
 //!     api ─▶ policy (validate with strait-config, resourceVersion, history) ─┐
 //!     api ─▶ registry (TTL heartbeats, discovery)  ──────────────────────────┼─▶ revision ─▶ push ─▶ proxies
 //!     api ─▶ bus (topics, groups, durable subscriptions, dead letters)       │   (watch)     (NDJSON stream,
-//!                                  store (redb, one file) ◀──────────────────┘                ACK/NACK)
+//!              backend: redb file | etcd ◀──────────────────┘                ACK/NACK)
+//!              (etcd: other replicas' changes come back through a watch ─▶ revision)
 //! ```
 
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod bus;
 pub mod ca;
 pub mod cli;

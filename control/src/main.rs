@@ -20,9 +20,15 @@ struct Args {
 enum Command {
     /// Serve the API.
     Serve {
-        /// Directory for the durable state (created if missing).
+        /// Directory for the durable state (created if missing); with --store, for the token,
+        /// the trust bundle file and the event bus only.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// Keep policies, the registry and the CA's state in etcd
+        /// (`etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`); every control started with the same
+        /// --store is a replica of one control plane. Default: the embedded store in --data-dir.
+        #[arg(long, value_name = "URL")]
+        store: Option<strait_control::backend::StoreUrl>,
         /// API address.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15010")]
         listen: SocketAddr,
@@ -139,6 +145,7 @@ enum LogFormat {
 fn main() -> ExitCode {
     let Command::Serve {
         data_dir,
+        store,
         listen,
         token_file,
         log_format,
@@ -175,6 +182,7 @@ fn main() -> ExitCode {
     };
     let options = strait_control::server::Options {
         data_dir,
+        store,
         listen,
         token_file,
         sweep_interval: Duration::from_millis(250),

@@ -6,27 +6,27 @@
 //! `resourceVersion` (the store's revision when it last changed); an apply or delete carrying a
 //! stale one is refused (optimistic concurrency). The last [`HISTORY_DEPTH`] versions of each
 //! resource are kept.
+//!
+//! Deciding is pure ([`plan_apply`], [`plan_delete`]); the backend commits the decision only if
+//! no policy changed since the read it was based on, else the decision is made again (another
+//! replica wrote first).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use strait_config::load::parse_sources;
-use strait_config::{ConfigErrors, Source};
+use strait_config::{ConfigErrors, LoadedDoc, Source};
 use tokio::sync::watch;
 
-use crate::store::{self, db, JsonTable, StoreError};
-
-/// Current resources: `Kind/namespace/name` → [`StoredResource`].
-pub const RESOURCES: JsonTable = TableDefinition::new("resources");
-/// Past versions: `Kind/namespace/name/REVISION` → [`StoredResource`].
-pub const HISTORY: JsonTable = TableDefinition::new("resource_history");
-/// Counters: `revision` → u64.
-pub const META: JsonTable = TableDefinition::new("meta");
+use crate::backend::{Change, Commit, PolicyBackend};
+use crate::store::StoreError;
 
 /// Versions kept per resource.
 pub const HISTORY_DEPTH: usize = 10;
+
+/// Reads and decisions before giving up when other replicas keep committing first.
+const ATTEMPTS: usize = 8;
 
 /// A resource as stored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,6 +101,9 @@ pub enum PolicyError {
         /// Name.
         name: String,
     },
+    /// Other writers kept committing first (every attempt was based on a stale read).
+    #[error("the store kept changing during this write; try again")]
+    Busy,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -109,8 +112,8 @@ pub enum PolicyError {
 /// The policy store.
 #[derive(Debug)]
 pub struct PolicyStore {
-    db: Arc<Database>,
-    /// Serialises validate-then-write so two applies cannot both validate against the old set.
+    backend: Arc<dyn PolicyBackend>,
+    /// Serialises this replica's writes (other replicas' are caught by the commit's check).
     writer: Mutex<()>,
     changes: Arc<Revisions>,
 }
@@ -139,14 +142,13 @@ fn now_ms() -> u64 {
 }
 
 impl PolicyStore {
-    /// Opens the store on `db` (tables created by [`crate::store::open`]); changes are
-    /// announced on `changes`.
-    pub fn open(db: Arc<Database>, changes: Arc<Revisions>) -> Result<Self, StoreError> {
-        Ok(Self {
-            db,
+    /// The store on `backend`; changes are announced on `changes`.
+    pub fn new(backend: Arc<dyn PolicyBackend>, changes: Arc<Revisions>) -> Self {
+        Self {
+            backend,
             writer: Mutex::new(()),
             changes,
-        })
+        }
     }
 
     /// Every current resource, in key order.
@@ -160,10 +162,11 @@ impl PolicyStore {
             (Some(k), None) => format!("{k}/"),
             _ => String::new(),
         };
-        let all: Vec<(String, StoredResource)> = store::scan(&self.db, RESOURCES, &prefix)?;
-        Ok(all
+        Ok(self
+            .backend
+            .resources(&prefix)?
+            .items
             .into_iter()
-            .map(|(_, r)| r)
             .filter(|r| namespace.is_none_or(|ns| r.namespace == ns))
             .collect())
     }
@@ -175,7 +178,7 @@ impl PolicyStore {
         namespace: &str,
         name: &str,
     ) -> Result<Option<StoredResource>, StoreError> {
-        store::get(&self.db, RESOURCES, &key(kind, namespace, name))
+        self.backend.resource(&key(kind, namespace, name))
     }
 
     /// Past versions of one resource, oldest first (deletions included).
@@ -185,11 +188,7 @@ impl PolicyStore {
         namespace: &str,
         name: &str,
     ) -> Result<Vec<StoredResource>, StoreError> {
-        let prefix = format!("{}/", key(kind, namespace, name));
-        Ok(store::scan(&self.db, HISTORY, &prefix)?
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect())
+        self.backend.history(&key(kind, namespace, name))
     }
 
     /// Validates `sources` (multi-document YAML) together with everything stored, then stores
@@ -197,107 +196,22 @@ impl PolicyStore {
     pub fn apply(&self, sources: &[Source]) -> Result<Vec<Applied>, PolicyError> {
         let docs = parse_sources(sources).map_err(PolicyError::Invalid)?;
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let current: BTreeMap<String, StoredResource> = self
-            .list(None, None)?
-            .into_iter()
-            .map(|r| (r.key(), r))
-            .collect();
-        for doc in &docs {
-            let meta = doc.resource.metadata();
-            let k = key(doc.resource.kind(), &meta.namespace, &meta.name);
-            if let Some(given) = &meta.resource_version {
-                let stored = current.get(&k).map(|r| r.resource_version.to_string());
-                if stored.as_deref() != Some(given.as_str()) {
-                    return Err(PolicyError::Conflict {
-                        kind: doc.resource.kind().to_owned(),
-                        namespace: meta.namespace.clone(),
-                        name: meta.name.clone(),
-                        given: given.clone(),
-                        current: stored.unwrap_or_else(|| "none".into()),
-                    });
-                }
+        for _ in 0..ATTEMPTS {
+            let current = self.backend.resources("")?;
+            let (mut applied, changes) = plan_apply(&docs, &current.items)?;
+            if changes.is_empty() {
+                return Ok(applied);
             }
-        }
-        let incoming: BTreeMap<String, &strait_config::LoadedDoc> = docs
-            .iter()
-            .map(|d| {
-                let m = d.resource.metadata();
-                (key(d.resource.kind(), &m.namespace, &m.name), d)
-            })
-            .collect();
-        let kept: Vec<&StoredResource> = current
-            .iter()
-            .filter(|(k, _)| !incoming.contains_key(*k))
-            .map(|(_, r)| r)
-            .collect();
-        let mut all = stored_docs(&kept)?;
-        all.extend(docs.iter().cloned());
-        strait_config::compile::validate(&all).map_err(PolicyError::Invalid)?;
-
-        let tx = self.db.begin_write().map_err(db)?;
-        let mut applied = Vec::new();
-        let mut revision: u64;
-        {
-            let mut meta = tx.open_table(META).map_err(db)?;
-            revision = read_revision(&meta)?;
-            let mut resources = tx.open_table(RESOURCES).map_err(db)?;
-            let mut history = tx.open_table(HISTORY).map_err(db)?;
-            for doc in &docs {
-                let m = doc.resource.metadata();
-                let kind = doc.resource.kind();
-                let k = key(kind, &m.namespace, &m.name);
-                let mut document =
-                    serde_json::to_value(&*doc.resource).map_err(StoreError::from)?;
-                strip_version(&mut document);
-                let previous = current.get(&k);
-                if let Some(prev) = previous {
-                    let mut old = prev.document.clone();
-                    strip_version(&mut old);
-                    if old == document {
-                        applied.push(Applied {
-                            kind: kind.to_owned(),
-                            namespace: m.namespace.clone(),
-                            name: m.name.clone(),
-                            resource_version: prev.resource_version,
-                            result: "unchanged",
-                        });
-                        continue;
-                    }
-                }
-                revision += 1;
-                set_version(&mut document, revision);
-                let record = StoredResource {
-                    kind: kind.to_owned(),
-                    namespace: m.namespace.clone(),
-                    name: m.name.clone(),
-                    resource_version: revision,
-                    document,
-                    updated_at: now_ms(),
-                    deleted: false,
-                };
-                let bytes = store::encode(&record)?;
-                resources.insert(k.as_str(), bytes.as_slice()).map_err(db)?;
-                record_history(&mut history, &record)?;
-                applied.push(Applied {
-                    kind: kind.to_owned(),
-                    namespace: m.namespace.clone(),
-                    name: m.name.clone(),
-                    resource_version: revision,
-                    result: if previous.is_some() {
-                        "configured"
-                    } else {
-                        "created"
-                    },
-                });
+            let Some(versions) = self.commit(current.revision, &changes)? else {
+                continue;
+            };
+            let mut versions = versions.into_iter();
+            for a in applied.iter_mut().filter(|a| a.result != "unchanged") {
+                a.resource_version = versions.next().unwrap_or(a.resource_version);
             }
-            meta.insert("revision", store::encode(&revision)?.as_slice())
-                .map_err(db)?;
+            return Ok(applied);
         }
-        tx.commit().map_err(db)?;
-        if applied.iter().any(|a| a.result != "unchanged") {
-            self.changes.announce(revision);
-        }
-        Ok(applied)
+        Err(PolicyError::Busy)
     }
 
     /// Deletes one resource if the rest still validates without it (and, when `expected` is
@@ -310,62 +224,191 @@ impl PolicyStore {
         expected: Option<&str>,
     ) -> Result<StoredResource, PolicyError> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let k = key(kind, namespace, name);
-        let current = self.list(None, None)?;
-        let Some(target) = current.iter().find(|r| r.key() == k).cloned() else {
-            return Err(PolicyError::NotFound {
-                kind: kind.to_owned(),
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            });
-        };
-        if let Some(given) = expected {
-            if given != target.resource_version.to_string() {
-                return Err(PolicyError::Conflict {
-                    kind: kind.to_owned(),
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                    given: given.to_owned(),
-                    current: target.resource_version.to_string(),
-                });
+        for _ in 0..ATTEMPTS {
+            let current = self.backend.resources("")?;
+            let (target, change) =
+                plan_delete(&key(kind, namespace, name), expected, &current.items)?;
+            if self.commit(current.revision, &[change])?.is_some() {
+                return Ok(target);
             }
         }
-        let rest: Vec<&StoredResource> = current.iter().filter(|r| r.key() != k).collect();
-        strait_config::compile::validate(&stored_docs(&rest)?).map_err(PolicyError::Invalid)?;
-        let tx = self.db.begin_write().map_err(db)?;
-        let revision;
-        {
-            let mut meta = tx.open_table(META).map_err(db)?;
-            revision = read_revision(&meta)? + 1;
-            let mut resources = tx.open_table(RESOURCES).map_err(db)?;
-            let mut history = tx.open_table(HISTORY).map_err(db)?;
-            resources.remove(k.as_str()).map_err(db)?;
-            let tombstone = StoredResource {
-                resource_version: revision,
-                updated_at: now_ms(),
-                deleted: true,
-                ..target.clone()
-            };
-            record_history(&mut history, &tombstone)?;
-            meta.insert("revision", store::encode(&revision)?.as_slice())
-                .map_err(db)?;
+        Err(PolicyError::Busy)
+    }
+
+    /// Commits `changes` decided on revision `base`: their versions, or `None` when the
+    /// decision must be made again.
+    fn commit(&self, base: u64, changes: &[Change]) -> Result<Option<Vec<u64>>, PolicyError> {
+        match self.backend.commit(base, changes)? {
+            Commit::Done(versions) => {
+                if let Some(latest) = versions.iter().max() {
+                    self.changes.announce(*latest);
+                }
+                Ok(Some(versions))
+            }
+            Commit::Moved => Ok(None),
+            Commit::Stale { key, current } => {
+                let change = changes.iter().find(|c| c.key == key);
+                let record = change.map(|c| &c.record);
+                Err(PolicyError::Conflict {
+                    kind: record.map(|r| r.kind.clone()).unwrap_or_default(),
+                    namespace: record.map(|r| r.namespace.clone()).unwrap_or_default(),
+                    name: record.map(|r| r.name.clone()).unwrap_or_default(),
+                    given: change
+                        .and_then(|c| c.expected)
+                        .map(|v| v.to_string())
+                        .unwrap_or_default(),
+                    current: current.map_or_else(|| "none".into(), |v| v.to_string()),
+                })
+            }
         }
-        tx.commit().map_err(db)?;
-        self.changes.announce(revision);
-        Ok(target)
     }
 }
 
-/// The store-wide revision: every change to policies or the registry takes the next number,
-/// in the same transaction as the change, and announces it to watchers (the push streams).
+/// What applying `docs` over `current` does: the answer for each document (new versions are
+/// filled in after the commit) and the changes to commit.
+pub fn plan_apply(
+    docs: &[LoadedDoc],
+    current: &[StoredResource],
+) -> Result<(Vec<Applied>, Vec<Change>), PolicyError> {
+    let current: BTreeMap<String, &StoredResource> = current.iter().map(|r| (r.key(), r)).collect();
+    let mut expected = BTreeMap::new();
+    for doc in docs {
+        let meta = doc.resource.metadata();
+        let k = key(doc.resource.kind(), &meta.namespace, &meta.name);
+        if let Some(given) = &meta.resource_version {
+            let stored = current.get(&k).map(|r| r.resource_version);
+            let parsed = given.parse::<u64>().ok();
+            if parsed.is_none() || stored != parsed {
+                return Err(PolicyError::Conflict {
+                    kind: doc.resource.kind().to_owned(),
+                    namespace: meta.namespace.clone(),
+                    name: meta.name.clone(),
+                    given: given.clone(),
+                    current: stored.map_or_else(|| "none".into(), |v| v.to_string()),
+                });
+            }
+            expected.insert(k, parsed);
+        }
+    }
+    let incoming: BTreeMap<String, &LoadedDoc> = docs
+        .iter()
+        .map(|d| {
+            let m = d.resource.metadata();
+            (key(d.resource.kind(), &m.namespace, &m.name), d)
+        })
+        .collect();
+    let kept: Vec<&StoredResource> = current
+        .iter()
+        .filter(|(k, _)| !incoming.contains_key(*k))
+        .map(|(_, r)| *r)
+        .collect();
+    let mut all = stored_docs(&kept)?;
+    all.extend(docs.iter().cloned());
+    strait_config::compile::validate(&all).map_err(PolicyError::Invalid)?;
+
+    let mut applied = Vec::new();
+    let mut changes = Vec::new();
+    for doc in docs {
+        let m = doc.resource.metadata();
+        let kind = doc.resource.kind();
+        let k = key(kind, &m.namespace, &m.name);
+        let mut document = serde_json::to_value(&*doc.resource).map_err(StoreError::from)?;
+        strip_version(&mut document);
+        let previous = current.get(&k);
+        let mut entry = Applied {
+            kind: kind.to_owned(),
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            resource_version: 0,
+            result: if previous.is_some() {
+                "configured"
+            } else {
+                "created"
+            },
+        };
+        if let Some(prev) = previous {
+            let mut old = prev.document.clone();
+            strip_version(&mut old);
+            if old == document {
+                entry.resource_version = prev.resource_version;
+                entry.result = "unchanged";
+                applied.push(entry);
+                continue;
+            }
+        }
+        applied.push(entry);
+        changes.push(Change {
+            expected: expected.get(&k).copied().flatten(),
+            key: k,
+            record: StoredResource {
+                kind: kind.to_owned(),
+                namespace: m.namespace.clone(),
+                name: m.name.clone(),
+                resource_version: 0,
+                document,
+                updated_at: now_ms(),
+                deleted: false,
+            },
+        });
+    }
+    Ok((applied, changes))
+}
+
+/// What deleting `k` from `current` does: the resource as it was, and its tombstone.
+pub fn plan_delete(
+    k: &str,
+    expected: Option<&str>,
+    current: &[StoredResource],
+) -> Result<(StoredResource, Change), PolicyError> {
+    let (kind, rest) = k.split_once('/').unwrap_or((k, ""));
+    let (namespace, name) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some(target) = current.iter().find(|r| r.key() == k).cloned() else {
+        return Err(PolicyError::NotFound {
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+    };
+    if let Some(given) = expected {
+        if given != target.resource_version.to_string() {
+            return Err(PolicyError::Conflict {
+                kind: kind.to_owned(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                given: given.to_owned(),
+                current: target.resource_version.to_string(),
+            });
+        }
+    }
+    let rest: Vec<&StoredResource> = current.iter().filter(|r| r.key() != k).collect();
+    strait_config::compile::validate(&stored_docs(&rest)?).map_err(PolicyError::Invalid)?;
+    let mut document = target.document.clone();
+    strip_version(&mut document);
+    let tombstone = StoredResource {
+        resource_version: 0,
+        document,
+        updated_at: now_ms(),
+        deleted: true,
+        ..target.clone()
+    };
+    let change = Change {
+        key: k.to_owned(),
+        record: tombstone,
+        expected: expected.map(|_| target.resource_version),
+    };
+    Ok((target, change))
+}
+
+/// The store-wide revision: every change to policies or the registry has a higher one than
+/// the last, and every change is announced to watchers (the push streams) — this replica's
+/// own as it commits them, other replicas' as the store's watch reports them.
 #[derive(Debug)]
 pub struct Revisions(watch::Sender<u64>);
 
 impl Revisions {
-    /// Starts from the revision stored in `db`.
-    pub fn load(db: &Database) -> Result<Arc<Self>, StoreError> {
-        let revision: u64 = store::get(db, META, "revision")?.unwrap_or(0);
-        Ok(Arc::new(Self(watch::channel(revision).0)))
+    /// Starts from `revision` (the store's when opened).
+    pub fn new(revision: u64) -> Arc<Self> {
+        Arc::new(Self(watch::channel(revision).0))
     }
 
     /// The latest revision; a receiver wakes on every newer one.
@@ -383,48 +426,6 @@ impl Revisions {
             newer
         });
     }
-
-    /// Takes the next revision inside write transaction `tx`.
-    pub fn next(tx: &redb::WriteTransaction) -> Result<u64, StoreError> {
-        let mut meta = tx.open_table(META).map_err(db)?;
-        let revision = read_revision(&meta)? + 1;
-        meta.insert("revision", store::encode(&revision)?.as_slice())
-            .map_err(db)?;
-        Ok(revision)
-    }
-}
-
-fn read_revision(
-    meta: &impl ReadableTable<&'static str, &'static [u8]>,
-) -> Result<u64, StoreError> {
-    match meta.get("revision").map_err(db)? {
-        Some(v) => serde_json::from_slice(v.value()).map_err(|source| StoreError::Decode {
-            key: "revision".into(),
-            source,
-        }),
-        None => Ok(0),
-    }
-}
-
-fn record_history(
-    history: &mut redb::Table<&'static str, &'static [u8]>,
-    record: &StoredResource,
-) -> Result<(), StoreError> {
-    let prefix = format!("{}/", record.key());
-    let hk = format!("{prefix}{:020}", record.resource_version);
-    history
-        .insert(hk.as_str(), store::encode(record)?.as_slice())
-        .map_err(db)?;
-    let keys: Vec<String> = store::scan_in::<serde_json::Value>(history, &prefix)?
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    if keys.len() > HISTORY_DEPTH {
-        for old in &keys[..keys.len() - HISTORY_DEPTH] {
-            history.remove(old.as_str()).map_err(db)?;
-        }
-    }
-    Ok(())
 }
 
 /// Stored resources as documents the config crate can validate again; errors in them name
@@ -442,7 +443,8 @@ pub fn stored_docs(
     parse_sources(&sources).map_err(PolicyError::Invalid)
 }
 
-fn strip_version(document: &mut serde_json::Value) {
+/// Removes `metadata.resourceVersion` (stored documents carry the one the store gives them).
+pub fn strip_version(document: &mut serde_json::Value) {
     if let Some(meta) = document
         .get_mut("metadata")
         .and_then(serde_json::Value::as_object_mut)
@@ -451,7 +453,8 @@ fn strip_version(document: &mut serde_json::Value) {
     }
 }
 
-fn set_version(document: &mut serde_json::Value, revision: u64) {
+/// Sets `metadata.resourceVersion` to `revision`.
+pub fn set_version(document: &mut serde_json::Value, revision: u64) {
     if let Some(meta) = document
         .get_mut("metadata")
         .and_then(serde_json::Value::as_object_mut)
@@ -469,9 +472,9 @@ mod tests {
 
     fn store() -> (PolicyStore, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("strait-policy-{}", fastrand::u64(..)));
-        let db = crate::store::open(&dir, &[RESOURCES, HISTORY, META]).unwrap();
-        let revisions = Revisions::load(&db).unwrap();
-        (PolicyStore::open(db, revisions).unwrap(), dir)
+        let (backends, _) = crate::backend::embedded::Embedded::backends(&dir).unwrap();
+        let revisions = Revisions::new(backends.revision);
+        (PolicyStore::new(backends.policy, revisions), dir)
     }
 
     fn source(text: &str) -> Vec<Source> {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::backend::ProxyDirectory;
 use crate::events::EventSink;
 use crate::policy::{PolicyStore, Revisions, StoredResource};
 use crate::registry::Registry;
@@ -82,6 +83,8 @@ pub struct Push {
     revisions: Arc<Revisions>,
     events: Arc<dyn EventSink>,
     proxies: Mutex<BTreeMap<String, ProxyStatus>>,
+    /// Replicated stores: where every replica records its proxies.
+    directory: Option<Arc<dyn ProxyDirectory>>,
     /// The stored resources at one revision, read once for every proxy rendering it.
     cached: Mutex<Option<(u64, Arc<Vec<StoredResource>>)>>,
 }
@@ -105,6 +108,7 @@ impl Push {
         registry: Arc<Registry>,
         revisions: Arc<Revisions>,
         events: Arc<dyn EventSink>,
+        directory: Option<Arc<dyn ProxyDirectory>>,
     ) -> Self {
         metrics::describe_gauge!(
             "strait_control_proxies_connected",
@@ -125,12 +129,22 @@ impl Push {
             revisions,
             events,
             proxies: Mutex::new(BTreeMap::new()),
+            directory,
             cached: Mutex::new(None),
         }
     }
 
     fn proxies(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ProxyStatus>> {
         self.proxies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shares this replica's view of a proxy with the other replicas.
+    fn record(&self, status: Option<&ProxyStatus>) {
+        if let (Some(directory), Some(status)) = (&self.directory, status) {
+            if let Ok(json) = serde_json::to_vec(status) {
+                directory.publish(&status.node, json);
+            }
+        }
     }
 
     /// Renders what `node` (with `listeners`, when the control has no ProxyConfig for it)
@@ -242,6 +256,7 @@ impl Push {
         entry.connected = true;
         entry.listeners = listeners;
         entry.last_seen = now_ms();
+        self.record(Some(entry));
         let count = proxies.values().filter(|p| p.connected).count();
         metrics::gauge!("strait_control_proxies_connected").set(count as f64);
         tracing::info!(node, "proxy connected");
@@ -255,6 +270,7 @@ impl Push {
             p.connected = p.streams > 0;
             p.last_seen = now_ms();
         }
+        self.record(proxies.get(node));
         let count = proxies.values().filter(|p| p.connected).count();
         metrics::gauge!("strait_control_proxies_connected").set(count as f64);
         tracing::info!(node, "proxy disconnected");
@@ -266,6 +282,7 @@ impl Push {
             p.sent_version = Some(version);
             p.sent_at = Some(Instant::now());
             p.last_seen = now_ms();
+            self.record(Some(p));
         }
     }
 
@@ -299,6 +316,7 @@ impl Push {
                         .record(at.elapsed().as_secs_f64());
                 }
             }
+            self.record(Some(p));
         }
         let result = if ack.accepted { "ack" } else { "nack" };
         metrics::counter!("strait_control_push_answers_total", "result" => result).increment(1);
@@ -322,10 +340,51 @@ impl Push {
         self.proxies().values().cloned().collect()
     }
 
+    /// Every proxy of the control plane: with replicas, what every live replica recorded (per
+    /// node, the view of the replica it is connected to, else the latest), else [`list`].
+    ///
+    /// [`list`]: Self::list
+    pub fn list_all(&self) -> Vec<Value> {
+        let local = || {
+            self.list()
+                .iter()
+                .filter_map(|p| serde_json::to_value(p).ok())
+                .collect()
+        };
+        let Some(directory) = &self.directory else {
+            return local();
+        };
+        match directory.list() {
+            Ok(views) => merge_views(views.iter().filter_map(|v| serde_json::from_slice(v).ok())),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read other replicas' proxies; listing this one's");
+                local()
+            }
+        }
+    }
+
     /// Wakes on every new revision.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.revisions.watch()
     }
+}
+
+/// One entry per node: a connected view wins, then the most recently seen.
+fn merge_views(views: impl Iterator<Item = Value>) -> Vec<Value> {
+    let mut by_node: BTreeMap<String, Value> = BTreeMap::new();
+    for view in views {
+        let Some(node) = view["node"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        let rank = |v: &Value| (v["connected"] == true, v["lastSeen"].as_u64().unwrap_or(0));
+        match by_node.get(&node) {
+            Some(kept) if rank(kept) >= rank(&view) => {}
+            _ => {
+                by_node.insert(node, view);
+            }
+        }
+    }
+    by_node.into_values().collect()
 }
 
 /// A route attached to `listeners`: kept if it names none of its parents (attaches to all) or
@@ -386,6 +445,20 @@ fn target(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_replica_a_proxy_is_connected_to_speaks_for_it() {
+        let views = [
+            serde_json::json!({"node": "a", "connected": false, "lastSeen": 9}),
+            serde_json::json!({"node": "a", "connected": true, "lastSeen": 5}),
+            serde_json::json!({"node": "b", "connected": false, "lastSeen": 1}),
+            serde_json::json!({"node": "b", "connected": false, "lastSeen": 3}),
+        ];
+        let merged = merge_views(views.into_iter());
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0]["connected"], true);
+        assert_eq!(merged[1]["lastSeen"], 3);
+    }
 
     #[test]
     fn routes_attach_to_the_nodes_listeners_only() {

@@ -2,25 +2,24 @@
 //! lapses is removed (and an event says so). Services with `discovery: registry` take their
 //! endpoints from here.
 //!
-//! Registrations are durable; heartbeats are kept in memory only (a heartbeat per instance per
-//! few seconds is not worth an fsync). After a restart every stored instance gets one fresh TTL
-//! to heartbeat again before it can expire.
+//! Registrations are durable; how a TTL is kept is the backend's (in memory next to the
+//! embedded store, a lease per instance in etcd). Every replica keeps the instances in memory
+//! for discovery and the push, and follows other replicas' changes through the store's watch
+//! ([`Registry::follow`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use redb::{Database, TableDefinition};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use crate::auth::random_hex;
+use crate::backend::{RegistryBackend, Remote};
 use crate::events::EventSink;
 use crate::policy::Revisions;
-use crate::store::{self, db, JsonTable, StoreError};
-
-/// Instances: id → [`Instance`].
-pub const INSTANCES: JsonTable = TableDefinition::new("instances");
+use crate::store::StoreError;
 
 /// What an instance registers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -112,11 +111,11 @@ pub enum RegistryError {
 
 /// The registry.
 pub struct Registry {
-    db: Arc<Database>,
+    backend: Arc<dyn RegistryBackend>,
     revisions: Arc<Revisions>,
     events: Arc<dyn EventSink>,
-    /// Instances and when each was last heard from.
-    live: Mutex<HashMap<String, (Instance, Instant)>>,
+    /// Every registered instance, by id.
+    live: Mutex<HashMap<String, Instance>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -171,26 +170,26 @@ fn check(reg: &Registration) -> Result<(), RegistryError> {
 }
 
 impl Registry {
-    /// Loads stored instances (each gets a fresh TTL).
+    /// Loads the stored instances.
     pub fn open(
-        db: Arc<Database>,
+        backend: Arc<dyn RegistryBackend>,
         revisions: Arc<Revisions>,
         events: Arc<dyn EventSink>,
     ) -> Result<Self, StoreError> {
-        let now = Instant::now();
-        let live = store::scan::<Instance>(&db, INSTANCES, "")?
+        let live = backend
+            .instances()?
             .into_iter()
-            .map(|(id, i)| (id, (i, now)))
+            .map(|i| (i.id.clone(), i))
             .collect();
         Ok(Self {
-            db,
+            backend,
             revisions,
             events,
             live: Mutex::new(live),
         })
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instance, Instant)>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instance>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -203,13 +202,8 @@ impl Registry {
             registration,
             registered_at: now_ms(),
         };
-        let revision = self.write(|t| {
-            t.insert(instance.id.as_str(), store::encode(&instance)?.as_slice())
-                .map_err(db)?;
-            Ok(())
-        })?;
-        self.live()
-            .insert(instance.id.clone(), (instance.clone(), Instant::now()));
+        let revision = self.backend.put_instance(&instance)?;
+        self.live().insert(instance.id.clone(), instance.clone());
         self.revisions.announce(revision);
         self.events.emit(
             "mesh.registry.registered",
@@ -220,12 +214,10 @@ impl Registry {
 
     /// Renews an instance's TTL.
     pub fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
-        match self.live().get_mut(id) {
-            Some((_, seen)) => {
-                *seen = Instant::now();
-                Ok(())
-            }
-            None => Err(RegistryError::NotFound(id.to_owned())),
+        if self.backend.heartbeat(id)? {
+            Ok(())
+        } else {
+            Err(RegistryError::NotFound(id.to_owned()))
         }
     }
 
@@ -233,18 +225,16 @@ impl Registry {
     pub fn namespace_of(&self, id: &str) -> Option<String> {
         self.live()
             .get(id)
-            .map(|(i, _)| i.registration.namespace.clone())
+            .map(|i| i.registration.namespace.clone())
     }
 
     /// Removes an instance.
     pub fn deregister(&self, id: &str) -> Result<Instance, RegistryError> {
-        let Some((instance, _)) = self.live().remove(id) else {
+        let Some(instance) = self.live().get(id).cloned() else {
             return Err(RegistryError::NotFound(id.to_owned()));
         };
-        let revision = self.write(|t| {
-            t.remove(id).map_err(db)?;
-            Ok(())
-        })?;
+        let revision = self.backend.remove_instances(&[id.to_owned()])?;
+        self.live().remove(id);
         self.revisions.announce(revision);
         self.events.emit(
             "mesh.registry.deregistered",
@@ -258,7 +248,6 @@ impl Registry {
         let mut out: Vec<Instance> = self
             .live()
             .values()
-            .map(|(i, _)| i)
             .filter(|i| {
                 let r = &i.registration;
                 query.service.as_ref().is_none_or(|s| &r.service == s)
@@ -286,51 +275,39 @@ impl Registry {
         let mut eps: Vec<String> = self
             .live()
             .values()
-            .filter(|(i, _)| {
-                i.registration.namespace == namespace && i.registration.service == service
-            })
-            .map(|(i, _)| i.endpoint())
+            .filter(|i| i.registration.namespace == namespace && i.registration.service == service)
+            .map(Instance::endpoint)
             .collect();
         eps.sort();
         eps.dedup();
         eps
     }
 
-    /// Removes every instance whose TTL lapsed; returns them.
+    /// Removes every instance whose TTL lapsed and that the backend leaves to the control;
+    /// returns them.
     pub fn expire(&self) -> Result<Vec<Instance>, RegistryError> {
-        let now = Instant::now();
+        let lapsed = self.backend.lapsed();
+        if lapsed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let revision = self.backend.remove_instances(&lapsed)?;
         let expired: Vec<Instance> = {
             let mut live = self.live();
-            let ids: Vec<String> = live
-                .iter()
-                .filter(|(_, (i, seen))| {
-                    now.duration_since(*seen)
-                        > Duration::from_secs(u64::from(i.registration.ttl_seconds))
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.iter()
-                .filter_map(|id| live.remove(id).map(|(i, _)| i))
-                .collect()
+            lapsed.iter().filter_map(|id| live.remove(id)).collect()
         };
-        if expired.is_empty() {
-            return Ok(expired);
-        }
-        let revision = self.write(|t| {
-            for i in &expired {
-                t.remove(i.id.as_str()).map_err(db)?;
-            }
-            Ok(())
-        })?;
         self.revisions.announce(revision);
         for i in &expired {
-            tracing::info!(id = %i.id, service = %i.registration.service, endpoint = %i.endpoint(), "instance expired");
-            self.events.emit(
-                "mesh.registry.expired",
-                serde_json::to_value(i).unwrap_or_default(),
-            );
+            self.announce_expiry(i);
         }
         Ok(expired)
+    }
+
+    fn announce_expiry(&self, i: &Instance) {
+        tracing::info!(id = %i.id, service = %i.registration.service, endpoint = %i.endpoint(), "instance expired");
+        self.events.emit(
+            "mesh.registry.expired",
+            serde_json::to_value(i).unwrap_or_default(),
+        );
     }
 
     /// Expires lapsed instances every `every` until the task is dropped.
@@ -338,24 +315,40 @@ impl Registry {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            if let Err(e) = self.expire() {
+            let registry = self.clone();
+            let swept = tokio::task::spawn_blocking(move || registry.expire()).await;
+            if let Ok(Err(e)) = swept {
                 tracing::error!(error = %e, "registry sweep failed");
             }
         }
     }
 
-    fn write(
-        &self,
-        change: impl FnOnce(&mut redb::Table<&'static str, &'static [u8]>) -> Result<(), StoreError>,
-    ) -> Result<u64, StoreError> {
-        let tx = self.db.begin_write().map_err(db)?;
-        let revision = Revisions::next(&tx)?;
-        {
-            let mut t = tx.open_table(INSTANCES).map_err(db)?;
-            change(&mut t)?;
+    /// Applies what other replicas (and lease expiries) change, then announces the revision,
+    /// until the store's watch ends. One replica announces each expiry on the bus.
+    pub async fn follow(self: Arc<Self>, mut remote: mpsc::UnboundedReceiver<Remote>) {
+        while let Some(change) = remote.recv().await {
+            match change {
+                Remote::Revision(revision) => self.revisions.announce(revision),
+                Remote::InstancePut(instance) => {
+                    self.live().insert(instance.id.clone(), instance);
+                }
+                Remote::InstanceGone { id, expired } => {
+                    let gone = self.live().remove(&id);
+                    let (Some(instance), true) = (gone, expired) else {
+                        continue;
+                    };
+                    let registry = self.clone();
+                    tokio::task::spawn_blocking(move || {
+                        match registry.backend.claim_expiry(&instance.id) {
+                            Ok(true) => registry.announce_expiry(&instance),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "cannot claim an expiry"),
+                        }
+                    });
+                }
+            }
         }
-        tx.commit().map_err(db)?;
-        Ok(revision)
+        tracing::error!("the store's watch ended: this replica no longer follows the others");
     }
 }
 
@@ -367,9 +360,9 @@ mod tests {
     #[test]
     fn instance_ids_are_128_bit_hex_and_distinct() {
         let dir = std::env::temp_dir().join(format!("strait-registry-ids-{}", std::process::id()));
-        let db = store::open(&dir, &[crate::policy::META, INSTANCES]).unwrap();
-        let revisions = crate::policy::Revisions::load(&db).unwrap();
-        let registry = Registry::open(db, revisions, Arc::new(NoEvents)).unwrap();
+        let (backends, _) = crate::backend::embedded::Embedded::backends(&dir).unwrap();
+        let revisions = Revisions::new(backends.revision);
+        let registry = Registry::open(backends.registry, revisions, Arc::new(NoEvents)).unwrap();
         let registration: Registration = serde_json::from_value(
             serde_json::json!({"service": "api", "address": "10.0.0.1", "port": 80}),
         )

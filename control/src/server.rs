@@ -1,4 +1,5 @@
-//! `strait-control serve`: open the data directory, start the components, serve the API.
+//! `strait-control serve`: open the store (the data directory, or etcd), start the
+//! components, serve the API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,18 +11,23 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::api::{self, AppState};
 use crate::auth::Token;
+use crate::backend::embedded::Embedded;
+use crate::backend::etcd::Etcd;
+use crate::backend::StoreUrl;
 use crate::ca::tls::TlsServer;
 use crate::ca::{Ca, CaOptions};
 use crate::events::EventSink;
-use crate::policy::{PolicyStore, Revisions, HISTORY, META, RESOURCES};
+use crate::policy::{PolicyStore, Revisions};
 use crate::push::Push;
-use crate::registry::{Registry, INSTANCES};
+use crate::registry::Registry;
 
 /// How to run the control.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Where state lives.
+    /// Where state lives: the token and trust bundle files, the embedded store, the event bus.
     pub data_dir: PathBuf,
+    /// Keep policies, the registry and the CA's state in etcd instead (`--store`): replicas.
+    pub store: Option<StoreUrl>,
     /// API address.
     pub listen: SocketAddr,
     /// Bearer token file; generated into the data dir when absent.
@@ -84,21 +90,23 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let db = crate::store::open(
-        &options.data_dir,
-        &[
-            RESOURCES,
-            HISTORY,
-            META,
-            INSTANCES,
-            crate::ca::service::CA,
-            crate::ca::service::JOIN_TOKENS,
-        ],
-    )
-    .with_context(|| format!("cannot open the store in {}", options.data_dir.display()))?;
+    // The event bus stays in the data directory's file whichever store holds the rest.
+    let (backends, db) = match &options.store {
+        None => Embedded::backends(&options.data_dir)
+            .with_context(|| format!("cannot open the store in {}", options.data_dir.display()))?,
+        Some(url) => {
+            let backends = Etcd::backends(url)
+                .with_context(|| format!("cannot reach etcd at {}", url.endpoints.join(",")))?;
+            let db = crate::store::open(&options.data_dir, &[]).with_context(|| {
+                format!("cannot open the store in {}", options.data_dir.display())
+            })?;
+            tracing::info!(endpoints = %url.endpoints.join(","), prefix = %url.prefix, "state in etcd");
+            (backends, db)
+        }
+    };
     let ca = match &options.identity {
         Some(identity) => {
-            let ca = Ca::open(db.clone(), identity, &options.data_dir)
+            let ca = Ca::open(backends.ca.clone(), identity, &options.data_dir)
                 .context("cannot start the certificate authority")?;
             let authority = ca.authority();
             tracing::info!(
@@ -114,19 +122,23 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
     let bus = crate::bus::Bus::open(db.clone()).context("cannot open the event bus")?;
     bus.spawn_background();
     let events: Arc<dyn EventSink> = bus.clone();
-    let revisions = Revisions::load(&db)?;
-    let policy = Arc::new(PolicyStore::open(db.clone(), revisions.clone())?);
+    let revisions = Revisions::new(backends.revision);
+    let policy = Arc::new(PolicyStore::new(backends.policy, revisions.clone()));
     let registry = Arc::new(Registry::open(
-        db.clone(),
+        backends.registry,
         revisions.clone(),
         events.clone(),
     )?);
     tokio::spawn(registry.clone().sweep(options.sweep_interval));
+    if let Some(remote) = backends.remote {
+        tokio::spawn(registry.clone().follow(remote));
+    }
     let push = Arc::new(Push::new(
         policy.clone(),
         registry.clone(),
         revisions,
         events,
+        backends.proxies,
     ));
     let state = Arc::new(AppState {
         policy,

@@ -1,4 +1,5 @@
-//! The control's durable state: one redb database file in `--data-dir`.
+//! The embedded store's file: one redb database in `--data-dir` (the default backend, see
+//! [`crate::backend`], and the event bus's tables).
 //!
 //! redb is a pure-Rust embedded B-tree store with ACID transactions whose commits are fsynced
 //! (so an acknowledged write survives `kill -9`), a single file, and no background threads —
@@ -32,6 +33,9 @@ pub enum StoreError {
     /// A value does not encode.
     #[error("store: cannot encode: {0}")]
     Encode(#[from] serde_json::Error),
+    /// etcd failed or did not answer (`--store etcd://`).
+    #[error("store: etcd: {0}")]
+    Etcd(String),
 }
 
 /// Converts any redb error.

@@ -73,16 +73,8 @@ fn control_from_file(path: &std::path::Path) -> Result<Option<ControlTarget>, St
         return Ok(None);
     };
     let bad = |message: String| StartError::Control(message);
-    let url: http::Uri = spec
-        .address
-        .parse()
-        .map_err(|e| bad(format!("spec.control.address {}: {e}", spec.address)))?;
-    if url.scheme_str() != Some("http") || url.authority().is_none() {
-        return Err(bad(format!(
-            "spec.control.address {}: expected http://HOST:PORT",
-            spec.address
-        )));
-    }
+    let urls = crate::control::parse_urls(&spec.address)
+        .map_err(|e| bad(format!("spec.control.address {e}")))?;
     let token = match &spec.token_file {
         Some(file) => {
             let base = if path.is_dir() {
@@ -98,7 +90,7 @@ fn control_from_file(path: &std::path::Path) -> Result<Option<ControlTarget>, St
         None => None,
     };
     Ok(Some(ControlTarget {
-        url,
+        urls,
         node: spec.node,
         token,
         listeners: Vec::new(),
@@ -202,7 +194,13 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         (None, None) => return Err(StartError::NoConfig),
         (Some(path), None) => Initial::File(path),
         (path, Some(mut target)) => {
-            let url: std::sync::Arc<str> = target.url.to_string().into();
+            let url: std::sync::Arc<str> = target
+                .urls
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+                .into();
             if let Some(p) = &path {
                 // Report the bootstrap's listeners, so the control attaches routes to them.
                 if let Ok(snapshot) = strait_config::load_path(p) {

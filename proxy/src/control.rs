@@ -2,8 +2,10 @@
 //! version per line, an ACK or NACK for each.
 //!
 //! When the control goes away the proxy keeps serving its last good config and reconnects
-//! with jittered exponential backoff; on reconnect the control sends the current version, so
-//! the proxy resyncs without anyone noticing.
+//! with jittered exponential backoff, to the next of the control's replicas when it was given
+//! several (`--control URL,URL`; a host name with several addresses is tried address by
+//! address); on reconnect the control sends the current version, so the proxy resyncs without
+//! anyone noticing.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -52,17 +54,31 @@ pub fn publish(
     }
 }
 
-/// Where and who: the control's URL, this node's name, the token, the listeners to report.
+/// Where and who: the control's URLs, this node's name, the token, the listeners to report.
 #[derive(Debug, Clone)]
 pub struct ControlTarget {
-    /// `http://host:port`.
-    pub url: Uri,
+    /// `http://host:port` of each replica of the control (at least one), tried in turn.
+    pub urls: Vec<Uri>,
     /// Node name.
     pub node: String,
     /// Bearer token.
     pub token: Option<String>,
     /// Listener names of the bootstrap config (the control attaches routes to them).
     pub listeners: Vec<String>,
+}
+
+/// Parses `http://HOST:PORT[,http://HOST:PORT...]` (one URL per control replica).
+pub fn parse_urls(text: &str) -> Result<Vec<Uri>, String> {
+    text.split(',')
+        .map(|one| {
+            let one = one.trim();
+            let url: Uri = one.parse().map_err(|e| format!("{one}: not a URL: {e}"))?;
+            if url.scheme_str() != Some("http") || url.authority().is_none() {
+                return Err(format!("{one}: expected http://HOST:PORT"));
+            }
+            Ok(url)
+        })
+        .collect()
 }
 
 /// One version from the control, and where to send the verdict.
@@ -104,12 +120,18 @@ pub async fn run(target: ControlTarget, updates: mpsc::Sender<ControlUpdate>) {
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let _ = EVENTS.set(events_tx);
     let mut delay = BACKOFF.0;
+    let mut next = 0;
     loop {
+        let Some(url) = target.urls.get(next % target.urls.len().max(1)) else {
+            return;
+        };
+        // The next attempt goes to the next replica: a dead one is not retried first.
+        next += 1;
         let started = tokio::time::Instant::now();
-        match session(&target, &updates, &mut events).await {
+        match session(&target, url, &updates, &mut events).await {
             Err(SessionError::Closed) => return,
             Err(e) => {
-                tracing::warn!(control = %target.url, error = %e, "control connection lost; serving the last good config");
+                tracing::warn!(control = %url, error = %e, "control connection lost; serving the last good config");
             }
             Ok(()) => {}
         }
@@ -124,11 +146,11 @@ pub async fn run(target: ControlTarget, updates: mpsc::Sender<ControlUpdate>) {
 
 async fn session(
     target: &ControlTarget,
+    url: &Uri,
     updates: &mpsc::Sender<ControlUpdate>,
     events: &mut mpsc::Receiver<MeshEvent>,
 ) -> Result<(), SessionError> {
-    let authority = target
-        .url
+    let authority = url
         .authority()
         .map(|a| a.as_str().to_owned())
         .ok_or_else(|| SessionError::Message("control URL has no host".into()))?;
@@ -151,19 +173,19 @@ async fn session(
         encode(&target.listeners.join(","))
     );
     let response = sender
-        .send_request(request(target, Method::GET, &path, Bytes::new())?)
+        .send_request(request(target, url, Method::GET, &path, Bytes::new())?)
         .await?;
     if response.status() != StatusCode::OK {
         return Err(SessionError::Status(response.status()));
     }
-    tracing::info!(control = %target.url, node = %target.node, "connected to control");
+    tracing::info!(control = %url, node = %target.node, "connected to control");
     let mut body = response.into_body();
     let mut buffer = BytesMut::new();
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
             Some(event) = events.recv() => {
-                send_event(&mut sender, target, event).await?;
+                send_event(&mut sender, target, url, event).await?;
                 continue;
             }
         };
@@ -182,7 +204,7 @@ async fn session(
             let snapshot: NodeSnapshot =
                 serde_json::from_slice(line).map_err(|e| SessionError::Message(e.to_string()))?;
             let verdict = apply(snapshot.version, &snapshot.documents, updates).await?;
-            acknowledge(&mut sender, target, snapshot.version, verdict).await?;
+            acknowledge(&mut sender, target, url, snapshot.version, verdict).await?;
             if updates.is_closed() {
                 // The proxy stopped taking versions (it could not start): the answer was the
                 // last thing to say.
@@ -220,6 +242,7 @@ async fn apply(
 async fn acknowledge(
     sender: &mut http2::SendRequest<Full<Bytes>>,
     target: &ControlTarget,
+    url: &Uri,
     version: u64,
     verdict: Result<(), String>,
 ) -> Result<(), SessionError> {
@@ -232,7 +255,7 @@ async fn acknowledge(
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
     sender.ready().await?;
     let resp = sender
-        .send_request(request(target, Method::POST, "/v1/push/ack", bytes)?)
+        .send_request(request(target, url, Method::POST, "/v1/push/ack", bytes)?)
         .await?;
     if !resp.status().is_success() {
         tracing::warn!(status = resp.status().as_u16(), "control refused the ACK");
@@ -244,6 +267,7 @@ async fn acknowledge(
 async fn send_event(
     sender: &mut http2::SendRequest<Full<Bytes>>,
     target: &ControlTarget,
+    url: &Uri,
     event: MeshEvent,
 ) -> Result<(), SessionError> {
     let body = serde_json::json!({
@@ -256,7 +280,7 @@ async fn send_event(
     sender.ready().await?;
     let path = format!("/v1/events/{}", event.topic);
     let resp = sender
-        .send_request(request(target, Method::POST, &path, bytes)?)
+        .send_request(request(target, url, Method::POST, &path, bytes)?)
         .await?;
     if !resp.status().is_success() {
         tracing::debug!(
@@ -271,14 +295,15 @@ async fn send_event(
 
 fn request(
     target: &ControlTarget,
+    url: &Uri,
     method: Method,
     path: &str,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, SessionError> {
     let uri = format!(
         "{}://{}{path}",
-        target.url.scheme_str().unwrap_or("http"),
-        target.url.authority().map_or("", |a| a.as_str())
+        url.scheme_str().unwrap_or("http"),
+        url.authority().map_or("", |a| a.as_str())
     );
     let mut req = Request::builder()
         .method(method)
@@ -295,4 +320,19 @@ fn request(
 /// keeps a stray `&` or space from breaking the query).
 fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_is_one_url_or_a_list_of_replicas() {
+        assert_eq!(parse_urls("http://127.0.0.1:1").unwrap().len(), 1);
+        let replicas = parse_urls("http://a:1, http://b:2,http://c:3").unwrap();
+        assert_eq!(replicas[1].authority().unwrap().as_str(), "b:2");
+        for bad in ["", "a:1", "https://a:1", "http://a:1,", "http://a:1,nope"] {
+            assert!(parse_urls(bad).is_err(), "{bad}");
+        }
+    }
 }

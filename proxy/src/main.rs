@@ -21,7 +21,8 @@ struct Args {
     /// Validate PATH, print every error, exit 0 if valid and 1 if not.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["config", "control"])]
     check: Option<PathBuf>,
-    /// Control process URL to take config from.
+    /// Control process URL to take config from; several, comma-separated, for a replicated
+    /// control (the proxy moves to the next when one goes away).
     #[arg(long, value_name = "URL", requires = "node")]
     control: Option<String>,
     /// This proxy's node name at the control.
@@ -134,12 +135,7 @@ fn control_target(args: &Args) -> Result<Option<ControlTarget>, String> {
     let Some(url) = &args.control else {
         return Ok(None);
     };
-    let url: http::Uri = url
-        .parse()
-        .map_err(|e| format!("--control {url}: not a URL: {e}"))?;
-    if url.scheme_str() != Some("http") || url.authority().is_none() {
-        return Err(format!("--control {url}: expected http://HOST:PORT"));
-    }
+    let urls = strait_proxy::control::parse_urls(url).map_err(|e| format!("--control {e}"))?;
     let node = args.node.clone().ok_or("--control needs --node NAME")?;
     let token = match &args.token_file {
         Some(path) => Some(
@@ -151,7 +147,7 @@ fn control_target(args: &Args) -> Result<Option<ControlTarget>, String> {
         None => None,
     };
     Ok(Some(ControlTarget {
-        url,
+        urls,
         node,
         token,
         listeners: Vec::new(),

@@ -36,6 +36,95 @@ pub fn straitctl_bin() -> PathBuf {
     bin("straitctl")
 }
 
+/// Which store a control keeps its state in: the end-to-end control suite runs each case
+/// against both (see [`both_backends!`](crate::both_backends)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The default: redb in `--data-dir`.
+    Embedded,
+    /// `--store etcd://...`, on a real etcd the test starts.
+    Etcd,
+}
+
+/// The store of one test: nothing to run for the embedded backend, a fresh etcd for the
+/// other. Declare it before the controls that use it (so it outlives them).
+pub struct Store {
+    backend: Backend,
+    etcd: Option<crate::etcd::Etcd>,
+}
+
+impl Store {
+    /// A store of kind `backend`, started.
+    pub fn start(backend: Backend) -> Self {
+        let etcd = (backend == Backend::Etcd).then(crate::etcd::Etcd::start);
+        Self { backend, etcd }
+    }
+
+    /// Which backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The `serve` arguments that select this store.
+    pub fn args(&self) -> Vec<String> {
+        match &self.etcd {
+            Some(etcd) => vec!["--store".into(), etcd.store_url()],
+            None => Vec::new(),
+        }
+    }
+
+    /// A control on this store (its own data directory and token).
+    pub fn control(&self) -> Control {
+        self.control_with_args(&[])
+    }
+
+    /// A control on this store with extra `serve` arguments.
+    pub fn control_with_args(&self, extra: &[&str]) -> Control {
+        let mut args = self.args();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Control::start_with_args(&args)
+    }
+
+    /// Another replica of `first`'s control plane: the same store and token. Only with etcd
+    /// (two embedded controls cannot share one file).
+    pub fn replica_of(&self, first: &Control) -> Control {
+        self.replica_with_args(first, &[])
+    }
+
+    /// [`replica_of`](Self::replica_of) with extra `serve` arguments.
+    pub fn replica_with_args(&self, first: &Control, extra: &[&str]) -> Control {
+        assert!(self.etcd.is_some(), "replicas need a shared store");
+        let mut replica = Control::not_started_at(([127, 0, 0, 1], 0).into());
+        replica.token = first.token.clone();
+        std::fs::write(replica.token_file(), &replica.token).expect("write token");
+        replica.extra = self.args();
+        replica.extra.extend(extra.iter().map(|a| (*a).to_owned()));
+        replica.spawn();
+        replica
+    }
+}
+
+/// Runs the async test case `NAME(Backend)` once per backend, as the tests `NAME::embedded`
+/// and `NAME::etcd`: one suite, two stores.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn embedded() {
+                    super::$name($crate::control::Backend::Embedded).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn etcd() {
+                    super::$name($crate::control::Backend::Etcd).await;
+                }
+            }
+        )+
+    };
+}
+
 /// A running control with its own data directory and token.
 pub struct Control {
     child: Option<Child>,

@@ -1,6 +1,7 @@
 //! strait-control end to end: the real control and proxy binaries, real upstreams.
 //! Apply → proxies follow; optimistic concurrency; validation errors with field paths; auth;
 //! durability across kill -9; registry discovery with TTL expiry; NACKs; the OpenAPI document.
+//! Every case that touches the store runs against both backends (embedded redb, and etcd).
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,19 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::json;
 use strait_tests::client::{get, http1};
-use strait_tests::{eventually, Control, Proxy, Upstream};
+use strait_tests::control::{Backend, Store};
+use strait_tests::{both_backends, eventually, Control, Proxy, Upstream};
+
+// The cases that involve the store run once per backend (`NAME::embedded`, `NAME::etcd`).
+both_backends!(
+    an_applied_route_is_served_by_a_connected_proxy_within_2s,
+    a_stale_resource_version_is_refused_with_409,
+    an_invalid_resource_is_refused_with_file_line_and_field_path,
+    the_proxy_survives_kill_9_of_the_control_and_resyncs_after_restart,
+    registry_instances_feed_a_service_and_leave_it_when_their_ttl_lapses,
+    a_config_the_proxy_cannot_apply_is_nacked_and_the_old_keeps_serving,
+    a_first_version_the_proxy_cannot_serve_is_nacked_not_acked,
+);
 
 /// A bootstrap ProxyConfig: admin and one HTTP listener `web`.
 fn bootstrap() -> String {
@@ -67,10 +80,10 @@ async fn proxy_status(control: &Control, node: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_applied_route_is_served_by_a_connected_proxy_within_2s() {
+async fn an_applied_route_is_served_by_a_connected_proxy_within_2s(backend: Backend) {
+    let store = Store::start(backend);
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let control = Control::start();
+    let control = store.control();
     let (status, _) = control
         .apply(
             "mesh.yaml",
@@ -116,9 +129,9 @@ async fn an_applied_route_is_served_by_a_connected_proxy_within_2s() {
     assert!(proxy.count_messages("connected to control") >= 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_resource_version_is_refused_with_409() {
-    let control = Control::start();
+async fn a_stale_resource_version_is_refused_with_409(backend: Backend) {
+    let store = Store::start(backend);
+    let control = store.control();
     let (_, applied) = control
         .apply("svc.yaml", &service("api", "127.0.0.1:9"))
         .await;
@@ -161,9 +174,9 @@ async fn a_stale_resource_version_is_refused_with_409() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("409"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalid_resource_is_refused_with_file_line_and_field_path() {
-    let control = Control::start();
+async fn an_invalid_resource_is_refused_with_file_line_and_field_path(backend: Backend) {
+    let store = Store::start(backend);
+    let control = store.control();
     let file = control.scratch().join("bad.yaml");
     std::fs::write(
         &file,
@@ -222,10 +235,10 @@ async fn every_api_call_needs_the_token() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_proxy_survives_kill_9_of_the_control_and_resyncs_after_restart() {
+async fn the_proxy_survives_kill_9_of_the_control_and_resyncs_after_restart(backend: Backend) {
+    let store = Store::start(backend);
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let mut control = Control::start();
+    let mut control = store.control();
     control
         .apply(
             "mesh.yaml",
@@ -289,10 +302,10 @@ async fn the_proxy_survives_kill_9_of_the_control_and_resyncs_after_restart() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_instances_feed_a_service_and_leave_it_when_their_ttl_lapses() {
+async fn registry_instances_feed_a_service_and_leave_it_when_their_ttl_lapses(backend: Backend) {
+    let store = Store::start(backend);
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let control = Control::start();
+    let control = store.control();
     let discovered = "---
 apiVersion: strait.dev/v1alpha1
 kind: Service
@@ -386,10 +399,10 @@ spec:
     assert_eq!(status, 404, "an expired instance is gone");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_config_the_proxy_cannot_apply_is_nacked_and_the_old_keeps_serving() {
+async fn a_config_the_proxy_cannot_apply_is_nacked_and_the_old_keeps_serving(backend: Backend) {
+    let store = Store::start(backend);
     let a = Upstream::start("a").await;
-    let control = Control::start();
+    let control = store.control();
     control
         .apply(
             "mesh.yaml",
@@ -432,9 +445,9 @@ spec:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_first_version_the_proxy_cannot_serve_is_nacked_not_acked() {
-    let control = Control::start();
+async fn a_first_version_the_proxy_cannot_serve_is_nacked_not_acked(backend: Backend) {
+    let store = Store::start(backend);
+    let control = store.control();
     // This node's listener address is taken (the control's own port): the version compiles,
     // but the proxy cannot bind it, so it must not ACK it.
     let taken = control.url().trim_start_matches("http://").to_owned();

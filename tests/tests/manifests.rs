@@ -170,6 +170,7 @@ fn deploy_manifests_validate_against_the_kubernetes_schemas() {
         "MutatingWebhookConfiguration",
         "ConfigMap",
         "Job",
+        "PodDisruptionBudget",
     ] {
         assert!(kinds.contains(&wanted), "deploy/ has no {wanted}");
     }

@@ -139,7 +139,8 @@ pub enum ListenerProtocol {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ControlSpec {
-    /// Control URL, e.g. `http://127.0.0.1:15010`.
+    /// Control URL, e.g. `http://127.0.0.1:15010`, or a comma-separated list of the control's
+    /// replicas (tried in turn when one goes away).
     pub address: String,
     /// This proxy's node name.
     pub node: String,

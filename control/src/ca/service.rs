@@ -1,13 +1,13 @@
 //! The CA's I/O shell: loads or creates the CA state in the store (or reads the user's issuer
 //! files), writes the trust bundle file, keeps join tokens, and swaps in a new [`Authority`]
-//! after each rotation step. Everything it decides is in the pure modules.
+//! after each rotation step. Everything it decides is in the pure modules. The store is either
+//! backend ([`CaBackend`]): replicas on etcd share one CA, the first to start creates it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use redb::{Database, ReadableTable};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -18,12 +18,8 @@ use super::join::{JoinError, JoinToken, TokenRecord};
 use super::spiffe::SpiffeId;
 use super::state::CaState;
 use super::{CaOptions, RotationStep};
-use crate::store::{self, db, JsonTable, StoreError};
-
-/// The CA state (key `state`).
-pub const CA: JsonTable = JsonTable::new("ca");
-/// Join tokens by id.
-pub const JOIN_TOKENS: JsonTable = JsonTable::new("ca_join_tokens");
+use crate::backend::CaBackend;
+use crate::store::{self, StoreError};
 
 const STATE_KEY: &str = "state";
 /// Longest join token lifetime.
@@ -81,7 +77,7 @@ fn unix_now() -> u64 {
 /// The control's certificate authority.
 #[derive(Debug)]
 pub struct Ca {
-    db: Arc<Database>,
+    store: Arc<dyn CaBackend>,
     /// True when the control made (and stores) its root and issuer.
     managed: bool,
     authority: ArcSwap<Authority>,
@@ -94,7 +90,7 @@ impl Ca {
     /// Opens the CA: the user's issuer when `options.issuer` is set, else the stored CA, made
     /// on first start. Writes the bundle to `DATA_DIR/trust-bundle.pem`.
     pub fn open(
-        db: Arc<Database>,
+        store: Arc<dyn CaBackend>,
         options: &CaOptions,
         data_dir: &Path,
     ) -> Result<Arc<Self>, ServiceError> {
@@ -121,12 +117,12 @@ impl Ca {
                 (authority, false)
             }
             None => {
-                let state = load_or_create(&db, &options.trust_domain)?;
+                let state = load_or_create(store.as_ref(), &options.trust_domain)?;
                 (Authority::from_state(&state, options.cert_ttl)?, true)
             }
         };
         let ca = Arc::new(Self {
-            db,
+            store,
             managed,
             authority: ArcSwap::from_pointee(authority),
             bundle_file: data_dir.join("trust-bundle.pem"),
@@ -190,30 +186,16 @@ impl Ca {
         let now = unix_now();
         let expires_at = now + ttl.as_secs();
         let (token, record) = JoinToken::mint(&identity, expires_at, &authority.bundle().sha256())?;
-        let tx = self.db.begin_write().map_err(db)?;
-        {
-            let mut t = tx.open_table(JOIN_TOKENS).map_err(db)?;
-            // Expired tokens are dropped whenever a new one is made.
-            let expired: Vec<String> = store::scan_in::<TokenRecord>(&t, "")?
-                .into_iter()
-                .filter(|(_, r)| r.expires_at <= now)
-                .map(|(k, _)| k)
-                .collect();
-            for key in expired {
-                t.remove(key.as_str()).map_err(db)?;
-            }
-            t.insert(token.id(), store::encode(&record)?.as_slice())
-                .map_err(db)?;
-        }
-        tx.commit().map_err(db)?;
+        self.store
+            .put_token(token.id(), &store::encode(&record)?, expires_at)?;
         Ok((token, identity, expires_at))
     }
 
     /// The identity a presented join token grants.
     pub fn redeem(&self, text: &str) -> Result<SpiffeId, ServiceError> {
         let token = JoinToken::parse(text)?;
-        let record: TokenRecord =
-            store::get(&self.db, JOIN_TOKENS, token.id())?.ok_or(JoinError::Unknown)?;
+        let bytes = self.store.token(token.id())?.ok_or(JoinError::Unknown)?;
+        let record: TokenRecord = decode(token.id(), &bytes)?;
         Ok(token.check(&record, self.authority().trust_domain(), unix_now())?)
     }
 
@@ -223,39 +205,34 @@ impl Ca {
             return Err(ServiceError::External);
         }
         let ttl = self.authority().ttl();
-        let tx = self.db.begin_write().map_err(db)?;
-        let (state, detail) = {
-            let mut t = tx.open_table(CA).map_err(db)?;
-            let mut state: CaState = match t.get(STATE_KEY).map_err(db)? {
-                Some(v) => {
-                    serde_json::from_slice(v.value()).map_err(|source| StoreError::Decode {
-                        key: STATE_KEY.into(),
-                        source,
-                    })?
-                }
-                None => return Err(ServiceError::Invalid("no CA in the store".into())),
-            };
-            let now = OffsetDateTime::now_utc();
-            let detail = match step {
-                RotationStep::AddRoot => {
-                    state.add_root(now)?;
-                    json!({"roots": state.roots.len()})
-                }
-                RotationStep::SwitchIssuer => {
-                    state.switch_issuer(now)?;
-                    json!({"roots": state.roots.len()})
-                }
-                RotationStep::RemoveOldRoots => {
-                    json!({"removed": state.remove_old_roots()?})
-                }
-            };
-            t.insert(STATE_KEY, store::encode(&state)?.as_slice())
-                .map_err(db)?;
-            (state, detail)
+        let Some(stored) = self.store.ca_get(STATE_KEY)? else {
+            return Err(ServiceError::Invalid("no CA in the store".into()));
         };
-        // Checked before the commit: a state that cannot issue is never stored.
+        let mut state: CaState = decode(STATE_KEY, &stored)?;
+        let now = OffsetDateTime::now_utc();
+        let detail = match step {
+            RotationStep::AddRoot => {
+                state.add_root(now)?;
+                json!({"roots": state.roots.len()})
+            }
+            RotationStep::SwitchIssuer => {
+                state.switch_issuer(now)?;
+                json!({"roots": state.roots.len()})
+            }
+            RotationStep::RemoveOldRoots => {
+                json!({"removed": state.remove_old_roots()?})
+            }
+        };
+        // Checked before storing: a state that cannot issue is never stored.
         let authority = Authority::from_state(&state, ttl)?;
-        tx.commit().map_err(db)?;
+        if !self
+            .store
+            .ca_swap(STATE_KEY, Some(&stored), &store::encode(&state)?)?
+        {
+            return Err(ServiceError::Invalid(
+                "the CA changed during this step (another replica rotated it): look at the status and run the step again if still needed".into(),
+            ));
+        }
         self.authority.store(Arc::new(authority));
         self.write_bundle_file()?;
         self.changes.send_modify(|n| *n += 1);
@@ -292,38 +269,32 @@ fn self_signed_in(chain_pem: &str) -> String {
         .collect()
 }
 
-/// The stored CA, or a new one stored in the same transaction.
-fn load_or_create(db_: &Database, trust_domain: &str) -> Result<CaState, ServiceError> {
-    let tx = db_.begin_write().map_err(db)?;
-    let state = {
-        let mut t = tx.open_table(CA).map_err(db)?;
-        let stored: Option<CaState> =
-            match t.get(STATE_KEY).map_err(db)? {
-                Some(v) => Some(serde_json::from_slice(v.value()).map_err(|source| {
-                    StoreError::Decode {
-                        key: STATE_KEY.into(),
-                        source,
-                    }
-                })?),
-                None => None,
-            };
-        match stored {
-            Some(state) if state.trust_domain != trust_domain => {
-                return Err(ServiceError::TrustDomain {
-                    stored: state.trust_domain,
-                    wanted: trust_domain.to_owned(),
-                })
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        key: key.into(),
+        source,
+    })
+}
+
+/// The stored CA, or a new one stored unless another replica stored its own first.
+fn load_or_create(store: &dyn CaBackend, trust_domain: &str) -> Result<CaState, ServiceError> {
+    let state: CaState = match store.ca_get(STATE_KEY)? {
+        Some(bytes) => decode(STATE_KEY, &bytes)?,
+        None => {
+            let state = CaState::generate(trust_domain, OffsetDateTime::now_utc())?;
+            if !store.ca_swap(STATE_KEY, None, &store::encode(&state)?)? {
+                // Another replica created the CA meanwhile: use that one.
+                return load_or_create(store, trust_domain);
             }
-            Some(state) => state,
-            None => {
-                let state = CaState::generate(trust_domain, OffsetDateTime::now_utc())?;
-                t.insert(STATE_KEY, store::encode(&state)?.as_slice())
-                    .map_err(db)?;
-                tracing::info!(trust_domain, "created the mesh's root and issuer");
-                state
-            }
+            tracing::info!(trust_domain, "created the mesh's root and issuer");
+            state
         }
     };
-    tx.commit().map_err(db)?;
+    if state.trust_domain != trust_domain {
+        return Err(ServiceError::TrustDomain {
+            stored: state.trust_domain,
+            wanted: trust_domain.to_owned(),
+        });
+    }
     Ok(state)
 }

@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
     // The control, in-process, with its state in the demo directory.
     let control_options = strait_control::server::Options {
         data_dir: dir.join("control"),
+        store: None,
         listen: CONTROL.parse()?,
         token_file: Some(token_file.clone()),
         sweep_interval: Duration::from_millis(250),
@@ -99,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
     let options = strait_proxy::app::Options {
         config: Some(bootstrap),
         control: Some(strait_proxy::control::ControlTarget {
-            url: format!("http://{CONTROL}").parse()?,
+            urls: vec![format!("http://{CONTROL}").parse()?],
             node: "demo".into(),
             token: std::fs::read_to_string(&token_file).ok(),
             listeners: Vec::new(),
