@@ -404,6 +404,26 @@ spec:
             assert_eq!(seen.header("x-strait-client-id"), None);
         }
     }
+    // The user renews the certificate: new handshakes take it, none fails meanwhile (a key
+    // written before its certificate is not taken alone).
+    let renewed = users.server("127.0.0.1");
+    let dir = proxy.config_path();
+    let dir = dir.parent().unwrap();
+    std::fs::write(dir.join("edge.key"), &renewed.key).unwrap();
+    std::fs::write(dir.join("edge.crt"), &renewed.chain).unwrap();
+    let new_cert = certificates(&renewed.chain).remove(0);
+    let client = edge_client(&users.bundle, &[b"http/1.1"]);
+    eventually(
+        "new handshakes present the renewed certificate",
+        Duration::from_secs(10),
+        || async {
+            let tls = handshake(&client, addr)
+                .await
+                .expect("handshakes keep working");
+            (tls.get_ref().1.peer_certificates()?[0] == new_cert).then_some(())
+        },
+    )
+    .await;
     // A large body streamed through TLS both ways.
     let mut tls = handshake(&edge_client(&users.bundle, &[b"http/1.1"]), addr)
         .await

@@ -7,21 +7,25 @@
 //!   rotated bundle): new handshakes take it, established connections keep theirs.
 //! - `permissive`: as `mutual` for a connection whose first byte opens a TLS handshake,
 //!   plaintext otherwise.
-//! - `simple`: termination with the user's certificate, no client certificate.
+//! - `simple`: termination with the user's certificate, no client certificate; its files are
+//!   looked at again (size, modification time, inode) at most once a second, by a handshake,
+//!   and re-read when they changed — a pair that does not match is logged and the certificate in
+//!   force stays.
 //!
 //! Every configuration offers ALPN `h2` and `http/1.1` (a client offering neither gets
 //! HTTP/1.1), and resumes sessions with stateless tickets shared across rebuilt
 //! configurations, so a client reconnecting after a renewal still resumes.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ProducesTickets;
-use rustls::sign::SingleCertAndKey;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::ServerConfig;
 use strait_config::snapshot::ListenerTls;
 use tokio::net::TcpStream;
@@ -90,7 +94,7 @@ pub enum TlsServer {
         permissive: bool,
     },
     /// Termination with the user's certificate.
-    Simple(Arc<ServerConfig>),
+    Simple(SimpleCert),
 }
 
 impl TlsServer {
@@ -110,7 +114,7 @@ impl TlsServer {
             ListenerTls::Mutual => mesh(false),
             ListenerTls::Permissive => mesh(true),
             ListenerTls::Simple { cert, key } => {
-                Ok(Some(Self::Simple(simple_config(cert, key, ticketer()?)?)))
+                Ok(Some(Self::Simple(SimpleCert::new(cert, key)?)))
             }
         }
     }
@@ -119,7 +123,7 @@ impl TlsServer {
     /// client does not open with one. The caller bounds the time it takes.
     pub async fn accept(&self, stream: TcpStream) -> Result<Accepted, AcceptError> {
         let (acceptor, mesh) = match self {
-            Self::Simple(config) => (TlsAcceptor::from(config.clone()), false),
+            Self::Simple(simple) => (TlsAcceptor::from(simple.current()), false),
             Self::Mesh {
                 configs,
                 permissive,
@@ -158,6 +162,70 @@ async fn opens_tls(stream: &TcpStream) -> std::io::Result<bool> {
     let mut first = [0u8; 1];
     let n = stream.peek(&mut first).await?;
     Ok(n == 1 && first[0] == TLS_HANDSHAKE)
+}
+
+/// How often a `simple` listener's files are looked at, at most.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// What a file looks like: size, modification time, inode.
+type Stamp = Option<(u64, SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?, meta.ino()))
+}
+
+/// A `simple` listener's configuration, re-read when its files change.
+#[derive(Debug)]
+pub struct SimpleCert {
+    cert: PathBuf,
+    key: PathBuf,
+    config: ArcSwap<ServerConfig>,
+    /// When the files were last looked at, and how they looked.
+    looked: Mutex<(Instant, [Stamp; 2])>,
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+impl SimpleCert {
+    /// Reads `cert` and `key` (PEM).
+    pub fn new(cert: &Path, key: &Path) -> Result<Self, TlsSetupError> {
+        let stamps = [stamp(cert), stamp(key)];
+        let ticketer = ticketer()?;
+        let config = simple_config(cert, key, ticketer.clone())?;
+        Ok(Self {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            config: ArcSwap::new(config),
+            looked: Mutex::new((Instant::now(), stamps)),
+            ticketer,
+        })
+    }
+
+    /// The configuration in force, after re-reading the files if they changed.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        // A handshake that finds another looking does not wait for it.
+        if let Ok(mut looked) = self.looked.try_lock() {
+            if looked.0.elapsed() >= LOOK_EVERY {
+                looked.0 = Instant::now();
+                let now = [stamp(&self.cert), stamp(&self.key)];
+                if now != looked.1 {
+                    match simple_config(&self.cert, &self.key, self.ticketer.clone()) {
+                        Ok(config) => {
+                            self.config.store(config);
+                            looked.1 = now;
+                            tracing::info!(cert = %self.cert.display(), "listener certificate re-read");
+                        }
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "listener certificate files changed but do not make a certificate; keeping the one in force"
+                        ),
+                    }
+                }
+            }
+        }
+        self.config.load_full()
+    }
 }
 
 /// The mesh server configuration of the identity in force, built once per identity.
@@ -256,14 +324,23 @@ fn simple_config(
     if chain.is_empty() {
         return Err(invalid(format!("{}: no CERTIFICATE block", cert.display())));
     }
-    let key = PrivateKeyDer::from_pem_slice(&read(key)?)
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
         .map_err(|e| invalid(format!("{}: {e}", key.display())))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| invalid(format!("{}: {e}", key.display())))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        invalid(format!(
+            "{} is not the key of {} ({e})",
+            key.display(),
+            cert.display()
+        ))
+    })?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(invalid)?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(invalid)?;
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
     finish(&mut config, ticketer);
     Ok(Arc::new(config))
 }
