@@ -52,8 +52,9 @@ pub struct Conn {
     pub original: Option<crate::intercept::passthrough::OriginalDestination>,
     /// The peer's SPIFFE ID, when it authenticated with mTLS.
     pub peer_identity: Option<Arc<str>>,
-    /// `x-strait-client-id`'s value for this peer (its SPIFFE ID), made once per connection.
-    pub client_id: Option<HeaderValue>,
+    /// `x-strait-client-id`'s value for this peer (its SPIFFE ID), made once per connection
+    /// (boxed: most connections have none, and each holds this).
+    pub client_id: Option<Box<HeaderValue>>,
 }
 
 /// What the request path learned, for metrics and the access log.
@@ -399,7 +400,9 @@ fn upstream_head(
         parts.headers.remove(&CLIENT_ID_HEADER);
     }
     if let Some(id) = &conn.client_id {
-        parts.headers.insert(&CLIENT_ID_HEADER, id.clone());
+        parts
+            .headers
+            .insert(&CLIENT_ID_HEADER, HeaderValue::clone(id));
     }
     let edited = !rule.request_headers.is_empty();
     let deferred = forwarding_fields == Forwarding::ByEncoderIfPlain

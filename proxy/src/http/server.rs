@@ -106,7 +106,8 @@ fn connection(
     let client_id = client
         .identity
         .as_deref()
-        .and_then(|id| http::HeaderValue::from_str(id).ok());
+        .and_then(|id| http::HeaderValue::from_str(id).ok())
+        .map(Box::new);
     Arc::new(Conn {
         client: ClientHeaders::of(client.peer.ip()),
         listener,

@@ -224,3 +224,23 @@ pub fn unrouted(listener: &Arc<str>) -> RequestMetrics {
     let none: Arc<str> = Arc::from("");
     RequestMetrics::new(listener, &none, &none)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_identity_is_counted_apart_up_to_the_bound() {
+        let name: Arc<str> = Arc::from("l");
+        let metrics = RequestMetrics::new(&name, &name, &name);
+        for i in 0..MAX_CLIENT_IDS + 10 {
+            // A new connection's Arc for a known identity finds its counters too.
+            for _ in 0..2 {
+                let id: Arc<str> = Arc::from(format!("spiffe://td/ns/default/sa/{i}"));
+                metrics.record(200, 0.001, Some(&id));
+            }
+        }
+        metrics.record(200, 0.001, None);
+        assert_eq!(metrics.identified.load().len(), MAX_CLIENT_IDS);
+    }
+}
