@@ -6,6 +6,11 @@
 //!
 //! An enum rather than a trait object or a generic server: the plaintext path stays what it
 //! was, one branch more per read or write.
+//!
+//! A limit of sharing TLS: when the body is read by another task than the server's (an HTTP/2
+//! upstream's connection task), and rustls must write while reading (a key update), that read
+//! takes the socket's write wakeup from the server's task; the server's write then resumes on
+//! its task's next wakeup (the response's next frame) rather than at once.
 
 use std::io;
 use std::pin::Pin;
@@ -77,11 +82,6 @@ impl Downstream {
             },
             Self::Tls(tls) => {
                 let mut stream = Self::lock(tls);
-                // What the server wrote and could not send yet (a `100 Continue`) goes first:
-                // the client may wait for it before sending what is read here.
-                if let Poll::Ready(Err(e)) = Pin::new(&mut *stream).poll_flush(cx) {
-                    return Poll::Ready(Err(e));
-                }
                 buf.reserve(room);
                 tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf)
             }

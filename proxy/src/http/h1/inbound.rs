@@ -116,6 +116,8 @@ pub struct RequestBody {
     remaining: Remaining,
     /// Bytes of `100 Continue` still to write before the first read.
     continue_left: usize,
+    /// `100 Continue` was written and is still to be flushed (TLS holds it back until then).
+    continue_unsent: bool,
     /// Fails the body when no byte arrives for the configured time.
     stall: StallTimer,
 }
@@ -140,6 +142,7 @@ impl RequestBody {
             buf: read,
             remaining,
             continue_left: if expect { CONTINUE.len() } else { 0 },
+            continue_unsent: expect,
             stall: StallTimer::new(stall),
         };
         if matches!(body.remaining, Remaining::Done) {
@@ -179,6 +182,8 @@ impl RequestBody {
             }
             self.continue_left -= n;
         }
+        ready!(io.stream().poll_flush_shared(cx))?;
+        self.continue_unsent = false;
         Poll::Ready(Ok(()))
     }
 
@@ -221,7 +226,7 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        if this.continue_left > 0 {
+        if this.continue_unsent {
             if let Err(e) = ready!(this.poll_continue(cx)) {
                 return this.fail(BodyError::Io(e));
             }

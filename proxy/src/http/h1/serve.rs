@@ -23,7 +23,6 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::downstream::Downstream;
-
 use super::encode::{chunk_end, chunk_start, last_chunk};
 use super::inbound::{Inbound, RequestBody, SharedWriter};
 use super::recycle;
