@@ -424,6 +424,33 @@ spec:
         },
     )
     .await;
+    // `Expect: 100-continue` over TLS: the interim answer reaches the client, which only then
+    // sends its body.
+    let mut tls = handshake(&edge_client(&users.bundle, &[b"http/1.1"]), addr)
+        .await
+        .unwrap();
+    tls.write_all(
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut interim))
+        .await
+        .expect("100 Continue within 10s")
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    tls.write_all(b"hello").await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
     // A large body streamed through TLS both ways.
     let mut tls = handshake(&edge_client(&users.bundle, &[b"http/1.1"]), addr)
         .await
