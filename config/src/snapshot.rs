@@ -122,6 +122,8 @@ pub struct Listener {
     pub max_connections: usize,
     /// Explicit, or intercepting inbound/outbound traffic (original destination recovered).
     pub mode: ListenerMode,
+    /// TLS with the listener's clients.
+    pub tls: ListenerTls,
     /// HTTP routes or the TCP route.
     pub serves: Serves,
     /// The AuthorizationPolicies targeting this listener (none: no check, no cost); they
@@ -136,6 +138,32 @@ impl Listener {
             Serves::Http(_) => ListenerProtocol::Http,
             Serves::Tcp(_) => ListenerProtocol::Tcp,
         }
+    }
+}
+
+/// TLS with a listener's clients (`listeners[].tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ListenerTls {
+    /// Plaintext.
+    #[default]
+    Disabled,
+    /// mTLS with the proxy's identity; a client certificate of its trust domain required.
+    Mutual,
+    /// mTLS for connections that open with a TLS handshake, plaintext for the rest.
+    Permissive,
+    /// TLS termination with the user's certificate; no client certificate.
+    Simple {
+        /// PEM certificate chain, leaf first.
+        cert: std::path::PathBuf,
+        /// PEM private key.
+        key: std::path::PathBuf,
+    },
+}
+
+impl ListenerTls {
+    /// Whether connections are verified against the proxy's identity (mutual or permissive).
+    pub fn is_mesh(&self) -> bool {
+        matches!(self, Self::Mutual | Self::Permissive)
     }
 }
 

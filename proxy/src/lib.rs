@@ -41,3 +41,4 @@ pub mod service;
 pub mod shared;
 pub mod stamp;
 pub mod tcp;
+pub mod tls;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use strait_config::snapshot::ListenerTls;
 use strait_config::spec::{ListenerMode, ListenerProtocol};
 use strait_config::Snapshot;
 use tokio::net::TcpListener;
@@ -14,7 +15,8 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::metrics::{CONNECTIONS_ACTIVE, CONNECTIONS_REJECTED};
-use crate::shared::Shared;
+use crate::shared::{ConnToken, Shared};
+use crate::tls::server::{Accepted, TlsServer};
 
 /// A listener could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +32,13 @@ pub struct BindError {
 }
 
 /// What identifies a running listener: changing any of it rebinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Shape {
     address: SocketAddr,
     protocol: ListenerProtocol,
     max_connections: usize,
     mode: ListenerMode,
+    tls: ListenerTls,
 }
 
 struct Running {
@@ -68,6 +71,7 @@ impl Listeners {
                     protocol: l.protocol(),
                     max_connections: l.max_connections,
                     mode: l.mode,
+                    tls: l.tls.clone(),
                 };
                 (l.name.clone(), shape)
             })
@@ -78,18 +82,29 @@ impl Listeners {
             .filter(|(name, r)| !wanted.iter().any(|(n, s)| n == *name && *s == r.shape))
             .map(|(name, _)| name.clone())
             .collect();
-        // Bind every new address before touching a running listener: if one bind fails, the
+        // Bind every new address (and read TLS files) before touching a running listener: if one fails, the
         // config is rejected and everything keeps serving as it was.
         let mut fresh = Vec::new();
         let mut rebind_in_place = Vec::new();
         for (name, shape) in &wanted {
+            let tls = || tls_server(name, shape, shared);
             match self.running.get(name) {
-                None => fresh.push((name.clone(), *shape, bind(name, shape.address).await?)),
+                None => fresh.push((
+                    name.clone(),
+                    shape.clone(),
+                    tls()?,
+                    bind(name, shape.address).await?,
+                )),
                 Some(r) if r.shape == *shape => {}
                 Some(r) if r.shape.address == shape.address => {
-                    rebind_in_place.push((name.clone(), *shape));
+                    rebind_in_place.push((name.clone(), shape.clone(), tls()?));
                 }
-                Some(_) => fresh.push((name.clone(), *shape, bind(name, shape.address).await?)),
+                Some(_) => fresh.push((
+                    name.clone(),
+                    shape.clone(),
+                    tls()?,
+                    bind(name, shape.address).await?,
+                )),
             }
         }
         for name in stale {
@@ -99,15 +114,17 @@ impl Listeners {
             }
         }
         // Same address, new settings: the port is free only once the old listener stopped.
-        for (name, shape) in rebind_in_place {
-            fresh.push((name.clone(), shape, bind(&name, shape.address).await?));
+        for (name, shape, tls) in rebind_in_place {
+            let socket = bind(&name, shape.address).await?;
+            fresh.push((name, shape, tls, socket));
         }
-        for (name, shape, socket) in fresh {
+        for (name, shape, tls, socket) in fresh {
             let (stop, stopped) = oneshot::channel();
             let task = tokio::spawn(accept_loop(
                 socket,
                 name.clone(),
-                shape,
+                shape.clone(),
+                tls,
                 shared.clone(),
                 stopped,
             ));
@@ -130,10 +147,28 @@ async fn bind(name: &str, address: SocketAddr) -> Result<TcpListener, BindError>
     Ok(socket)
 }
 
+/// The listener's TLS server (read from files now for `simple`): a failure rejects the config
+/// as a bind failure does.
+fn tls_server(
+    name: &str,
+    shape: &Shape,
+    shared: &Shared,
+) -> Result<Option<Arc<TlsServer>>, BindError> {
+    match TlsServer::new(&shape.tls, &shared.identity) {
+        Ok(server) => Ok(server.map(Arc::new)),
+        Err(e) => Err(BindError {
+            name: name.to_owned(),
+            address: shape.address,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("tls: {e}")),
+        }),
+    }
+}
+
 async fn accept_loop(
     socket: TcpListener,
     name: Arc<str>,
     shape: Shape,
+    tls: Option<Arc<TlsServer>>,
     shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -181,6 +216,21 @@ async fn accept_loop(
         // One spawn per kind of connection: a task is as large as its future's largest state,
         // and a single future for all three kinds would size every HTTP connection for an
         // opaque TCP one (1152 bytes a task instead of 512).
+        if let Some(tls) = &tls {
+            spawn_held(
+                serve_tls(
+                    stream,
+                    peer,
+                    name,
+                    shape.protocol,
+                    tls.clone(),
+                    shared,
+                    token,
+                ),
+                held,
+            );
+            continue;
+        }
         match (shape.mode, shape.protocol) {
             (ListenerMode::Inbound | ListenerMode::Outbound, protocol) => spawn_held(
                 crate::intercept::serve(stream, peer, name, protocol, shared, token),
@@ -191,12 +241,67 @@ async fn accept_loop(
                 held,
             ),
             (ListenerMode::Explicit, ListenerProtocol::Tcp) => spawn_held(
-                crate::tcp::serve(stream, peer, None, name, shared, token),
+                crate::tcp::serve(stream, peer, name, shared, token),
                 held,
             ),
         }
     }
     tracing::debug!(listener = %name, "listener closed");
+}
+
+/// Serves a connection of a TLS listener: the handshake (or, on a permissive listener, the
+/// plaintext it opens with) within the head's time, then HTTP or TCP over it.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    name: Arc<str>,
+    protocol: ListenerProtocol,
+    tls: Arc<TlsServer>,
+    shared: Arc<Shared>,
+    token: ConnToken,
+) {
+    let within = shared.config.load().snapshot.proxy.header_read_timeout;
+    let accepted = match tokio::time::timeout(within, tls.accept(stream)).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %name, client = %peer, error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(listener = %name, client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    match (protocol, accepted) {
+        (ListenerProtocol::Http, Accepted::Plain(stream)) => {
+            crate::http::server::serve(stream, peer, name, shared, token, None).await;
+        }
+        (
+            ListenerProtocol::Http,
+            Accepted::Tls {
+                stream,
+                peer: identity,
+                h2,
+            },
+        ) => {
+            let client = crate::http::server::Client { peer, identity, h2 };
+            crate::http::server::serve_tls(stream, client, name, shared, token).await;
+        }
+        (ListenerProtocol::Tcp, Accepted::Plain(stream)) => {
+            crate::tcp::serve(stream, peer, name, shared, token).await;
+        }
+        (
+            ListenerProtocol::Tcp,
+            Accepted::Tls {
+                stream,
+                peer: identity,
+                ..
+            },
+        ) => {
+            let client = crate::tcp::TcpClient::Tls { stream, identity };
+            crate::tcp::serve_client(client, peer, name, shared, token).await;
+        }
+    }
 }
 
 /// A listener's connection slots: its limit on connections and its active-connections gauge.

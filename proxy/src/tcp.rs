@@ -1,6 +1,7 @@
 //! Opaque TCP proxying: pick a backend per connection, then copy bytes both ways (zero-copy
 //! through kernel pipes where possible), honouring half-close, until both sides finish or the
-//! idle timeout passes.
+//! idle timeout passes. A client of a TLS listener (mTLS terminated here) is copied through a
+//! buffer: its bytes must be decrypted in user space.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use strait_config::snapshot::Serves;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 
 use crate::metrics::{TCP_BYTES, TCP_CONNECTIONS};
 use crate::shared::{ConnToken, Shared};
@@ -19,15 +21,37 @@ use zero_copy::Pipe;
 
 mod zero_copy;
 
-/// Proxies one client connection accepted on a TCP listener. `peer_identity` is the client's
-/// SPIFFE ID when it presented a verified certificate (what the listener's authorization
-/// policies check). (A function returning an `async` block: an `async fn` would keep its
-/// arguments twice in every TCP connection's task.)
-#[allow(clippy::manual_async_fn)]
+/// The client side of a proxied connection.
+#[derive(Debug)]
+pub enum TcpClient {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS terminated here; `identity`: the client's SPIFFE ID (mTLS).
+    Tls {
+        /// The connection.
+        stream: Box<TlsStream<TcpStream>>,
+        /// The client's SPIFFE ID.
+        identity: Option<Arc<str>>,
+    },
+}
+
+/// Proxies one plaintext client connection accepted on a TCP listener.
 pub fn serve(
     client: TcpStream,
     peer: SocketAddr,
-    peer_identity: Option<Arc<str>>,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    token: ConnToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    serve_client(TcpClient::Plain(client), peer, listener, shared, token)
+}
+
+/// Proxies one client connection accepted on a TCP listener. (A function returning an `async`
+/// block: an `async fn` would keep its arguments twice in every TCP connection's task.)
+#[allow(clippy::manual_async_fn)]
+pub fn serve_client(
+    client: TcpClient,
+    peer: SocketAddr,
     listener: Arc<str>,
     shared: Arc<Shared>,
     token: ConnToken,
@@ -40,7 +64,11 @@ pub fn serve(
         let Some((_, l)) = active.listener(&listener) else {
             return;
         };
-        if !crate::authz::admit_connection(l, peer_identity.as_deref(), &active.authz) {
+        let peer_identity = match &client {
+            TcpClient::Tls { identity, .. } => identity.as_deref(),
+            TcpClient::Plain(_) => None,
+        };
+        if !crate::authz::admit_connection(l, peer_identity, &active.authz) {
             tracing::debug!(listener = %listener, client = %peer, "denied by authorization policy; closing");
             return;
         }
@@ -94,10 +122,17 @@ pub fn serve(
         // Hold no config version for the life of a long connection.
         drop(active);
         let started = Instant::now();
-        let result = splice(client, upstream, idle, &listener).await;
+        let (result, client_id) = match client {
+            TcpClient::Plain(client) => (splice(client, upstream, idle, &listener).await, None),
+            TcpClient::Tls { stream, identity } => {
+                let relayed = relay(Side::Tls(stream), upstream, Mode::Buffered, idle, &listener);
+                (relayed.await, identity)
+            }
+        };
         tracing::debug!(
             listener = %listener,
             client = %peer,
+            client_id = client_id.as_deref().unwrap_or("-"),
             endpoint = %endpoint.label,
             duration_ms = started.elapsed().as_millis() as u64,
             result = ?result,
@@ -127,7 +162,13 @@ pub(crate) fn splice<'a>(
             Mode::Buffered
         }
     };
-    relay(client, upstream, mode, idle, listener)
+    relay(Side::Plain(client), upstream, mode, idle, listener)
+}
+
+/// The client's side of a relay.
+enum Side {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 /// How the bytes of one connection cross the proxy.
@@ -140,7 +181,7 @@ enum Mode {
 
 /// `splice` with the mode chosen.
 async fn relay(
-    mut client: TcpStream,
+    client: Side,
     mut upstream: TcpStream,
     mode: Mode,
     idle: Duration,
@@ -159,13 +200,18 @@ async fn relay(
         epoch,
     };
     let copy = async {
-        match mode {
-            Mode::ZeroCopy { up, down } => tokio::try_join!(
+        match (mode, client) {
+            (Mode::ZeroCopy { up, down }, Side::Plain(client)) => tokio::try_join!(
                 zero_copy::pump(&client, &upstream, up, &up_progress),
                 zero_copy::pump(&upstream, &client, down, &down_progress)
             ),
-            Mode::Buffered => {
+            (Mode::Buffered, Side::Plain(mut client)) => {
                 let (cr, cw) = client.split();
+                let (ur, uw) = upstream.split();
+                tokio::try_join!(pump(cr, uw, &up_progress), pump(ur, cw, &down_progress))
+            }
+            (_, Side::Tls(client)) => {
+                let (cr, cw) = tokio::io::split(*client);
                 let (ur, uw) = upstream.split();
                 tokio::try_join!(pump(cr, uw, &up_progress), pump(ur, cw, &down_progress))
             }
@@ -249,7 +295,7 @@ mod tests {
         let listener: Arc<str> = Arc::from("test");
         let relay = tokio::spawn(async move {
             relay(
-                proxy_client,
+                Side::Plain(proxy_client),
                 proxy_upstream,
                 mode,
                 Duration::from_secs(30),

@@ -121,7 +121,10 @@ impl Proxy {
             .arg(dir.path())
             .args(["--log-format", "json"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("STRAIT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

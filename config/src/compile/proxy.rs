@@ -10,8 +10,8 @@ use crate::error::FieldPath;
 use crate::load::LoadedDoc;
 use crate::matching::authz::Authorization;
 use crate::matching::{RouteEntries, RouteTable};
-use crate::snapshot::{IdentitySource, Listener, ProxySettings, Serves, TcpRoute};
-use crate::spec::{ListenerMode, ListenerProtocol, Resource};
+use crate::snapshot::{IdentitySource, Listener, ListenerTls, ProxySettings, Serves, TcpRoute};
+use crate::spec::{ListenerMode, ListenerProtocol, ListenerTlsMode, ListenerTlsSpec, Resource};
 
 /// A listener before routes are attached.
 pub(crate) struct ListenerDraft {
@@ -20,6 +20,7 @@ pub(crate) struct ListenerDraft {
     pub protocol: ListenerProtocol,
     pub max_connections: usize,
     pub mode: ListenerMode,
+    pub tls: ListenerTls,
 }
 
 /// The compiled ProxyConfig.
@@ -187,6 +188,7 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
         .identity
         .as_ref()
         .and_then(|id| identity_source(errors, doc, &at.key("identity"), id));
+    let identity_given = spec.identity.is_some();
 
     let limits = spec.limits.clone().unwrap_or_default();
     let limits_at = at.key("limits");
@@ -274,12 +276,20 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
             );
         }
         check_mode(errors, doc, &here, l.mode, address);
+        let tls = match &l.tls {
+            Some(tls) => listener_tls(errors, doc, &here.key("tls"), tls, l.mode, identity_given),
+            None => Some(ListenerTls::Disabled),
+        };
+        let Some(tls) = tls else {
+            continue;
+        };
         listeners.push(ListenerDraft {
             name: l.name.clone(),
             address,
             protocol: l.protocol,
             max_connections: l.max_connections.unwrap_or(default_max_conns) as usize,
             mode: l.mode,
+            tls,
         });
     }
 
@@ -312,6 +322,80 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
 /// An intercepting listener receives traffic the iptables rules redirect to a fixed port; an
 /// inbound one also receives it on the pod's address (REDIRECT in PREROUTING rewrites the
 /// destination to the receiving interface's address, never to loopback).
+/// `listeners[].tls`: mutual and permissive need the proxy's identity, simple a certificate
+/// and key of the user's (relative to the document's directory).
+fn listener_tls(
+    errors: &mut Errors,
+    doc: &LoadedDoc,
+    at: &FieldPath,
+    spec: &ListenerTlsSpec,
+    mode: ListenerMode,
+    identity_given: bool,
+) -> Option<ListenerTls> {
+    let files = [("certFile", &spec.cert_file), ("keyFile", &spec.key_file)];
+    if spec.mode != ListenerTlsMode::Disabled && !mode.is_explicit() {
+        errors.at(
+            doc,
+            &at.key("mode"),
+            format!(
+                "`tls.mode: {}` is not supported on a `mode: {}` listener yet: give TLS to an \
+                 explicit listener (the pod's port forwarded to it), or use `disabled`",
+                spec.mode.as_str(),
+                mode.as_str()
+            ),
+        );
+        return None;
+    }
+    match spec.mode {
+        ListenerTlsMode::Disabled | ListenerTlsMode::Mutual | ListenerTlsMode::Permissive => {
+            let mut ok = true;
+            for (name, _) in files.iter().filter(|(_, f)| f.is_some()) {
+                errors.at(
+                    doc,
+                    &at.key(*name),
+                    format!(
+                        "{name} is for `mode: simple` only; `{}` uses the proxy's identity \
+                         (spec.identity)",
+                        spec.mode.as_str()
+                    ),
+                );
+                ok = false;
+            }
+            if spec.mode.is_mesh() && !identity_given {
+                errors.at(
+                    doc,
+                    &at.key("mode"),
+                    format!(
+                        "`tls.mode: {}` needs the proxy's identity: add spec.identity (issued by \
+                         the control, or certFile, keyFile and trustBundleFile)",
+                        spec.mode.as_str()
+                    ),
+                );
+                ok = false;
+            }
+            ok.then_some(match spec.mode {
+                ListenerTlsMode::Mutual => ListenerTls::Mutual,
+                ListenerTlsMode::Permissive => ListenerTls::Permissive,
+                _ => ListenerTls::Disabled,
+            })
+        }
+        ListenerTlsMode::Simple => {
+            for (name, _) in files.iter().filter(|(_, f)| f.is_none()) {
+                errors.at(
+                    doc,
+                    &at.key(*name),
+                    format!("`tls.mode: simple` needs {name}: the certificate the listener presents (the user's, not the mesh's)"),
+                );
+            }
+            let base = doc.file.parent().unwrap_or(std::path::Path::new("."));
+            Some(ListenerTls::Simple {
+                cert: base.join(spec.cert_file.as_ref()?),
+                key: base.join(spec.key_file.as_ref()?),
+            })
+        }
+    }
+}
+
 fn check_mode(
     errors: &mut Errors,
     doc: &LoadedDoc,
@@ -414,6 +498,7 @@ pub(crate) fn attach_routes(
             address: l.address,
             max_connections: l.max_connections,
             mode: l.mode,
+            tls: l.tls,
             serves: match l.protocol {
                 ListenerProtocol::Http => Serves::Http(RouteTable::new(
                     http.get_mut(i).map(std::mem::take).unwrap_or_default(),

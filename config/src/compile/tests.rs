@@ -373,3 +373,66 @@ fn the_telemetry_listener_needs_its_own_valid_address() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn listener_tls_compiles_each_mode() {
+    use crate::snapshot::ListenerTls;
+    let text = "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {name: p}
+spec:
+  admin: 127.0.0.1:0
+  identity: {certFile: id.crt, keyFile: id.key, trustBundleFile: roots.pem}
+  listeners:
+    - {name: a, address: 127.0.0.1:0, protocol: http, tls: {mode: mutual}}
+    - {name: b, address: 127.0.0.1:0, protocol: tcp, tls: {mode: permissive}}
+    - {name: c, address: 127.0.0.1:0, protocol: http, tls: {mode: simple, certFile: e.crt, keyFile: e.key}}
+    - {name: d, address: 127.0.0.1:0, protocol: http, tls: {}}
+    - {name: e, address: 127.0.0.1:0, protocol: http}
+";
+    let snapshot = load_str("dir/cfg.yaml", text).expect("valid");
+    let tls: Vec<_> = snapshot.listeners.iter().map(|l| l.tls.clone()).collect();
+    assert_eq!(
+        tls,
+        [
+            ListenerTls::Mutual,
+            ListenerTls::Permissive,
+            ListenerTls::Simple {
+                cert: "dir/e.crt".into(),
+                key: "dir/e.key".into()
+            },
+            ListenerTls::Disabled,
+            ListenerTls::Disabled,
+        ]
+    );
+}
+
+#[test]
+fn mesh_tls_needs_an_identity_and_simple_needs_its_files() {
+    let errs =
+        listener_errors("{name: a, address: 127.0.0.1:0, protocol: http, tls: {mode: mutual}}");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("spec.listeners[0].tls.mode") && errs[0].contains("spec.identity"),
+        "{errs:?}"
+    );
+    let errs = listener_errors(
+        "{name: a, address: 127.0.0.1:0, protocol: http, tls: {mode: simple, certFile: e.crt}}",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("spec.listeners[0].tls.keyFile"),
+        "{errs:?}"
+    );
+    let errs = listener_errors(
+        "{name: a, address: 127.0.0.1:0, protocol: http, tls: {mode: disabled, certFile: e.crt}}",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("spec.listeners[0].tls.certFile"),
+        "{errs:?}"
+    );
+    let errs =
+        listener_errors("{name: a, address: 127.0.0.1:0, protocol: http, tls: {mode: strict}}");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+}

@@ -94,6 +94,60 @@ pub struct ListenerSpec {
     /// listener also passes through connections that are not HTTP.
     #[serde(default, skip_serializing_if = "ListenerMode::is_explicit")]
     pub mode: ListenerMode,
+    /// TLS on the listener's side (the clients'). Default: none (plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsSpec>,
+}
+
+/// `listeners[].tls`: whether clients speak TLS to the listener, and with which certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListenerTlsSpec {
+    /// `mutual`, `permissive`, `disabled` (default) or `simple`.
+    #[serde(default)]
+    pub mode: ListenerTlsMode,
+    /// `simple` only: the PEM certificate chain (leaf first) the listener presents; relative to
+    /// the config's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// `simple` only: the PEM private key of `certFile`; relative to the config's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+/// How a listener treats TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTlsMode {
+    /// Plaintext only, as without `tls`.
+    #[default]
+    Disabled,
+    /// mTLS only: the client must present a certificate of the proxy's trust domain (from
+    /// `spec.identity`'s trust bundle, with a SPIFFE ID); the listener presents the proxy's
+    /// identity.
+    Mutual,
+    /// mTLS from clients that open with a TLS handshake, plaintext from the rest.
+    Permissive,
+    /// TLS termination with the user's certificate (`certFile`/`keyFile`); no client
+    /// certificate asked for.
+    Simple,
+}
+
+impl ListenerTlsMode {
+    /// Whether the mode uses the proxy's mesh identity (mutual or permissive).
+    pub fn is_mesh(self) -> bool {
+        matches!(self, Self::Mutual | Self::Permissive)
+    }
+
+    /// The name used in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::Mutual => "mutual",
+            Self::Permissive => "permissive",
+            Self::Simple => "simple",
+        }
+    }
 }
 
 /// How traffic reaches a listener.

@@ -16,6 +16,10 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 /// `x-forwarded-proto`.
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// `x-strait-client-id`: the SPIFFE ID of the client an inbound listener authenticated with
+/// mTLS, set on the requests it forwards; removed from every request a client sends.
+pub static CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("x-strait-client-id");
+
 /// Connection-specific headers removed at every hop besides those `Connection` names.
 static HOP_BY_HOP: [HeaderName; 4] = [
     HeaderName::from_static("keep-alive"),

@@ -28,7 +28,7 @@ use super::authority::{request_authority, without_userinfo};
 use super::body::{ClientBody, ResponseBody, UpstreamResponseBody};
 use super::deadline::within;
 use super::error::ProxyError;
-use super::headers::{strip_hop_by_hop, wants_upgrade, ClientHeaders};
+use super::headers::{strip_hop_by_hop, wants_upgrade, ClientHeaders, CLIENT_ID_HEADER};
 use super::response::Reply;
 use super::retry::{backoff, retryable, RequestBody};
 use super::upstream::Dial;
@@ -56,6 +56,9 @@ pub struct Conn {
     /// The peer's SPIFFE ID, from its verified client certificate (`None`: plaintext, or
     /// TLS without one). What authorization policies' `from` matches.
     pub peer_identity: Option<Arc<str>>,
+    /// `x-strait-client-id`'s value for this peer (its SPIFFE ID), made once per connection
+    /// (boxed: most connections have none, and each holds this).
+    pub client_id: Option<Box<HeaderValue>>,
 }
 
 /// What the request path learned, for metrics and the access log.
@@ -122,7 +125,7 @@ pub fn handle(
                 None => active.listeners.get(li).map(|l| &l.unrouted),
             };
             if let Some(m) = metrics {
-                m.record(status, elapsed.as_secs_f64());
+                m.record(status, elapsed.as_secs_f64(), conn.peer_identity.as_ref());
             }
         }
         if let Some((method, uri, host)) = access {
@@ -135,6 +138,7 @@ pub fn handle(
                 target: "strait::access",
                 listener = %conn.listener,
                 client = %conn.peer,
+                client_id = conn.peer_identity.as_deref().unwrap_or("-"),
                 method = %method,
                 authority,
                 path = uri.path(),
@@ -392,10 +396,20 @@ fn upstream_head(
     }
     strip_hop_by_hop(&mut parts.headers, upgrade);
     // One pass over the names for what follows asks (cheaper than a hashed lookup each).
-    let (mut has_host, mut forwarding) = (false, false);
+    let (mut has_host, mut forwarding, mut client_id) = (false, false, false);
     for name in parts.headers.keys() {
         has_host |= name == HOST;
         forwarding |= ClientHeaders::is_forwarding(name);
+        client_id |= name == CLIENT_ID_HEADER;
+    }
+    if client_id {
+        // A client's own claim: only the proxy says who the peer is.
+        parts.headers.remove(&CLIENT_ID_HEADER);
+    }
+    if let Some(id) = &conn.client_id {
+        parts
+            .headers
+            .insert(&CLIENT_ID_HEADER, HeaderValue::clone(id));
     }
     let edited = !rule.request_headers.is_empty();
     let deferred = forwarding_fields == Forwarding::ByEncoderIfPlain

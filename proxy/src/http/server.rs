@@ -1,6 +1,7 @@
-//! Serving one downstream HTTP connection: HTTP/1 by Strait's own server ([`h1::serve`]) from
-//! the first byte to the close; a connection that opens with HTTP/2's preface goes to hyper's
-//! HTTP/2 server, with the configured limits and graceful shutdown on drain.
+//! Serving one downstream HTTP connection, plaintext or TLS: HTTP/1 by Strait's own server
+//! ([`h1::serve`]) from the first byte to the close; a connection that opens with HTTP/2's
+//! preface, or whose TLS handshake chose `h2` by ALPN, goes to hyper's HTTP/2 server, with the
+//! configured limits and graceful shutdown on drain.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,17 +16,20 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use strait_config::snapshot::ProxySettings;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::body::ClientBody;
 use super::h1;
+use super::h1::downstream::Downstream;
 use super::headers::ClientHeaders;
 use super::pipeline::{handle, Conn};
 use crate::intercept::passthrough::OriginalDestination;
 use crate::shared::{ConnToken, Shared};
 
-/// Serves `stream` until the client closes or draining finishes it. `original` is where an
-/// intercepted connection was going (requests no route claims are passed through to it).
+/// Serves plaintext `stream` until the client closes or draining finishes it. `original` is
+/// where an intercepted connection was going (requests no route claims are passed through to
+/// it).
 ///
 /// The connection is set up before the returned future is first polled, which then holds
 /// only what serving needs: this future is most of every idle connection's memory.
@@ -38,6 +42,91 @@ pub fn serve(
     original: Option<OriginalDestination>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay(true);
+    let client = Client {
+        peer,
+        identity: None,
+        h2: false,
+    };
+    serve_downstream(
+        Downstream::Plain(stream),
+        client,
+        listener,
+        shared,
+        token,
+        original,
+    )
+}
+
+/// Who the client is, as the connection's TLS (if any) says.
+#[derive(Debug)]
+pub struct Client {
+    /// Its address.
+    pub peer: SocketAddr,
+    /// Its SPIFFE ID, when it authenticated with mTLS.
+    pub identity: Option<Arc<str>>,
+    /// TLS's ALPN chose HTTP/2.
+    pub h2: bool,
+}
+
+/// Serves a connection a TLS listener accepted, as [`serve`] does a plaintext one.
+pub async fn serve_tls(
+    stream: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    client: Client,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    token: ConnToken,
+) {
+    let _ = stream.get_ref().0.set_nodelay(true);
+    if client.h2 {
+        let conn = connection(&client, listener, shared, None);
+        let limits = conn.shared.config.load().snapshot.proxy.clone();
+        let late = conn.shared.drain.is_draining();
+        serve_http2(TokioIo::new(*stream), conn, &limits, late).await;
+        drop(token);
+        return;
+    }
+    serve_downstream(
+        Downstream::tls(stream),
+        client,
+        listener,
+        shared,
+        token,
+        None,
+    )
+    .await;
+}
+
+/// The connection's state as requests see it.
+fn connection(
+    client: &Client,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    original: Option<OriginalDestination>,
+) -> Arc<Conn> {
+    let client_id = client
+        .identity
+        .as_deref()
+        .and_then(|id| http::HeaderValue::from_str(id).ok())
+        .map(Box::new);
+    Arc::new(Conn {
+        client: ClientHeaders::of(client.peer.ip()),
+        listener,
+        peer: client.peer,
+        shared,
+        original,
+        peer_identity: client.identity.clone(),
+        client_id,
+    })
+}
+
+fn serve_downstream(
+    stream: Downstream,
+    client: Client,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    token: ConnToken,
+    original: Option<OriginalDestination>,
+) -> impl Future<Output = ()> + Send + 'static {
     let late = shared.drain.is_draining();
     let limits = {
         let settings = &shared.config.load().snapshot.proxy;
@@ -48,15 +137,7 @@ pub fn serve(
             body_read_timeout: settings.body_read_timeout,
         }
     };
-    let conn = Arc::new(Conn {
-        client: ClientHeaders::of(peer.ip()),
-        listener,
-        peer,
-        shared,
-        original,
-        // Filled by mTLS listeners; plaintext has no identity.
-        peer_identity: None,
-    });
+    let conn = connection(&client, listener, shared, original);
     // A combinator, not one `async` block around both parts: the block would keep the
     // arguments of the HTTP/1 server beside its own copies, and room for its outcome.
     h1::serve::serve(stream, conn.clone(), limits, late).then(move |outcome| async move {
@@ -65,8 +146,16 @@ pub fn serve(
             let limits = conn.shared.config.load().snapshot.proxy.clone();
             // Boxed: hyper's connection state would otherwise widen every connection's task,
             // most of which are HTTP/1.
-            let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), stream));
-            Box::pin(serve_http2(io, conn, &limits, late)).await;
+            match stream {
+                Downstream::Plain(stream) => {
+                    let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), stream));
+                    Box::pin(serve_http2(io, conn, &limits, late)).await;
+                }
+                tls => {
+                    let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), tls));
+                    Box::pin(serve_http2(io, conn, &limits, late)).await;
+                }
+            }
         }
         // Held to here: the drain waits for every connection's token.
         drop(token);
@@ -80,8 +169,8 @@ fn max_head(limits: &ProxySettings) -> usize {
 }
 
 /// hyper's HTTP/2 server, from the connection's preface to its end.
-async fn serve_http2(
-    io: TokioIo<h1::serve::Rewound>,
+async fn serve_http2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: TokioIo<S>,
     conn: Arc<Conn>,
     limits: &ProxySettings,
     late: bool,

@@ -3,13 +3,13 @@
 //! upstream's are joined and bytes are copied both ways until either closes.
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Joins `client` to `upstream`. `client_early`: bytes the client sent behind its request,
 /// read with it; `upstream_early`: bytes the upstream sent right behind its 101.
 pub async fn join(
-    mut client: TcpStream,
+    mut client: impl AsyncRead + AsyncWrite + Unpin,
     client_early: BytesMut,
     (mut upstream, upstream_early): (TcpStream, BytesMut),
     endpoint: &str,
@@ -17,6 +17,7 @@ pub async fn join(
     let early = async {
         if !upstream_early.is_empty() {
             client.write_all(&upstream_early).await?;
+            client.flush().await?;
         }
         if !client_early.is_empty() {
             upstream.write_all(&client_early).await?;

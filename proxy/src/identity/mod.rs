@@ -69,6 +69,8 @@ impl Identity {
 #[derive(Debug, Default)]
 pub struct IdentityStore {
     current: ArcSwapOption<Identity>,
+    /// Wakes those waiting for a first identity.
+    installed: tokio::sync::Notify,
 }
 
 impl IdentityStore {
@@ -92,5 +94,21 @@ impl IdentityStore {
             "identity installed"
         );
         self.current.store(Some(Arc::new(identity)));
+        self.installed.notify_waiters();
+    }
+
+    /// The identity in force, once there is one (a handshake that arrives before the first
+    /// certificate waits for it rather than failing).
+    pub async fn ready(&self) -> Arc<Identity> {
+        loop {
+            let installed = self.installed.notified();
+            let mut installed = std::pin::pin!(installed);
+            // Registered before looking, so an install in between is not missed.
+            installed.as_mut().enable();
+            if let Some(identity) = self.current() {
+                return identity;
+            }
+            installed.await;
+        }
     }
 }

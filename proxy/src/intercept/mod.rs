@@ -91,9 +91,7 @@ pub fn serve(
                     rare(passthrough::tcp(stream, peer, destination, listener), token)
                 }
                 // tcp::serve holds the token itself.
-                _ => Box::pin(crate::tcp::serve(
-                    stream, peer, None, listener, shared, token,
-                )),
+                _ => Box::pin(crate::tcp::serve(stream, peer, listener, shared, token)),
             })
         }
     }

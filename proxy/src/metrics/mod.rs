@@ -7,12 +7,13 @@ mod duration;
 
 use std::sync::{Arc, OnceLock};
 
+use arc_swap::ArcSwap;
 use metrics::{describe_counter, describe_gauge, Counter, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use duration::DurationHistogram;
 
-/// `strait_requests_total{listener,route,service,code}`.
+/// `strait_requests_total{listener,route,service,client_id,code}`.
 pub const REQUESTS_TOTAL: &str = "strait_requests_total";
 /// `strait_request_duration_seconds{listener,route,service}`: time to response headers.
 pub const REQUEST_DURATION: &str = "strait_request_duration_seconds";
@@ -47,7 +48,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     let handle = PrometheusBuilder::new().install_recorder()?;
     describe_counter!(
         REQUESTS_TOTAL,
-        "HTTP requests answered, by listener, route, service and status code."
+        "HTTP requests answered, by listener, route, service, client identity (the mTLS peer's SPIFFE ID; empty for others) and status code."
     );
     describe_counter!(
         CONFIG_RELOADS,
@@ -110,13 +111,32 @@ pub fn render(prometheus: &PrometheusHandle) -> String {
     out
 }
 
-/// Counters per status code for one (listener, route, service), created on first use.
+/// Most client identities counted apart per (listener, route, service); the requests of
+/// further identities are counted under `client_id="other"`. The label's values are bounded
+/// by the mesh's identities (service accounts), never by client addresses.
+pub const MAX_CLIENT_IDS: usize = 64;
+
+/// Counters per status code for one (listener, route, service), created on first use, and per
+/// client identity (`client_id`: the mTLS peer's SPIFFE ID, empty for other clients).
 #[derive(Debug)]
 pub struct RequestMetrics {
     labels: [(&'static str, Arc<str>); 3],
-    /// One lazily filled block of 100 counters per status class (1xx..5xx).
-    classes: [OnceLock<Box<[OnceLock<Counter>]>>; 5],
+    /// Clients without an identity (`client_id=""`).
+    anonymous: Codes,
+    /// Per identity, appended as identities appear (read without a lock: a request loads the
+    /// list, finds its identity's counters, and copies the list only for a new identity).
+    identified: ArcSwap<Vec<Arc<ClientCodes>>>,
     duration: Arc<DurationHistogram>,
+}
+
+/// One lazily filled block of 100 counters per status class (1xx..5xx).
+type Codes = [OnceLock<Box<[OnceLock<Counter>]>>; 5];
+
+/// The counters of one client identity.
+#[derive(Debug)]
+struct ClientCodes {
+    id: Arc<str>,
+    codes: Codes,
 }
 
 impl RequestMetrics {
@@ -130,37 +150,103 @@ impl RequestMetrics {
         let duration = duration::histogram(listener, route, service);
         Self {
             labels,
-            classes: Default::default(),
+            anonymous: Default::default(),
+            identified: ArcSwap::default(),
             duration,
         }
     }
 
-    /// Records one answered request.
-    pub fn record(&self, status: u16, seconds: f64) {
+    /// Records one answered request; `client`: the mTLS peer's SPIFFE ID.
+    pub fn record(&self, status: u16, seconds: f64, client: Option<&Arc<str>>) {
         self.duration.record(seconds);
+        let Some(id) = client else {
+            return self.count(&self.anonymous, "", status);
+        };
+        let known = self.identified.load();
+        if let Some(found) = known.iter().find(|c| Arc::ptr_eq(&c.id, id) || c.id == *id) {
+            return self.count(&found.codes, &found.id, status);
+        }
+        if known.len() >= MAX_CLIENT_IDS {
+            return self.count_other(status);
+        }
+        drop(known);
+        // A new identity (once per identity): the list is copied with it appended.
+        let mut added = None;
+        self.identified.rcu(|list| {
+            if let Some(c) = list.iter().find(|c| c.id == *id) {
+                added = Some(c.clone());
+                return list.clone();
+            }
+            let mut list = Vec::clone(list);
+            let entry = Arc::new(ClientCodes {
+                id: id.clone(),
+                codes: Default::default(),
+            });
+            list.push(entry.clone());
+            added = Some(entry);
+            Arc::new(list)
+        });
+        match added {
+            Some(c) => self.count(&c.codes, &c.id, status),
+            None => self.count_other(status),
+        }
+    }
+
+    /// Identities past [`MAX_CLIENT_IDS`]: counted, not apart (rare: not cached).
+    fn count_other(&self, status: u16) {
+        self.counter(OTHER_CLIENTS, status).increment(1);
+    }
+
+    fn count(&self, codes: &Codes, client: &str, status: u16) {
         let (class, offset) = ((status / 100) as usize, (status % 100) as usize);
-        let Some(block) = class.checked_sub(1).and_then(|c| self.classes.get(c)) else {
+        let Some(block) = class.checked_sub(1).and_then(|c| codes.get(c)) else {
             return;
         };
         let block = block.get_or_init(|| (0..100).map(|_| OnceLock::new()).collect());
         if let Some(slot) = block.get(offset) {
-            slot.get_or_init(|| {
-                let [(l0, v0), (l1, v1), (l2, v2)] = &self.labels;
-                metrics::counter!(
-                    REQUESTS_TOTAL,
-                    *l0 => v0.clone(),
-                    *l1 => v1.clone(),
-                    *l2 => v2.clone(),
-                    "code" => status.to_string()
-                )
-            })
-            .increment(1);
+            slot.get_or_init(|| self.counter(client, status))
+                .increment(1);
         }
     }
+
+    fn counter(&self, client: &str, status: u16) -> Counter {
+        let [(l0, v0), (l1, v1), (l2, v2)] = &self.labels;
+        metrics::counter!(
+            REQUESTS_TOTAL,
+            *l0 => v0.clone(),
+            *l1 => v1.clone(),
+            *l2 => v2.clone(),
+            "client_id" => client.to_owned(),
+            "code" => status.to_string()
+        )
+    }
 }
+
+/// The `client_id` of identities past [`MAX_CLIENT_IDS`].
+const OTHER_CLIENTS: &str = "other";
 
 /// Counter of requests the proxy answered before choosing a route or service (404, 400, 431).
 pub fn unrouted(listener: &Arc<str>) -> RequestMetrics {
     let none: Arc<str> = Arc::from("");
     RequestMetrics::new(listener, &none, &none)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_identity_is_counted_apart_up_to_the_bound() {
+        let name: Arc<str> = Arc::from("l");
+        let metrics = RequestMetrics::new(&name, &name, &name);
+        for i in 0..MAX_CLIENT_IDS + 10 {
+            // A new connection's Arc for a known identity finds its counters too.
+            for _ in 0..2 {
+                let id: Arc<str> = Arc::from(format!("spiffe://td/ns/default/sa/{i}"));
+                metrics.record(200, 0.001, Some(&id));
+            }
+        }
+        metrics.record(200, 0.001, None);
+        assert_eq!(metrics.identified.load().len(), MAX_CLIENT_IDS);
+    }
 }

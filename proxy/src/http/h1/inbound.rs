@@ -17,9 +17,9 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::decode::{Chunked, Step};
+use super::downstream::Downstream;
 use super::request::BodyFraming;
 use crate::http::body::BodyError;
 use crate::http::stall::StallTimer;
@@ -35,7 +35,7 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// body (which reads the rest of the request) for one exchange.
 #[derive(Debug)]
 pub struct Inbound {
-    stream: TcpStream,
+    stream: Downstream,
     /// What the body left: set once, when it ends or is dropped.
     leftover: OnceLock<Leftover>,
 }
@@ -51,7 +51,7 @@ pub struct Leftover {
 
 impl Inbound {
     /// Shares `stream` for an exchange.
-    pub fn new(stream: TcpStream) -> Arc<Self> {
+    pub fn new(stream: Downstream) -> Arc<Self> {
         Arc::new(Self {
             stream,
             leftover: OnceLock::new(),
@@ -59,21 +59,22 @@ impl Inbound {
     }
 
     /// The socket.
-    pub fn stream(&self) -> &TcpStream {
+    pub fn stream(&self) -> &Downstream {
         &self.stream
     }
 
     /// The connection back, once nothing else holds it, with what its body left; `None`
     /// while the body is still held somewhere (the connection cannot be reused then).
-    pub fn reclaim(this: Arc<Self>) -> Option<(TcpStream, Leftover)> {
+    pub fn reclaim(this: Arc<Self>) -> Option<(Downstream, Leftover)> {
         let Self { stream, leftover } = Arc::into_inner(this)?;
         Some((stream, leftover.into_inner().unwrap_or_default()))
     }
 }
 
-/// Writes to a shared socket (`&TcpStream` has no `AsyncWrite` of its own).
+/// Writes to a shared connection (`&TcpStream` has no `AsyncWrite` of its own). Over TLS,
+/// what is written is sent once flushed.
 #[derive(Debug, Clone, Copy)]
-pub struct SharedWriter<'a>(pub &'a TcpStream);
+pub struct SharedWriter<'a>(pub &'a Downstream);
 
 impl AsyncWrite for SharedWriter<'_> {
     fn poll_write(
@@ -81,17 +82,11 @@ impl AsyncWrite for SharedWriter<'_> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                written => return Poll::Ready(written),
-            }
-        }
+        self.0.poll_write_shared(cx, buf)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_flush_shared(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -121,6 +116,8 @@ pub struct RequestBody {
     remaining: Remaining,
     /// Bytes of `100 Continue` still to write before the first read.
     continue_left: usize,
+    /// `100 Continue` was written and is still to be flushed (TLS holds it back until then).
+    continue_unsent: bool,
     /// Fails the body when no byte arrives for the configured time.
     stall: StallTimer,
 }
@@ -145,6 +142,7 @@ impl RequestBody {
             buf: read,
             remaining,
             continue_left: if expect { CONTINUE.len() } else { 0 },
+            continue_unsent: expect,
             stall: StallTimer::new(stall),
         };
         if matches!(body.remaining, Remaining::Done) {
@@ -184,6 +182,8 @@ impl RequestBody {
             }
             self.continue_left -= n;
         }
+        ready!(io.stream().poll_flush_shared(cx))?;
+        self.continue_unsent = false;
         Poll::Ready(Ok(()))
     }
 
@@ -195,24 +195,16 @@ impl RequestBody {
         let room = usize::try_from(want)
             .unwrap_or(usize::MAX)
             .clamp(MIN_READ, MAX_READ);
-        loop {
-            match io.stream().poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(BodyError::Io(e))),
-                Poll::Pending => {
-                    let stall = ready!(self.stall.poll_expired(cx));
-                    return Poll::Ready(Err(BodyError::Stalled(stall)));
-                }
+        match io.stream().poll_read_shared(cx, &mut self.buf, room) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(BodyError::Truncated)),
+            Poll::Ready(Ok(_)) => {
+                self.stall.progress();
+                Poll::Ready(Ok(()))
             }
-            self.buf.reserve(room);
-            match io.stream().try_read_buf(&mut self.buf) {
-                Ok(0) => return Poll::Ready(Err(BodyError::Truncated)),
-                Ok(_) => {
-                    self.stall.progress();
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(BodyError::Io(e))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(BodyError::Io(e))),
+            Poll::Pending => {
+                let stall = ready!(self.stall.poll_expired(cx));
+                Poll::Ready(Err(BodyError::Stalled(stall)))
             }
         }
     }
@@ -234,7 +226,7 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        if this.continue_left > 0 {
+        if this.continue_unsent {
             if let Err(e) = ready!(this.poll_continue(cx)) {
                 return this.fail(BodyError::Io(e));
             }

@@ -12,6 +12,7 @@
 mod body;
 mod conn;
 pub mod decode;
+pub mod downstream;
 pub mod encode;
 pub mod inbound;
 mod recycle;

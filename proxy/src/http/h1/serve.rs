@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use super::downstream::Downstream;
 use super::encode::{chunk_end, chunk_start, last_chunk};
 use super::inbound::{Inbound, RequestBody, SharedWriter};
 use super::recycle;
@@ -81,7 +82,7 @@ pub enum Outcome {
         /// Bytes read and not served.
         read: BytesMut,
         /// The connection.
-        stream: TcpStream,
+        stream: Downstream,
     },
 }
 
@@ -94,7 +95,7 @@ pub enum Outcome {
 /// function returning an `async` block: an `async fn` keeps its arguments twice.)
 #[allow(clippy::manual_async_fn)]
 pub fn serve(
-    mut stream: TcpStream,
+    mut stream: Downstream,
     conn: Arc<Conn>,
     limits: Limits,
     late: bool,
@@ -132,7 +133,8 @@ pub fn serve(
                             Some(Preface::Broken) => {
                                 // Boxed, as every rare path below: this future is most of an
                                 // idle connection's memory, and an await's state sizes it.
-                                let _ = Box::pin(stream.write_all(H2_PROTOCOL_ERROR)).await;
+                                let _ = Box::pin(send(&mut SharedWriter(&stream), H2_PROTOCOL_ERROR))
+                                    .await;
                                 return Outcome::Closed;
                             }
                             Some(Preface::Partial) => Parsed::Partial,
@@ -196,7 +198,12 @@ pub fn serve(
             };
             if let Some(upstream) = upgraded {
                 let early = std::mem::take(&mut buf);
-                Box::pin(tunnel::join(stream, early, upstream, &conn.listener)).await;
+                match stream {
+                    Downstream::Plain(stream) => {
+                        Box::pin(tunnel::join(stream, early, upstream, &conn.listener)).await;
+                    }
+                    tls => Box::pin(tunnel::join(tls, early, upstream, &conn.listener)).await,
+                }
                 return Outcome::Closed;
             }
             if !reusable || !keep_alive || conn.shared.drain.is_draining() {
@@ -246,7 +253,7 @@ fn preface(read: &[u8]) -> Preface {
 fn request_of(
     head: Head,
     buf: &mut BytesMut,
-    stream: TcpStream,
+    stream: Downstream,
     limits: &Limits,
 ) -> (Request<ClientBody>, Socket) {
     let Head {
@@ -294,13 +301,13 @@ fn request_of(
 #[derive(Debug)]
 enum Socket {
     /// Alone (the request was read whole).
-    Own(TcpStream),
+    Own(Downstream),
     /// Shared with the request's streamed body.
     Shared(Arc<Inbound>),
 }
 
 impl Socket {
-    fn stream(&self) -> &TcpStream {
+    fn stream(&self) -> &Downstream {
         match self {
             Self::Own(stream) => stream,
             Self::Shared(inbound) => inbound.stream(),
@@ -361,7 +368,7 @@ fn exchange(
             .then(|| body.take_upgraded())
             .flatten();
         let complete = if upgraded.is_some() {
-            writer.write_all(&out).await.is_ok()
+            send(&mut writer, &out).await.is_ok()
         } else {
             write_body(&mut writer, &mut out, &mut body, written.framing).await
         };
@@ -377,7 +384,7 @@ fn exchange(
 }
 
 /// Answers a request the server refuses before handling it, and shuts the connection.
-async fn refuse(stream: &mut TcpStream, refusal: ProxyError) {
+async fn refuse(stream: &mut Downstream, refusal: ProxyError) {
     tracing::debug!(error = %refusal, "request refused");
     let Reply {
         status,
@@ -432,7 +439,7 @@ enum Woken {
 /// the socket first. Written out rather than a `select!`, whose futures, flags and poller
 /// widen every idle connection's task by ~40 bytes.
 fn poll_next_head(
-    stream: &mut TcpStream,
+    stream: &mut Downstream,
     buf: &mut BytesMut,
     want: usize,
     idle: Pin<&mut Idle<'_>>,
@@ -460,7 +467,7 @@ fn poll_next_head(
 /// A poll function, not an `async fn`: the idle connection's task keeps the future waiting on
 /// it, and a closure over its arguments is a third of the size of an `async fn`'s state.
 fn poll_read_more(
-    stream: &mut TcpStream,
+    stream: &mut Downstream,
     buf: &mut BytesMut,
     want: usize,
     cx: &mut Context<'_>,
@@ -493,7 +500,7 @@ async fn write_body(
     framing: Framing,
 ) -> bool {
     let mut remaining = match framing {
-        Framing::Empty => return stream.write_all(out).await.is_ok(),
+        Framing::Empty => return send(stream, out).await.is_ok(),
         Framing::Length(n) => n,
         Framing::Chunked | Framing::UntilClose => u64::MAX,
     };
@@ -504,7 +511,7 @@ async fn write_body(
             Some(frame) => frame,
             None => {
                 if !out.is_empty() {
-                    if stream.write_all(out).await.is_err() {
+                    if send(stream, out).await.is_err() {
                         return false;
                     }
                     out.clear();
@@ -544,7 +551,14 @@ async fn write_body(
         _ if remaining != 0 => return false,
         _ => {}
     }
-    stream.write_all(out).await.is_ok()
+    send(stream, out).await.is_ok()
+}
+
+/// Writes `bytes` and sends them (TLS holds back what it is given until flushed; plaintext
+/// has nothing to flush).
+async fn send(stream: &mut SharedWriter<'_>, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// Appends `data` to what is buffered, or writes both when it is large.
@@ -562,19 +576,19 @@ async fn put(stream: &mut SharedWriter<'_>, out: &mut Vec<u8>, data: Bytes) -> i
 
 /// A connection with bytes already read off it: reads return those first.
 #[derive(Debug)]
-pub struct Rewound {
+pub struct Rewound<S> {
     read: Bytes,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl Rewound {
+impl<S> Rewound<S> {
     /// `stream`, whose next bytes are `read`.
-    pub fn new(read: Bytes, stream: TcpStream) -> Self {
+    pub fn new(read: Bytes, stream: S) -> Self {
         Self { read, stream }
     }
 }
 
-impl AsyncRead for Rewound {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -591,7 +605,7 @@ impl AsyncRead for Rewound {
     }
 }
 
-impl AsyncWrite for Rewound {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
