@@ -38,3 +38,4 @@ pub mod service;
 pub mod shared;
 pub mod stamp;
 pub mod tcp;
+pub mod tls;

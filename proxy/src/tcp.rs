@@ -12,9 +12,11 @@ use strait_config::snapshot::Serves;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
 
 use crate::metrics::{TCP_BYTES, TCP_CONNECTIONS};
 use crate::shared::{ConnToken, Shared};
+use crate::tls::upstream_stream::UpstreamStream;
 use zero_copy::Pipe;
 
 mod zero_copy;
@@ -75,8 +77,7 @@ pub fn serve(
         };
         metrics::counter!(TCP_CONNECTIONS, "listener" => listener.clone()).increment(1);
         let _in_flight = endpoint.start_request();
-        let upstream = match crate::http::upstream::connect(&endpoint, route.connect_timeout).await
-        {
+        let upstream = match crate::http::upstream::dial(&endpoint, route.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(listener = %listener, endpoint = %endpoint.label, error = %e, "upstream connect failed");
@@ -87,7 +88,10 @@ pub fn serve(
         // Hold no config version for the life of a long connection.
         drop(active);
         let started = Instant::now();
-        let result = splice(client, upstream, idle, &listener).await;
+        let result = match upstream {
+            UpstreamStream::Plain(upstream) => splice(client, upstream, idle, &listener).await,
+            UpstreamStream::Tls(upstream) => relay_tls(client, *upstream, idle, &listener).await,
+        };
         tracing::debug!(
             listener = %listener,
             client = %peer,
@@ -139,18 +143,8 @@ async fn relay(
     idle: Duration,
     listener: &Arc<str>,
 ) -> std::io::Result<(u64, u64)> {
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
-    let up_progress = Progress {
-        bytes: metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "upstream"),
-        last: &last,
-        epoch,
-    };
-    let down_progress = Progress {
-        bytes: metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "downstream"),
-        last: &last,
-        epoch,
-    };
+    let clock = IdleClock::new();
+    let (up_progress, down_progress) = clock.progress(listener);
     let copy = async {
         match mode {
             Mode::ZeroCopy { up, down } => tokio::try_join!(
@@ -164,19 +158,72 @@ async fn relay(
             }
         }
     };
-    let watchdog = async {
-        loop {
-            let since = Duration::from_millis(last.load(Ordering::Relaxed));
-            let deadline = epoch + since + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
+    clock.until_idle(copy, idle).await
+}
+
+/// Copies both ways between `client` and a TLS `upstream` (`tls.mode: mesh`) through buffers:
+/// the bytes on the upstream side are encrypted here, so they cannot be spliced.
+async fn relay_tls(
+    mut client: TcpStream,
+    upstream: TlsStream<TcpStream>,
+    idle: Duration,
+    listener: &Arc<str>,
+) -> std::io::Result<(u64, u64)> {
+    let clock = IdleClock::new();
+    let (up_progress, down_progress) = clock.progress(listener);
+    let copy = async {
+        let (cr, cw) = client.split();
+        let (ur, uw) = tokio::io::split(upstream);
+        tokio::try_join!(pump(cr, uw, &up_progress), pump(ur, cw, &down_progress))
     };
-    tokio::select! {
-        result = copy => result,
-        () = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")),
+    clock.until_idle(copy, idle).await
+}
+
+/// When bytes last moved either way, for the idle timeout.
+struct IdleClock {
+    epoch: Instant,
+    /// Milliseconds since `epoch`.
+    last: AtomicU64,
+}
+
+impl IdleClock {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Where each direction (to the upstream, to the client) reports its bytes.
+    fn progress(&self, listener: &Arc<str>) -> (Progress<'_>, Progress<'_>) {
+        let direction = |direction: &'static str| Progress {
+            bytes: metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => direction),
+            last: &self.last,
+            epoch: self.epoch,
+        };
+        (direction("upstream"), direction("downstream"))
+    }
+
+    /// Runs `copy` until it ends or no byte has moved for `idle`.
+    async fn until_idle(
+        &self,
+        copy: impl Future<Output = std::io::Result<(u64, u64)>>,
+        idle: Duration,
+    ) -> std::io::Result<(u64, u64)> {
+        let watchdog = async {
+            loop {
+                let since = Duration::from_millis(self.last.load(Ordering::Relaxed));
+                let deadline = self.epoch + since + idle;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep_until(deadline).await;
+            }
+        };
+        tokio::select! {
+            result = copy => result,
+            () = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")),
+        }
     }
 }
 

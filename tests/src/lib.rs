@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod netns;
 pub mod process;
 pub mod tls;
+pub mod tls_upstream;
 pub mod upstream;
 pub mod wait;
 

@@ -46,6 +46,11 @@ pub enum ProxyError {
     /// Upstream: connecting failed.
     #[error("connect to upstream failed: {0}")]
     Connect(#[source] std::io::Error),
+    /// Upstream: the TLS handshake failed, or the peer's certificate is not one the service
+    /// accepts (`tls.identities`, `caFile`/`sni`). Counts as an upstream failure; retried as a
+    /// connect failure (nothing was sent).
+    #[error("upstream tls failed: {0}")]
+    TlsFailure(#[source] std::io::Error),
     /// Upstream: connection reset or closed before a complete response, or a response that
     /// is not valid HTTP.
     #[error("upstream reset: {0}")]
@@ -109,7 +114,9 @@ impl ProxyError {
             Self::NoHealthyEndpoints | Self::CircuitOpen | Self::Overflow => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Connect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
+            Self::Connect(_) | Self::TlsFailure(_) | Self::UpstreamReset(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Fault(status) => *status,
@@ -131,6 +138,7 @@ impl ProxyError {
             Self::CircuitOpen => "circuit-open",
             Self::Overflow => "overflow",
             Self::Connect(_) => "connect-failure",
+            Self::TlsFailure(_) => "tls-failure",
             Self::UpstreamReset(_) => "upstream-reset",
             Self::Timeout => "timeout",
             Self::RateLimited(_) => "rate-limited",
@@ -143,7 +151,7 @@ impl ProxyError {
     pub fn is_upstream(&self) -> bool {
         matches!(
             self,
-            Self::Connect(_) | Self::UpstreamReset(_) | Self::Timeout
+            Self::Connect(_) | Self::TlsFailure(_) | Self::UpstreamReset(_) | Self::Timeout
         )
     }
 
@@ -209,6 +217,11 @@ mod tests {
                 ProxyError::Connect(std::io::Error::other("refused")),
                 502,
                 "connect-failure",
+            ),
+            (
+                ProxyError::TlsFailure(std::io::Error::other("bad peer")),
+                502,
+                "tls-failure",
             ),
             (ProxyError::Timeout, 504, "timeout"),
             (ProxyError::CircuitOpen, 503, "circuit-open"),

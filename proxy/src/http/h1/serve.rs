@@ -337,7 +337,7 @@ struct Exchanged {
     reusable: bool,
     /// After a 101 to a request that asked to upgrade: the upstream's connection and what it
     /// sent behind its 101, to join to the client's.
-    upgraded: Option<(TcpStream, BytesMut)>,
+    upgraded: Option<(crate::tls::upstream_stream::UpstreamStream, BytesMut)>,
 }
 
 /// One exchange on `socket`: `request` handled and its response written. The request's

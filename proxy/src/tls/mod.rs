@@ -1,0 +1,13 @@
+//! TLS on the data path. The client side (to upstreams): [`client`] builds one rustls
+//! configuration per service's TLS settings, [`verify_server`] checks a mesh peer's identity,
+//! and [`upstream_stream`] is the connection type Strait's clients read and write, plaintext
+//! or TLS.
+
+pub mod client;
+pub mod upstream_stream;
+pub mod verify_server;
+
+/// The workspace's one crypto provider: ring.
+pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
