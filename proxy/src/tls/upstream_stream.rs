@@ -121,3 +121,114 @@ impl AsyncWrite for UpstreamStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, RootCertStore, ServerConfig};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    use super::*;
+    use crate::tls::verify_server::{AcceptedIdentities, MeshServerVerifier};
+
+    const PEER: &str = "spiffe://td/ns/a/sa/b";
+
+    /// A TLS 1.3 connection (client side as the pool holds it) and its server side, once the
+    /// server has sent everything the handshake makes it send (session tickets included).
+    async fn pair() -> (UpstreamStream, tokio_rustls::server::TlsStream<TcpStream>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+        let root_key = KeyPair::generate().unwrap();
+        let mut root_params = CertificateParams::new(Vec::new()).unwrap();
+        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = root_params.self_signed(&root_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(Vec::new()).unwrap();
+        leaf.subject_alt_names = vec![SanType::URI(PEER.try_into().unwrap())];
+        let issuer = rcgen::Issuer::from_params(&root_params, &root_key);
+        let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap();
+
+        let provider = crate::tls::provider();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(root.pem().as_bytes()).unwrap())
+            .unwrap();
+        let verifier = MeshServerVerifier::new(
+            Arc::new(roots),
+            AcceptedIdentities::new(&[PEER.into()]),
+            provider.signature_verification_algorithms,
+        );
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let tcp = TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let name = ServerName::IpAddress(address.ip().into());
+        let (client, server) = tokio::join!(
+            TlsConnector::from(Arc::new(client)).connect(name, tcp),
+            TlsAcceptor::from(Arc::new(server)).accept(accepted)
+        );
+        (
+            UpstreamStream::Tls(Box::new(client.unwrap())),
+            server.unwrap(),
+        )
+    }
+
+    /// Whether `conn` turns unusable as what the server sent arrives (records may come in
+    /// several reads; each check that finds it usable waits for more).
+    async fn turns_unusable(conn: &mut UpstreamStream) -> bool {
+        let waiting = async {
+            while conn.is_reusable() {
+                conn.tcp().readable().await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn an_idle_tls_connection_that_only_received_session_tickets_is_reused() {
+        let (mut conn, _server) = pair().await;
+        // The tickets the server sent after the handshake are waiting on the socket.
+        conn.tcp().readable().await.unwrap();
+        assert!(conn.is_reusable(), "tickets are TLS's own business");
+        assert!(conn.is_reusable());
+    }
+
+    #[tokio::test]
+    async fn an_idle_tls_connection_the_upstream_closed_or_spoke_on_is_not_reused() {
+        // Tickets first, taken in while idle; then what the server does.
+        let (mut closed, mut server) = pair().await;
+        closed.tcp().readable().await.unwrap();
+        assert!(closed.is_reusable());
+        server.shutdown().await.unwrap();
+        assert!(turns_unusable(&mut closed).await, "close_notify");
+
+        let (mut spoken, mut server) = pair().await;
+        spoken.tcp().readable().await.unwrap();
+        assert!(spoken.is_reusable());
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        server.flush().await.unwrap();
+        assert!(turns_unusable(&mut spoken).await, "unasked data");
+    }
+}
