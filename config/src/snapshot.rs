@@ -397,6 +397,27 @@ pub struct Service {
     pub outlier_detection: Option<OutlierPolicy>,
     /// Circuit breaker and concurrency limits.
     pub circuit_breaker: Option<BreakerPolicy>,
+    /// TLS to the endpoints; `None`: plaintext.
+    pub tls: Option<ServiceTls>,
+}
+
+/// TLS to a service's endpoints, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServiceTls {
+    /// mTLS with the proxy's identity; the peer's certificate chains to the identity's trust
+    /// bundle and carries one of `identities`.
+    Mesh {
+        /// Accepted peer SPIFFE IDs: exact, or a prefix when ending in `*`.
+        identities: Vec<Arc<str>>,
+    },
+    /// TLS origination: the server's certificate chains to `ca_file`'s roots and is valid for
+    /// `sni`.
+    Simple {
+        /// Server name; `None`: the endpoint's IP address.
+        sni: Option<Arc<str>>,
+        /// PEM roots (resolved path).
+        ca_file: std::path::PathBuf,
+    },
 }
 
 /// Active health checking of every endpoint of a service, defaults applied.

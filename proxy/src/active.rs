@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use strait_config::snapshot::{HttpRule, Listener, Serves};
+use strait_config::snapshot::{HttpRule, Listener, Serves, ServiceTls};
 use strait_config::spec::{LbPolicy, ServiceProtocol};
 use strait_config::Snapshot;
 
 use crate::authz::DecisionCounters;
+use crate::identity::IdentityStore;
 use crate::metrics::{unrouted, RequestMetrics};
 use crate::ratelimit::RateLimiter;
 use crate::service::balance::{Balancer, Policy};
@@ -18,6 +19,7 @@ use crate::service::health_check::{self, Checker};
 use crate::service::idle::IdleStack;
 use crate::service::outlier::Outlier;
 use crate::service::state::ServiceState;
+use crate::tls::client::UpstreamTls;
 
 /// One applied configuration version.
 #[derive(Debug)]
@@ -125,6 +127,8 @@ struct EndpointKey {
     service: Arc<str>,
     address: std::net::SocketAddr,
     protocol: ServiceProtocol,
+    /// Connections made with other TLS settings are not reused.
+    tls: Option<ServiceTls>,
 }
 
 /// Identity of a rule's policy state across reloads: route and rule position.
@@ -136,8 +140,13 @@ type ServiceKey = (Arc<str>, Arc<str>);
 /// Long-lived state — endpoints with their pools, rate-limit buckets — reconciled on every
 /// reload: kept for what still exists (and, for policies, is unchanged), dropped otherwise.
 /// Owned by the reloader alone.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EndpointRegistry {
+    /// The proxy's identity, which mesh TLS presents and verifies peers against.
+    identity: Arc<IdentityStore>,
+    /// Each service's TLS client configuration (and so its session cache), kept while the
+    /// service's TLS settings and protocol stay the same.
+    tls: HashMap<ServiceKey, (ServiceTls, ServiceProtocol, Arc<UpstreamTls>)>,
     endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
     services: HashMap<ServiceKey, Arc<ServiceState>>,
     breakers: HashMap<ServiceKey, Arc<Breaker>>,
@@ -147,6 +156,20 @@ pub struct EndpointRegistry {
 }
 
 impl EndpointRegistry {
+    /// An empty registry; mesh TLS uses `identity`.
+    pub fn new(identity: Arc<IdentityStore>) -> Self {
+        Self {
+            identity,
+            tls: HashMap::new(),
+            endpoints: HashMap::new(),
+            services: HashMap::new(),
+            breakers: HashMap::new(),
+            outliers: HashMap::new(),
+            checkers: HashMap::new(),
+            limiters: HashMap::new(),
+        }
+    }
+
     /// Builds the runtime for `snapshot`, reusing endpoints and policy state that still exist
     /// (policy state only while its policy is unchanged) and dropping the rest: gone endpoints'
     /// pools close once in-flight requests let go, their health checks stop.
@@ -156,9 +179,23 @@ impl EndpointRegistry {
         let mut breakers_next = HashMap::new();
         let mut outliers_next = HashMap::new();
         let mut checkers_next = HashMap::new();
+        let mut tls_next = HashMap::new();
         let mut services = Vec::with_capacity(snapshot.services.len());
         for svc in &snapshot.services {
             let id: ServiceKey = (svc.namespace.clone(), svc.name.clone());
+            let tls = svc.tls.as_ref().map(|tls| {
+                let upstream = match self.tls.get(&id) {
+                    Some((t, p, built)) if t == tls && *p == svc.protocol => built.clone(),
+                    _ => Arc::new(UpstreamTls::new(
+                        &svc.name,
+                        tls,
+                        svc.protocol,
+                        &self.identity,
+                    )),
+                };
+                tls_next.insert(id.clone(), (tls.clone(), svc.protocol, upstream.clone()));
+                upstream
+            });
             let outlier =
                 svc.outlier_detection
                     .as_ref()
@@ -178,6 +215,7 @@ impl EndpointRegistry {
                     service: svc.name.clone(),
                     address: ep.address,
                     protocol: svc.protocol,
+                    tls: svc.tls.clone(),
                 };
                 let endpoint = match self.endpoints.get(&key) {
                     Some(existing) => {
@@ -186,11 +224,14 @@ impl EndpointRegistry {
                         }
                         existing.clone()
                     }
-                    None => Arc::new(Endpoint::new(
-                        &svc.name,
-                        ep.address,
-                        new_pool(svc.protocol, svc.max_idle_per_endpoint),
-                    )),
+                    None => Arc::new(
+                        Endpoint::new(
+                            &svc.name,
+                            ep.address,
+                            new_pool(svc.protocol, svc.max_idle_per_endpoint),
+                        )
+                        .with_tls(tls.clone()),
+                    ),
                 };
                 match &svc.health_check {
                     Some(check) => {
@@ -238,6 +279,7 @@ impl EndpointRegistry {
             });
         }
         self.endpoints = endpoints_next;
+        self.tls = tls_next;
         self.services = states_next;
         self.breakers = breakers_next;
         self.outliers = outliers_next;

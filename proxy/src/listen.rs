@@ -240,10 +240,9 @@ async fn accept_loop(
                 crate::http::server::serve(stream, peer, name, shared, token, None),
                 held,
             ),
-            (ListenerMode::Explicit, ListenerProtocol::Tcp) => spawn_held(
-                crate::tcp::serve(stream, peer, name, shared, token),
-                held,
-            ),
+            (ListenerMode::Explicit, ListenerProtocol::Tcp) => {
+                spawn_held(crate::tcp::serve(stream, peer, name, shared, token), held)
+            }
         }
     }
     tracing::debug!(listener = %name, "listener closed");

@@ -134,7 +134,8 @@ impl Reloader {
             }
         };
         let label = label(path.as_deref(), &control_url, control.as_ref());
-        let mut registry = EndpointRegistry::default();
+        let identity: Arc<crate::identity::IdentityStore> = Arc::default();
+        let mut registry = EndpointRegistry::new(identity.clone());
         let mut active = registry.build(1, label.clone(), snapshot);
         active.control_version = control.as_ref().map(|c| c.version);
         let shared = Arc::new(Shared {
@@ -143,7 +144,7 @@ impl Reloader {
             ready: Default::default(),
             drain: Drain::default(),
             shutdown: Default::default(),
-            identity: Default::default(),
+            identity,
         });
         let mut listeners = Listeners::default();
         let bound = listeners
@@ -326,7 +327,8 @@ impl Reloader {
         let snapshot = off_thread(move || strait_config::compile(&docs)).await??;
         self.listeners.reconcile(&snapshot, &self.shared).await?;
         let version = self.shared.config.load().version + 1;
-        let mut registry = std::mem::take(&mut self.registry);
+        let placeholder = EndpointRegistry::new(self.shared.identity.clone());
+        let mut registry = std::mem::replace(&mut self.registry, placeholder);
         let (registry, active) = off_thread(move || {
             let mut active = registry.build(version, label, snapshot);
             active.control_version = control_version;

@@ -1,7 +1,6 @@
 //! Opaque TCP proxying: pick a backend per connection, then copy bytes both ways (zero-copy
 //! through kernel pipes where possible), honouring half-close, until both sides finish or the
-//! idle timeout passes. A client of a TLS listener (mTLS terminated here) is copied through a
-//! buffer: its bytes must be decrypted in user space.
+//! idle timeout passes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,10 +12,10 @@ use strait_config::snapshot::Serves;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
 
 use crate::metrics::{TCP_BYTES, TCP_CONNECTIONS};
 use crate::shared::{ConnToken, Shared};
+use crate::tls::upstream_stream::UpstreamStream;
 use zero_copy::Pipe;
 
 mod zero_copy;
@@ -29,7 +28,7 @@ pub enum TcpClient {
     /// TLS terminated here; `identity`: the client's SPIFFE ID (mTLS).
     Tls {
         /// The connection.
-        stream: Box<TlsStream<TcpStream>>,
+        stream: Box<tokio_rustls::server::TlsStream<TcpStream>>,
         /// The client's SPIFFE ID.
         identity: Option<Arc<str>>,
     },
@@ -46,8 +45,10 @@ pub fn serve(
     serve_client(TcpClient::Plain(client), peer, listener, shared, token)
 }
 
-/// Proxies one client connection accepted on a TCP listener. (A function returning an `async`
-/// block: an `async fn` would keep its arguments twice in every TCP connection's task.)
+/// Proxies one client connection accepted on a TCP listener; a client that authenticated with
+/// mTLS is checked against the listener's authorization policies by its SPIFFE ID. (A
+/// function returning an `async` block: an `async fn` would keep its arguments twice in every
+/// TCP connection's task.)
 #[allow(clippy::manual_async_fn)]
 pub fn serve_client(
     client: TcpClient,
@@ -110,8 +111,7 @@ pub fn serve_client(
         };
         metrics::counter!(TCP_CONNECTIONS, "listener" => listener.clone()).increment(1);
         let _in_flight = endpoint.start_request();
-        let upstream = match crate::http::upstream::connect(&endpoint, route.connect_timeout).await
-        {
+        let upstream = match crate::http::upstream::dial(&endpoint, route.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(listener = %listener, endpoint = %endpoint.label, error = %e, "upstream connect failed");
@@ -122,10 +122,21 @@ pub fn serve_client(
         // Hold no config version for the life of a long connection.
         drop(active);
         let started = Instant::now();
-        let (result, client_id) = match client {
-            TcpClient::Plain(client) => (splice(client, upstream, idle, &listener).await, None),
-            TcpClient::Tls { stream, identity } => {
-                let relayed = relay(Side::Tls(stream), upstream, Mode::Buffered, idle, &listener);
+        // Both sides plaintext: spliced. TLS on either side: through buffers.
+        let (result, client_id) = match (client, upstream) {
+            (TcpClient::Plain(client), UpstreamStream::Plain(upstream)) => {
+                (splice(client, upstream, idle, &listener).await, None)
+            }
+            (TcpClient::Plain(client), UpstreamStream::Tls(upstream)) => (
+                relay_buffered(client, *upstream, idle, &listener).await,
+                None,
+            ),
+            (TcpClient::Tls { stream, identity }, UpstreamStream::Plain(upstream)) => {
+                let relayed = relay_buffered(*stream, upstream, idle, &listener);
+                (relayed.await, identity)
+            }
+            (TcpClient::Tls { stream, identity }, UpstreamStream::Tls(upstream)) => {
+                let relayed = relay_buffered(*stream, *upstream, idle, &listener);
                 (relayed.await, identity)
             }
         };
@@ -162,13 +173,7 @@ pub(crate) fn splice<'a>(
             Mode::Buffered
         }
     };
-    relay(Side::Plain(client), upstream, mode, idle, listener)
-}
-
-/// The client's side of a relay.
-enum Side {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    relay(client, upstream, mode, idle, listener)
 }
 
 /// How the bytes of one connection cross the proxy.
@@ -181,55 +186,98 @@ enum Mode {
 
 /// `splice` with the mode chosen.
 async fn relay(
-    client: Side,
+    mut client: TcpStream,
     mut upstream: TcpStream,
     mode: Mode,
     idle: Duration,
     listener: &Arc<str>,
 ) -> std::io::Result<(u64, u64)> {
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
-    let up_progress = Progress {
-        bytes: metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "upstream"),
-        last: &last,
-        epoch,
-    };
-    let down_progress = Progress {
-        bytes: metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => "downstream"),
-        last: &last,
-        epoch,
-    };
+    let clock = IdleClock::new();
+    let (up_progress, down_progress) = clock.progress(listener);
     let copy = async {
-        match (mode, client) {
-            (Mode::ZeroCopy { up, down }, Side::Plain(client)) => tokio::try_join!(
+        match mode {
+            Mode::ZeroCopy { up, down } => tokio::try_join!(
                 zero_copy::pump(&client, &upstream, up, &up_progress),
                 zero_copy::pump(&upstream, &client, down, &down_progress)
             ),
-            (Mode::Buffered, Side::Plain(mut client)) => {
+            Mode::Buffered => {
                 let (cr, cw) = client.split();
                 let (ur, uw) = upstream.split();
                 tokio::try_join!(pump(cr, uw, &up_progress), pump(ur, cw, &down_progress))
             }
-            (_, Side::Tls(client)) => {
-                let (cr, cw) = tokio::io::split(*client);
-                let (ur, uw) = upstream.split();
-                tokio::try_join!(pump(cr, uw, &up_progress), pump(ur, cw, &down_progress))
-            }
         }
     };
-    let watchdog = async {
-        loop {
-            let since = Duration::from_millis(last.load(Ordering::Relaxed));
-            let deadline = epoch + since + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
+    clock.until_idle(copy, idle).await
+}
+
+/// Copies both ways through buffers, for a connection with TLS on either side (TLS
+/// terminated or originated here: those bytes are encrypted or decrypted here, so they cannot
+/// be spliced).
+async fn relay_buffered<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    listener: &Arc<str>,
+) -> std::io::Result<(u64, u64)>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let clock = IdleClock::new();
+    let (up_progress, down_progress) = clock.progress(listener);
+    let copy = async {
+        let (cr, cw) = tokio::io::split(client);
+        let (ur, uw) = tokio::io::split(upstream);
+        tokio::try_join!(pump(cr, uw, &up_progress), pump(ur, cw, &down_progress))
     };
-    tokio::select! {
-        result = copy => result,
-        () = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")),
+    clock.until_idle(copy, idle).await
+}
+
+/// When bytes last moved either way, for the idle timeout.
+struct IdleClock {
+    epoch: Instant,
+    /// Milliseconds since `epoch`.
+    last: AtomicU64,
+}
+
+impl IdleClock {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Where each direction (to the upstream, to the client) reports its bytes.
+    fn progress(&self, listener: &Arc<str>) -> (Progress<'_>, Progress<'_>) {
+        let direction = |direction: &'static str| Progress {
+            bytes: metrics::counter!(TCP_BYTES, "listener" => listener.clone(), "direction" => direction),
+            last: &self.last,
+            epoch: self.epoch,
+        };
+        (direction("upstream"), direction("downstream"))
+    }
+
+    /// Runs `copy` until it ends or no byte has moved for `idle`.
+    async fn until_idle(
+        &self,
+        copy: impl Future<Output = std::io::Result<(u64, u64)>>,
+        idle: Duration,
+    ) -> std::io::Result<(u64, u64)> {
+        let watchdog = async {
+            loop {
+                let since = Duration::from_millis(self.last.load(Ordering::Relaxed));
+                let deadline = self.epoch + since + idle;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep_until(deadline).await;
+            }
+        };
+        tokio::select! {
+            result = copy => result,
+            () = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")),
+        }
     }
 }
 
@@ -295,7 +343,7 @@ mod tests {
         let listener: Arc<str> = Arc::from("test");
         let relay = tokio::spawn(async move {
             relay(
-                Side::Plain(proxy_client),
+                proxy_client,
                 proxy_upstream,
                 mode,
                 Duration::from_secs(30),

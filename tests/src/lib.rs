@@ -11,6 +11,7 @@ pub mod netns;
 pub mod process;
 pub mod recording;
 pub mod tls;
+pub mod tls_upstream;
 pub mod upstream;
 pub mod wait;
 

@@ -29,6 +29,11 @@ impl Errors {
         self.at_node(&doc.file, &doc.root, path, message);
     }
 
+    /// How many errors are recorded so far.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     fn at_node(&mut self, file: &Path, root: &Node, path: &FieldPath, message: impl Into<String>) {
         let node = root.locate(path.segments());
         self.0.push(ConfigError {

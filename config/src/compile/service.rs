@@ -10,13 +10,17 @@ use super::{check_positive, check_range, Errors};
 use crate::error::FieldPath;
 use crate::load::LoadedDoc;
 use crate::snapshot::{
-    BreakerPolicy, Endpoint, HashKey, HealthCheck, HealthProbe, OutlierPolicy, Service,
+    BreakerPolicy, Endpoint, HashKey, HealthCheck, HealthProbe, OutlierPolicy, Service, ServiceTls,
 };
-use crate::spec::{Discovery, Document, LbPolicy, ServiceSpec};
+use crate::spec::{Discovery, Document, LbPolicy, ServiceSpec, ServiceTlsMode, ServiceTlsSpec};
 
 /// How long an upstream connection stays unused before it is closed, unless
 /// `connectionPool.idleTimeout` says otherwise: nginx's upstream `keepalive_timeout`.
 const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The roots `tls.mode: simple` trusts when no `caFile` is given: the system bundle (Debian's
+/// `ca-certificates` path, also used by Alpine and Ubuntu).
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Largest endpoint weight accepted.
 pub(crate) const MAX_WEIGHT: u32 = 1000;
@@ -234,6 +238,11 @@ pub(crate) fn compile(
         );
     }
 
+    let tls = spec
+        .tls
+        .as_ref()
+        .and_then(|tls| compile_tls(doc, &at.key("tls"), tls, errors));
+
     Service {
         name: svc.metadata.name.as_str().into(),
         namespace: svc.metadata.namespace.as_str().into(),
@@ -278,5 +287,112 @@ pub(crate) fn compile(
             max_pending_requests: cb.max_pending_requests,
             max_requests: cb.max_requests,
         }),
+        tls,
     }
+}
+
+/// `spec.tls`: each mode's own fields, and only those. A relative `caFile` is relative to the
+/// document's directory; the file itself is read by the proxy (it may live only there).
+fn compile_tls(
+    doc: &LoadedDoc,
+    at: &FieldPath,
+    tls: &ServiceTlsSpec,
+    errors: &mut Errors,
+) -> Option<ServiceTls> {
+    let before = errors.len();
+    match tls.mode {
+        ServiceTlsMode::Mesh => {
+            if tls.identities.is_empty() {
+                errors.at(doc, &at.key("identities"), "`mode: mesh` needs the peer identities it accepts, e.g. `identities: [\"spiffe://cluster.local/ns/default/sa/ratings\"]`");
+            }
+            for (i, id) in tls.identities.iter().enumerate() {
+                if let Err(why) = check_spiffe_pattern(id) {
+                    errors.at(
+                        doc,
+                        &at.key("identities").index(i),
+                        format!("`{id}`: {why}"),
+                    );
+                }
+            }
+            for (name, given) in [
+                ("sni", tls.sni.is_some()),
+                ("caFile", tls.ca_file.is_some()),
+            ] {
+                if given {
+                    errors.at(doc, &at.key(name), format!("`{name}` applies to `mode: simple`; a mesh peer is verified by its identity against the proxy's trust bundle"));
+                }
+            }
+            (errors.len() == before).then(|| ServiceTls::Mesh {
+                identities: tls.identities.iter().map(|id| id.as_str().into()).collect(),
+            })
+        }
+        ServiceTlsMode::Simple => {
+            if !tls.identities.is_empty() {
+                errors.at(doc, &at.key("identities"), "`identities` applies to `mode: mesh`; a `simple` server is verified by `sni` and `caFile`");
+            }
+            if let Some(sni) = &tls.sni {
+                if !is_server_name(sni) {
+                    errors.at(
+                        doc,
+                        &at.key("sni"),
+                        format!("`{sni}` is not a DNS name or IP address"),
+                    );
+                }
+            }
+            if tls.ca_file.as_ref().is_some_and(|f| f.is_empty()) {
+                errors.at(
+                    doc,
+                    &at.key("caFile"),
+                    "is empty; leave it out to use the system roots",
+                );
+            }
+            let base = doc.file.parent().unwrap_or(std::path::Path::new("."));
+            (errors.len() == before).then(|| ServiceTls::Simple {
+                sni: tls.sni.as_deref().map(Into::into),
+                ca_file: tls
+                    .ca_file
+                    .as_ref()
+                    .map_or_else(|| SYSTEM_CA_FILE.into(), |f| base.join(f)),
+            })
+        }
+    }
+}
+
+/// An accepted peer identity: `spiffe://TRUST-DOMAIN/PATH`, or a prefix of one ending in `*`.
+fn check_spiffe_pattern(id: &str) -> Result<(), &'static str> {
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return Err("a peer identity is a SPIFFE ID, `spiffe://TRUST-DOMAIN/PATH`");
+    };
+    let prefix = rest.strip_suffix('*').unwrap_or(rest);
+    if prefix.contains('*') {
+        return Err("`*` is allowed only at the end (a prefix)");
+    }
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("the trust domain is missing");
+    }
+    if prefix
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err("contains whitespace");
+    }
+    Ok(())
+}
+
+/// A DNS name (letters, digits, `-`, dots between labels) or an IP address.
+fn is_server_name(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }

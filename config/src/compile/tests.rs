@@ -436,3 +436,94 @@ fn mesh_tls_needs_an_identity_and_simple_needs_its_files() {
         listener_errors("{name: a, address: 127.0.0.1:0, protocol: http, tls: {mode: strict}}");
     assert_eq!(errs.len(), 1, "{errs:?}");
 }
+
+fn service_tls(tls: &str) -> String {
+    format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {{name: secure}}
+spec:
+  protocol: http1
+  endpoints: [{{address: 127.0.0.1:9443}}]
+  tls: {tls}
+"
+    )
+}
+
+#[test]
+fn service_tls_compiles_mesh_and_simple_with_a_relative_ca_file() {
+    let text = format!(
+        "{HEAD}---\n{}---\n{}",
+        service_tls(
+            "{mode: mesh, identities: [\"spiffe://td/ns/a/sa/b\", \"spiffe://td/ns/c/*\"]}"
+        ),
+        service_tls("{mode: simple, sni: api.example, caFile: roots.pem}")
+            .replace("name: secure", "name: origin")
+    );
+    let snapshot = load_str("dir/cfg.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let tls = |name: &str| {
+        snapshot
+            .services
+            .iter()
+            .find(|s| &*s.name == name)
+            .and_then(|s| s.tls.clone())
+    };
+    assert_eq!(
+        tls("secure"),
+        Some(crate::snapshot::ServiceTls::Mesh {
+            identities: vec!["spiffe://td/ns/a/sa/b".into(), "spiffe://td/ns/c/*".into()]
+        })
+    );
+    assert_eq!(
+        tls("origin"),
+        Some(crate::snapshot::ServiceTls::Simple {
+            sni: Some("api.example".into()),
+            ca_file: "dir/roots.pem".into()
+        })
+    );
+    assert_eq!(tls("api"), None, "plaintext by default");
+}
+
+#[test]
+fn service_tls_errors_name_the_field() {
+    let cases = [
+        (
+            "{mode: mesh}",
+            "spec.tls.identities",
+            "needs the peer identities",
+        ),
+        (
+            "{mode: mesh, identities: [\"https://x\"]}",
+            "spec.tls.identities[0]",
+            "SPIFFE ID",
+        ),
+        (
+            "{mode: mesh, identities: [\"spiffe://td/*/sa\"]}",
+            "spec.tls.identities[0]",
+            "only at the end",
+        ),
+        (
+            "{mode: mesh, identities: [\"spiffe://td/a\"], caFile: x.pem}",
+            "spec.tls.caFile",
+            "applies to `mode: simple`",
+        ),
+        (
+            "{mode: simple, identities: [\"spiffe://td/a\"]}",
+            "spec.tls.identities",
+            "applies to `mode: mesh`",
+        ),
+        (
+            "{mode: simple, sni: \"bad name\"}",
+            "spec.tls.sni",
+            "not a DNS name",
+        ),
+        ("{mode: tls}", "spec.tls.mode", ""),
+    ];
+    for (tls, path, message) in cases {
+        let errs = errors_of(&service_tls(tls));
+        assert!(
+            errs.iter().any(|e| e.contains(path) && e.contains(message)),
+            "{tls}: {errs:?}"
+        );
+    }
+}

@@ -31,6 +31,40 @@ pub struct ServiceSpec {
     /// Upstream connection pool tuning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPoolSpec>,
+    /// TLS to the endpoints. Default: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServiceTlsSpec>,
+}
+
+/// `Service.spec.tls`: how the proxy speaks TLS to the service's endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceTlsSpec {
+    /// `mesh` (mTLS with the proxy's identity; the peer must present one of `identities`) or
+    /// `simple` (TLS origination to a non-mesh server, verified against `caFile` for `sni`).
+    pub mode: ServiceTlsMode,
+    /// `mesh` only: the SPIFFE IDs the peer may present, exact or with a trailing `*` (a
+    /// prefix, e.g. `spiffe://cluster.local/ns/default/*`). Required for `mesh`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    /// `simple` only: the name sent as SNI and verified in the server's certificate. Default:
+    /// the endpoint's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// `simple` only: PEM roots the server's certificate must chain to; relative to the
+    /// config's directory. Default: the system bundle, `/etc/ssl/certs/ca-certificates.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// TLS modes of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceTlsMode {
+    /// mTLS with the proxy's mesh identity.
+    Mesh,
+    /// TLS origination, server verified by a CA file.
+    Simple,
 }
 
 /// Upstream protocol of a service.

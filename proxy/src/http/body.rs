@@ -216,7 +216,9 @@ pub enum ResponseBody {
 impl ResponseBody {
     /// After a 101 to an upgrade: the upstream's connection, now another protocol's, and
     /// the bytes it sent right behind its 101.
-    pub fn take_upgraded(&mut self) -> Option<(tokio::net::TcpStream, bytes::BytesMut)> {
+    pub fn take_upgraded(
+        &mut self,
+    ) -> Option<(crate::tls::upstream_stream::UpstreamStream, bytes::BytesMut)> {
         match self {
             Self::Upstream {
                 inner: UpstreamResponseBody::Http1(body),

@@ -49,6 +49,11 @@ pub enum ProxyError {
     /// Upstream: connecting failed.
     #[error("connect to upstream failed: {0}")]
     Connect(#[source] std::io::Error),
+    /// Upstream: the TLS handshake failed, or the peer's certificate is not one the service
+    /// accepts (`tls.identities`, `caFile`/`sni`). Counts as an upstream failure; retried as a
+    /// connect failure (nothing was sent).
+    #[error("upstream tls failed: {0}")]
+    TlsFailure(#[source] std::io::Error),
     /// Upstream: connection reset or closed before a complete response, or a response that
     /// is not valid HTTP.
     #[error("upstream reset: {0}")]
@@ -113,7 +118,9 @@ impl ProxyError {
             Self::NoHealthyEndpoints | Self::CircuitOpen | Self::Overflow => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Connect(_) | Self::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
+            Self::Connect(_) | Self::TlsFailure(_) | Self::UpstreamReset(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Fault(status) => *status,
@@ -136,6 +143,7 @@ impl ProxyError {
             Self::CircuitOpen => "circuit-open",
             Self::Overflow => "overflow",
             Self::Connect(_) => "connect-failure",
+            Self::TlsFailure(_) => "tls-failure",
             Self::UpstreamReset(_) => "upstream-reset",
             Self::Timeout => "timeout",
             Self::RateLimited(_) => "rate-limited",
@@ -148,7 +156,7 @@ impl ProxyError {
     pub fn is_upstream(&self) -> bool {
         matches!(
             self,
-            Self::Connect(_) | Self::UpstreamReset(_) | Self::Timeout
+            Self::Connect(_) | Self::TlsFailure(_) | Self::UpstreamReset(_) | Self::Timeout
         )
     }
 
@@ -215,6 +223,11 @@ mod tests {
                 ProxyError::Connect(std::io::Error::other("refused")),
                 502,
                 "connect-failure",
+            ),
+            (
+                ProxyError::TlsFailure(std::io::Error::other("bad peer")),
+                502,
+                "tls-failure",
             ),
             (ProxyError::Timeout, 504, "timeout"),
             (ProxyError::CircuitOpen, 503, "circuit-open"),

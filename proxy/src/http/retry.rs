@@ -74,7 +74,10 @@ pub fn retryable(policy: &RetryPolicy, outcome: Result<StatusCode, &ProxyError>)
     let on = &policy.on;
     match outcome {
         Ok(status) => on.status(status.as_u16()),
-        Err(ProxyError::Connect(_)) => on.connect_failure || on.any_5xx || on.gateway_error,
+        // A failed handshake sent nothing: retried as a connect failure.
+        Err(ProxyError::Connect(_) | ProxyError::TlsFailure(_)) => {
+            on.connect_failure || on.any_5xx || on.gateway_error
+        }
         Err(ProxyError::UpstreamReset(_)) => on.reset || on.any_5xx || on.gateway_error,
         // A per-try timeout is always worth another try.
         Err(ProxyError::Timeout) => true,

@@ -6,12 +6,14 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::tls::upstream_stream::UpstreamStream;
+
 /// Joins `client` to `upstream`. `client_early`: bytes the client sent behind its request,
 /// read with it; `upstream_early`: bytes the upstream sent right behind its 101.
 pub async fn join(
     mut client: impl AsyncRead + AsyncWrite + Unpin,
     client_early: BytesMut,
-    (mut upstream, upstream_early): (TcpStream, BytesMut),
+    (mut upstream, upstream_early): (UpstreamStream, BytesMut),
     endpoint: &str,
 ) {
     let early = async {

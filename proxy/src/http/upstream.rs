@@ -16,6 +16,7 @@ use super::response::Reply;
 use crate::service::breaker::{Breaker, Slot};
 use crate::service::endpoint::{Endpoint, Http2Sender, Pool};
 use crate::service::idle::IdleStack;
+use crate::tls::upstream_stream::UpstreamStream;
 
 /// Opens a TCP connection to the endpoint within `timeout`.
 pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, ProxyError> {
@@ -31,6 +32,19 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream
     // Latency matters more than packet count for proxied traffic.
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// Opens a connection to the endpoint, TCP within `timeout`, then the TLS handshake (within
+/// `timeout` again) when the service asks for TLS.
+pub async fn dial(endpoint: &Endpoint, timeout: Duration) -> Result<UpstreamStream, ProxyError> {
+    let tcp = connect(endpoint, timeout).await?;
+    match &endpoint.tls {
+        None => Ok(UpstreamStream::Plain(tcp)),
+        Some(tls) => {
+            tls.handshake(tcp, endpoint.address, timeout, &endpoint.service)
+                .await
+        }
+    }
 }
 
 /// How to open a new connection to an endpoint: the deadline, and the service's limits on
@@ -198,14 +212,14 @@ async fn connect_http1(
     dial: Dial<'_>,
 ) -> Result<Box<h1::Connection>, ProxyError> {
     let (pending, connection) = dial.slots()?;
-    let stream = connect(endpoint, dial.timeout).await?;
+    let stream = self::dial(endpoint, dial.timeout).await?;
     drop(pending);
     Ok(h1::Connection::new(stream, connection))
 }
 
 async fn connect_http2(endpoint: &Endpoint, dial: Dial<'_>) -> Result<Http2Sender, ProxyError> {
     let (pending, connection) = dial.slots()?;
-    let io = TokioIo::new(connect(endpoint, dial.timeout).await?);
+    let io = TokioIo::new(self::dial(endpoint, dial.timeout).await?);
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))

@@ -18,6 +18,7 @@ use super::idle::IdleStack;
 use super::outlier::EndpointOutlier;
 use crate::http::body::UpstreamBody;
 use crate::http::h1;
+use crate::tls::client::UpstreamTls;
 
 /// A shared HTTP/2 connection.
 pub type Http2Sender = http2::SendRequest<UpstreamBody>;
@@ -63,6 +64,8 @@ pub struct Endpoint {
     healthy: metrics::Gauge,
     /// Its connections.
     pub pool: Pool,
+    /// TLS to it (`Service.spec.tls`); `None`: plaintext.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 impl Endpoint {
@@ -85,7 +88,14 @@ impl Endpoint {
             outlier: EndpointOutlier::default(),
             healthy,
             pool,
+            tls: None,
         }
+    }
+
+    /// The endpoint, spoken to over `tls`.
+    pub fn with_tls(mut self, tls: Option<Arc<UpstreamTls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// An endpoint outside any configured service (an intercepted connection's original
@@ -102,6 +112,7 @@ impl Endpoint {
             outlier: EndpointOutlier::default(),
             healthy: metrics::Gauge::noop(),
             pool,
+            tls: None,
         }
     }
 
@@ -235,6 +246,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::tls::upstream_stream::UpstreamStream;
 
     #[test]
     fn a_connection_closes_at_the_first_sweep_after_its_idle_timeout() {
@@ -261,7 +273,7 @@ mod tests {
             let Pool::Http1(idle) = &endpoint.pool else {
                 unreachable!()
             };
-            let mut conn = h1::Connection::new(client, None);
+            let mut conn = h1::Connection::new(UpstreamStream::Plain(client), None);
             conn.idle();
             idle.push(conn).unwrap();
         }

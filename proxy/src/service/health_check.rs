@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::endpoint::{Endpoint, OutOfRotation};
+use crate::tls::upstream_stream::UpstreamStream;
 
 /// A running health check; dropping it stops the checks.
 #[derive(Debug)]
@@ -103,6 +104,14 @@ async fn probe(
         HealthProbe::Http { path } => path,
     };
     let _ = stream.set_nodelay(true);
+    // An HTTP check of a TLS service speaks TLS, as requests do.
+    let stream = match &endpoint.tls {
+        Some(tls) => tls
+            .handshake(stream, endpoint.address, check.timeout, &endpoint.service)
+            .await
+            .map_err(|e| e.to_string())?,
+        None => UpstreamStream::Plain(stream),
+    };
     let io = TokioIo::new(stream);
     let status = match protocol {
         ServiceProtocol::Http2 | ServiceProtocol::Grpc => {

@@ -8,13 +8,13 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use tokio::net::TcpStream;
 
 use super::conn::Connection;
 use super::decode::{Chunked, Framing, Head, Step};
 use super::write::{RequestWriter, WriteFailure};
 use super::Error;
 use crate::service::endpoint::{Endpoint, Pool};
+use crate::tls::upstream_stream::UpstreamStream;
 
 /// A connection lent to one exchange, and the endpoint whose pool it returns to.
 #[derive(Debug)]
@@ -104,7 +104,7 @@ impl Body {
     }
 
     /// The upgraded connection after a 101 (once).
-    pub fn take_upgraded(&mut self) -> Option<(TcpStream, bytes::BytesMut)> {
+    pub fn take_upgraded(&mut self) -> Option<(UpstreamStream, bytes::BytesMut)> {
         if !matches!(self.remaining, Remaining::Switched) {
             return None;
         }

@@ -4,11 +4,10 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use http::request::Parts;
-use tokio::net::TcpStream;
 
 use super::decode::{self, Framing as ResponseFraming, Head, MAX_HEAD_BYTES};
 use super::encode;
@@ -17,6 +16,7 @@ use super::Error;
 use crate::http::body::UpstreamBody;
 use crate::http::headers::wants_upgrade;
 use crate::service::breaker::Slot;
+use crate::tls::upstream_stream::UpstreamStream;
 
 /// Bytes read from the socket at a time while a head is incomplete.
 const READ_CHUNK: usize = 8 * 1024;
@@ -28,7 +28,7 @@ const KEEP_BUFFER: usize = 16 * 1024;
 /// An open HTTP/1.1 connection to an upstream, idle or lent to one exchange.
 #[derive(Debug)]
 pub struct Connection {
-    pub(super) stream: TcpStream,
+    pub(super) stream: UpstreamStream,
     /// Bytes received and not consumed yet.
     pub(super) input: BytesMut,
     /// The last request's output buffer, kept for its capacity.
@@ -42,7 +42,7 @@ pub struct Connection {
 impl Connection {
     /// Wraps a connected stream; `slot` is held until the connection closes. Boxed: it moves
     /// between the pool and each exchange, and a pointer moves cheaper than the connection.
-    pub fn new(stream: TcpStream, slot: Option<Slot>) -> Box<Self> {
+    pub fn new(stream: UpstreamStream, slot: Option<Slot>) -> Box<Self> {
         Box::new(Self {
             stream,
             input: BytesMut::new(),
@@ -53,21 +53,9 @@ impl Connection {
     }
 
     /// Whether an idle connection can take a request: the upstream has neither closed it
-    /// nor sent anything unasked. Costs a syscall only when the reactor saw the socket turn
-    /// readable since its last read.
+    /// nor sent anything unasked (see [`UpstreamStream::is_reusable`]).
     pub fn is_reusable(&mut self) -> bool {
-        if !self.input.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        self.input.is_empty() && self.stream.is_reusable()
     }
 
     /// Counts one more pool sweep that found the connection idle; returns how many have.
@@ -91,7 +79,7 @@ impl Connection {
     }
 
     /// The socket and the bytes already read past a 101 response, for a tunnel.
-    pub fn into_upgraded(self) -> (TcpStream, BytesMut) {
+    pub fn into_upgraded(self) -> (UpstreamStream, BytesMut) {
         (self.stream, self.input)
     }
 
@@ -216,8 +204,10 @@ mod tests {
 
     use bytes::Bytes;
     use http::Request;
+    use std::task::Waker;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -227,7 +217,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (Connection::new(client, None), server)
+        (Connection::new(UpstreamStream::Plain(client), None), server)
     }
 
     /// Polls `reusable` until it turns false (the reactor learns of the peer asynchronously).
@@ -293,7 +283,7 @@ mod tests {
         // so checking the connection out again costs no syscall.
         let mut cx = Context::from_waker(Waker::noop());
         assert!(
-            conn.stream.poll_read_ready(&mut cx).is_pending(),
+            conn.stream.tcp().poll_read_ready(&mut cx).is_pending(),
             "readiness left set: the next checkout would probe the socket"
         );
         assert_eq!(

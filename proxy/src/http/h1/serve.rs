@@ -133,8 +133,9 @@ pub fn serve(
                             Some(Preface::Broken) => {
                                 // Boxed, as every rare path below: this future is most of an
                                 // idle connection's memory, and an await's state sizes it.
-                                let _ = Box::pin(send(&mut SharedWriter(&stream), H2_PROTOCOL_ERROR))
-                                    .await;
+                                let _ =
+                                    Box::pin(send(&mut SharedWriter(&stream), H2_PROTOCOL_ERROR))
+                                        .await;
                                 return Outcome::Closed;
                             }
                             Some(Preface::Partial) => Parsed::Partial,
@@ -323,7 +324,7 @@ struct Exchanged {
     reusable: bool,
     /// After a 101 to a request that asked to upgrade: the upstream's connection and what it
     /// sent behind its 101, to join to the client's.
-    upgraded: Option<(TcpStream, BytesMut)>,
+    upgraded: Option<(crate::tls::upstream_stream::UpstreamStream, BytesMut)>,
 }
 
 /// One exchange on `socket`: `request` handled and its response written. The request's

@@ -10,11 +10,11 @@ use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::Body as _;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::encode::{self, Framing};
 use super::Error;
 use crate::http::body::UpstreamBody;
+use crate::tls::upstream_stream::UpstreamStream;
 
 /// A data frame this small is copied into the output buffer; a larger one is written from
 /// where it is.
@@ -75,7 +75,7 @@ impl RequestWriter {
     pub fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
-        stream: &mut TcpStream,
+        stream: &mut UpstreamStream,
     ) -> Poll<Result<(), WriteFailure>> {
         loop {
             // Gather what the body has ready (a body that is already here leaves in the same
@@ -92,6 +92,8 @@ impl RequestWriter {
             if self.written == self.out.len() && self.large.is_none() {
                 self.out.clear();
                 self.written = 0;
+                // TLS may hold records back when the socket would block (plaintext: a no-op).
+                ready!(Pin::new(&mut *stream).poll_flush(cx)).map_err(WriteFailure::Socket)?;
                 return if self.body.is_none() {
                     Poll::Ready(Ok(()))
                 } else {
@@ -149,7 +151,11 @@ impl RequestWriter {
     }
 
     /// Writes everything queued.
-    fn poll_flush(&mut self, cx: &mut Context<'_>, stream: &mut TcpStream) -> Poll<io::Result<()>> {
+    fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut UpstreamStream,
+    ) -> Poll<io::Result<()>> {
         loop {
             let queued = &self.out[self.written..];
             let large = self.large.as_deref().unwrap_or_default();
