@@ -35,6 +35,9 @@ pub struct Options {
     pub webhook: Option<crate::inject::server::WebhookOptions>,
     /// The mesh's CA (`--trust-domain`): the API is then served over TLS.
     pub identity: Option<CaOptions>,
+    /// The event bus's NATS JetStream server (`nats://HOST:PORT`); embedded in the data dir
+    /// when absent.
+    pub bus: Option<String>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -111,8 +114,12 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let bus = crate::bus::Bus::open(db.clone()).context("cannot open the event bus")?;
-    bus.spawn_background();
+    let bus = match &options.bus {
+        None => crate::bus::Bus::open(db.clone()).context("cannot open the event bus")?,
+        Some(url) => crate::bus::Bus::connect(url)
+            .await
+            .with_context(|| format!("cannot connect the event bus to {url}"))?,
+    };
     let events: Arc<dyn EventSink> = bus.clone();
     let revisions = Revisions::load(&db)?;
     let policy = Arc::new(PolicyStore::open(db.clone(), revisions.clone())?);

@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod metrics;
+pub mod nats;
 pub mod netns;
 pub mod process;
 pub mod tls;
@@ -13,6 +14,7 @@ pub mod upstream;
 pub mod wait;
 
 pub use control::Control;
+pub use nats::Nats;
 pub use process::Proxy;
 pub use upstream::{CaptureUpstream, ScriptedUpstream, TcpEcho, Upstream};
 pub use wait::eventually;
