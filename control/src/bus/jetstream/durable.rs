@@ -191,8 +191,13 @@ pub(super) async fn put(
             true
         }
     };
-    // The critical consumer last: it is the one that says the subscription exists.
-    for (on_events, consumer) in consumer_configs(name, &config)?.into_iter().rev() {
+    // The replay consumer first and the critical one last: the critical consumer is the one
+    // that says the subscription exists, so a consumer that finds it finds all the others.
+    let mut consumers = consumer_configs(name, &config)?;
+    if let Some(priorities) = consumers.get_mut(1..) {
+        priorities.reverse();
+    }
+    for (on_events, consumer) in consumers {
         let stream = if on_events { &bus.events } else { &bus.dead };
         stream
             .create_consumer(consumer)

@@ -5,7 +5,7 @@
 //! the embedded bus. A durable consumer fetches from its subscription's consumers in drain
 //! order (replays, then critical down to low), so higher priorities overtake a backlog; it
 //! fetches again when an event is published on its pattern, when something was acked or
-//! replayed, and every [`POLL`] (for redeliveries after an ack deadline).
+//! replayed, and every half ack deadline (for redeliveries; 50 ms to 1 s).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,8 +29,10 @@ use crate::bus::subscription::SubscriptionConfig;
 use crate::bus::topic::Pattern;
 use crate::bus::{lock, metrics};
 
-/// How often an idle durable consumer looks for redeliveries.
-const POLL: Duration = Duration::from_millis(100);
+/// Bounds on how often an idle durable consumer looks for redeliveries: half its ack
+/// deadline, within these.
+const POLL_MIN: Duration = Duration::from_millis(50);
+const POLL_MAX: Duration = Duration::from_secs(1);
 
 /// Counts a subscriber connection against [`MAX_SUBSCRIBERS`]; released on drop.
 struct Connection(Arc<JetStream>);
@@ -169,10 +171,12 @@ pub(super) async fn durable(bus: Arc<JetStream>, name: String) -> Result<Feed, B
         .map_err(BusError::nats("subscribing"))?;
     *lock(&bus.connected).entry(name.clone()).or_default() += 1;
     let session = bus.next_session.fetch_add(1, Ordering::Relaxed);
+    let poll = (config.ack_deadline / 2).clamp(POLL_MIN, POLL_MAX);
     let state = DurableFeed {
         bus,
         name,
         session,
+        poll,
         config,
         consumers,
         wake,
@@ -201,6 +205,8 @@ struct DurableFeed {
     consumers: Vec<PullConsumer>,
     /// Events published on the pattern: something new to fetch.
     wake: async_nats::Subscriber,
+    /// How often to fetch when nothing else wakes it.
+    poll: Duration,
     ended: bool,
     _connection: Connection,
 }
@@ -227,7 +233,7 @@ impl DurableFeed {
             tokio::select! {
                 _ = progress => {}
                 _ = self.wake.next() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(self.poll) => {}
             }
             // One fetch for however many events were published meanwhile.
             while let Some(Some(_)) = self.wake.next().now_or_never() {}
