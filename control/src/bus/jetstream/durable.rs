@@ -297,10 +297,10 @@ pub(super) async fn ack(bus: &JetStream, name: &str, ids: &[u64]) -> Result<usiz
     if local == ids.len() {
         return Ok(local);
     }
-    let rest: Vec<u64> = ids.to_vec();
+    // The others ack only what they hold: what was acked here is held nowhere any more.
     let payload = serde_json::to_vec(&Forwarded {
         replica: bus.replica,
-        ids: rest,
+        ids: ids.to_vec(),
     })
     .map_err(BusError::encoding("forwarding an ack"))?;
     // Only a replica that holds some of them answers; none answering means none was held.

@@ -272,7 +272,7 @@ impl Backend for JetStream {
     }
 }
 
-/// Consumer settings shared by every pull consumer the bus makes.
+/// A pull consumer on `filter_subject`, otherwise with the library's defaults.
 fn pull_config(filter_subject: String) -> consumer::pull::Config {
     consumer::pull::Config {
         filter_subject,
@@ -280,7 +280,7 @@ fn pull_config(filter_subject: String) -> consumer::pull::Config {
     }
 }
 
-/// Drains a batch of fetched messages, skipping the server's status messages.
+/// Reads a fetched batch to its end (the client consumes the server's status messages).
 async fn collect(
     mut batch: consumer::pull::Batch,
     context: &'static str,
