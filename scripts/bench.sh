@@ -10,5 +10,5 @@
 # the one `cargo build --release -p strait-proxy` builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p strait-proxy -p strait-bench
+cargo build --release -p strait-proxy -p strait-control -p strait-bench
 exec "${CARGO_TARGET_DIR:-target}/release/strait-bench" "$@"

@@ -44,6 +44,15 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   python3 -m pip install -q kubernetes-validate
 fi
 
+# The event-bus tests run every case against a real NATS JetStream as well (Debian's 2.9).
+if ! command -v nats-server >/dev/null 2>&1; then
+  echo "test.sh: installing nats-server (Debian package) for the JetStream event-bus tests"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nats-server >/dev/null
+fi
+
 # The end-to-end tests start target/debug/strait-proxy: build it first.
 cargo build --workspace --bins
 cargo test --workspace "$@"

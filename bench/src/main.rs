@@ -14,6 +14,7 @@
 //! `target/bench/results.md` and `results.json`. `--quick` is the CI smoke mode: one short
 //! round, and a non-zero exit if Strait errors or drops requests (never on timings).
 
+mod bus;
 mod load;
 mod procstat;
 mod reload;
@@ -93,18 +94,24 @@ fn raise_fd_limit() {
 /// depended on, so the binary would otherwise be missing on a fresh checkout, or older than
 /// the source being measured.
 fn strait_bin() -> Result<PathBuf, String> {
+    built_bin("strait-proxy", "strait-proxy")
+}
+
+/// The binary `bin` of package `package` beside this one, built first under `cargo run`
+/// (see [`strait_bin`]).
+fn built_bin(package: &str, bin: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = exe.parent().ok_or("no target dir")?;
     if let Some(cargo) = std::env::var_os("CARGO") {
-        build_proxy(&cargo, dir)?;
+        build(&cargo, dir, package, bin)?;
     }
-    let bin = dir.join("strait-proxy");
-    if bin.exists() {
-        Ok(bin)
+    let path = dir.join(bin);
+    if path.exists() {
+        Ok(path)
     } else {
         Err(format!(
-            "{} is missing: build it first (`cargo build --release -p strait-proxy`)",
-            bin.display()
+            "{} is missing: build it first (`cargo build --release -p {package}`)",
+            path.display()
         ))
     }
 }
@@ -114,31 +121,35 @@ fn strait_bin() -> Result<PathBuf, String> {
 /// cargo invocation instead, which gives the same binary (this package adds no feature to a
 /// dependency they share) sooner: from clean, 2m08s here against ~3m40s for this build after
 /// the bench's own, which cannot overlap it.
-fn build_proxy(cargo: &std::ffi::OsStr, dir: &Path) -> Result<(), String> {
+fn build(cargo: &std::ffi::OsStr, dir: &Path, package: &str, bin: &str) -> Result<(), String> {
     let profile = match dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => "dev",
         Some(name) => name,
         None => return Err(format!("no profile in {}", dir.display())),
     };
     let target_dir = dir.parent().ok_or("no target dir")?;
-    eprintln!("building strait-proxy (profile {profile})");
+    eprintln!("building {bin} (profile {profile})");
     let status = std::process::Command::new(cargo)
-        .args(["build", "-p", "strait-proxy", "--bin", "strait-proxy"])
+        .args(["build", "-p", package, "--bin", bin])
         .args(["--profile", profile])
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
-        .map_err(|e| format!("cannot run cargo to build strait-proxy: {e}"))?;
+        .map_err(|e| format!("cannot run cargo to build {bin}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("building strait-proxy failed ({status})"))
+        Err(format!("building {bin} failed ({status})"))
     }
 }
 
 async fn run(settings: Settings) -> Result<Results, String> {
-    let bin = strait_bin()?;
+    let bin = if settings.runs_proxies() {
+        strait_bin()?
+    } else {
+        std::env::current_exe().map_err(|e| e.to_string())?
+    };
     let out_dir = bin
         .parent()
         .and_then(Path::parent)
@@ -160,9 +171,13 @@ async fn run(settings: Settings) -> Result<Results, String> {
             other_cpu,
             same_cpu,
         });
-    let mut targets = vec![targets::direct(up, sink)];
-    let (proxies, skipped) = targets::start_proxies(&bin, up, sink, &work)?;
-    targets.extend(proxies);
+    let (mut targets, mut skipped) = (Vec::new(), Vec::new());
+    if settings.runs_proxies() {
+        targets.push(targets::direct(up, sink));
+        let (proxies, not_started) = targets::start_proxies(&bin, up, sink, &work)?;
+        targets.extend(proxies);
+        skipped = not_started;
+    }
     for s in &skipped {
         eprintln!("skipped {s}");
     }
@@ -215,6 +230,11 @@ async fn run(settings: Settings) -> Result<Results, String> {
     if settings.runs("reload") {
         step("reloads under load");
         reload::reloads(&settings, &bin, up, sink, &work, &mut results).await?;
+    }
+    if settings.runs("bus") {
+        step("event bus");
+        let control = built_bin("strait-control", "strait-control")?;
+        bus::bus(&settings, &control, &work, &mut results).await;
     }
     // 5. Memory with idle keep-alive connections, in fresh instances of the proxies.
     if settings.runs("memory") {

@@ -81,6 +81,15 @@ pub fn report(
     let names: Vec<String> = {
         let mut n: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
         n.dedup();
+        // Columns of scenarios that measure something else than the proxies (the bus's
+        // backends), in the order first seen.
+        for key in &results.order {
+            for name in results.samples.get(key).into_iter().flat_map(|s| s.keys()) {
+                if !n.contains(name) {
+                    n.push(name.clone());
+                }
+            }
+        }
         n
     };
     let has_nginx = names.iter().any(|n| n == "nginx");

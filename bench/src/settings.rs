@@ -16,7 +16,9 @@ pub struct Settings {
 }
 
 /// Scenario names accepted by `--only`.
-const SCENARIOS: [&str; 7] = ["http1", "h2c", "big", "tcp", "memory", "routes", "reload"];
+const SCENARIOS: [&str; 8] = [
+    "http1", "h2c", "big", "tcp", "memory", "routes", "reload", "bus",
+];
 
 impl Settings {
     /// The settings from this process's arguments.
@@ -86,6 +88,11 @@ impl Settings {
     /// Whether scenario `name` runs.
     pub fn runs(&self, name: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|n| n == name)
+    }
+
+    /// Whether any scenario that measures the proxies runs (all but `bus`).
+    pub fn runs_proxies(&self) -> bool {
+        self.only.is_empty() || self.only.iter().any(|n| n != "bus")
     }
 
     /// How long each target runs per scenario and round.

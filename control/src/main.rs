@@ -36,6 +36,10 @@ enum Command {
         /// generated on first start).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// Keep the event bus in NATS JetStream at this URL (`nats://HOST:PORT`) instead of
+        /// DIR: every replica on the same server shares one bus.
+        #[arg(long, value_name = "URL")]
+        bus: Option<String>,
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
         store,
         listen,
         token_file,
+        bus,
         log_format,
         webhook,
         identity,
@@ -189,6 +194,7 @@ fn main() -> ExitCode {
         install_metrics: true,
         webhook: webhook.options(),
         identity,
+        bus,
     };
     match runtime.block_on(strait_control::server::serve(options)) {
         Ok(()) => ExitCode::SUCCESS,

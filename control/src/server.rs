@@ -41,6 +41,9 @@ pub struct Options {
     pub webhook: Option<crate::inject::server::WebhookOptions>,
     /// The mesh's CA (`--trust-domain`): the API is then served over TLS.
     pub identity: Option<CaOptions>,
+    /// The event bus's NATS JetStream server (`nats://HOST:PORT`); embedded in the data dir
+    /// when absent.
+    pub bus: Option<String>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -119,8 +122,12 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let bus = crate::bus::Bus::open(db.clone()).context("cannot open the event bus")?;
-    bus.spawn_background();
+    let bus = match &options.bus {
+        None => crate::bus::Bus::open(db.clone()).context("cannot open the event bus")?,
+        Some(url) => crate::bus::Bus::connect(url)
+            .await
+            .with_context(|| format!("cannot connect the event bus to {url}"))?,
+    };
     let events: Arc<dyn EventSink> = bus.clone();
     let revisions = Revisions::new(backends.revision);
     let policy = Arc::new(PolicyStore::new(backends.policy, revisions.clone()));

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod etcd;
 pub mod metrics;
+pub mod nats;
 pub mod netns;
 pub mod process;
 pub mod recording;
@@ -16,6 +17,7 @@ pub mod upstream;
 pub mod wait;
 
 pub use control::Control;
+pub use nats::Nats;
 pub use process::Proxy;
 pub use recording::RecordingUpstream;
 pub use upstream::{CaptureUpstream, ScriptedUpstream, TcpEcho, Upstream};

@@ -1,7 +1,9 @@
 //! The event bus end to end, on the real `strait-control` process: wildcards, consumer
 //! groups, priorities under backlog, durable subscriptions (catch-up, ack deadline,
 //! dead letters and replay), state across kill -9, and `straitctl events`.
-//! Every wait is bounded; events are read from the real Server-Sent Events stream.
+//! Every case runs against both backends (`embedded::…` and `jetstream::…`, the latter on a
+//! real `nats-server -js`); the `jetstream::replicas_…` cases run several controls on one
+//! server. Every wait is bounded; events are read from the real Server-Sent Events stream.
 //!
 //! `bus_throughput` (ignored) measures publish and delivery rates; run it on a release build:
 //! `cargo build --release --workspace --bins && cargo test --release -p strait-tests
@@ -20,10 +22,79 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use strait_tests::client::http1;
-use strait_tests::{eventually, Control};
+use strait_tests::{eventually, Control, Nats};
 
 /// Longest wait for anything that should happen.
 const WAIT: Duration = Duration::from_secs(10);
+
+/// The backend a case runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bus {
+    /// The default: redb in the control's data directory.
+    Embedded,
+    /// `--bus nats://…` on a NATS server of the case's own.
+    JetStream,
+}
+
+/// A case's bus: nothing to start when embedded, a NATS server when JetStream.
+struct Setup {
+    nats: Option<Nats>,
+}
+
+impl Setup {
+    fn new(bus: Bus) -> Self {
+        let nats = (bus == Bus::JetStream).then(Nats::start);
+        Self { nats }
+    }
+
+    /// A control on this bus (with JetStream, every control of the setup shares it).
+    fn control(&self) -> Control {
+        match &self.nats {
+            None => Control::start(),
+            Some(nats) => Control::start_with_args(&["--bus", &nats.url()]),
+        }
+    }
+
+    fn nats(&mut self) -> &mut Nats {
+        self.nats.as_mut().expect("a JetStream setup")
+    }
+}
+
+/// Runs each listed case (an `async fn(Bus)`) once per backend: `embedded::CASE` and
+/// `jetstream::CASE`.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Bus::Embedded).await
+                }
+            )*
+        }
+        mod jetstream {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Bus::JetStream).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    wildcards_match_one_segment_or_the_rest,
+    consumer_group_members_share_events,
+    filters_on_source_and_metadata,
+    higher_priorities_overtake_a_backlog,
+    durable_subscription_catches_up_after_disconnect,
+    unacked_events_are_redelivered_after_the_ack_deadline,
+    dead_letters_after_max_deliveries_and_replay,
+    durable_state_survives_kill9_and_restart,
+    bus_routes_need_the_token_and_are_documented,
+    straitctl_events,
+);
 
 /// An open `GET /v1/subscribe` stream.
 struct Events {
@@ -128,6 +199,23 @@ impl Events {
     }
 }
 
+/// The next `n` events arriving on either of `a` and `b`, as the ids each got.
+async fn take_from_either(a: &mut Events, b: &mut Events, n: usize) -> (Vec<u64>, Vec<u64>) {
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    tokio::time::timeout(WAIT, async {
+        while got_a.len() + got_b.len() < n {
+            // Reading a stream is cancel-safe: what arrived stays in its buffer.
+            tokio::select! {
+                event = a.next_untimed() => got_a.push(id(&event)),
+                event = b.next_untimed() => got_b.push(id(&event)),
+            }
+        }
+    })
+    .await
+    .expect("the events in time");
+    (got_a, got_b)
+}
+
 async fn publish(control: &Control, topic: &str, body: Value) -> Value {
     let (status, event) = control
         .call(Method::POST, &format!("/v1/events/{topic}"), Some(body))
@@ -184,9 +272,9 @@ fn ids(events: &[Value]) -> Vec<u64> {
     events.iter().map(id).collect()
 }
 
-#[tokio::test]
-async fn wildcards_match_one_segment_or_the_rest() {
-    let control = Control::start();
+async fn wildcards_match_one_segment_or_the_rest(bus: Bus) {
+    let setup = Setup::new(bus);
+    let control = setup.control();
     let mut star = Events::open(&control, "pattern=mesh.*.applied").await;
     let mut rest = Events::open(&control, "pattern=mesh.%3E").await;
     let mut exact = Events::open(&control, "pattern=mesh.config").await;
@@ -220,9 +308,9 @@ async fn wildcards_match_one_segment_or_the_rest() {
     assert!(error["error"].as_str().expect("message").contains("last"));
 }
 
-#[tokio::test]
-async fn consumer_group_members_share_events_round_robin() {
-    let control = Control::start();
+async fn consumer_group_members_share_events(bus: Bus) {
+    let setup = Setup::new(bus);
+    let control = setup.control();
     let mut a = Events::open(&control, "pattern=jobs.*&group=workers").await;
     let mut b = Events::open(&control, "pattern=jobs.*&group=workers").await;
     let mut audit = Events::open(&control, "pattern=jobs.*").await;
@@ -233,18 +321,24 @@ async fn consumer_group_members_share_events_round_robin() {
             &publish(&control, "jobs.created", json!({"data": n})).await
         ));
     }
-    let got_a = ids(&a.take(10).await);
-    let got_b = ids(&b.take(10).await);
+    let (got_a, got_b) = take_from_either(&mut a, &mut b, published.len()).await;
     assert_eq!(ids(&audit.take(20).await), published, "broadcast gets all");
     a.nothing_for(Duration::from_millis(200)).await;
     b.nothing_for(Duration::from_millis(10)).await;
     let union: BTreeSet<u64> = got_a.iter().chain(&got_b).copied().collect();
     assert_eq!(union.len(), 20, "none twice: {got_a:?} {got_b:?}");
     assert_eq!(union.into_iter().collect::<Vec<_>>(), published);
-    // Strict alternation.
-    assert!(got_a
-        .iter()
-        .all(|i| (i - published[0]) % 2 == (got_a[0] - published[0]) % 2));
+    match bus {
+        // Strict alternation.
+        Bus::Embedded => {
+            assert_eq!((got_a.len(), got_b.len()), (10, 10));
+            assert!(got_a
+                .iter()
+                .all(|i| (i - published[0]) % 2 == (got_a[0] - published[0]) % 2));
+        }
+        // A NATS queue group picks a member at random: both get a share.
+        Bus::JetStream => assert!(!got_a.is_empty() && !got_b.is_empty()),
+    }
 
     // Once a member has left, the other gets everything (probes sent to the departed member
     // before the control noticed are lost with it: groups are not durable).
@@ -279,9 +373,9 @@ async fn consumer_group_members_share_events_round_robin() {
     assert_eq!(got, after);
 }
 
-#[tokio::test]
-async fn filters_on_source_and_metadata() {
-    let control = Control::start();
+async fn filters_on_source_and_metadata(bus: Bus) {
+    let setup = Setup::new(bus);
+    let control = setup.control();
     let mut eu = Events::open(&control, "pattern=%3E&source=proxy-1&meta.zone=eu").await;
     publish(&control, "a.b", json!({"data": 1, "source": "proxy-1"})).await;
     publish(
@@ -300,9 +394,9 @@ async fn filters_on_source_and_metadata() {
     eu.nothing_for(Duration::from_millis(200)).await;
 }
 
-#[tokio::test]
-async fn higher_priorities_overtake_a_backlog() {
-    let control = Control::start();
+async fn higher_priorities_overtake_a_backlog(bus: Bus) {
+    let setup = Setup::new(bus);
+    let control = setup.control();
     // One unacknowledged event at a time: whatever is published meanwhile is backlog.
     let mut events = Events::open(&control, "durable=prio&pattern=p.%3E&maxInFlight=1").await;
     let first = publish(&control, "p.x", json!({"priority": "low", "data": "first"})).await;
@@ -329,9 +423,9 @@ async fn higher_priorities_overtake_a_backlog() {
     );
 }
 
-#[tokio::test]
-async fn durable_subscription_catches_up_after_disconnect() {
-    let control = Control::start();
+async fn durable_subscription_catches_up_after_disconnect(bus: Bus) {
+    let setup = Setup::new(bus);
+    let control = setup.control();
     let mut events = Events::open(&control, "durable=orders&pattern=orders.%3E").await;
     let before = publish(&control, "orders.created", json!({"data": 0})).await;
     let got = events.next().await;
@@ -367,9 +461,9 @@ async fn durable_subscription_catches_up_after_disconnect() {
     );
 }
 
-#[tokio::test]
-async fn unacked_events_are_redelivered_after_the_ack_deadline() {
-    let control = Control::start();
+async fn unacked_events_are_redelivered_after_the_ack_deadline(bus: Bus) {
+    let setup = Setup::new(bus);
+    let control = setup.control();
     let (status, sub) = control
         .call(
             Method::PUT,
@@ -400,9 +494,9 @@ async fn unacked_events_are_redelivered_after_the_ack_deadline() {
     events.nothing_for(Duration::from_millis(700)).await;
 }
 
-#[tokio::test]
-async fn dead_letters_after_max_deliveries_and_replay() {
-    let control = Control::start();
+async fn dead_letters_after_max_deliveries_and_replay(bus: Bus) {
+    let setup = Setup::new(bus);
+    let control = setup.control();
     let (status, _) = control
         .call(
             Method::PUT,
@@ -471,9 +565,9 @@ async fn dead_letters_after_max_deliveries_and_replay() {
     assert!(dead_letters(&control, "dlq").await.is_empty());
 }
 
-#[tokio::test]
-async fn durable_state_survives_kill9_and_restart() {
-    let mut control = Control::start();
+async fn durable_state_survives_kill9_and_restart(bus: Bus) {
+    let setup = Setup::new(bus);
+    let mut control = setup.control();
     let (status, _) = control
         .call(
             Method::PUT,
@@ -546,9 +640,9 @@ async fn durable_state_survives_kill9_and_restart() {
     );
 }
 
-#[tokio::test]
-async fn bus_routes_need_the_token_and_are_documented() {
-    let control = Control::start();
+async fn bus_routes_need_the_token_and_are_documented(bus: Bus) {
+    let setup = Setup::new(bus);
+    let control = setup.control();
     let (status, _) = control
         .call_as(
             None,
@@ -601,9 +695,9 @@ async fn straitctl(control: &Arc<Control>, args: &[&str]) -> (i32, String, Strin
     )
 }
 
-#[tokio::test]
-async fn straitctl_events() {
-    let control = Arc::new(Control::start());
+async fn straitctl_events(bus: Bus) {
+    let setup = Setup::new(bus);
+    let control = Arc::new(setup.control());
     // tail --durable --ack in the background, printing JSON lines.
     let mut tail = Command::new(straitctl_bin())
         .args(["--server", &control.url(), "--token-file"])
@@ -704,6 +798,173 @@ async fn straitctl_events() {
     assert!(err.contains("no durable subscription"), "{err}");
 }
 
+/// Several controls on one NATS server are one bus: what is published through one reaches
+/// live and durable subscribers on another, and an ack through either settles a delivery.
+#[tokio::test]
+async fn replicas_on_jetstream_are_one_bus() {
+    let setup = Setup::new(Bus::JetStream);
+    let (a, b) = (setup.control(), setup.control());
+    let mut live = Events::open(&b, "pattern=orders.%3E").await;
+    let (status, _) = a
+        .call(
+            Method::PUT,
+            "/v1/subscriptions/shared",
+            Some(json!({"pattern": "orders.>"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let mut durable = Events::open(&b, "durable=shared").await;
+
+    let event = publish(&a, "orders.created", json!({"data": "through a"})).await;
+    assert_eq!(id(&live.next().await), id(&event));
+    let got = durable.next().await;
+    assert_eq!(
+        (id(&got), got["data"].clone()),
+        (id(&event), json!("through a"))
+    );
+    assert_eq!(subscription(&a, "shared").await["unacked"], 1);
+    // Acked through the replica that did not deliver it.
+    assert_eq!(ack(&a, "shared", &[id(&event)]).await, 1);
+    let sub = subscription(&b, "shared").await;
+    assert_eq!(
+        (sub["unacked"].clone(), sub["backlog"].clone()),
+        (json!(0), json!(0))
+    );
+    // The other way round, and history is shared too.
+    let mut live_a = Events::open(&a, "pattern=orders.%3E").await;
+    let back = publish(&b, "orders.paid", json!({"data": "through b"})).await;
+    assert_eq!(id(&live_a.next().await), id(&back));
+    let (_, history) = a
+        .call(Method::GET, "/v1/events/orders.paid/history", None)
+        .await;
+    assert_eq!(
+        ids(history["events"].as_array().expect("events")),
+        [id(&back)]
+    );
+    let (_, list) = b.call(Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!(list["subscriptions"][0]["name"], "shared");
+}
+
+/// A durable subscription lives in the NATS server: it survives every replica being killed
+/// and the server itself restarting, with its backlog, and a new replica serves it.
+#[tokio::test]
+async fn durable_subscription_survives_every_replica_and_a_server_restart() {
+    let mut setup = Setup::new(Bus::JetStream);
+    let (mut a, mut b) = (setup.control(), setup.control());
+    let (status, _) = a
+        .call(
+            Method::PUT,
+            "/v1/subscriptions/keep",
+            Some(json!({"pattern": "k.>", "maxDeliveries": 2})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let low = publish(&b, "k.a", json!({"priority": "low", "data": "low"})).await;
+    let high = publish(&a, "k.b", json!({"priority": "high", "data": "high"})).await;
+
+    a.kill9();
+    b.kill9();
+    setup.nats().restart();
+    a.restart();
+    let after = publish(&a, "k.c", json!({"data": "after"})).await;
+    let c = setup.control();
+
+    let sub = subscription(&c, "keep").await;
+    assert_eq!(
+        (
+            sub["pattern"].clone(),
+            sub["maxDeliveries"].clone(),
+            sub["backlog"].clone()
+        ),
+        (json!("k.>"), json!(2), json!(3))
+    );
+    let mut events = Events::open(&c, "durable=keep").await;
+    let backlog = events.take(3).await;
+    assert_eq!(
+        ids(&backlog),
+        [id(&high), id(&after), id(&low)],
+        "priority order"
+    );
+    assert_eq!(ack(&c, "keep", &ids(&backlog)).await, 3);
+    assert!(
+        id(&after) > id(&high),
+        "ids keep increasing across restarts"
+    );
+}
+
+/// kill -9 of the replica a publisher and a consumer use loses no event the publisher was
+/// answered 201 for: what the dead replica delivered but nobody acked is redelivered by
+/// another after the ack deadline.
+#[tokio::test]
+async fn kill9_of_a_replica_loses_no_acknowledged_event() {
+    let setup = Setup::new(Bus::JetStream);
+    let mut a = setup.control();
+    let b = setup.control();
+    let (status, _) = b
+        .call(
+            Method::PUT,
+            "/v1/subscriptions/work",
+            Some(json!({"pattern": "w.>", "ackDeadline": "500ms"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // A consumer on the replica about to die, holding what it gets unacked.
+    let mut doomed = Events::open(&a, "durable=work").await;
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..20 {
+        acknowledged.insert(id(&publish(&a, "w.item", json!({"data": n})).await));
+    }
+    doomed.take(5).await;
+    // Publishing through the replica as it dies: every 201 counts.
+    let url = a.url();
+    let token = a.token().to_owned();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    let publisher = tokio::spawn(async move {
+        let client = http1();
+        let mut answered = Vec::new();
+        for n in 0.. {
+            let request = Request::post(format!("{url}/v1/events/w.item"))
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(json!({"data": n}).to_string())))
+                .expect("request");
+            let Ok(response) = client.request(request).await else {
+                return answered;
+            };
+            if response.status() != 201 {
+                return answered;
+            }
+            let Ok(body) = response.into_body().collect().await else {
+                return answered;
+            };
+            let event: Value = serde_json::from_slice(&body.to_bytes()).expect("event");
+            answered.push(id(&event));
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        answered
+    });
+    eventually("publishes through the replica", WAIT, || async {
+        (count.load(std::sync::atomic::Ordering::Relaxed) > 30).then_some(())
+    })
+    .await;
+    a.kill9();
+    let answered = tokio::time::timeout(WAIT, publisher)
+        .await
+        .expect("the publisher stops with the replica")
+        .expect("publisher");
+    acknowledged.extend(answered);
+    drop(doomed);
+
+    let mut events = Events::open(&b, "durable=work").await;
+    let mut missing = acknowledged.clone();
+    while !missing.is_empty() {
+        let event = events.next().await;
+        missing.remove(&id(&event));
+        ack(&b, "work", &[id(&event)]).await;
+    }
+}
+
 /// Publishes `count` events to `bench.endpoint.ejected` from `concurrency` tasks, each with
 /// its own kept-alive connection, waiting for every 201.
 async fn publish_load(control: &Arc<Control>, count: usize, concurrency: usize) {
@@ -771,7 +1032,8 @@ fn rate(count: usize, d: Duration) -> String {
 #[ignore = "a measurement, not a test: run it on a release build"]
 async fn bus_throughput() {
     const EVENTS: usize = 20_000;
-    let control = Arc::new(Control::start());
+    let setup = Setup::new(Bus::Embedded);
+    let control = Arc::new(setup.control());
     let (status, _) = control
         .call(
             Method::PUT,

@@ -14,9 +14,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::backend::Subscribe;
 use super::error::BusError;
 use super::event::{Filters, NewEvent};
-use super::session;
+use super::sse;
 use super::subscription::{validate_name, SubscriptionConfig, SubscriptionRequest};
 use super::topic::Pattern;
 use super::writer::HISTORY_PER_TOPIC;
@@ -76,24 +77,12 @@ fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, BusError> {
         .map_err(|e| BusError::BadRequest(format!("query: {}", e.body_text())))
 }
 
-/// Runs a store read off the async workers (a history can be 100 MiB).
-async fn blocking<T, F>(read: F) -> Result<T, BusError>
-where
-    F: FnOnce() -> Result<T, BusError> + Send + 'static,
-    T: Send + 'static,
-{
-    // A join error means the read panicked or the runtime is shutting down.
-    tokio::task::spawn_blocking(read)
-        .await
-        .unwrap_or(Err(BusError::Closed))
-}
-
 /// `POST /v1/events/{topic}`: publish; 201 with the stored event once committed.
 async fn publish(State(bus): State<Arc<Bus>>, Path(topic): Path<String>, body: Body) -> Answer {
     super::topic::validate_topic(&topic)?;
     let bytes = read_body(body).await?;
     let event: NewEvent = parse_json(&bytes)?;
-    let stored = bus.publish_stored(&topic, event, bytes.len()).await?;
+    let stored = bus.backend.publish(&topic, event, bytes.len()).await?;
     Ok(json_response(StatusCode::CREATED, stored.json.clone()))
 }
 
@@ -107,10 +96,7 @@ struct HistoryQuery {
 async fn history(State(bus): State<Arc<Bus>>, Path(topic): Path<String>, uri: Uri) -> Answer {
     let q: HistoryQuery = query(&uri)?;
     let limit = q.limit.unwrap_or(HISTORY_PER_TOPIC).min(HISTORY_PER_TOPIC);
-    let events = {
-        let (bus, topic) = (bus.clone(), topic.clone());
-        blocking(move || bus.history(&topic, limit)).await?
-    };
+    let events = bus.backend.history(&topic, limit).await?;
     // The events are already JSON: splice them rather than decode and encode again.
     let mut out = Vec::with_capacity(64 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
     out.extend_from_slice(b"{\"topic\":");
@@ -182,7 +168,7 @@ impl SubscribeQuery {
 /// Server-Sent Events stream of matching events.
 async fn subscribe(State(bus): State<Arc<Bus>>, uri: Uri) -> Answer {
     let q = SubscribeQuery::parse(query(&uri)?)?;
-    let session = match q.durable.clone() {
+    let request = match q.durable.clone() {
         None => {
             if q.has_settings() {
                 return Err(BusError::BadRequest(
@@ -200,7 +186,11 @@ async fn subscribe(State(bus): State<Arc<Bus>>, uri: Uri) -> Answer {
                     ))
                 })?;
             }
-            bus.attach_live(pattern, q.group, q.filters)?
+            Subscribe::Live {
+                pattern,
+                group: q.group,
+                filters: q.filters,
+            }
         }
         Some(name) => {
             if q.group.is_some() {
@@ -209,23 +199,19 @@ async fn subscribe(State(bus): State<Arc<Bus>>, uri: Uri) -> Answer {
                         .into(),
                 ));
             }
-            let durable = ensure_durable(&bus, &name, q).await?;
-            bus.attach_durable(durable)?
+            ensure_durable(&bus, &name, q).await?;
+            Subscribe::Durable { name }
         }
     };
-    Ok(session::response(session))
+    let feed = bus.backend.clone().subscribe(request).await?;
+    Ok(sse::response(feed))
 }
 
 /// The durable subscription `name`, created from the query if it does not exist; a query
 /// that contradicts an existing subscription is a conflict.
-async fn ensure_durable(
-    bus: &Arc<Bus>,
-    name: &str,
-    q: SubscribeQuery,
-) -> Result<Arc<super::durable::Durable>, BusError> {
+async fn ensure_durable(bus: &Bus, name: &str, q: SubscribeQuery) -> Result<(), BusError> {
     validate_name(name)?;
-    if let Ok(existing) = bus.durable(name) {
-        let config = super::lock(&existing.state).config.clone();
+    if let Some(config) = bus.backend.subscription_config(name).await? {
         let wanted = SubscriptionRequest {
             pattern: q
                 .pattern
@@ -248,7 +234,7 @@ async fn ensure_durable(
                 config.to_json()
             )));
         }
-        return Ok(existing);
+        return Ok(());
     }
     let Some(pattern) = q.pattern else {
         return Err(BusError::BadRequest(format!(
@@ -263,18 +249,19 @@ async fn ensure_durable(
         max_in_flight: q.max_in_flight,
     }
     .validate()?;
-    bus.put_subscription(name, config).await?;
-    bus.durable(name)
+    bus.backend.put_subscription(name, config).await?;
+    Ok(())
 }
 
 /// `GET /v1/subscriptions`: durable subscriptions with their counts.
-async fn list_subscriptions(State(bus): State<Arc<Bus>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "subscriptions": bus.subscriptions() }))
+async fn list_subscriptions(State(bus): State<Arc<Bus>>) -> Answer {
+    let subscriptions = bus.backend.subscriptions().await?;
+    Ok(Json(serde_json::json!({ "subscriptions": subscriptions })).into_response())
 }
 
 /// `GET /v1/subscriptions/{name}`.
 async fn get_subscription(State(bus): State<Arc<Bus>>, Path(name): Path<String>) -> Answer {
-    Ok(Json(bus.subscription(&name)?).into_response())
+    Ok(Json(bus.backend.subscription(&name).await?).into_response())
 }
 
 /// `PUT /v1/subscriptions/{name}` with `{pattern, filters?, ackDeadline?, maxDeliveries?,
@@ -287,18 +274,18 @@ async fn put_subscription(
     validate_name(&name)?;
     let request: SubscriptionRequest = parse_json(&read_body(body).await?)?;
     let config: SubscriptionConfig = request.validate()?;
-    let created = bus.put_subscription(&name, config).await?;
+    let created = bus.backend.put_subscription(&name, config).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(bus.subscription(&name)?)).into_response())
+    Ok((status, Json(bus.backend.subscription(&name).await?)).into_response())
 }
 
 /// `DELETE /v1/subscriptions/{name}`: 204.
 async fn delete_subscription(State(bus): State<Arc<Bus>>, Path(name): Path<String>) -> Answer {
-    bus.delete_subscription(&name).await?;
+    bus.backend.delete_subscription(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -317,7 +304,7 @@ struct MaybeIds {
 /// `POST /v1/subscriptions/{name}/ack` with `{ids: [...]}`: `{acked: N}` once committed.
 async fn ack(State(bus): State<Arc<Bus>>, Path(name): Path<String>, body: Body) -> Answer {
     let Ids { ids } = parse_json(&read_body(body).await?)?;
-    let acked = bus.ack(&name, &ids).await?;
+    let acked = bus.backend.ack(&name, &ids).await?;
     Ok(Json(serde_json::json!({ "acked": acked })).into_response())
 }
 
@@ -334,7 +321,7 @@ async fn dead_letters(State(bus): State<Arc<Bus>>, Path(name): Path<String>, uri
         .limit
         .unwrap_or(DEAD_LETTERS_DEFAULT)
         .min(DEAD_LETTERS_MAX);
-    let letters = blocking(move || bus.dead_letters(&name, limit)).await?;
+    let letters = bus.backend.dead_letters(&name, limit).await?;
     Ok(Json(serde_json::json!({ "deadLetters": letters })).into_response())
 }
 
@@ -347,7 +334,7 @@ async fn replay(State(bus): State<Arc<Bus>>, Path(name): Path<String>, body: Bod
     } else {
         parse_json(&bytes)?
     };
-    let replayed = bus.replay(&name, ids.as_deref()).await?;
+    let replayed = bus.backend.replay(&name, ids.as_deref()).await?;
     Ok(Json(serde_json::json!({ "replayed": replayed })).into_response())
 }
 

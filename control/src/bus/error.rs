@@ -65,6 +65,14 @@ pub enum BusError {
     /// The writer thread could not be started.
     #[error("starting the event bus writer thread: {0}")]
     Spawn(#[source] std::io::Error),
+    /// The NATS JetStream server failed or could not be reached.
+    #[error("event bus (NATS JetStream): {context}: {message}")]
+    Nats {
+        /// What the bus was doing.
+        context: &'static str,
+        /// What the client library said.
+        message: String,
+    },
     /// The bus's writer is gone (the bus is shutting down, or its thread failed).
     #[error("the event bus is shutting down")]
     Closed,
@@ -84,6 +92,14 @@ impl BusError {
         move |source| BusError::Encoding { context, source }
     }
 
+    /// Wraps a NATS client error with what the bus was doing.
+    pub(crate) fn nats<E: std::fmt::Display>(context: &'static str) -> impl FnOnce(E) -> BusError {
+        move |e| BusError::Nats {
+            context,
+            message: e.to_string(),
+        }
+    }
+
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -93,7 +109,9 @@ impl BusError {
             BusError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BusError::NoSubscription(_) => StatusCode::NOT_FOUND,
             BusError::Conflict(_) => StatusCode::CONFLICT,
-            BusError::Overloaded(_) | BusError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            BusError::Overloaded(_) | BusError::Closed | BusError::Nats { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             BusError::Store { .. }
             | BusError::Encoding { .. }
             | BusError::BatchFailed(_)

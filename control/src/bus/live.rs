@@ -60,6 +60,12 @@ impl Subscriber {
         }
     }
 
+    /// Queues `event` if the subscriber's filters accept it; false once the subscriber is
+    /// cut off (its queue overflowed). For feeds that do their own routing.
+    pub fn push(&self, event: &Arc<StoredEvent>) -> bool {
+        !self.filters.accepts(&event.event) || deliver(self, event)
+    }
+
     fn offer(&self, event: &Arc<StoredEvent>) -> Offer {
         let offer = {
             let mut inbox = lock(&self.inbox);

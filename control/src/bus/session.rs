@@ -3,30 +3,23 @@
 //! session (the client went away) unregisters it; a durable consumer's unacknowledged
 //! messages then go back to the backlog at once.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
-use http::header;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
 
+use super::backend::Feed;
 use super::durable::{Delivery, Durable};
+use super::embedded::{lock, Embedded, MAX_SUBSCRIBERS};
 use super::error::BusError;
-use super::event::{now_millis, Filters, StoredEvent};
+use super::event::{now_millis, Filters};
 use super::live::Subscriber;
+use super::metrics;
+use super::sse::{frame, CHUNK_BYTES, CHUNK_EVENTS};
 use super::topic::Pattern;
-use super::{lock, metrics, Bus, Op, MAX_SUBSCRIBERS};
-
-/// A comment sent when nothing else was for this long, so proxies keep the stream open and
-/// dead clients are noticed.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Most events written in one chunk.
-const CHUNK_EVENTS: usize = 64;
-/// Chunks stop growing past this many bytes.
-const CHUNK_BYTES: usize = 256 << 10;
+use super::writer::Op;
 
 enum Source {
     Live(Arc<Subscriber>),
@@ -38,13 +31,13 @@ enum Source {
 
 /// A subscriber connection.
 pub(crate) struct Session {
-    bus: Arc<Bus>,
+    bus: Arc<Embedded>,
     source: Source,
     /// Set once the stream has said why it ends.
     ended: bool,
 }
 
-impl Bus {
+impl Embedded {
     fn reserve_connection(&self) -> Result<(), BusError> {
         self.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -126,15 +119,24 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// The next chunk of the stream: events, a keep-alive comment, or a last comment saying
-    /// why the stream ends; `None` ends it.
+    /// The stream of this session's chunks: events, then a last comment saying why the
+    /// stream ends.
+    pub(crate) fn into_feed(self) -> Feed {
+        futures_util::stream::unfold(self, |mut session| async move {
+            let chunk = session.next_chunk().await?;
+            Some((chunk, session))
+        })
+        .boxed()
+    }
+
+    /// The next chunk of the stream; `None` ends it.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.ended {
             return None;
         }
-        match tokio::time::timeout(KEEP_ALIVE, self.next_events()).await {
-            Ok(Some(chunk)) => Some(chunk),
-            Ok(None) => {
+        match self.next_events().await {
+            Some(chunk) => Some(chunk),
+            None => {
                 self.ended = true;
                 Some(Bytes::from_static(match self.source {
                     Source::Live(_) => {
@@ -143,7 +145,6 @@ impl Session {
                     Source::Durable { .. } => b": disconnected: the subscription was deleted\n\n",
                 }))
             }
-            Err(_) => Some(Bytes::from_static(b": keep-alive\n\n")),
         }
     }
 
@@ -211,77 +212,5 @@ impl Session {
         }
         metrics::delivered(count);
         (count > 0).then(|| chunk.freeze())
-    }
-}
-
-/// Appends one SSE message: `id:` the event id, `data:` the event JSON (with `deliveries`
-/// first for durable subscriptions). Compact JSON has no newline, so one `data:` line.
-fn frame(out: &mut BytesMut, event: &StoredEvent, deliveries: Option<u32>) {
-    out.put_slice(format!("id: {}\ndata: ", event.event.id).as_bytes());
-    match deliveries {
-        // The event JSON is an object with fields: splice `deliveries` in as the first.
-        Some(n) if event.json.len() > 2 => {
-            out.put_slice(format!("{{\"deliveries\":{n},").as_bytes());
-            out.put_slice(&event.json[1..]);
-        }
-        _ => out.put_slice(&event.json),
-    }
-    out.put_slice(b"\n\n");
-}
-
-/// The `text/event-stream` response of a session; it starts with a `: subscribed` comment
-/// so the client knows the subscription is in place.
-pub(crate) fn response(session: Session) -> Response {
-    use futures_util::StreamExt as _;
-    let hello = futures_util::stream::once(async {
-        Ok::<_, Infallible>(Bytes::from_static(b": subscribed\n\n"))
-    });
-    let events = futures_util::stream::unfold(session, |mut session| async move {
-        let chunk = session.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), session))
-    });
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::HeaderName::from_static("x-accel-buffering"), "no"),
-        ],
-        Body::from_stream(hello.chain(events)),
-    )
-        .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bus::event::{rfc3339, Event, Priority};
-
-    #[test]
-    fn frames_are_one_data_line_with_deliveries_spliced_in() {
-        let event = StoredEvent::new(Event {
-            id: 9,
-            topic: "a.b".into(),
-            priority: Priority::Low,
-            source: None,
-            metadata: Default::default(),
-            data: serde_json::json!({"text": "two\nlines"}),
-            published_at: rfc3339(0),
-        })
-        .expect("encode");
-        let mut out = BytesMut::new();
-        frame(&mut out, &event, None);
-        frame(&mut out, &event, Some(3));
-        let text = String::from_utf8(out.to_vec()).expect("utf-8");
-        let messages: Vec<&str> = text.split_terminator("\n\n").collect();
-        assert_eq!(messages.len(), 2);
-        for (message, deliveries) in messages.iter().zip([None, Some(3)]) {
-            let lines: Vec<&str> = message.lines().collect();
-            assert_eq!(lines[0], "id: 9");
-            let json: serde_json::Value =
-                serde_json::from_str(lines[1].strip_prefix("data: ").expect("data")).expect("json");
-            assert_eq!(json["id"], 9);
-            assert_eq!(json["data"]["text"], "two\nlines");
-            assert_eq!(json.get("deliveries").and_then(|d| d.as_u64()), deliveries);
-        }
     }
 }

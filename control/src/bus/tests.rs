@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::client::{next_chunk, Client, SseParser};
-use super::Bus;
+use super::embedded::Embedded as Bus;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -45,7 +45,7 @@ async fn serve(bus: &Arc<Bus>) -> String {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let router = bus.clone().router();
+    let router = Arc::new(super::Bus::from_backend(bus.clone())).router();
     tokio::spawn(async move { axum::serve(listener, router).await });
     format!("http://{addr}")
 }
@@ -219,19 +219,7 @@ async fn history_keeps_the_last_hundred() {
     assert_eq!(history[0].event.data, json!(20));
     assert_eq!(history[99].event.data, json!(119));
 
-    // The blocking and the fire-and-forget forms.
-    let blocking = bus.clone();
-    let event = tokio::task::spawn_blocking(move || {
-        let event = super::NewEvent {
-            data: json!("sync"),
-            ..Default::default()
-        };
-        blocking.publish("h.sync", event)
-    })
-    .await
-    .expect("joined")
-    .expect("published");
-    assert_eq!(bus.history("h.sync", 1).expect("history")[0].event, event);
+    // The fire-and-forget form.
     let event = super::NewEvent {
         data: json!("nowait"),
         ..Default::default()
@@ -241,7 +229,7 @@ async fn history_keeps_the_last_hundred() {
         .publish_nowait("h..x", super::NewEvent::default())
         .is_err());
     let deadline = tokio::time::Instant::now() + WAIT;
-    while bus.history("h.sync", 10).expect("history").len() < 2 {
+    while bus.history("h.sync", 10).expect("history").is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "nowait event never committed"

@@ -4,7 +4,7 @@
 //! its commit is a publish handed to subscribers and answered, so a 201 means "on disk".
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -30,8 +30,6 @@ const MAX_BATCH_BYTES: usize = 32 << 20;
 pub(crate) enum Reply<T> {
     /// An async caller.
     Async(oneshot::Sender<Result<T, BusError>>),
-    /// A blocking caller.
-    Blocking(SyncSender<Result<T, BusError>>),
     /// Nobody waits: a failure is logged.
     Detached,
 }
@@ -41,7 +39,6 @@ impl<T> Reply<T> {
         // The caller may have given up waiting (its request was cancelled): nothing to do.
         match self {
             Reply::Async(tx) => drop(tx.send(result)),
-            Reply::Blocking(tx) => drop(tx.send(result)),
             Reply::Detached => {
                 if let Err(error) = result {
                     tracing::warn!(%error, "event bus change not saved");

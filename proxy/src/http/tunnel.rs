@@ -4,7 +4,6 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::tls::upstream_stream::UpstreamStream;
 

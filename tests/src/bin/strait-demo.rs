@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         webhook: None,
         identity: None,
         install_metrics: false,
+        bus: None,
     };
     let control = tokio::spawn(strait_control::server::serve(control_options));
     let client =
