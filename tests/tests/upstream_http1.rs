@@ -727,16 +727,19 @@ async fn after_a_burst_one_request_at_a_time_reuses_the_last_connection_and_the_
         );
 
         // One request every 50 ms for 3 s: the sweep (every 2 s) runs while it goes on.
-        let mut answered_by = std::collections::BTreeSet::new();
+        let mut answered_by = Vec::new();
         for i in 0..60 {
             let a = get_path(&client, &proxy, &format!("/one/{i}")).await;
             assert_eq!(a.status, 200, "request {i}");
-            answered_by.insert(String::from_utf8_lossy(&a.body).into_owned());
+            answered_by.push(String::from_utf8_lossy(&a.body).into_owned());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(
-            answered_by.len(),
-            1,
+        // A request that gives its connection back while a sweep has the pool's connections
+        // out puts it under them: the trickle may move once to another connection, never
+        // cycle through them.
+        let switches = answered_by.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(
+            switches <= 1,
             "one request at a time goes out on the connection used last, not in turn on every \
              connection the burst opened (which keeps each of them alive and near the upstream's \
              idle timeout): {answered_by:?}"
