@@ -206,12 +206,17 @@ mod tests {
 
     #[tokio::test]
     async fn the_multiplier_grows_with_repeated_ejections() {
+        // Real time (the ejection clock is the process's): half-second steps leave a loaded
+        // machine's scheduling delays far inside the margins.
         let eps = endpoints(2);
-        let o = outlier(50);
+        let o = Arc::new(Outlier::new(OutlierPolicy {
+            base_ejection_time: Duration::from_millis(500),
+            ..outlier(50).policy.clone()
+        }));
         for _ in 0..3 {
             o.record(&eps[0], true, 2);
         }
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
         assert!(eps[0].is_available());
         for _ in 0..3 {
             o.record(&eps[0], true, 2);
@@ -221,9 +226,9 @@ mod tests {
             2,
             "no interval passed: no decay"
         );
-        tokio::time::sleep(Duration::from_millis(70)).await;
-        assert!(!eps[0].is_available(), "second ejection lasts 2 × 50 ms");
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!eps[0].is_available(), "second ejection lasts 2 × 500 ms");
+        tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(eps[0].is_available());
     }
 }
