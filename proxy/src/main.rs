@@ -137,8 +137,10 @@ fn control_target(args: &Args) -> Result<Option<ControlTarget>, String> {
     let url: http::Uri = url
         .parse()
         .map_err(|e| format!("--control {url}: not a URL: {e}"))?;
-    if url.scheme_str() != Some("http") || url.authority().is_none() {
-        return Err(format!("--control {url}: expected http://HOST:PORT"));
+    if !matches!(url.scheme_str(), Some("http" | "https")) || url.authority().is_none() {
+        return Err(format!(
+            "--control {url}: expected http://HOST:PORT or https://HOST:PORT"
+        ));
     }
     let node = args.node.clone().ok_or("--control needs --node NAME")?;
     let token = match &args.token_file {
@@ -154,6 +156,8 @@ fn control_target(args: &Args) -> Result<Option<ControlTarget>, String> {
         url,
         node,
         token,
+        token_file: args.token_file.clone(),
+        tls: None,
         listeners: Vec::new(),
     }))
 }

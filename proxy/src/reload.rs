@@ -98,6 +98,7 @@ impl Reloader {
     pub async fn start(
         initial: Initial,
         prometheus: PrometheusHandle,
+        identity: Arc<crate::identity::IdentityStore>,
     ) -> Result<Self, ReloadError> {
         let (path, first, control_url) = match initial {
             Initial::File(path) => (Some(path), None, Arc::from("")),
@@ -143,7 +144,7 @@ impl Reloader {
             ready: Default::default(),
             drain: Drain::default(),
             shutdown: Default::default(),
-            identity: Default::default(),
+            identity,
         });
         let mut listeners = Listeners::default();
         let bound = listeners

@@ -7,6 +7,7 @@
 //! Where it comes from: files ([`files`], for cert-manager or SPIRE users), or the control's
 //! CA (the proxy generates the key; a CSR goes to the control).
 
+pub mod control;
 pub mod files;
 mod pem;
 
@@ -69,6 +70,8 @@ impl Identity {
 #[derive(Debug, Default)]
 pub struct IdentityStore {
     current: ArcSwapOption<Identity>,
+    /// Woken at each install (the control channel waits for the first one).
+    installed: tokio::sync::Notify,
 }
 
 impl IdentityStore {
@@ -92,5 +95,19 @@ impl IdentityStore {
             "identity installed"
         );
         self.current.store(Some(Arc::new(identity)));
+        self.installed.notify_waiters();
+    }
+
+    /// The identity in force, waiting for the first one if there is none yet.
+    pub async fn wait(&self) -> Arc<Identity> {
+        loop {
+            let installed = self.installed.notified();
+            tokio::pin!(installed);
+            installed.as_mut().enable();
+            if let Some(identity) = self.current() {
+                return identity;
+            }
+            installed.await;
+        }
     }
 }
