@@ -5,6 +5,7 @@
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod kube;
 pub mod metrics;
 pub mod netns;
 pub mod process;

@@ -221,3 +221,91 @@ async fn certificates_are_renewed_under_a_request_loop_without_a_failed_request(
     assert_eq!(status, 200);
     assert!(requests > 0);
 }
+
+/// A pod's bootstrap: the projected ServiceAccount token as `tokenFile`, the trust bundle
+/// mounted as `trustBundleFile` (a ServiceAccount token carries no bundle hash).
+fn pod_bootstrap(control: &Control) -> String {
+    format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {{name: reviews-pod}}
+spec:
+  admin: 127.0.0.1:0
+  identity: {{trustDomain: {TD}, namespace: default, serviceAccount: reviews, trustBundleFile: roots.pem}}
+  control: {{address: \"{}\", node: reviews-pod, tokenFile: strait-token}}
+  listeners:
+    - {{name: web, address: 127.0.0.1:0, protocol: http}}
+",
+        control.url()
+    )
+}
+
+/// What a projected token looks like (the stand-in only compares it).
+const POD_JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsic3RyYWl0Il19.c2lnbmF0dXJl";
+
+#[tokio::test]
+async fn in_kubernetes_the_first_certificate_comes_with_the_pods_service_account_token() {
+    let kube = strait_tests::kube::TokenReviewServer::start().await;
+    kube.add_service_account(POD_JWT, "default", "reviews");
+    let control = Control::start_with_env(&["--trust-domain", TD], &kube.env());
+    let proxy = Proxy::start_with_files(
+        &pod_bootstrap(&control),
+        &[("strait-token", POD_JWT), ("roots.pem", &control.bundle())],
+    );
+    let id = ready_with_identity(&proxy).await;
+    assert_eq!(id["spiffeId"], REVIEWS, "{id}");
+    assert_eq!(id["source"], "control", "{id}");
+    let reviews = kube.reviews.lock().expect("reviews").clone();
+    let (bearer, review) = reviews.first().expect("a TokenReview was asked for");
+    assert_eq!(bearer, "control-sa-token", "the control's own token");
+    assert_eq!(review["kind"], "TokenReview");
+    assert_eq!(review["spec"]["token"], POD_JWT);
+    assert_eq!(review["spec"]["audiences"], serde_json::json!(["strait"]));
+    assert!(
+        control
+            .logs()
+            .iter()
+            .any(|l| l.contains("issued a certificate") && l.contains("kubernetes")),
+        "{}",
+        control.logs().join("\n")
+    );
+}
+
+#[tokio::test]
+async fn a_service_account_token_gets_only_its_own_identity_and_an_unknown_one_none() {
+    let kube = strait_tests::kube::TokenReviewServer::start().await;
+    kube.add_service_account(POD_JWT, "default", "ratings");
+    let control = Control::start_with_env(&["--trust-domain", TD], &kube.env());
+    let other = Proxy::start_with_files(
+        &pod_bootstrap(&control),
+        &[("strait-token", POD_JWT), ("roots.pem", &control.bundle())],
+    );
+    let unknown = Proxy::start_with_files(
+        &pod_bootstrap(&control),
+        &[
+            ("strait-token", "not-a-known-token"),
+            ("roots.pem", &control.bundle()),
+        ],
+    );
+    for (proxy, status) in [(&other, "403"), (&unknown, "401")] {
+        let line = eventually(
+            "the proxy logs the refusal",
+            Duration::from_secs(10),
+            || {
+                let logs = proxy.logs();
+                async move {
+                    logs.into_iter()
+                        .find(|l| l.contains("no certificate from the control"))
+                }
+            },
+        )
+        .await;
+        assert!(line.contains(status), "{line}");
+        let (ready, _) = admin_get(proxy.admin(), "/ready").await;
+        assert_eq!(ready, 503);
+    }
+    assert!(!control
+        .logs()
+        .iter()
+        .any(|l| l.contains("issued a certificate")));
+}
