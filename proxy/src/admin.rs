@@ -124,11 +124,17 @@ fn shutdown(method: &Method, peer: std::net::SocketAddr, shared: &Shared) -> Res
 /// `GET /identity`: the proxy's SPIFFE ID, its certificate's serial and validity, and the
 /// trust bundle's roots — never the private key.
 fn identity(shared: &Shared) -> serde_json::Value {
+    use strait_config::snapshot::IdentitySource;
+    let source = match shared.config.load().snapshot.proxy.identity {
+        Some(IdentitySource::Control { .. }) => Some("control"),
+        Some(IdentitySource::Files { .. }) => Some("files"),
+        None => None,
+    };
     let Some(id) = shared.identity.current() else {
-        let configured = shared.config.load().snapshot.proxy.identity.is_some();
         return serde_json::json!({
             "spiffeId": null,
-            "status": if configured { "pending" } else { "none" },
+            "source": source,
+            "status": if source.is_some() { "pending" } else { "none" },
         });
     };
     let unix = |t: std::time::SystemTime| {
@@ -151,6 +157,7 @@ fn identity(shared: &Shared) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "spiffeId": &*id.spiffe_id,
+        "source": source,
         "status": "active",
         "serial": id.serial,
         "notBefore": httpdate::fmt_http_date(id.not_before),

@@ -1,6 +1,7 @@
 //! The proxy process: load config, bind, serve, reload, and drain on SIGTERM.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use strait_config::snapshot::IdentitySource;
 
@@ -9,6 +10,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::Endpoints;
 use crate::control::{ControlTarget, ControlUpdate};
+use crate::identity::control::{ControlTls, Enrolment};
+use crate::identity::IdentityStore;
 use crate::reload::{Initial, ReloadError, Reloader};
 
 /// How to run the proxy.
@@ -75,7 +78,7 @@ fn control_from_file(path: &std::path::Path) -> Result<Option<ControlTarget>, St
     let bad = |message: String| StartError::Control(message);
     let urls = crate::control::parse_urls(&spec.address)
         .map_err(|e| bad(format!("spec.control.address {e}")))?;
-    let token = match &spec.token_file {
+    let (token, token_file) = match &spec.token_file {
         Some(file) => {
             let base = if path.is_dir() {
                 path
@@ -85,16 +88,65 @@ fn control_from_file(path: &std::path::Path) -> Result<Option<ControlTarget>, St
             let file = base.join(file);
             let token = std::fs::read_to_string(&file)
                 .map_err(|e| bad(format!("spec.control.tokenFile {}: {e}", file.display())))?;
-            Some(token.trim().to_owned())
+            (Some(token.trim().to_owned()), Some(file))
         }
-        None => None,
+        None => (None, None),
     };
     Ok(Some(ControlTarget {
         urls,
         node: spec.node,
         token,
+        token_file,
+        tls: None,
         listeners: Vec::new(),
     }))
+}
+
+/// The bootstrap's `spec.identity`, if it has one (an invalid bootstrap: the reloader says why).
+fn identity_from_file(path: &std::path::Path) -> Option<IdentitySource> {
+    strait_config::load_path(path).ok()?.proxy.identity
+}
+
+/// Sets up TLS to an `https://` control, and for an identity the control issues, the task
+/// that gets and renews it (the push stream waits for it).
+fn secure_control(
+    mut target: ControlTarget,
+    identity: Option<&IdentitySource>,
+    store: &Arc<IdentityStore>,
+) -> Result<ControlTarget, StartError> {
+    let bad = |message: &str| StartError::Control(message.to_owned());
+    // Every replica is spoken to the same way: the first URL's scheme says which.
+    let Some(first) = target.urls.first().cloned() else {
+        return Err(bad("no control URL"));
+    };
+    let https = first.scheme_str() == Some("https");
+    match identity {
+        None if https => return Err(bad(
+            "an https:// control authenticates proxies by their certificate: give spec.identity",
+        )),
+        None => return Ok(target),
+        Some(IdentitySource::Control { .. }) if !https => {
+            return Err(bad(
+                "spec.identity is issued by the control over TLS: give an https:// control address",
+            ))
+        }
+        Some(_) if !https => return Ok(target),
+        Some(_) => {}
+    }
+    // Certificates are asked of the first replica; the push stream fails over between all.
+    let tls = Arc::new(ControlTls::new(&first, store.clone()).map_err(StartError::Control)?);
+    if let (Some(spiffe_id), Some(IdentitySource::Control { trust_bundle, .. })) =
+        (identity.and_then(IdentitySource::spiffe_id), identity)
+    {
+        let enrolment = Enrolment {
+            spiffe_id,
+            token_file: target.token_file.clone(),
+            trust_bundle_file: trust_bundle.clone(),
+        };
+        tokio::spawn(crate::identity::control::run(tls.clone(), enrolment));
+    }
+    target.tls = Some(tls);
+    Ok(target)
 }
 
 /// How often pooled upstream connections are checked for having been closed by the upstream
@@ -150,6 +202,13 @@ async fn bind_admin(
 /// no config within `after` (ready already, if it has).
 async fn ready_without_control(shared: std::sync::Arc<crate::shared::Shared>, after: Duration) {
     tokio::time::sleep(after).await;
+    if matches!(
+        shared.config.load().snapshot.proxy.identity,
+        Some(IdentitySource::Control { .. })
+    ) {
+        // Ready means able to speak mTLS: never without the certificate.
+        shared.identity.wait().await;
+    }
     if shared.config.load().control_version.is_none() {
         tracing::warn!(
             waited_ms = after.as_millis() as u64,
@@ -189,6 +248,17 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         (None, Some(path)) => control_from_file(path)?,
         (None, None) => None,
     };
+    let identity_store = Arc::new(IdentityStore::default());
+    let bootstrap_identity = options.config.as_deref().and_then(identity_from_file);
+    if control.is_none() && matches!(bootstrap_identity, Some(IdentitySource::Control { .. })) {
+        return Err(StartError::Control(
+            "spec.identity is issued by the control: give spec.control (an https:// address)"
+                .into(),
+        ));
+    }
+    let control = control
+        .map(|target| secure_control(target, bootstrap_identity.as_ref(), &identity_store))
+        .transpose()?;
     let mut session = None;
     let initial = match (options.config.clone(), control.clone()) {
         (None, None) => return Err(StartError::NoConfig),
@@ -226,7 +296,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         }
     };
     let control_attached = control.is_some();
-    let reloader = match Reloader::start(initial, prometheus).await {
+    let reloader = match Reloader::start(initial, prometheus, identity_store).await {
         Ok(reloader) => reloader,
         Err(e) => {
             // A first version from the control that cannot serve was NACKed: let that answer
@@ -240,17 +310,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     };
     let shared = reloader.shared();
     let proxy = shared.config.load().snapshot.proxy.clone();
-    let admin = bind_admin("admin", proxy.admin).await?;
-    tokio::spawn(crate::admin::serve(admin, shared.clone(), Endpoints::All));
-    if let Some(address) = proxy.telemetry {
-        let telemetry = bind_admin("telemetry", address).await?;
-        tokio::spawn(crate::admin::serve(
-            telemetry,
-            shared.clone(),
-            Endpoints::Telemetry,
-        ));
-    }
-    tokio::spawn(close_idle_connections(shared.clone()));
+    // Before the admin server answers: `/identity` never shows a pending files identity.
     if let Some(IdentitySource::Files {
         cert,
         key,
@@ -271,6 +331,17 @@ pub async fn run(options: Options) -> Result<(), StartError> {
             options.watch_interval,
         ));
     }
+    let admin = bind_admin("admin", proxy.admin).await?;
+    tokio::spawn(crate::admin::serve(admin, shared.clone(), Endpoints::All));
+    if let Some(address) = proxy.telemetry {
+        let telemetry = bind_admin("telemetry", address).await?;
+        tokio::spawn(crate::admin::serve(
+            telemetry,
+            shared.clone(),
+            Endpoints::Telemetry,
+        ));
+    }
+    tokio::spawn(close_idle_connections(shared.clone()));
     if control_attached && shared.config.load().control_version.is_none() {
         // Serving the bootstrap: ready means serving the control's config, so the app (held
         // back by the startup probe) does not start with nothing routed. The reloader marks

@@ -1,6 +1,9 @@
 //! The proxy's side of config push: one long-lived HTTP/2 stream to the control, a config
 //! version per line, an ACK or NACK for each.
 //!
+//! An `http://` control is spoken to in h2c with the bearer token; an `https://` one over TLS
+//! (h2 by ALPN), once the proxy has its identity, authenticating with its certificate.
+//!
 //! When the control goes away the proxy keeps serving its last good config and reconnects
 //! with jittered exponential backoff, to the next of the control's replicas when it was given
 //! several (`--control URL,URL`; a host name with several addresses is tried address by
@@ -57,12 +60,17 @@ pub fn publish(
 /// Where and who: the control's URLs, this node's name, the token, the listeners to report.
 #[derive(Debug, Clone)]
 pub struct ControlTarget {
-    /// `http://host:port` of each replica of the control (at least one), tried in turn.
+    /// `http://host:port` or `https://host:port` of each replica of the control (at least
+    /// one), tried in turn.
     pub urls: Vec<Uri>,
     /// Node name.
     pub node: String,
-    /// Bearer token.
+    /// Bearer token (`http://` controls only: over TLS the proxy's certificate speaks).
     pub token: Option<String>,
+    /// Where the token was read from (an identity's credential is read again when needed).
+    pub token_file: Option<std::path::PathBuf>,
+    /// TLS to an `https://` control.
+    pub tls: Option<std::sync::Arc<crate::identity::control::ControlTls>>,
     /// Listener names of the bootstrap config (the control attaches routes to them).
     pub listeners: Vec<String>,
 }
@@ -73,8 +81,10 @@ pub fn parse_urls(text: &str) -> Result<Vec<Uri>, String> {
         .map(|one| {
             let one = one.trim();
             let url: Uri = one.parse().map_err(|e| format!("{one}: not a URL: {e}"))?;
-            if url.scheme_str() != Some("http") || url.authority().is_none() {
-                return Err(format!("{one}: expected http://HOST:PORT"));
+            if !matches!(url.scheme_str(), Some("http" | "https")) || url.authority().is_none() {
+                return Err(format!(
+                    "{one}: expected http://HOST:PORT or https://HOST:PORT"
+                ));
             }
             Ok(url)
         })
@@ -103,6 +113,8 @@ struct NodeSnapshot {
 enum SessionError {
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::identity::control::EnrolError),
     #[error("http/2: {0}")]
     Http(#[from] hyper::Error),
     #[error("control answered {0}")]
@@ -150,23 +162,25 @@ async fn session(
     updates: &mpsc::Sender<ControlUpdate>,
     events: &mut mpsc::Receiver<MeshEvent>,
 ) -> Result<(), SessionError> {
-    let authority = url
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .ok_or_else(|| SessionError::Message("control URL has no host".into()))?;
-    let stream = TcpStream::connect(&authority)
-        .await
-        .map_err(SessionError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-        .await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut sender = match &target.tls {
+        Some(tls) => {
+            // The push stream authenticates with the proxy's certificate: wait for the first.
+            let identity = tls.store().wait().await;
+            tracing::debug!(spiffe_id = %identity.spiffe_id, "connecting to the control over mTLS");
+            open(tls.connect_to(url, b"h2").await?).await?
+        }
+        None => {
+            let authority = url
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .ok_or_else(|| SessionError::Message("control URL has no host".into()))?;
+            let stream = TcpStream::connect(&authority)
+                .await
+                .map_err(SessionError::Connect)?;
+            let _ = stream.set_nodelay(true);
+            open(stream).await?
+        }
+    };
     let path = format!(
         "/v1/push/stream?node={}&listeners={}",
         encode(&target.node),
@@ -215,6 +229,23 @@ async fn session(
             return Err(SessionError::Message("config line too long".into()));
         }
     }
+}
+
+/// An HTTP/2 connection to the control on `io` (TCP, or TLS with h2 negotiated).
+async fn open<I>(io: I) -> Result<http2::SendRequest<Full<Bytes>>, SessionError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake::<_, Full<Bytes>>(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 async fn apply(
@@ -309,7 +340,7 @@ fn request(
         .method(method)
         .uri(uri)
         .header(header::CONTENT_TYPE, "application/json");
-    if let Some(token) = &target.token {
+    if let (Some(token), None) = (&target.token, &target.tls) {
         req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
     req.body(Full::new(body))
@@ -331,7 +362,11 @@ mod tests {
         assert_eq!(parse_urls("http://127.0.0.1:1").unwrap().len(), 1);
         let replicas = parse_urls("http://a:1, http://b:2,http://c:3").unwrap();
         assert_eq!(replicas[1].authority().unwrap().as_str(), "b:2");
-        for bad in ["", "a:1", "https://a:1", "http://a:1,", "http://a:1,nope"] {
+        assert!(
+            parse_urls("https://a:1,https://b:1").is_ok(),
+            "TLS controls"
+        );
+        for bad in ["", "a:1", "ftp://a:1", "http://a:1,", "http://a:1,nope"] {
             assert!(parse_urls(bad).is_err(), "{bad}");
         }
     }

@@ -150,6 +150,8 @@ fn control_target(args: &Args) -> Result<Option<ControlTarget>, String> {
         urls,
         node,
         token,
+        token_file: args.token_file.clone(),
+        tls: None,
         listeners: Vec::new(),
     }))
 }

@@ -98,6 +98,7 @@ impl Reloader {
     pub async fn start(
         initial: Initial,
         prometheus: PrometheusHandle,
+        identity: Arc<crate::identity::IdentityStore>,
     ) -> Result<Self, ReloadError> {
         let (path, first, control_url) = match initial {
             Initial::File(path) => (Some(path), None, Arc::from("")),
@@ -134,7 +135,6 @@ impl Reloader {
             }
         };
         let label = label(path.as_deref(), &control_url, control.as_ref());
-        let identity: Arc<crate::identity::IdentityStore> = Arc::default();
         let mut registry = EndpointRegistry::new(identity.clone());
         let mut active = registry.build(1, label.clone(), snapshot);
         active.control_version = control.as_ref().map(|c| c.version);

@@ -133,6 +133,8 @@ pub struct Control {
     address: SocketAddr,
     token: String,
     extra: Vec<String>,
+    /// Extra environment of the process.
+    env: Vec<(String, String)>,
     /// Serving HTTPS (started with `--trust-domain`).
     tls: bool,
 }
@@ -164,8 +166,18 @@ impl Control {
             address,
             token,
             extra: Vec::new(),
+            env: Vec::new(),
             tls: false,
         }
+    }
+
+    /// Starts a control like [`start_with_args`](Self::start_with_args), with extra environment.
+    pub fn start_with_env(extra: &[&str], env: &[(String, String)]) -> Self {
+        let mut control = Self::not_started_at(([127, 0, 0, 1], 0).into());
+        control.extra = extra.iter().map(|a| (*a).to_owned()).collect();
+        control.env = env.to_vec();
+        control.spawn();
+        control
     }
 
     /// Starts a control made with [`not_started_at`](Self::not_started_at).
@@ -184,6 +196,7 @@ impl Control {
             .arg(self.token_file())
             .args(["--log-format", "json"])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

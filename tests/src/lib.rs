@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod etcd;
+pub mod kube;
 pub mod metrics;
 pub mod nats;
 pub mod netns;

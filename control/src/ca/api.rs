@@ -2,7 +2,7 @@
 //!
 //! | call | who |
 //! |---|---|
-//! | `POST /v1/identity/certificates` `{"csr": PEM}` | a join token (`Authorization: Bearer strait-join.…`) for the CSR's identity, or a client certificate of that identity (renewal) |
+//! | `POST /v1/identity/certificates` `{"csr": PEM}` | a join token (`Authorization: Bearer strait-join.…`) for the CSR's identity, in Kubernetes the pod's ServiceAccount token (TokenReview), or a client certificate of that identity (renewal) |
 //! | `GET /v1/identity/bundle` | anyone (public data; a joining proxy checks its hash against its token) |
 //! | `POST /v1/identity/tokens` `{"namespace","serviceAccount","ttl"}` | the operator |
 //! | `GET /v1/identity/status` | the operator |
@@ -96,9 +96,7 @@ async fn certificate(
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let ca = ca(&state)?.clone();
-    let presented_token = bearer(request.headers())
-        .filter(|t| t.starts_with(PREFIX))
-        .map(str::to_owned);
+    let presented_token = bearer(request.headers()).map(str::to_owned);
     let peer = request.extensions().get::<PeerIdentity>().cloned();
     let body = axum::body::to_bytes(request.into_body(), MAX_CSR)
         .await
@@ -106,11 +104,12 @@ async fn certificate(
     let body: CertificateBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}; want {{\"csr\": PEM}}")))?;
     let (allowed, method) = match (presented_token, peer) {
-        (Some(token), _) => (ca.redeem(&token)?, "join-token"),
-        (None, Some(PeerIdentity(id))) => (id, "certificate"),
+        (Some(token), _) if token.starts_with(PREFIX) => (ca.redeem(&token)?, "join-token"),
+        (_, Some(PeerIdentity(id))) => (id, "certificate"),
+        (Some(token), None) => (service_account(&ca, &token).await?, "kubernetes"),
         (None, None) => {
             return Err(ApiError::Unauthorized(
-                "present a join token (Authorization: Bearer strait-join....) or your current certificate".into(),
+                "present a join token (Authorization: Bearer strait-join....), a Kubernetes ServiceAccount token, or your current certificate".into(),
             ))
         }
     };
@@ -129,6 +128,22 @@ async fn certificate(
         "notAfterUnix": issued.not_after.unix_timestamp(),
         "serial": issued.serial,
     })))
+}
+
+/// The identity a Kubernetes ServiceAccount token stands for, as TokenReview says.
+async fn service_account(ca: &Ca, token: &str) -> Result<super::SpiffeId, ApiError> {
+    use super::token_review::{ReviewError, TokenReviewer};
+    let reviewer = TokenReviewer::in_cluster()
+        .ok_or_else(|| ApiError::Unauthorized(ReviewError::NoCluster.to_string()))?;
+    let (namespace, service_account) = reviewer.review(token).await.map_err(|e| match e {
+        ReviewError::Unavailable(_) => {
+            tracing::warn!(error = %e, "TokenReview failed");
+            ApiError::Internal(e.to_string())
+        }
+        _ => ApiError::Unauthorized(e.to_string()),
+    })?;
+    super::SpiffeId::new(ca.authority().trust_domain(), &namespace, &service_account)
+        .map_err(|e| ApiError::Forbidden(e.to_string()))
 }
 
 /// `GET /v1/identity/bundle`: the roots (PEM) and their hash.

@@ -14,6 +14,7 @@
 //!  authority  CSR checks, issuance, chain checks                          (pure)
 //!  service  the shell: store (redb), issuer files, bundle file, swaps     (I/O)
 //!  tls      the control's HTTPS listener: serving certificate, client certificates
+//!  token_review  Kubernetes ServiceAccount tokens, checked with TokenReview   (I/O)
 //!  api      /v1/identity/* handlers
 //! ```
 
@@ -25,6 +26,7 @@ pub mod service;
 pub mod spiffe;
 pub mod state;
 pub mod tls;
+pub mod token_review;
 
 use std::path::PathBuf;
 use std::time::Duration;

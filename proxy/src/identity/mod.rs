@@ -7,6 +7,7 @@
 //! Where it comes from: files ([`files`], for cert-manager or SPIRE users), or the control's
 //! CA (the proxy generates the key; a CSR goes to the control).
 
+pub mod control;
 pub mod files;
 mod pem;
 
@@ -69,7 +70,7 @@ impl Identity {
 #[derive(Debug, Default)]
 pub struct IdentityStore {
     current: ArcSwapOption<Identity>,
-    /// Wakes those waiting for a first identity.
+    /// Woken at each install (the control channel waits for the first one).
     installed: tokio::sync::Notify,
 }
 
@@ -97,13 +98,11 @@ impl IdentityStore {
         self.installed.notify_waiters();
     }
 
-    /// The identity in force, once there is one (a handshake that arrives before the first
-    /// certificate waits for it rather than failing).
-    pub async fn ready(&self) -> Arc<Identity> {
+    /// The identity in force, waiting for the first one if there is none yet.
+    pub async fn wait(&self) -> Arc<Identity> {
         loop {
             let installed = self.installed.notified();
-            let mut installed = std::pin::pin!(installed);
-            // Registered before looking, so an install in between is not missed.
+            tokio::pin!(installed);
             installed.as_mut().enable();
             if let Some(identity) = self.current() {
                 return identity;

@@ -258,7 +258,7 @@ impl MeshConfigs {
     pub async fn current(&self) -> Result<Arc<ServerConfig>, AcceptError> {
         let identity = match self.store.current() {
             Some(identity) => identity,
-            None => self.store.ready().await,
+            None => self.store.wait().await,
         };
         if let Some(built) = &*self.built.load() {
             if Arc::ptr_eq(&built.identity, &identity) {

@@ -104,6 +104,8 @@ async fn main() -> anyhow::Result<()> {
             urls: vec![format!("http://{CONTROL}").parse()?],
             node: "demo".into(),
             token: std::fs::read_to_string(&token_file).ok(),
+            token_file: None,
+            tls: None,
             listeners: Vec::new(),
         }),
         watch_interval: Duration::from_secs(1),
