@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Method;
 use strait_tests::client::{get, http1, raw};
 use strait_tests::mesh_peer::get_over_tls;
 use strait_tests::metrics::{admin_get, scrape, value};
@@ -321,40 +322,71 @@ async fn serial(proxy: &Proxy) -> String {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_proxies_renew_under_a_request_loop_through_the_hop_without_a_failed_request() {
-    let app = Upstream::start("ratings-app").await;
-    let mesh = Arc::new(Mesh::start(&app, &["--cert-ttl", "6s"]).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    // One loop on the pooled HTTP/2 hop, one with a new connection (a handshake with the
-    // certificates in force) per request.
-    let loops: Vec<_> = ["ratings", "fresh"]
-        .into_iter()
-        .map(|service| {
-            let (mesh, stop) = (mesh.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0usize, Vec::new());
-                while !stop.load(Ordering::SeqCst) {
-                    match mesh.call(service, "/api/stars", &[]).await {
-                        Ok(a) if a.status == 200 => ok += 1,
-                        other => failed.push(format!("{other:?}")),
-                    }
-                }
-                (service, ok, failed)
-            })
-        })
-        .collect();
+/// How many roots `proxy`'s trust bundle has.
+async fn roots(proxy: &Proxy) -> usize {
+    identity(proxy).await["trustBundle"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
 
-    // Four certificates each (three renewals) while the loops run.
+/// Requests through the hop until stopped: one loop on the pooled HTTP/2 Service, one on the
+/// Service with a new connection (a handshake with the certificates in force) per request.
+struct Load {
+    stop: Arc<AtomicBool>,
+    loops: Vec<tokio::task::JoinHandle<(&'static str, usize, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(mesh: &Arc<Mesh>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops = ["ratings", "fresh"]
+            .into_iter()
+            .map(|service| {
+                let (mesh, stop) = (mesh.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0usize, Vec::new());
+                    while !stop.load(Ordering::SeqCst) {
+                        match mesh.call(service, "/api/stars", &[]).await {
+                            Ok(a) if a.status == 200 => ok += 1,
+                            other => failed.push(format!("{other:?}")),
+                        }
+                    }
+                    (service, ok, failed)
+                })
+            })
+            .collect();
+        Self { stop, loops }
+    }
+
+    /// Stops the loops; every request must have been answered 200.
+    async fn none_failed(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.loops {
+            let (service, ok, failed) = task.await.unwrap();
+            assert!(ok > 10, "{service}: only {ok} requests");
+            assert!(
+                failed.is_empty(),
+                "{service}: {} of {} failed, e.g. {:?}",
+                failed.len(),
+                ok + failed.len(),
+                &failed[..failed.len().min(3)]
+            );
+        }
+    }
+}
+
+/// Polls both proxies until each has `renewals` more certificates than when called.
+async fn renewed(mesh: &Mesh, renewals: usize) {
     let mut seen = [
         vec![serial(&mesh.frontend).await],
         vec![serial(&mesh.ratings).await],
     ];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while seen.iter().any(|serials| serials.len() < 4) {
+    let within = Duration::from_secs(20 * renewals as u64);
+    let deadline = tokio::time::Instant::now() + within;
+    while seen.iter().any(|serials| serials.len() <= renewals) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "fewer than 3 renewals each in 60s: {seen:?}"
+            "fewer than {renewals} renewals each in {within:?}: {seen:?}"
         );
         for (serials, proxy) in seen.iter_mut().zip([&mesh.frontend, &mesh.ratings]) {
             let now = serial(proxy).await;
@@ -364,24 +396,67 @@ async fn both_proxies_renew_under_a_request_loop_through_the_hop_without_a_faile
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.store(true, Ordering::SeqCst);
-    for task in loops {
-        let (service, ok, failed) = task.await.unwrap();
-        assert!(ok > 10, "{service}: only {ok} requests");
-        assert!(
-            failed.is_empty(),
-            "{service}: {} of {} failed, e.g. {:?}",
-            failed.len(),
-            ok + failed.len(),
-            &failed[..failed.len().min(3)]
-        );
-    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_proxies_renew_under_a_request_loop_through_the_hop_without_a_failed_request() {
+    let app = Upstream::start("ratings-app").await;
+    let mesh = Arc::new(Mesh::start(&app, &["--cert-ttl", "6s"]).await);
+    let load = Load::start(&mesh);
+    renewed(&mesh, 3).await;
+    load.none_failed().await;
     // Renewals were made with the proxies' certificates, not their join tokens.
-    let renewed = mesh
+    let renewals = mesh
         .control
         .logs()
         .iter()
         .filter(|l| l.contains("issued a certificate") && l.contains("\"certificate\""))
         .count();
-    assert!(renewed >= 6, "{}", mesh.control.logs().join("\n"));
+    assert!(renewals >= 6, "{}", mesh.control.logs().join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_through_the_hop_fails_no_request() {
+    let app = Upstream::start("ratings-app").await;
+    let mesh = Arc::new(Mesh::start(&app, &["--cert-ttl", "6s"]).await);
+    let load = Load::start(&mesh);
+    let rotate = |step: &'static str| {
+        let mesh = mesh.clone();
+        async move {
+            let (status, body) = mesh
+                .control
+                .call(
+                    Method::POST,
+                    "/v1/identity/rotate",
+                    Some(serde_json::json!({"step": step})),
+                )
+                .await;
+            assert_eq!(status, 200, "{step}: {body}");
+        }
+    };
+    let bundles = |n: usize| {
+        let mesh = mesh.clone();
+        async move {
+            eventually(
+                &format!("both proxies trust {n} root(s)"),
+                Duration::from_secs(30),
+                || async {
+                    (roots(&mesh.frontend).await == n && roots(&mesh.ratings).await == n)
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+    };
+    // The documented order: the new root reaches every proxy (with its next certificate),
+    // then leaves come from the new issuer and every proxy gets one, then the old root goes.
+    rotate("add-root").await;
+    bundles(2).await;
+    rotate("switch-issuer").await;
+    // One --cert-ttl: a renewal under way at the switch may still bring a leaf of the old issuer.
+    renewed(&mesh, 2).await;
+    rotate("remove-old-roots").await;
+    bundles(1).await;
+    renewed(&mesh, 1).await;
+    load.none_failed().await;
 }
