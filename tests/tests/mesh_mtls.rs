@@ -3,8 +3,8 @@
 //! The ratings proxy refuses handshakes without a mesh certificate and tells the app who called
 //! (forged claims removed), the frontend refuses a peer whose identity the Service does not
 //! accept (502 `tls-failure`), an identity policy judges callers and normalised paths through
-//! the hop, and both proxies renew their certificates under a request loop without one failed
-//! request.
+//! the hop, opaque TCP rides it too, and both proxies renew their certificates, and the CA
+//! rotates its root, under a request loop without one failed request.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +15,8 @@ use strait_tests::client::{get, http1, raw};
 use strait_tests::mesh_peer::get_over_tls;
 use strait_tests::metrics::{admin_get, scrape, value};
 use strait_tests::tls::{ClientIdentity, TestCa};
-use strait_tests::{eventually, Control, Proxy, Upstream};
+use strait_tests::{eventually, Control, Proxy, TcpEcho, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TD: &str = "mesh.test";
 
@@ -41,9 +42,9 @@ fn join_token(control: &Control, service_account: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// A proxy for identity default/SA (node SA) with one `listener` line, attached to `control`
-/// with a join token, once it is ready (certificate and the control's config in).
-async fn meshed_proxy(control: &Control, service_account: &str, listener: &str) -> Proxy {
+/// A proxy for identity default/SA (node SA) with `listeners` (YAML flow mappings), attached
+/// to `control` with a join token, once it is ready (certificate and the control's config in).
+async fn meshed_proxy(control: &Control, service_account: &str, listeners: &[&str]) -> Proxy {
     let bootstrap = format!(
         "apiVersion: strait.dev/v1alpha1
 kind: ProxyConfig
@@ -53,10 +54,10 @@ spec:
   drainTimeout: 2s
   identity: {{trustDomain: {TD}, namespace: default, serviceAccount: {service_account}}}
   control: {{address: \"{}\", node: {service_account}, tokenFile: join-token}}
-  listeners:
-    - {listener}
+  listeners: [{}]
 ",
-        control.url()
+        control.url(),
+        listeners.join(", ")
     );
     let token = join_token(control, service_account);
     let proxy = Proxy::start_with_files(&bootstrap, &[("join-token", &token)]);
@@ -149,7 +150,7 @@ impl Mesh {
         let control = Control::start_with_args(&args);
         let (status, body) = control.apply("ratings.yaml", &ratings_side(app)).await;
         assert_eq!(status, 200, "{body}");
-        let ratings = meshed_proxy(&control, "ratings", INBOUND).await;
+        let ratings = meshed_proxy(&control, "ratings", &[INBOUND]).await;
         let inbound = ratings.listener("inbound").to_string();
         let services = mesh_service("ratings", "http2", &inbound, &id("ratings"), "")
             + &mesh_service(
@@ -162,7 +163,7 @@ impl Mesh {
             + &mesh_service("strict", "http1", &inbound, &id("billing"), "");
         let (status, body) = control.apply("frontend.yaml", &services).await;
         assert_eq!(status, 200, "{body}");
-        let frontend = meshed_proxy(&control, "frontend", WEB).await;
+        let frontend = meshed_proxy(&control, "frontend", &[WEB]).await;
         Self {
             control,
             ratings,
@@ -237,6 +238,78 @@ async fn the_hop_is_mtls_and_the_inbound_proxy_tells_the_app_who_called() {
     assert_eq!(app.hits(), hits);
 }
 
+/// Opaque TCP through the hop: frontend's `db` -> TCPRoute -> a `tcp` Service with
+/// `tls.mode: mesh` at the ratings proxy's `db-in` (a `tcp` listener with `tls.mode: mutual`)
+/// -> TCPRoute -> an echo server.
+fn tcp_hop(echo: &TcpEcho, db_in: &str) -> String {
+    let doc = |kind: &str, name: &str, spec: &str| {
+        format!("---\napiVersion: strait.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec:\n{spec}\n")
+    };
+    doc(
+        "Service",
+        "echo",
+        &format!("  protocol: tcp\n  endpoints: [{{address: \"{}\"}}]", echo.addr),
+    ) + &doc(
+        "TCPRoute",
+        "echo",
+        "  parentRefs: [{name: db-in}]\n  backendRefs: [{name: echo}]",
+    ) + &doc(
+        "Service",
+        "echo-mesh",
+        &format!(
+            "  protocol: tcp\n  endpoints: [{{address: \"{db_in}\"}}]\n  tls: {{mode: mesh, identities: [\"{}\"]}}",
+            id("ratings")
+        ),
+    ) + &doc(
+        "TCPRoute",
+        "echo-mesh",
+        "  parentRefs: [{name: db}]\n  backendRefs: [{name: echo-mesh}]",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_rides_the_mtls_hop_and_plaintext_to_the_inbound_side_is_refused() {
+    let echo = TcpEcho::start().await;
+    let control = Control::start_with_args(&["--trust-domain", TD]);
+    let ratings = meshed_proxy(
+        &control,
+        "ratings",
+        &["{name: db-in, address: 127.0.0.1:0, protocol: tcp, tls: {mode: mutual}}"],
+    )
+    .await;
+    let db_in = ratings.listener("db-in");
+    let (status, body) = control
+        .apply("tcp.yaml", &tcp_hop(&echo, &db_in.to_string()))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let frontend = meshed_proxy(
+        &control,
+        "frontend",
+        &["{name: db, address: 127.0.0.1:0, protocol: tcp}"],
+    )
+    .await;
+    let payload: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut stream = tokio::net::TcpStream::connect(frontend.listener("db"))
+        .await
+        .unwrap();
+    stream.write_all(&payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut back))
+        .await
+        .expect("echoed in time")
+        .unwrap();
+    assert!(back == payload, "the bytes came back changed");
+    // The ratings side takes no plaintext: the bytes go nowhere.
+    let mut plain = tokio::net::TcpStream::connect(db_in).await.unwrap();
+    plain.write_all(b"hello\n").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.windows(5).any(|w| w == b"hello"),
+        "plaintext echoed: {read:?} {answer:?}"
+    );
+}
+
 /// Sends one HTTP/1.1 request through `proxy`'s `web` with the target exactly as written;
 /// returns the status and `x-strait-reason` (empty when absent).
 async fn exchange(proxy: &Proxy, method: &str, target: &str) -> (u16, String) {
@@ -287,7 +360,7 @@ async fn an_identity_policy_judges_callers_and_normalised_paths_through_the_hop(
 
     // Another meshed proxy (same routes: its listener is also `web`), another identity: the
     // policy lets it in nowhere.
-    let intruder = meshed_proxy(&mesh.control, "intruder", WEB).await;
+    let intruder = meshed_proxy(&mesh.control, "intruder", &[WEB]).await;
     assert_eq!(identity(&intruder).await["spiffeId"], id("intruder"));
     for (method, target, _) in cases {
         assert_eq!(
