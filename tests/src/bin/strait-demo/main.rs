@@ -21,7 +21,7 @@ use strait_tests::upstream::{TcpEcho, Upstream};
 use ports::Ports;
 use proxies::DemoProxy;
 
-/// The contract's example: its Services and routes (its ProxyConfig is the frontend's bootstrap).
+/// The contract's example: its Services, routes and policy (the frontend proxy has its listeners).
 const EXAMPLE: &str = include_str!("../../../../deploy/examples/mesh.yaml");
 /// The hop from the frontend proxy to the ratings proxy, and who may take it.
 const MTLS: &str = include_str!("mtls.yaml");
@@ -336,4 +336,35 @@ Files in {dir}. Ctrl-C stops everything.
         token = token_file.display(),
         bundle = bundle.display(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relocation_moves_each_documented_address_once_and_leaves_the_rest() {
+        let fixed = Ports::fixed();
+        let mut ports = Ports::fixed();
+        // 9001 moves to 9002's documented port, 9002 elsewhere: no chain.
+        ports.reviews_v1_a = ([127, 0, 0, 1], 9002).into();
+        ports.reviews_v1_b = ([127, 0, 0, 1], 40000).into();
+        let yaml = "a: \"127.0.0.1:9001\"\nb: 127.0.0.1:9002\nc: 127.0.0.1:7\nd: 10.0.0.1:9001\n";
+        assert_eq!(
+            relocate(yaml, &fixed, &ports),
+            "a: \"127.0.0.1:9002\"\nb: 127.0.0.1:40000\nc: 127.0.0.1:7\nd: 10.0.0.1:9001\n"
+        );
+        assert_eq!(relocate(yaml, &fixed, &fixed), yaml);
+    }
+
+    #[test]
+    fn the_example_goes_to_the_control_without_its_proxy_config() {
+        let applied = without_proxy_config(EXAMPLE);
+        assert!(!applied.contains("kind: ProxyConfig"));
+        assert_eq!(
+            applied.matches("\nkind: ").count() + usize::from(applied.starts_with("kind: ")),
+            EXAMPLE.matches("\nkind: ").count() - 1,
+            "every other document stays"
+        );
+    }
 }
