@@ -2,7 +2,8 @@
 //! to try, and what it prints works — with mTLS between its two proxies: the app behind the
 //! ratings proxy sees the frontend's SPIFFE ID (a forged one removed), the ratings proxy's
 //! policy denies what it does not allow (403 `forbidden`), its listener refuses plaintext and
-//! TLS without a client certificate, and each proxy's `/identity` shows its SPIFFE ID.
+//! TLS without a client certificate, each proxy's `/identity` shows its SPIFFE ID, and the
+//! printed `straitctl` settings work (`identity status`, `proxies`).
 //! The demo runs with `--free-ports`, so the addresses come from what it prints.
 
 use std::io::{BufRead, BufReader};
@@ -199,6 +200,30 @@ async fn the_demo_runs_two_proxies_with_mtls_between_them_and_prints_what_works(
         assert_eq!(id["status"], "active", "{id}");
         assert!(!id.to_string().contains("PRIVATE KEY"));
     }
+
+    // The printed straitctl settings reach the control over HTTPS with the operator's token.
+    let exports = line(&printed, &["export STRAIT_SERVER="]);
+    let env: Vec<(String, String)> = exports
+        .split_whitespace()
+        .filter_map(|word| word.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let straitctl = |args: &[&str]| {
+        let output = Command::new(bin("straitctl"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run straitctl");
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let status = straitctl(&["identity", "status"]);
+    assert!(status.contains("trust domain: demo.local"), "{status}");
+    let proxies = straitctl(&["proxies"]);
+    assert!(
+        proxies.contains("frontend") && proxies.contains("ratings"),
+        "{proxies}"
+    );
 
     // Ctrl-C ends the demo and its proxies.
     let pid = demo.child.id().to_string();
