@@ -84,8 +84,26 @@ impl Demo {
     }
 }
 
+impl Demo {
+    /// Ctrl-C, as a user would stop it.
+    fn interrupt(&self) -> bool {
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
 impl Drop for Demo {
     fn drop(&mut self) {
+        // Interrupted, the demo removes its files; killed only if it does not end.
+        if self.interrupt() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None))
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
@@ -226,12 +244,7 @@ async fn the_demo_runs_two_proxies_with_mtls_between_them_and_prints_what_works(
     );
 
     // Ctrl-C ends the demo and its proxies.
-    let pid = demo.child.id().to_string();
-    let interrupted = Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .expect("kill");
-    assert!(interrupted.success());
+    assert!(demo.interrupt());
     eventually("the demo exits", Duration::from_secs(15), || {
         let exited = demo.child.try_wait().ok().flatten();
         async move { exited }
