@@ -283,7 +283,12 @@ async fn serve_tls(
                 h2,
             },
         ) => {
-            let client = crate::http::server::Client { peer, identity, h2 };
+            let client = crate::http::server::Client {
+                peer,
+                identity,
+                h2,
+                tls: true,
+            };
             crate::http::server::serve_tls(stream, client, name, shared, token).await;
         }
         (ListenerProtocol::Tcp, Accepted::Plain(stream)) => {

@@ -14,7 +14,8 @@ use http_body_util::Full;
 use crate::client::{http1, send};
 use crate::process::TempDir;
 
-fn bin(name: &str) -> PathBuf {
+/// Path of a built binary of the workspace (`target/<profile>/NAME`), such as `strait-demo`.
+pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join(name);

@@ -110,6 +110,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// How the client spoke to the listener, as `forwarded` and `x-forwarded-proto` tell the app:
+/// TLS (terminated or the mesh's mTLS) is `https`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// Plaintext.
+    Http,
+    /// Over TLS.
+    Https,
+}
+
+impl Proto {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
 /// Clients whose [`ClientHeaders`] a thread keeps.
 const CACHED_CLIENTS: usize = 8;
 
@@ -118,20 +138,24 @@ const CACHED_CLIENTS: usize = 8;
 pub struct ClientHeaders {
     /// The client IP, as text.
     ip: HeaderValue,
-    /// `for=IP;proto=http`.
+    /// `for=IP;proto=http` (or `https`).
     forwarded: HeaderValue,
+    /// `http` or `https`.
+    proto: HeaderValue,
     /// All three fields as HTTP/1 field lines, for a head that carries none of them.
     lines: Box<[u8]>,
 }
 
 impl ClientHeaders {
-    /// Formats the values for a client address.
-    pub fn new(ip: IpAddr) -> Self {
+    /// Formats the values for a client address that spoke `proto`.
+    pub fn new(ip: IpAddr, proto: Proto) -> Self {
         let ip_text = ip.to_string();
+        let scheme = proto.as_str();
         let forwarded = match ip {
-            IpAddr::V4(_) => format!("for={ip_text};proto=http"),
-            IpAddr::V6(_) => format!("for=\"[{ip_text}]\";proto=http"),
+            IpAddr::V4(_) => format!("for={ip_text};proto={scheme}"),
+            IpAddr::V6(_) => format!("for=\"[{ip_text}]\";proto={scheme}"),
         };
+        let proto = HeaderValue::from_static(scheme);
         let ip = HeaderValue::from_str(&ip_text).unwrap_or(HeaderValue::from_static("unknown"));
         let forwarded =
             HeaderValue::from_str(&forwarded).unwrap_or(HeaderValue::from_static("for=unknown"));
@@ -139,7 +163,7 @@ impl ClientHeaders {
         for (name, value) in [
             (&X_FORWARDED_FOR, &ip),
             (&FORWARDED, &forwarded),
-            (&X_FORWARDED_PROTO, &HeaderValue::from_static("http")),
+            (&X_FORWARDED_PROTO, &proto),
         ] {
             lines.extend_from_slice(name.as_str().as_bytes());
             lines.extend_from_slice(b": ");
@@ -149,6 +173,7 @@ impl ClientHeaders {
         Self {
             ip,
             forwarded,
+            proto,
             lines: lines.into_boxed_slice(),
         }
     }
@@ -157,13 +182,13 @@ impl ClientHeaders {
     /// (the app over loopback, a handful of peers), so each thread keeps the values of the
     /// last `CACHED_CLIENTS` (8) addresses it saw and a connection from one of them holds a
     /// reference instead of three allocations of its own.
-    pub fn of(ip: IpAddr) -> Arc<Self> {
+    pub fn of(ip: IpAddr, proto: Proto) -> Arc<Self> {
         thread_local! {
             static RECENT: RefCell<RecentClients> = const { RefCell::new(RecentClients::new()) };
         }
         RECENT
-            .try_with(|recent| recent.borrow_mut().get(ip))
-            .unwrap_or_else(|_| Arc::new(Self::new(ip)))
+            .try_with(|recent| recent.borrow_mut().get(ip, proto))
+            .unwrap_or_else(|_| Arc::new(Self::new(ip, proto)))
     }
 
     /// `x-forwarded-for`, `forwarded` and `x-forwarded-proto` as HTTP/1 field lines: what
@@ -185,13 +210,13 @@ impl ClientHeaders {
         append_list(headers, &FORWARDED, &self.forwarded);
         headers
             .entry(&X_FORWARDED_PROTO)
-            .or_insert(HeaderValue::from_static("http"));
+            .or_insert_with(|| self.proto.clone());
     }
 }
 
 /// The [`ClientHeaders`] of a thread's recent clients, the oldest replaced first.
 struct RecentClients {
-    entries: Vec<(IpAddr, Arc<ClientHeaders>)>,
+    entries: Vec<((IpAddr, Proto), Arc<ClientHeaders>)>,
     /// The entry replaced next once all are taken.
     next: usize,
 }
@@ -204,16 +229,17 @@ impl RecentClients {
         }
     }
 
-    /// The values for `ip`: kept ones, or new ones kept in place of the oldest.
-    fn get(&mut self, ip: IpAddr) -> Arc<ClientHeaders> {
-        if let Some((_, values)) = self.entries.iter().find(|(seen, _)| *seen == ip) {
+    /// The values for `ip` speaking `proto`: kept ones, or new ones kept in place of the oldest.
+    fn get(&mut self, ip: IpAddr, proto: Proto) -> Arc<ClientHeaders> {
+        let key = (ip, proto);
+        if let Some((_, values)) = self.entries.iter().find(|(seen, _)| *seen == key) {
             return values.clone();
         }
-        let values = Arc::new(ClientHeaders::new(ip));
+        let values = Arc::new(ClientHeaders::new(ip, proto));
         if self.entries.len() < CACHED_CLIENTS {
-            self.entries.push((ip, values.clone()));
+            self.entries.push((key, values.clone()));
         } else {
-            self.entries[self.next] = (ip, values.clone());
+            self.entries[self.next] = (key, values.clone());
             self.next = (self.next + 1) % CACHED_CLIENTS;
         }
         values
@@ -322,36 +348,64 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2"),
         ]);
-        ClientHeaders::new("127.0.0.1".parse().unwrap()).append_to(&mut h);
+        ClientHeaders::new("127.0.0.1".parse().unwrap(), Proto::Http).append_to(&mut h);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http");
         assert_eq!(h["x-forwarded-proto"], "http");
         let mut h6 = HeaderMap::new();
-        ClientHeaders::new("::1".parse().unwrap()).append_to(&mut h6);
+        ClientHeaders::new("::1".parse().unwrap(), Proto::Http).append_to(&mut h6);
         assert_eq!(h6["forwarded"], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn a_client_over_tls_is_forwarded_as_https_unless_an_earlier_hop_said() {
+        let tls = ClientHeaders::new("127.0.0.1".parse().unwrap(), Proto::Https);
+        let mut h = HeaderMap::new();
+        tls.append_to(&mut h);
+        assert_eq!(h["forwarded"], "for=127.0.0.1;proto=https");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        let lines = String::from_utf8_lossy(tls.lines()).into_owned();
+        assert!(lines.contains("x-forwarded-proto: https\r\n"), "{lines}");
+        assert!(lines.contains("proto=https\r\n"), "{lines}");
+        // The first hop's scheme is the client's: kept.
+        let mut h = map(&[("x-forwarded-proto", "http")]);
+        tls.append_to(&mut h);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        // Plaintext and TLS clients of one address are told apart.
+        let ip = "10.9.9.9".parse().unwrap();
+        let plain = ClientHeaders::of(ip, Proto::Http);
+        let over_tls = ClientHeaders::of(ip, Proto::Https);
+        assert_ne!(plain.lines(), over_tls.lines());
+        assert!(Arc::ptr_eq(&over_tls, &ClientHeaders::of(ip, Proto::Https)));
     }
 
     #[test]
     fn clients_share_their_values_while_their_thread_remembers_them() {
         let ip = |n: usize| IpAddr::from([10, 9, 0, n as u8]);
-        let first = ClientHeaders::of(ip(0));
-        assert!(Arc::ptr_eq(&first, &ClientHeaders::of(ip(0))));
-        assert_eq!(first.lines(), ClientHeaders::new(ip(0)).lines());
-        let other = ClientHeaders::of(ip(1));
+        let first = ClientHeaders::of(ip(0), Proto::Http);
+        assert!(Arc::ptr_eq(&first, &ClientHeaders::of(ip(0), Proto::Http)));
+        assert_eq!(
+            first.lines(),
+            ClientHeaders::new(ip(0), Proto::Http).lines()
+        );
+        let other = ClientHeaders::of(ip(1), Proto::Http);
         assert!(!Arc::ptr_eq(&first, &other));
-        assert_eq!(other.lines(), ClientHeaders::new(ip(1)).lines());
+        assert_eq!(
+            other.lines(),
+            ClientHeaders::new(ip(1), Proto::Http).lines()
+        );
         // Enough others push the first out; it is formatted afresh, still right.
         for n in 2..2 + CACHED_CLIENTS {
-            ClientHeaders::of(ip(n));
+            ClientHeaders::of(ip(n), Proto::Http);
         }
-        let again = ClientHeaders::of(ip(0));
+        let again = ClientHeaders::of(ip(0), Proto::Http);
         assert!(!Arc::ptr_eq(&first, &again));
         assert_eq!(again.lines(), first.lines());
     }
 
     #[test]
     fn the_field_lines_say_what_append_to_adds_to_a_head_without_them() {
-        let client = ClientHeaders::new("10.1.2.3".parse().unwrap());
+        let client = ClientHeaders::new("10.1.2.3".parse().unwrap(), Proto::Http);
         let mut added = HeaderMap::new();
         client.append_to(&mut added);
         let mut written = Vec::new();

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use super::body::ClientBody;
 use super::h1;
 use super::h1::downstream::Downstream;
-use super::headers::ClientHeaders;
+use super::headers::{ClientHeaders, Proto};
 use super::pipeline::{handle, Conn};
 use crate::intercept::passthrough::OriginalDestination;
 use crate::shared::{ConnToken, Shared};
@@ -46,6 +46,7 @@ pub fn serve(
         peer,
         identity: None,
         h2: false,
+        tls: false,
     };
     serve_downstream(
         Downstream::Plain(stream),
@@ -66,6 +67,8 @@ pub struct Client {
     pub identity: Option<Arc<str>>,
     /// TLS's ALPN chose HTTP/2.
     pub h2: bool,
+    /// It spoke TLS (the app is told `https`).
+    pub tls: bool,
 }
 
 /// Serves a connection a TLS listener accepted, as [`serve`] does a plaintext one.
@@ -109,7 +112,14 @@ fn connection(
         .and_then(|id| http::HeaderValue::from_str(id).ok())
         .map(Box::new);
     Arc::new(Conn {
-        client: ClientHeaders::of(client.peer.ip()),
+        client: ClientHeaders::of(
+            client.peer.ip(),
+            if client.tls {
+                Proto::Https
+            } else {
+                Proto::Http
+            },
+        ),
         listener,
         peer: client.peer,
         shared,
