@@ -480,10 +480,34 @@ pub struct BreakerPolicy {
 /// One endpoint of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Socket address.
-    pub address: SocketAddr,
+    /// Where it listens.
+    pub address: EndpointAddress,
     /// Relative weight (≥ 1).
     pub weight: u32,
+}
+
+/// Where an endpoint listens: as written in `endpoints[].address`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    /// `ip:port`: connected to as written.
+    Ip(SocketAddr),
+    /// `host:port`: the proxy resolves the name in the background and connects to the first
+    /// address of the latest answer (Envoy's LOGICAL_DNS).
+    Host {
+        /// The DNS name (also the default TLS server name).
+        name: Arc<str>,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ip(address) => write!(f, "{address}"),
+            Self::Host { name, port } => write!(f, "{name}:{port}"),
+        }
+    }
 }
 
 /// What ring_hash hashes.

@@ -103,7 +103,8 @@ impl IdentityArgs {
 #[derive(Debug, clap::Args)]
 struct WebhookArgs {
     /// HTTPS address of the mutating admission webhook (`POST /inject`); off when absent.
-    #[arg(long, value_name = "ADDR", requires_all = ["webhook_cert", "webhook_key"])]
+    /// Needs --trust-domain: injected proxies get their identity from the CA.
+    #[arg(long, value_name = "ADDR", requires_all = ["webhook_cert", "webhook_key", "trust_domain"])]
     webhook_listen: Option<SocketAddr>,
     /// PEM certificate chain for the webhook (its Service DNS name in the SANs).
     #[arg(long, value_name = "FILE")]
@@ -118,7 +119,8 @@ struct WebhookArgs {
     /// Proxy image injected pods get.
     #[arg(long, value_name = "IMAGE", default_value = strait_control::inject::settings::DEFAULT_PROXY_IMAGE)]
     inject_proxy_image: String,
-    /// Control URL injected proxies connect to.
+    /// Control URL injected proxies connect to (`https://`; a name in the control's serving
+    /// certificate: see --server-name).
     #[arg(long, value_name = "URL", default_value = strait_control::inject::settings::DEFAULT_CONTROL_ADDRESS)]
     inject_control_address: String,
 }

@@ -80,17 +80,12 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         }
     };
     let webhook = match &options.webhook {
-        Some(w) => {
-            let (listener, tls) = crate::inject::server::bind(w)
+        Some(w) => Some((
+            w.settings.clone(),
+            crate::inject::server::bind(w)
                 .await
-                .context("cannot start the injection webhook")?;
-            tracing::info!(address = %listener.local_addr()?, "injection webhook listening (TLS)");
-            Some(tokio::spawn(crate::inject::server::serve(
-                listener,
-                tls,
-                w.settings.clone(),
-            )))
-        }
+                .context("cannot start the injection webhook")?,
+        )),
         None => None,
     };
     // The event bus stays in the data directory's file whichever store holds the rest.
@@ -121,6 +116,21 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
             Some(ca)
         }
         None => None,
+    };
+    let webhook = match (webhook, &ca) {
+        (Some((settings, (listener, tls))), Some(ca)) => {
+            tracing::info!(address = %listener.local_addr()?, "injection webhook listening (TLS)");
+            Some(tokio::spawn(crate::inject::server::serve(
+                listener,
+                tls,
+                settings,
+                ca.clone(),
+            )))
+        }
+        (Some(_), None) => anyhow::bail!(
+            "the injection webhook gives proxies their identity from the CA: give --trust-domain"
+        ),
+        (None, _) => None,
     };
     let bus = match &options.bus {
         None => crate::bus::Bus::open(db.clone()).context("cannot open the event bus")?,

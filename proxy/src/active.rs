@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use strait_config::snapshot::{HttpRule, Listener, Serves, ServiceTls};
+use strait_config::snapshot::{EndpointAddress, HttpRule, Listener, Serves, ServiceTls};
 use strait_config::spec::{LbPolicy, ServiceProtocol};
 use strait_config::Snapshot;
 
@@ -14,7 +14,8 @@ use crate::metrics::{unrouted, RequestMetrics};
 use crate::ratelimit::RateLimiter;
 use crate::service::balance::{Balancer, Policy};
 use crate::service::breaker::Breaker;
-use crate::service::endpoint::{Endpoint, Pool};
+use crate::service::dns::Resolution;
+use crate::service::endpoint::{Endpoint, Pool, Target};
 use crate::service::health_check::{self, Checker};
 use crate::service::idle::IdleStack;
 use crate::service::outlier::Outlier;
@@ -125,7 +126,7 @@ impl Active {
 struct EndpointKey {
     namespace: Arc<str>,
     service: Arc<str>,
-    address: std::net::SocketAddr,
+    address: EndpointAddress,
     protocol: ServiceProtocol,
     /// Connections made with other TLS settings are not reused.
     tls: Option<ServiceTls>,
@@ -213,7 +214,7 @@ impl EndpointRegistry {
                 let key = EndpointKey {
                     namespace: svc.namespace.clone(),
                     service: svc.name.clone(),
-                    address: ep.address,
+                    address: ep.address.clone(),
                     protocol: svc.protocol,
                     tls: svc.tls.clone(),
                 };
@@ -227,7 +228,8 @@ impl EndpointRegistry {
                     None => Arc::new(
                         Endpoint::new(
                             &svc.name,
-                            ep.address,
+                            target(&ep.address),
+                            ep.address.to_string().into(),
                             new_pool(svc.protocol, svc.max_idle_per_endpoint),
                         )
                         .with_tls(tls.clone()),
@@ -370,6 +372,17 @@ fn listener_runtime(listener: &Listener, snapshot: &Snapshot) -> ListenerRuntime
                 &Arc::from(crate::intercept::passthrough::SERVICE),
             )
         }),
+    }
+}
+
+/// Where a new endpoint at `address` is dialled (a host name starts being resolved: the
+/// endpoint keeps it resolved for as long as it exists).
+fn target(address: &EndpointAddress) -> Target {
+    match address {
+        EndpointAddress::Ip(address) => Target::Fixed(*address),
+        EndpointAddress::Host { name, port } => {
+            Target::Host(Resolution::start(name.clone(), *port))
+        }
     }
 }
 

@@ -133,13 +133,14 @@ fn secure_control(
         Some(_) if !https => return Ok(target),
         Some(_) => {}
     }
-    // Certificates are asked of the first replica; the push stream fails over between all.
-    let tls = Arc::new(ControlTls::new(&first, store.clone()).map_err(StartError::Control)?);
+    // Certificates, like the push stream, come from any live replica.
+    let tls = Arc::new(ControlTls::new(&target.urls, store.clone()).map_err(StartError::Control)?);
     if let (Some(spiffe_id), Some(IdentitySource::Control { trust_bundle, .. })) =
         (identity.and_then(IdentitySource::spiffe_id), identity)
     {
         let enrolment = Enrolment {
             spiffe_id,
+            urls: target.urls.clone(),
             token_file: target.token_file.clone(),
             trust_bundle_file: trust_bundle.clone(),
         };

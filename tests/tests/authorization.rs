@@ -1,13 +1,15 @@
 //! AuthorizationPolicy end to end: requests a policy denies are answered 403 `forbidden` by the
 //! proxy and never reach the upstream, paths are judged in their normalised form, route and
-//! listener targets, hot reload, the decision counter, TCP listeners, and what a peer without
-//! an identity (plaintext, until mTLS) is allowed.
+//! listener targets, hot reload, the decision counter, TCP listeners, what a peer without
+//! an identity (plaintext) is allowed, and policies on the identity and namespace of a real
+//! mTLS peer (a client proxy's outbound `tls.mode: mesh` to an inbound `tls.mode: mutual`).
 
 use std::time::Duration;
 
 use strait_tests::client::{get, h2c, http1, raw};
 use strait_tests::config::{http_route, proxy, service};
 use strait_tests::metrics::{reload, scrape, value};
+use strait_tests::tls::{Leaf, TestCa};
 use strait_tests::{eventually, Control, Proxy, TcpEcho, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -489,4 +491,220 @@ spec:
     );
     let out = control.straitctl(&["delete", "httproute", "api"]);
     assert!(!out.status.success(), "the policy still targets it");
+}
+
+// ---- identities from real mTLS peers ----
+
+const RATINGS: &str = "spiffe://cluster.local/ns/default/sa/ratings";
+const PRODUCTPAGE: &str = "spiffe://cluster.local/ns/default/sa/productpage";
+const REVIEWS: &str = "spiffe://cluster.local/ns/default/sa/reviews";
+const FRONTEND_WEB: &str = "spiffe://cluster.local/ns/frontend/sa/web";
+
+/// A proxy with identity `me` (files from `ca`) and `yaml` as config.
+fn meshed(yaml: &str, ca: &TestCa, me: &Leaf) -> Proxy {
+    Proxy::start_with_files(
+        yaml,
+        &[
+            ("id.crt", &me.chain),
+            ("id.key", &me.key),
+            ("roots.pem", &ca.bundle),
+        ],
+    )
+}
+
+const IDENTITY_FILES: &str =
+    "  identity: {certFile: id.crt, keyFile: id.key, trustBundleFile: roots.pem}";
+
+/// The ratings pod's proxy: listener `inbound` (`tls.mode: mutual`) to `app`, with `policies`.
+fn ratings_inbound(app: &Upstream, policies: &str) -> String {
+    format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {{name: ratings}}
+spec:
+  admin: 127.0.0.1:0
+  drainTimeout: 5s
+{IDENTITY_FILES}
+  listeners:
+    - {{name: inbound, address: 127.0.0.1:0, protocol: http, tls: {{mode: mutual}}}}
+"
+    ) + &service("app", "http1", &[(app.address(), 1)], "")
+        + &http_route(
+            "to-app",
+            "  parentRefs: [{name: inbound}]\n  rules: [{backendRefs: [{name: app}]}]",
+        )
+        + policies
+}
+
+/// A client pod's proxy: listener `web` to Service `ratings` at `inbound`, over mTLS
+/// (`tls.mode: mesh`) with the ratings identity required of the peer.
+fn client_outbound(inbound: std::net::SocketAddr) -> String {
+    proxy(IDENTITY_FILES)
+        + &service(
+            "ratings",
+            "http1",
+            &[(inbound.to_string(), 1)],
+            &format!("  tls: {{mode: mesh, identities: [\"{RATINGS}\"]}}"),
+        )
+        + &http_route(
+            "to-ratings",
+            "  parentRefs: [{name: web}]\n  rules: [{backendRefs: [{name: ratings}]}]",
+        )
+}
+
+/// Waits until `proxy` answers `/ready` (its identity installed).
+async fn ready(proxy: &Proxy) {
+    let url = format!("http://{}/ready", proxy.admin());
+    eventually("the proxy is ready", Duration::from_secs(10), || async {
+        let answer = get(&http1(), &url, "admin", &[]).await.ok()?;
+        (answer.status == 200).then_some(())
+    })
+    .await;
+}
+
+/// `GET /api` through `client`: the status and `x-strait-reason`.
+async fn through(client: &Proxy) -> (u16, String) {
+    let a = get(
+        &http1(),
+        &format!("{}/api", client.url("web")),
+        "ratings",
+        &[],
+    )
+    .await
+    .expect("an answer");
+    (a.status.as_u16(), a.header("x-strait-reason").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_match_the_identity_and_namespace_of_the_mtls_peer() {
+    let ca = TestCa::new("mesh");
+    let app = Upstream::start("app").await;
+    let exact_or_namespace = policy(
+        "ratings-readers",
+        &format!(
+            "  targetRefs: [{{kind: Listener, name: inbound}}]
+  action: ALLOW
+  rules:
+    - from:
+        - identities: [\"{PRODUCTPAGE}\"]
+        - namespaces: [frontend]"
+        ),
+    );
+    let server = meshed(
+        &ratings_inbound(&app, &exact_or_namespace),
+        &ca,
+        &ca.workload(RATINGS),
+    );
+    ready(&server).await;
+    let inbound = server.listener("inbound");
+    let mut clients = Vec::new();
+    for id in [PRODUCTPAGE, REVIEWS, FRONTEND_WEB] {
+        let client = meshed(&client_outbound(inbound), &ca, &ca.workload(id));
+        ready(&client).await;
+        clients.push(client);
+    }
+    let [productpage, reviews, frontend_web] = &clients[..] else {
+        unreachable!("three clients")
+    };
+    let served = (200, String::new());
+    let forbidden = (403, "forbidden".to_owned());
+
+    // An exact identity, and a namespace: allowed; another identity: 403, upstream untouched.
+    assert_eq!(through(productpage).await, served, "exact identity");
+    assert_eq!(through(frontend_web).await, served, "namespace frontend");
+    assert_eq!(app.hits(), 2);
+    assert_eq!(through(reviews).await, forbidden, "another identity");
+    assert_eq!(app.hits(), 2, "a denied request reaches no upstream");
+
+    // A trailing `*`: everything under it, nothing beside it.
+    let prefix = policy(
+        "reviewers",
+        "  targetRefs: [{kind: Listener, name: inbound}]
+  action: ALLOW
+  rules: [{from: [{identities: [\"spiffe://cluster.local/ns/default/sa/rev*\"]}]}]",
+    );
+    reload(&server, &ratings_inbound(&app, &prefix)).await;
+    assert_eq!(through(reviews).await, served, "under the prefix");
+    assert_eq!(through(productpage).await, forbidden, "beside the prefix");
+    assert_eq!(through(frontend_web).await, forbidden, "another namespace");
+    assert_eq!(app.hits(), 3);
+
+    // DENY by namespace comes before any ALLOW.
+    let deny_frontend = policy(
+        "no-frontend",
+        "  targetRefs: [{kind: Listener, name: inbound}]
+  action: DENY
+  rules: [{from: [{namespaces: [frontend]}]}]",
+    );
+    reload(&server, &ratings_inbound(&app, &deny_frontend)).await;
+    assert_eq!(through(frontend_web).await, forbidden, "denied namespace");
+    assert_eq!(through(productpage).await, served, "no ALLOW in force");
+    assert_eq!(app.hits(), 4);
+
+    let metrics = scrape(server.admin()).await;
+    assert_eq!(
+        value(
+            &metrics,
+            "strait_authz_decisions_total",
+            &[
+                ("policy", "default/no-frontend"),
+                ("action", "DENY"),
+                ("result", "deny")
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutual_tcp_listener_closes_connections_of_identities_its_policy_denies() {
+    let ca = TestCa::new("mesh");
+    let echo = TcpEcho::start().await;
+    let server_yaml = format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {{name: ratings}}
+spec:
+  admin: 127.0.0.1:0
+{IDENTITY_FILES}
+  listeners:
+    - {{name: db, address: 127.0.0.1:0, protocol: tcp, tls: {{mode: mutual}}}}
+"
+    ) + &service("echo", "tcp", &[(echo.addr.to_string(), 1)], "")
+        + "---\napiVersion: strait.dev/v1alpha1\nkind: TCPRoute\nmetadata: {name: echo}\nspec:\n  parentRefs: [{name: db}]\n  backendRefs: [{name: echo}]\n"
+        + &policy(
+            "product-only",
+            "  targetRefs: [{kind: Listener, name: db}]
+  rules: [{from: [{identities: [\"spiffe://cluster.local/ns/default/sa/product*\"]}]}]",
+        );
+    let server = meshed(&server_yaml, &ca, &ca.workload(RATINGS));
+    ready(&server).await;
+    let client_yaml = proxy(IDENTITY_FILES)
+        + &service(
+            "ratings-db",
+            "tcp",
+            &[(server.listener("db").to_string(), 1)],
+            &format!("  tls: {{mode: mesh, identities: [\"{RATINGS}\"]}}"),
+        )
+        + "---\napiVersion: strait.dev/v1alpha1\nkind: TCPRoute\nmetadata: {name: to-ratings}\nspec:\n  parentRefs: [{name: db}]\n  backendRefs: [{name: ratings-db}]\n";
+    let productpage = meshed(&client_yaml, &ca, &ca.workload(PRODUCTPAGE));
+    let reviews = meshed(&client_yaml, &ca, &ca.workload(REVIEWS));
+    ready(&productpage).await;
+    ready(&reviews).await;
+    assert_eq!(echoed(&productpage).await, b"hello", "under the prefix");
+    assert_eq!(echoed(&reviews).await, b"", "closed without a byte");
+    let metrics = scrape(server.admin()).await;
+    assert_eq!(
+        value(
+            &metrics,
+            "strait_authz_decisions_total",
+            &[
+                ("policy", "default"),
+                ("action", "DENY"),
+                ("result", "deny")
+            ]
+        ),
+        Some(1.0),
+        "the reviews connection: no ALLOW rule matched"
+    );
 }

@@ -22,10 +22,15 @@ fn check(path: &std::path::Path) -> (i32, String, String) {
 fn the_contract_example_is_valid() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut paths = vec![root.join("deploy/examples/mesh.yaml")];
-    // The contract itself, when the shared folder sits beside the repository.
-    let shared = root.join("../shared/contract/mesh.yaml");
-    if shared.exists() {
-        paths.push(shared);
+    // The contract itself (every file of it, identity.yaml's host-name endpoint included),
+    // when the shared folder sits beside the repository or beside its worktrees' folder.
+    for shared in ["../shared/contract", "../../shared/contract"] {
+        for file in ["mesh.yaml", "identity.yaml"] {
+            let path = root.join(shared).join(file);
+            if path.exists() {
+                paths.push(path);
+            }
+        }
     }
     for path in paths {
         let (code, stdout, stderr) = check(&path);

@@ -401,3 +401,61 @@ async fn replicas_share_one_ca_and_its_join_tokens() {
         .expect("the second replica answers");
     assert_eq!(answer.status, 200, "{}", answer.json);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_gets_its_certificate_from_a_live_replica_when_the_first_is_dead() {
+    let store = Store::start(Backend::Etcd);
+    let identity = ["--trust-domain", "example.org"];
+    let mut first = store.control_with_args(&identity);
+    let second = store.replica_with_args(&first, &identity);
+    let out = second.straitctl(&[
+        "identity",
+        "token",
+        "--namespace",
+        "default",
+        "--service-account",
+        "reviews",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    first.kill9();
+
+    // The dead replica first: the join token's first contact, the CSR and the push stream
+    // all have to find the live one.
+    let controls = format!("{},{}", first.url(), second.url());
+    let bootstrap = format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {{name: pod-1}}
+spec:
+  admin: 127.0.0.1:0
+  identity: {{trustDomain: example.org, namespace: default, serviceAccount: reviews}}
+  control: {{address: \"{controls}\", node: pod-1, tokenFile: join-token}}
+  listeners:
+    - {{name: web, address: 127.0.0.1:0, protocol: http}}
+"
+    );
+    let proxy = Proxy::start_with_files(&bootstrap, &[("join-token", &token)]);
+    eventually(
+        "ready with a certificate from the second replica",
+        Duration::from_secs(15),
+        || async {
+            let (status, _) = strait_tests::metrics::admin_get(proxy.admin(), "/ready").await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let (_, identity) = strait_tests::metrics::admin_get(proxy.admin(), "/identity").await;
+    assert!(
+        identity.contains("spiffe://example.org/ns/default/sa/reviews"),
+        "{identity}"
+    );
+    assert!(
+        connected(&second).await,
+        "the push stream is on the live replica"
+    );
+}

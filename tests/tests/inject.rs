@@ -38,10 +38,20 @@ struct Run {
     stderr: String,
 }
 
+/// `straitctl inject ARGS` with the fixture trust bundle (`tests/fixtures/inject/roots.pem`).
 fn inject(args: &[&str], stdin: Option<&str>) -> Run {
+    let roots = fixtures().join("roots.pem");
+    inject_raw(
+        &[&["--trust-bundle", &roots.to_string_lossy()], args].concat(),
+        stdin,
+    )
+}
+
+fn inject_raw(args: &[&str], stdin: Option<&str>) -> Run {
     let mut child = Command::new(straitctl_bin())
         .arg("inject")
         .args(args)
+        .env_remove("STRAIT_CA_FILE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -169,6 +179,185 @@ fn a_bad_annotation_is_an_error_naming_it() {
     assert!(run.stdout.is_empty(), "nothing is printed on error");
 }
 
+// ---- the proxy's identity ----
+
+/// The injected `strait-proxy` container of `pod`.
+fn proxy_container(pod: &Value) -> &Value {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|list| pod["spec"][list].as_array())
+        .flatten()
+        .find(|c| c["name"] == "strait-proxy")
+        .unwrap_or_else(|| panic!("no strait-proxy in {pod}"))
+}
+
+/// The value after `flag` in the proxy's arguments.
+fn arg<'a>(proxy: &'a Value, flag: &str) -> &'a str {
+    let args = proxy["args"].as_array().expect("args");
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"))
+}
+
+/// The volume of `pod` mounted in the proxy at the directory of `file`.
+fn volume_of<'a>(pod: &'a Value, proxy: &Value, file: &str) -> &'a Value {
+    let dir = Path::new(file).parent().expect("a directory");
+    let mount = proxy["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| m["mountPath"].as_str().map(Path::new) == Some(dir))
+        .unwrap_or_else(|| panic!("nothing mounted at {}: {proxy}", dir.display()));
+    assert_eq!(mount["readOnly"], true, "{mount}");
+    pod["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("no volume {}", mount["name"]))
+}
+
+/// What an injected pod must be: a proxy whose only credential is a short-lived projected
+/// ServiceAccount token for audience `strait`, whose bootstrap has `spec.identity` for
+/// `namespace`/`service_account` and the mesh's `bundle`, which talks to the control over
+/// https, and no operator token anywhere.
+fn assert_least_privilege_identity(
+    pod: &Value,
+    namespace: &str,
+    service_account: &str,
+    bundle: &str,
+) {
+    let proxy = proxy_container(pod);
+    let token = volume_of(pod, proxy, arg(proxy, "--token-file"));
+    let sources = token["projected"]["sources"]
+        .as_array()
+        .expect("a projected volume");
+    assert_eq!(sources.len(), 1, "{token}");
+    let sa_token = &sources[0]["serviceAccountToken"];
+    assert_eq!(sa_token["audience"], "strait", "{token}");
+    assert_eq!(
+        Some(arg(proxy, "--token-file")),
+        Path::new(arg(proxy, "--token-file"))
+            .parent()
+            .map(|d| d.join(sa_token["path"].as_str().unwrap_or_default()))
+            .as_deref()
+            .and_then(Path::to_str),
+    );
+    let lifetime = sa_token["expirationSeconds"]
+        .as_u64()
+        .expect("expirationSeconds");
+    assert!((600..=3600).contains(&lifetime), "short-lived: {lifetime}s");
+
+    let config = arg(proxy, "--config");
+    let bootstrap = volume_of(pod, proxy, config);
+    let items = bootstrap["downwardAPI"]["items"]
+        .as_array()
+        .expect("a downwardAPI volume");
+    let annotation_of = |file: &str| {
+        let item = items
+            .iter()
+            .find(|i| i["path"] == file)
+            .unwrap_or_else(|| panic!("no {file} in {bootstrap}"));
+        let field = item["fieldRef"]["fieldPath"].as_str().expect("fieldPath");
+        let key = field
+            .strip_prefix("metadata.annotations['")
+            .and_then(|k| k.strip_suffix("']"))
+            .unwrap_or_else(|| panic!("not an annotation: {field}"));
+        pod["metadata"]["annotations"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no annotation {key}"))
+            .to_owned()
+    };
+    let file_name = Path::new(config)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("file");
+    let text = annotation_of(file_name);
+    let snapshot =
+        strait_config::load_str(file_name, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let identity = snapshot
+        .proxy
+        .identity
+        .expect("spec.identity in the bootstrap");
+    assert_eq!(
+        identity.spiffe_id(),
+        Some(format!("spiffe://{TD}/ns/{namespace}/sa/{service_account}")),
+        "{text}"
+    );
+    let strait_config::snapshot::IdentitySource::Control { trust_bundle, .. } = identity else {
+        panic!("an identity the control issues: {text}");
+    };
+    let trust_bundle = trust_bundle.expect("identity.trustBundleFile");
+    let bundle_file = trust_bundle
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("file");
+    assert_eq!(
+        annotation_of(bundle_file),
+        bundle,
+        "the mesh's trust bundle"
+    );
+
+    let address = proxy["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "STRAIT_CONTROL_ADDRESS")
+        .and_then(|e| e["value"].as_str())
+        .expect("STRAIT_CONTROL_ADDRESS");
+    assert!(address.starts_with("https://"), "{address}");
+
+    // No operator token: no Secret mounted by injection, nothing named after it.
+    let text = pod.to_string();
+    assert!(!text.contains("strait-token"), "{pod}");
+    for mount in proxy["volumeMounts"].as_array().expect("mounts") {
+        let volume = &pod["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("volume");
+        assert!(volume.get("secret").is_none(), "{volume}");
+    }
+    assert!(!proxy.to_string().contains("secretKeyRef"), "{proxy}");
+}
+
+#[test]
+fn straitctl_inject_gives_the_proxy_its_identity_and_no_operator_token() {
+    let run = inject_file(&fixtures().join("deployment.yaml"), &["--trust-domain", TD]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let doc = strait_control::inject::yaml::parse(&run.stdout)
+        .expect("YAML")
+        .expect("a document");
+    let deployment = strait_control::inject::yaml::to_json(&doc);
+    let roots = std::fs::read_to_string(fixtures().join("roots.pem")).expect("roots");
+    assert_least_privilege_identity(&deployment["spec"]["template"], "shop", "reviews", &roots);
+
+    // A workload naming no namespace gets the one given (where kubectl will create it).
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: a}]\n";
+    let run = inject(
+        &["--trust-domain", TD, "-n", "payments", "-f", "-"],
+        Some(pod),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let doc = strait_control::inject::yaml::parse(&run.stdout)
+        .expect("YAML")
+        .expect("a document");
+    assert_least_privilege_identity(
+        &strait_control::inject::yaml::to_json(&doc),
+        "payments",
+        "default",
+        &roots,
+    );
+
+    // Without the trust bundle the proxy could not verify the control: refused.
+    let run = inject_raw(&["-f", "-"], Some(pod));
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--trust-bundle"), "{}", run.stderr);
+}
+
 // ---- the webhook ----
 
 struct Pki {
@@ -244,30 +433,43 @@ impl Pki {
 }
 
 struct Webhook {
-    /// Kept running for as long as the webhook is used.
-    _control: Control,
+    /// The control serving the webhook (and the mesh's CA).
+    control: Control,
     pki: Pki,
     address: std::net::SocketAddr,
 }
 
+/// The trust domain of the webhook's control.
+const TD: &str = "example.org";
+
 impl Webhook {
     fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// The webhook of a control with `env` (the stand-in API server's, for TokenReview).
+    fn start_with_env(env: &[(String, String)]) -> Self {
         let pki = Pki::new();
         let (cert, key, ca) = (
             pki.path("server.pem"),
             pki.path("server-key.pem"),
             pki.path("ca.pem"),
         );
-        let control = Control::start_with_args(&[
-            "--webhook-listen",
-            "127.0.0.1:0",
-            "--webhook-cert",
-            &cert,
-            "--webhook-key",
-            &key,
-            "--webhook-client-ca",
-            &ca,
-        ]);
+        let control = Control::start_with_env(
+            &[
+                "--trust-domain",
+                TD,
+                "--webhook-listen",
+                "127.0.0.1:0",
+                "--webhook-cert",
+                &cert,
+                "--webhook-key",
+                &key,
+                "--webhook-client-ca",
+                &ca,
+            ],
+            env,
+        );
         let address = control
             .json_logs()
             .iter()
@@ -275,7 +477,7 @@ impl Webhook {
             .and_then(|v| v["fields"]["address"].as_str()?.parse().ok())
             .unwrap_or_else(|| panic!("no webhook address in:\n{}", control.logs().join("\n")));
         Self {
-            _control: control,
+            control,
             pki,
             address,
         }
@@ -337,6 +539,35 @@ fn admission(name: &str) -> String {
     std::fs::read_to_string(fixtures().join("admission").join(name)).expect("admission fixture")
 }
 
+/// `patch` with the trust bundle it gives the proxy (checked to be `bundle`, the control's,
+/// which is made at its first start) replaced by a fixed text, for the golden files.
+fn without_bundle(mut patch: Value, bundle: &str) -> Value {
+    const KEY: &str = "strait.dev/trust-bundle";
+    const PLACEHOLDER: &str = "<the control's trust bundle>";
+    let mut seen = 0;
+    for op in patch.as_array_mut().into_iter().flatten() {
+        let path = op["path"].as_str().unwrap_or_default().to_owned();
+        let value = if path == "/metadata/annotations/strait.dev~1trust-bundle" {
+            Some(&mut op["value"])
+        } else if path == "/metadata/annotations" {
+            op["value"].get_mut(KEY)
+        } else {
+            None
+        };
+        if let Some(value) = value {
+            assert_eq!(
+                value.as_str(),
+                Some(bundle),
+                "the CA's current trust bundle"
+            );
+            *value = Value::from(PLACEHOLDER);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 1, "one trust bundle annotation in {patch}");
+    patch
+}
+
 /// The JSON Patch of an AdmissionReview answer, decoded (checking the wire format on the way).
 fn decoded_patch(answer: &Value) -> Value {
     let response = &answer["response"];
@@ -353,6 +584,25 @@ fn decoded_patch(answer: &Value) -> Value {
     serde_json::from_slice(&bytes).expect("patch is JSON")
 }
 
+/// The pod of AdmissionReview `review` with `patch` applied.
+fn patched(review: &str, patch: &Value) -> Value {
+    let mut pod: Value =
+        serde_json::from_str::<Value>(review).expect("JSON")["request"]["object"].clone();
+    let ops: Vec<strait_control::inject::patch::Op> = patch
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|op| {
+            strait_control::inject::patch::Op::add(
+                op["path"].as_str().unwrap_or_default(),
+                op["value"].clone(),
+            )
+        })
+        .collect();
+    strait_control::inject::patch::apply(&mut pod, &ops).expect("the patch applies");
+    pod
+}
+
 #[tokio::test]
 async fn webhook_patches_pods_from_real_admission_reviews() {
     let hook = Webhook::start();
@@ -366,7 +616,11 @@ async fn webhook_patches_pods_from_real_admission_reviews() {
     let patch = decoded_patch(&answer);
     golden(
         "admission-pod-create.patch.json",
-        &format!("{}\n", serde_json::to_string_pretty(&patch).expect("JSON")),
+        &format!(
+            "{}\n",
+            serde_json::to_string_pretty(&without_bundle(patch.clone(), &hook.control.bundle()))
+                .expect("JSON")
+        ),
     );
     // Annotation keys are escaped; the containers go first in initContainers, which is created.
     let paths: Vec<&str> = patch
@@ -387,20 +641,7 @@ async fn webhook_patches_pods_from_real_admission_reviews() {
     assert_eq!(again, answer);
 
     // Applying the patch gives a pod with the proxy as a native sidecar after strait-init.
-    let mut pod: Value =
-        serde_json::from_str::<Value>(&review).expect("JSON")["request"]["object"].clone();
-    let ops: Vec<strait_control::inject::patch::Op> = patch
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|op| {
-            strait_control::inject::patch::Op::add(
-                op["path"].as_str().unwrap_or_default(),
-                op["value"].clone(),
-            )
-        })
-        .collect();
-    strait_control::inject::patch::apply(&mut pod, &ops).expect("the patch applies");
+    let pod = patched(&review, &patch);
     assert_eq!(pod["spec"]["initContainers"][0]["name"], "strait-init");
     assert_eq!(pod["spec"]["initContainers"][1]["name"], "strait-proxy");
     assert_eq!(pod["spec"]["initContainers"][1]["restartPolicy"], "Always");
@@ -408,6 +649,8 @@ async fn webhook_patches_pods_from_real_admission_reviews() {
         pod["metadata"]["annotations"]["strait.dev/injected"],
         env!("CARGO_PKG_VERSION")
     );
+    // The pod's namespace comes from the request, its ServiceAccount from its spec.
+    assert_least_privilege_identity(&pod, "shop", "reviews", &hook.control.bundle());
 }
 
 #[tokio::test]
@@ -440,7 +683,11 @@ async fn webhook_leaves_opted_out_pods_and_honours_namespace_opt_in() {
     assert_eq!(patch[0]["path"], "/metadata/annotations", "{patch}");
     golden(
         "admission-pod-unannotated.namespace-enabled.patch.json",
-        &format!("{}\n", serde_json::to_string_pretty(&patch).expect("JSON")),
+        &format!(
+            "{}\n",
+            serde_json::to_string_pretty(&without_bundle(patch, &hook.control.bundle()))
+                .expect("JSON")
+        ),
     );
 
     let (status, answer) = hook
@@ -481,4 +728,86 @@ async fn webhook_needs_no_credentials_and_verifies_a_presented_certificate() {
         refused.is_err(),
         "a certificate from another CA is refused: {refused:?}"
     );
+}
+
+/// What a projected token looks like (the stand-in API server only compares it).
+const POD_JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsic3RyYWl0Il19.c2lnbmF0dXJl";
+
+#[tokio::test]
+async fn a_webhook_injected_proxy_gets_its_certificate_with_the_projected_token_alone() {
+    let kube = strait_tests::kube::TokenReviewServer::start().await;
+    kube.add_service_account(POD_JWT, "shop", "reviews");
+    let hook = Webhook::start_with_env(&kube.env());
+    let review = admission("pod-create.json");
+    let (_, answer) = hook.post("/inject", &review).await;
+    let pod = patched(&review, &decoded_patch(&answer));
+    let proxy = proxy_container(&pod);
+
+    // What the kubelet would mount: the bootstrap and the bundle from the pod's annotations,
+    // the projected token. The pod's fixed ports become free loopback ones (no network
+    // namespace here) and the mount paths local files.
+    let annotations = &pod["metadata"]["annotations"];
+    let dir = TempDir::new("injected-pod");
+    let bundle = dir.path().join("trust-bundle.pem");
+    let token = dir.path().join("token");
+    std::fs::write(
+        &bundle,
+        annotations["strait.dev/trust-bundle"]
+            .as_str()
+            .expect("bundle"),
+    )
+    .expect("write bundle");
+    std::fs::write(&token, POD_JWT).expect("write token");
+    let bootstrap = [
+        "127.0.0.1:15300",
+        "127.0.0.1:15301",
+        "0.0.0.0:15302",
+        "0.0.0.0:15303",
+    ]
+    .iter()
+    .fold(
+        annotations["strait.dev/bootstrap"]
+            .as_str()
+            .expect("bootstrap")
+            .to_owned(),
+        |text, fixed| text.replace(fixed, "127.0.0.1:0"),
+    )
+    .replace(
+        "trustBundleFile: trust-bundle.pem",
+        &format!("trustBundleFile: \"{}\"", bundle.display()),
+    )
+    .lines()
+    .filter(|l| !matches!(l.trim(), "mode: inbound" | "mode: outbound"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    assert!(arg(proxy, "--token-file").ends_with("/token"));
+    let node = "reviews-v1-6b8f9c7d5-x2k9p.shop";
+    let proxy =
+        strait_tests::Proxy::start_with_control(&bootstrap, &hook.control.url(), node, &token);
+
+    strait_tests::eventually(
+        "the injected proxy is ready",
+        std::time::Duration::from_secs(20),
+        || async {
+            let (status, _) = strait_tests::metrics::admin_get(proxy.admin(), "/ready").await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let (_, identity) = strait_tests::metrics::admin_get(proxy.admin(), "/identity").await;
+    let identity: Value = serde_json::from_str(&identity).expect("JSON");
+    assert_eq!(
+        identity["spiffeId"],
+        format!("spiffe://{TD}/ns/shop/sa/reviews"),
+        "{identity}"
+    );
+    let reviews = kube.reviews.lock().expect("reviews").clone();
+    let (_, asked) = reviews
+        .first()
+        .expect("the control asked for a TokenReview");
+    assert_eq!(asked["spec"]["token"], POD_JWT);
+    assert_eq!(asked["spec"]["audiences"], serde_json::json!(["strait"]));
+    let proxies = hook.control.straitctl(&["proxies"]);
+    let listed = String::from_utf8_lossy(&proxies.stdout);
+    assert!(listed.contains(node), "connected over mTLS: {listed}");
 }

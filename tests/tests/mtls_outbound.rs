@@ -1,7 +1,8 @@
 //! TLS from the proxy to upstreams (`Service.spec.tls`): `mesh` (mTLS with the proxy's
 //! identity, the peer's identity checked) over HTTP/1, HTTP/2 and opaque TCP, connections
 //! pooled and sessions resumed, an identity rotated under load; `simple` origination verified
-//! against a CA file. The upstreams are TLS servers of the tests' own that record what they see.
+//! against a CA file, to an address or to a host name (resolved by the proxy, its name the
+//! default SNI). The upstreams are TLS servers of the tests' own that record what they see.
 
 use std::time::Duration;
 
@@ -281,6 +282,55 @@ async fn simple_origination_verifies_the_server_against_the_ca_file_for_the_sni(
     assert_eq!(answer.status, 502);
     assert_eq!(answer.header("x-strait-reason"), "tls-failure");
     assert_eq!(upstream.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_endpoint_is_resolved_and_its_name_is_the_default_sni() {
+    let ca = TestCa::new("public");
+    let upstream = TlsUpstream::start(&ca.server("localhost"), None, Serve::Http).await;
+    let port = upstream.addr.port();
+    // The same server by name and by address, neither with an `sni`: the name is verified
+    // against the certificate (for `localhost`), the address is not in it.
+    let yaml = proxy("")
+        + &service(
+            "by-name",
+            "http1",
+            &[(format!("localhost:{port}"), 1)],
+            "  tls: {mode: simple, caFile: ca.pem}",
+        )
+        + &service(
+            "by-address",
+            "http1",
+            &[(upstream.addr.to_string(), 1)],
+            "  tls: {mode: simple, caFile: ca.pem}",
+        )
+        + &http_route(
+            "r",
+            "  rules:
+    - {matches: [{path: {type: PathPrefix, value: /by-address}}], backendRefs: [{name: by-address}]}
+    - {backendRefs: [{name: by-name}]}",
+        );
+    let proxy = Proxy::start_with_files(&yaml, &[("ca.pem", &ca.bundle)]);
+    for _ in 0..3 {
+        let answer = call(&proxy, "/").await;
+        assert_eq!(
+            answer.status,
+            200,
+            "{answer:?}\n{}",
+            proxy.logs().join("\n")
+        );
+    }
+    assert_eq!(upstream.accepts(), 1, "pooled like an address endpoint");
+    let answer = call(&proxy, "/by-address").await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.header("x-strait-reason"), "tls-failure");
+    let clusters = strait_tests::metrics::clusters(proxy.admin()).await;
+    let by_name = strait_tests::metrics::cluster(&clusters, "by-name");
+    assert_eq!(
+        by_name["endpoints"][0]["address"],
+        format!("localhost:{port}"),
+        "shown as configured"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,8 @@ use super::{check_positive, check_range, Errors};
 use crate::error::FieldPath;
 use crate::load::LoadedDoc;
 use crate::snapshot::{
-    BreakerPolicy, Endpoint, HashKey, HealthCheck, HealthProbe, OutlierPolicy, Service, ServiceTls,
+    BreakerPolicy, Endpoint, EndpointAddress, HashKey, HealthCheck, HealthProbe, OutlierPolicy,
+    Service, ServiceTls,
 };
 use crate::spec::{Discovery, Document, LbPolicy, ServiceSpec, ServiceTlsMode, ServiceTlsSpec};
 
@@ -42,17 +43,17 @@ pub(crate) fn compile(
     let mut seen = HashSet::new();
     for (i, ep) in spec.endpoints.iter().enumerate() {
         let here = at.key("endpoints").index(i);
-        match ep.address.parse::<SocketAddr>() {
-            Ok(address) => {
-                if !seen.insert(address) {
+        match endpoint_address(&ep.address) {
+            Some(address) => {
+                if !seen.insert(address.clone()) {
                     errors.at(doc, &here.key("address"), format!("endpoint `{address}` is listed twice"));
                 }
                 endpoints.push(Endpoint { address, weight: ep.weight.max(1) });
             }
-            Err(_) => errors.at(
+            None => errors.at(
                 doc,
                 &here.key("address"),
-                format!("`{}` is not an ip:port address (e.g. 10.0.0.7:8080); host names are not resolved", ep.address),
+                format!("`{}` is not an ip:port or host:port address (e.g. 10.0.0.7:8080 or api.example.com:443)", ep.address),
             ),
         }
         check_range(
@@ -377,6 +378,23 @@ fn check_spiffe_pattern(id: &str) -> Result<(), &'static str> {
         return Err("contains whitespace");
     }
     Ok(())
+}
+
+/// `ip:port` (`[v6]:port` for IPv6) or `host:port` with a DNS name and a port above 0.
+fn endpoint_address(text: &str) -> Option<EndpointAddress> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Some(EndpointAddress::Ip(address));
+    }
+    let (name, port) = text.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    // An IP address without its port, or a bare IPv6 one, is not a host name.
+    let name = name.trim_end_matches('.');
+    (is_server_name(name) && name.parse::<std::net::IpAddr>().is_err() && !name.contains(':')).then(
+        || EndpointAddress::Host {
+            name: name.to_ascii_lowercase().into(),
+            port,
+        },
+    )
 }
 
 /// A DNS name (letters, digits, `-`, dots between labels) or an IP address.

@@ -527,3 +527,54 @@ fn service_tls_errors_name_the_field() {
         );
     }
 }
+
+#[test]
+fn endpoints_are_ip_port_or_host_port() {
+    let service = |address: &str| {
+        format!(
+            "apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {{name: ext}}
+spec:
+  protocol: http1
+  endpoints: [{{address: \"{address}\"}}]
+"
+        )
+    };
+    for ok in [
+        "10.0.0.7:8080",
+        "[::1]:8080",
+        "localhost:8443",
+        "api.payments.example:443",
+        "api.payments.example.:443",
+    ] {
+        assert_eq!(errors_of(&service(ok)), Vec::<String>::new(), "{ok}");
+    }
+    for bad in [
+        "api.payments.example",
+        "api.payments.example:0",
+        "api.payments.example:https",
+        "::1:80",
+        "-bad-.example:80",
+        "a_b.example:80",
+        ":80",
+    ] {
+        let errs = errors_of(&service(bad));
+        assert!(
+            errs.len() == 1
+                && errs[0].contains("spec.endpoints[0].address")
+                && errs[0].contains("host:port"),
+            "{bad}: {errs:?}"
+        );
+    }
+    let text = format!("{HEAD}---\n{}", service("API.Payments.example:443"));
+    let snapshot = load_str("cfg.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let ext = snapshot.service_by_name("ext").expect("ext");
+    assert_eq!(
+        ext.endpoints[0].address,
+        crate::snapshot::EndpointAddress::Host {
+            name: "api.payments.example".into(),
+            port: 443
+        }
+    );
+}

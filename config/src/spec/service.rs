@@ -102,7 +102,8 @@ pub enum Discovery {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EndpointSpec {
-    /// `ip:port`.
+    /// `ip:port`, or `host:port`: a DNS name the proxy resolves in the background (every 5
+    /// s; new connections go to the first address of the latest answer).
     pub address: String,
     /// Relative share of requests (1–1000). Default 1.
     #[serde(default = "one")]

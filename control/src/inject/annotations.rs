@@ -28,6 +28,11 @@ pub const PROXY_CPU_LIMIT: &str = "strait.dev/proxy-cpu-limit";
 pub const PROXY_MEMORY_LIMIT: &str = "strait.dev/proxy-memory-limit";
 /// Set by injection (value: the Strait version): the pod is left alone from then on.
 pub const INJECTED: &str = "strait.dev/injected";
+/// Set by injection: the proxy's bootstrap `ProxyConfig` (with the pod's `spec.identity`),
+/// mounted into the proxy through a downwardAPI volume.
+pub const BOOTSTRAP: &str = "strait.dev/bootstrap";
+/// Set by injection: the mesh's trust bundle (PEM), mounted next to the bootstrap.
+pub const TRUST_BUNDLE: &str = "strait.dev/trust-bundle";
 /// kubectl's default container for `logs`/`exec`, set to the app's first container.
 pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 

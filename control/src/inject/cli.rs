@@ -2,7 +2,7 @@
 //! to stderr, like `istioctl kube-inject`. Asking for injection is the opt-in: every workload
 //! is injected unless it opts out (`strait.dev/inject: disabled`), so `straitctl inject -f
 //! app.yaml | kubectl apply -f -` never silently deploys a pod without its proxy. Needs no
-//! control: injection is local.
+//! control: injection is local; the mesh's trust bundle comes from a file.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -25,16 +25,40 @@ pub struct InjectArgs {
     /// Control URL the proxies connect to.
     #[arg(long, default_value = super::settings::DEFAULT_CONTROL_ADDRESS)]
     pub control_address: String,
+    /// The mesh's trust domain (the control's `--trust-domain`).
+    #[arg(long, default_value = super::settings::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// The mesh's trust bundle, PEM (`straitctl identity bundle > roots.pem`): how each proxy
+    /// verifies the control before its first certificate.
+    #[arg(long, value_name = "FILE", env = "STRAIT_CA_FILE", required = true)]
+    pub trust_bundle: PathBuf,
+    /// Namespace of workloads that name none (where `kubectl apply` will create them): their
+    /// proxies' identity is `spiffe://TD/ns/NAMESPACE/sa/SA`.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
 }
 
 impl InjectArgs {
-    /// The injection settings these flags describe.
-    pub fn settings(&self) -> Settings {
-        Settings {
+    /// The injection settings these flags describe (the trust bundle read from its file).
+    pub fn settings(&self) -> Result<Settings, String> {
+        let file = &self.trust_bundle;
+        let trust_bundle = std::fs::read_to_string(file)
+            .map_err(|e| format!("--trust-bundle {}: {e}", file.display()))?;
+        if !trust_bundle.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(format!(
+                "--trust-bundle {}: no PEM certificate in it (straitctl identity bundle > roots.pem)",
+                file.display()
+            ));
+        }
+        crate::ca::spiffe::check_trust_domain(&self.trust_domain)
+            .map_err(|e| format!("--trust-domain: {e}"))?;
+        Ok(Settings {
             proxy_image: self.proxy_image.clone(),
             control_address: self.control_address.clone(),
+            trust_domain: self.trust_domain.clone(),
+            trust_bundle,
             ..Settings::default()
-        }
+        })
     }
 }
 
@@ -43,7 +67,13 @@ impl InjectArgs {
 pub fn run(args: &InjectArgs) -> u8 {
     // Running the command is the opt-in, as a namespace labelled for injection is.
     let scope = Scope::Everything;
-    let settings = args.settings();
+    let settings = match args.settings() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("straitctl inject: {e}");
+            return 2;
+        }
+    };
     let mut output = String::new();
     for path in &args.paths {
         let (name, text) = if path.as_os_str() == "-" {
@@ -62,7 +92,7 @@ pub fn run(args: &InjectArgs) -> u8 {
                 }
             }
         };
-        match inject_documents(&text, scope, &settings) {
+        match inject_documents(&text, &args.namespace, scope, &settings) {
             Ok((injected, reports)) => {
                 output.push_str(&injected);
                 for report in reports {

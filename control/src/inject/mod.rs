@@ -3,10 +3,12 @@
 //! ```text
 //!  straitctl inject -f FILE ─▶ workload::inject_documents ─┐
 //!                                (pod template of each      │
-//!                                 Deployment/Job/...)       ├─▶ pod::plan(pod, scope, settings)
+//!                                 Deployment/Job/...)       ├─▶ pod::plan(pod, namespace, scope, settings)
 //!  POST /inject (AdmissionReview) ─▶ webhook::review ───────┘        │ Decision::Skip(reason)
 //!                                                                    │ Decision::Inject(JSON Patch)
-//!                                    sidecar.rs builds the containers; patch.rs the RFC 6902 ops
+//!                                    sidecar.rs builds the containers, identity.rs the proxy's
+//!                                    identity (bootstrap, trust bundle, projected token);
+//!                                    patch.rs the RFC 6902 ops
 //! ```
 //!
 //! The webhook sends the patch (base64 in the AdmissionResponse); the CLI applies the same
@@ -14,6 +16,7 @@
 
 pub mod annotations;
 pub mod cli;
+pub mod identity;
 pub mod patch;
 pub mod pod;
 pub mod server;

@@ -3,6 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use super::annotations::{self, INJECT};
+use super::identity::{self, WorkloadIdentity};
 use super::patch::{escape, Op};
 use super::settings::Settings;
 use super::sidecar::{self, INIT_CONTAINER, PROXY_CONTAINER};
@@ -68,9 +69,15 @@ fn names(list: Option<&Value>) -> Vec<&str> {
         .collect()
 }
 
-/// Decides about `pod` (an object with `metadata` and `spec`: a Pod or a pod template) and
-/// returns the patch that injects it. The same input always gives the same output.
-pub fn plan(pod: &Value, scope: Scope, settings: &Settings) -> Result<Decision, InjectError> {
+/// Decides about `pod` (an object with `metadata` and `spec`: a Pod or a pod template)
+/// created in `namespace`, and returns the patch that injects it. The same input always
+/// gives the same output.
+pub fn plan(
+    pod: &Value,
+    namespace: &str,
+    scope: Scope,
+    settings: &Settings,
+) -> Result<Decision, InjectError> {
     let empty = Map::new();
     let annotations = map_at(pod, &["metadata", "annotations"]).unwrap_or(&empty);
     let labels = map_at(pod, &["metadata", "labels"]).unwrap_or(&empty);
@@ -105,10 +112,23 @@ pub fn plan(pod: &Value, scope: Scope, settings: &Settings) -> Result<Decision, 
         return Ok(Decision::Skip(Skip::HostNetwork));
     }
     let options = annotations::read(annotations, settings)?;
+    if settings.trust_bundle.trim().is_empty() {
+        return Err(InjectError {
+            key: annotations::TRUST_BUNDLE.into(),
+            message: "no trust bundle to give the proxy (straitctl inject --trust-bundle FILE, from `straitctl identity bundle`)".into(),
+        });
+    }
+    let workload = WorkloadIdentity::of(namespace, spec);
+    let identity_annotations =
+        identity::annotations(&workload, settings).map_err(|message| InjectError {
+            key: annotations::BOOTSTRAP.into(),
+            message,
+        })?;
 
     let mut ops = Vec::new();
     // Annotations: create the map before adding keys to it.
-    let added = sidecar::added_annotations(annotations, containers.first().copied());
+    let mut added = sidecar::added_annotations(annotations, containers.first().copied());
+    added.extend(identity_annotations);
     if pod
         .pointer("/metadata/annotations")
         .is_some_and(Value::is_object)
@@ -146,11 +166,13 @@ pub fn plan(pod: &Value, scope: Scope, settings: &Settings) -> Result<Decision, 
             sidecar::proxy_container(&options, settings),
         ));
     }
-    let volume = sidecar::token_volume(settings);
+    let volumes = [identity::bootstrap_volume(), identity::token_volume()];
     if spec.get("volumes").is_some_and(Value::is_array) {
-        ops.push(Op::add("/spec/volumes/-", volume));
+        for volume in volumes {
+            ops.push(Op::add("/spec/volumes/-", volume));
+        }
     } else {
-        ops.push(Op::add("/spec/volumes", json!([volume])));
+        ops.push(Op::add("/spec/volumes", json!(volumes)));
     }
     Ok(Decision::Inject(ops))
 }

@@ -5,10 +5,11 @@
 //! webhook that required it would refuse every pod of an opted-in namespace. The API server
 //! authenticates the webhook instead (its certificate chains to the `caBundle` of the
 //! MutatingWebhookConfiguration), as Istio's and Linkerd's injectors do. That is safe: the
-//! webhook only turns the pod it is sent into a patch for that pod; it reads and writes no
-//! policy, no token and no certificate of the mesh. With `--webhook-client-ca`, a client
-//! certificate is optional but, when presented, must chain to that CA (else the handshake
-//! fails): an API server configured with one is checked, the others still work.
+//! webhook only turns the pod it is sent into a patch for that pod; it reads the CA's trust
+//! bundle (public) and trust domain, and writes no policy, token or certificate of the mesh.
+//! With `--webhook-client-ca`, a client certificate is optional but, when presented, must
+//! chain to that CA (else the handshake fails): an API server configured with one is
+//! checked, the others still work.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use super::pod::Scope;
 use super::settings::Settings;
 use super::webhook::{review, Verdict};
+use crate::ca::Ca;
 
 /// Largest AdmissionReview accepted.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -136,10 +138,16 @@ pub async fn bind(
     Ok((listener, config))
 }
 
-/// Serves the webhook until the task is dropped.
-pub async fn serve(listener: TcpListener, config: Arc<ServerConfig>, settings: Settings) {
+/// Serves the webhook until the task is dropped. Injected proxies get `ca`'s trust domain and
+/// its trust bundle as it is when each pod is created.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    settings: Settings,
+    ca: Arc<Ca>,
+) {
     let acceptor = TlsAcceptor::from(config);
-    let settings = Arc::new(settings);
+    let settings = Arc::new(CaSettings { settings, ca });
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -190,7 +198,24 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
     resp
 }
 
-async fn answer(req: Request<Incoming>, settings: &Settings) -> Response<Full<Bytes>> {
+/// The webhook's settings, completed from the CA at each review (the bundle may rotate).
+struct CaSettings {
+    settings: Settings,
+    ca: Arc<Ca>,
+}
+
+impl CaSettings {
+    fn current(&self) -> Settings {
+        let authority = self.ca.authority();
+        Settings {
+            trust_domain: authority.trust_domain().to_owned(),
+            trust_bundle: authority.bundle().pem(),
+            ..self.settings.clone()
+        }
+    }
+}
+
+async fn answer(req: Request<Incoming>, settings: &CaSettings) -> Response<Full<Bytes>> {
     let scope = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => {
             return json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
@@ -213,7 +238,7 @@ async fn answer(req: Request<Incoming>, settings: &Settings) -> Response<Full<By
             )
         }
     };
-    match review(&body, scope, settings) {
+    match review(&body, scope, &settings.current()) {
         Ok((answer, verdict)) => {
             let uid = answer
                 .pointer("/response/uid")

@@ -1,5 +1,6 @@
 //! What every injected pod gets that the pod itself does not choose: images, the control's
-//! address, default resources. From strait-control's flags (webhook) or straitctl's (CLI).
+//! address, the mesh's trust domain and trust bundle, default resources. From
+//! strait-control's flags and CA (webhook) or straitctl's flags (CLI).
 
 use strait_config::sidecar;
 
@@ -10,10 +11,14 @@ pub struct Settings {
     pub proxy_image: String,
     /// `IfNotPresent`, `Always` or `Never`.
     pub image_pull_policy: String,
-    /// URL proxies reach the control at.
+    /// URL proxies reach the control at (`https://`: proxies authenticate with their
+    /// certificates, never with the operator's token).
     pub control_address: String,
-    /// Secret (in the pod's namespace) holding the control's token under key `token`.
-    pub token_secret: String,
+    /// The mesh's trust domain: proxies are `spiffe://{trust_domain}/ns/NS/sa/SA`.
+    pub trust_domain: String,
+    /// The mesh's trust bundle (PEM): how a proxy verifies the control on first contact (a
+    /// ServiceAccount token, unlike a join token, carries no bundle hash).
+    pub trust_bundle: String,
     /// Default proxy resources (annotations override each).
     pub resources: Resources,
 }
@@ -34,7 +39,9 @@ pub struct Resources {
 /// The proxy image `deploy/` builds and the manifests use.
 pub const DEFAULT_PROXY_IMAGE: &str = "strait/proxy:0.1.0";
 /// The control's in-cluster address in `deploy/`.
-pub const DEFAULT_CONTROL_ADDRESS: &str = "http://strait-control.strait-system.svc:15010";
+pub const DEFAULT_CONTROL_ADDRESS: &str = "https://strait-control.strait-system.svc:15010";
+/// The trust domain `deploy/` gives the control.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 impl Default for Settings {
     fn default() -> Self {
@@ -42,7 +49,8 @@ impl Default for Settings {
             proxy_image: DEFAULT_PROXY_IMAGE.into(),
             image_pull_policy: "IfNotPresent".into(),
             control_address: DEFAULT_CONTROL_ADDRESS.into(),
-            token_secret: "strait-token".into(),
+            trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+            trust_bundle: String::new(),
             resources: Resources {
                 cpu_request: "50m".into(),
                 memory_request: "32Mi".into(),

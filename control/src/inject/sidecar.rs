@@ -1,22 +1,18 @@
 //! What injection adds to a pod: the `strait-init` container that installs the iptables
-//! rules, the proxy (native or classic sidecar), its token volume and its annotations.
+//! rules, the proxy (native or classic sidecar) and its annotations; the identity's volumes
+//! are [`super::identity`]'s.
 
 use serde_json::{json, Map, Value};
 use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID, TELEMETRY_PORT};
 
 use super::annotations::PodOptions;
+use super::identity;
 use super::settings::{Resources, Settings};
 
 /// Name of the proxy container.
 pub const PROXY_CONTAINER: &str = "strait-proxy";
 /// Name of the init container that installs the iptables rules.
 pub const INIT_CONTAINER: &str = "strait-init";
-/// Name of the volume holding the control's token.
-pub const TOKEN_VOLUME: &str = "strait-token";
-/// Where the token is mounted in the proxy.
-pub const TOKEN_DIR: &str = "/var/run/secrets/strait";
-/// The bootstrap ProxyConfig shipped in the proxy image (`deploy/proxy/sidecar.yaml`).
-pub const BOOTSTRAP: &str = "/etc/strait/sidecar.yaml";
 /// Name of the proxy's telemetry container port (the PodMonitor selects it; at most 15
 /// characters, as Kubernetes requires).
 pub const TELEMETRY_PORT_NAME: &str = "strait-metrics";
@@ -126,10 +122,10 @@ pub fn proxy_container(options: &PodOptions, settings: &Settings) -> Value {
         "image": settings.proxy_image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": [
-            "--config", BOOTSTRAP,
+            "--config", identity::BOOTSTRAP_FILE,
             "--control", "$(STRAIT_CONTROL_ADDRESS)",
             "--node", "$(STRAIT_POD_NAME).$(STRAIT_POD_NAMESPACE)",
-            "--token-file", format!("{TOKEN_DIR}/token"),
+            "--token-file", identity::TOKEN_FILE,
             "--log-format", "json",
         ],
         "env": [
@@ -156,7 +152,7 @@ pub fn proxy_container(options: &PodOptions, settings: &Settings) -> Value {
             "readOnlyRootFilesystem": true,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}],
+        "volumeMounts": identity::volume_mounts(),
     });
     if let Some(map) = container.as_object_mut() {
         if options.native {
@@ -169,14 +165,6 @@ pub fn proxy_container(options: &PodOptions, settings: &Settings) -> Value {
         }
     }
     container
-}
-
-/// The control's token, from a Secret in the pod's namespace.
-pub fn token_volume(settings: &Settings) -> Value {
-    json!({
-        "name": TOKEN_VOLUME,
-        "secret": {"secretName": settings.token_secret, "defaultMode": 0o444, "optional": false},
-    })
 }
 
 /// Annotations injection adds: the marker, Prometheus scraping (unless the pod already says

@@ -52,8 +52,20 @@ pub fn review(
         .ok_or(ReviewError::Shape("no `request.uid`"))?;
     let kind = request.pointer("/kind/kind").and_then(Value::as_str);
     let operation = request.get("operation").and_then(Value::as_str);
+    // The namespace the pod is created in: the request's (a pod made by a controller may not
+    // name it in its own metadata yet).
+    let namespace = request
+        .get("namespace")
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty())
+        .or_else(|| {
+            request
+                .pointer("/object/metadata/namespace")
+                .and_then(Value::as_str)
+        })
+        .unwrap_or("default");
     let (response, verdict) = match (kind, operation, request.get("object")) {
-        (Some("Pod"), Some("CREATE"), Some(pod)) => match plan(pod, scope, settings) {
+        (Some("Pod"), Some("CREATE"), Some(pod)) => match plan(pod, namespace, scope, settings) {
             Ok(Decision::Inject(ops)) => {
                 let patch = serde_json::to_vec(&ops)?;
                 (

@@ -62,8 +62,18 @@ fn object_name(doc: &Value) -> String {
     }
 }
 
-/// The pointers of the pod templates in `doc` (several for a `List`).
-fn templates(doc: &Value) -> Vec<(String, String)> {
+/// A pod template found in a document.
+struct Template {
+    /// `kind/name` of its workload.
+    object: String,
+    /// JSON Pointer to it.
+    at: String,
+    /// Its workload's `metadata.namespace`, when written.
+    namespace: Option<String>,
+}
+
+/// The pod templates in `doc` (several for a `List`).
+fn templates(doc: &Value) -> Vec<Template> {
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
     if kind == "List" {
         return doc
@@ -73,23 +83,36 @@ fn templates(doc: &Value) -> Vec<(String, String)> {
             .flatten()
             .enumerate()
             .flat_map(|(i, item)| {
-                templates(item)
-                    .into_iter()
-                    .map(move |(object, at)| (object, format!("/items/{i}{at}")))
+                templates(item).into_iter().map(move |t| Template {
+                    at: format!("/items/{i}{}", t.at),
+                    ..t
+                })
             })
             .collect();
     }
     POD_TEMPLATES
         .iter()
         .find(|(k, _)| *k == kind)
-        .map(|(_, at)| vec![(object_name(doc), (*at).to_owned())])
+        .map(|(_, at)| {
+            vec![Template {
+                object: object_name(doc),
+                at: (*at).to_owned(),
+                namespace: doc
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            }]
+        })
         .unwrap_or_default()
 }
 
 /// Injects every workload of the YAML stream `text`; returns the new stream and a report.
-/// Idempotent: the output given again comes back unchanged.
+/// A workload's proxy gets the identity of its `metadata.namespace`, or of `namespace` when
+/// it names none (where `kubectl apply` will put it). Idempotent: the output given again
+/// comes back unchanged.
 pub fn inject_documents(
     text: &str,
+    namespace: &str,
     scope: Scope,
     settings: &Settings,
 ) -> Result<(String, Vec<Report>), WorkloadError> {
@@ -109,12 +132,18 @@ pub fn inject_documents(
         if let Some(mut doc) = parsed {
             let json = yaml::to_json(&doc);
             let mut changed = false;
-            for (object, at) in templates(&json) {
+            for Template {
+                object,
+                at,
+                namespace: written,
+            } in templates(&json)
+            {
                 let named = format!(" ({object})");
                 let pod = json
                     .pointer(&at)
                     .ok_or_else(|| fail(named.clone(), format!("no pod template at `{at}`")))?;
-                let change = match plan(pod, scope, settings)
+                let namespace = written.as_deref().unwrap_or(namespace);
+                let change = match plan(pod, namespace, scope, settings)
                     .map_err(|e| fail(named.clone(), e.to_string()))?
                 {
                     Decision::Skip(why) => Change::Skipped(why),

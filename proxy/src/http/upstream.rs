@@ -18,9 +18,10 @@ use crate::service::endpoint::{Endpoint, Http2Sender, Pool};
 use crate::service::idle::IdleStack;
 use crate::tls::upstream_stream::UpstreamStream;
 
-/// Opens a TCP connection to the endpoint within `timeout`.
+/// Opens a TCP connection to the endpoint within `timeout` (for a host-name endpoint, to the
+/// address its name last resolved to).
 pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(endpoint.address))
+    let stream = tokio::time::timeout(timeout, endpoint.target.connect())
         .await
         .map_err(|_| {
             ProxyError::Connect(std::io::Error::new(
@@ -40,10 +41,7 @@ pub async fn dial(endpoint: &Endpoint, timeout: Duration) -> Result<UpstreamStre
     let tcp = connect(endpoint, timeout).await?;
     match &endpoint.tls {
         None => Ok(UpstreamStream::Plain(tcp)),
-        Some(tls) => {
-            tls.handshake(tcp, endpoint.address, timeout, &endpoint.service)
-                .await
-        }
+        Some(tls) => tls.handshake(tcp, endpoint, timeout).await,
     }
 }
 

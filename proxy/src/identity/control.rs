@@ -5,8 +5,8 @@
 //! with the credential in `control.tokenFile`: a join token (`strait-join.…`) or, in a pod, the
 //! projected ServiceAccount token the control checks through TokenReview. Afterwards it renews
 //! with its current certificate as the TLS client certificate, at 70% of the lifetime left
-//! when the certificate arrived, retrying with jittered backoff; the certificate in force stays
-//! until a new one is installed.
+//! when the certificate arrived, retrying with jittered backoff on the next of the control's
+//! replicas; the certificate in force stays until a new one is installed.
 //!
 //! The control is verified on first contact against `identity.trustBundleFile` when given,
 //! else against the bundle the control serves, accepted only when its SHA-256 is the join
@@ -145,8 +145,6 @@ impl ServerCertVerifier for UntilTheBundleIsChecked {
 /// certificate once it has one.
 #[derive(Debug)]
 pub struct ControlTls {
-    authority: String,
-    server_name: ServerName<'static>,
     store: Arc<IdentityStore>,
     /// Roots the control is verified against until an identity is installed.
     anchors: ArcSwapOption<RootCertStore>,
@@ -169,13 +167,32 @@ fn endpoint(url: &Uri) -> Result<(String, ServerName<'static>), String> {
     Ok((dial, server_name))
 }
 
+/// TLS with `config` to the replica at `url`, offering `alpn` (a host name with several
+/// addresses is dialled address by address).
+async fn handshake(
+    url: &Uri,
+    mut config: ClientConfig,
+    alpn: &'static [u8],
+) -> Result<TlsStream<TcpStream>, EnrolError> {
+    let (authority, server_name) = endpoint(url).map_err(EnrolError::Transport)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(&authority)
+        .await
+        .map_err(EnrolError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| EnrolError::Transport(format!("TLS with the control: {e}")))
+}
+
 impl ControlTls {
-    /// TLS to the control at `url` (`https://HOST:PORT`), with the identity of `store`.
-    pub fn new(url: &Uri, store: Arc<IdentityStore>) -> Result<Self, String> {
-        let (authority, server_name) = endpoint(url)?;
+    /// TLS to the control's replicas (`https://HOST:PORT` each), with the identity of `store`.
+    pub fn new(urls: &[Uri], store: Arc<IdentityStore>) -> Result<Self, String> {
+        for url in urls {
+            endpoint(url)?;
+        }
         Ok(Self {
-            authority,
-            server_name,
             store,
             anchors: ArcSwapOption::empty(),
         })
@@ -186,12 +203,6 @@ impl ControlTls {
         &self.store
     }
 
-    /// A verified TLS connection to the control offering `alpn`.
-    pub async fn connect(&self, alpn: &'static [u8]) -> Result<TlsStream<TcpStream>, EnrolError> {
-        let config = self.client_config()?;
-        self.handshake(config, alpn).await
-    }
-
     /// A verified TLS connection to the control replica at `url` (one of `--control URL,URL`)
     /// offering `alpn`.
     pub async fn connect_to(
@@ -199,17 +210,8 @@ impl ControlTls {
         url: &Uri,
         alpn: &'static [u8],
     ) -> Result<TlsStream<TcpStream>, EnrolError> {
-        let (authority, server_name) = endpoint(url).map_err(EnrolError::Transport)?;
-        let mut config = self.client_config()?;
-        config.alpn_protocols = vec![alpn.to_vec()];
-        let tcp = TcpStream::connect(&authority)
-            .await
-            .map_err(EnrolError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        TlsConnector::from(Arc::new(config))
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| EnrolError::Transport(format!("TLS with the control: {e}")))
+        let config = self.client_config()?;
+        handshake(url, config, alpn).await
     }
 
     /// The client configuration for the control: its roots, the proxy's certificate.
@@ -232,26 +234,11 @@ impl ControlTls {
         Ok(config)
     }
 
-    async fn handshake(
-        &self,
-        mut config: ClientConfig,
-        alpn: &'static [u8],
-    ) -> Result<TlsStream<TcpStream>, EnrolError> {
-        config.alpn_protocols = vec![alpn.to_vec()];
-        let tcp = TcpStream::connect(&self.authority)
-            .await
-            .map_err(EnrolError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        TlsConnector::from(Arc::new(config))
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|e| EnrolError::Transport(format!("TLS with the control: {e}")))
-    }
-
     /// First contact: the roots to verify the control against, from `bundle_file` or from
-    /// the bundle the control serves when its hash is the join token's.
+    /// the bundle the replica at `url` serves when its hash is the join token's.
     async fn first_contact(
         &self,
+        url: &Uri,
         credential: &str,
         bundle_file: Option<&PathBuf>,
     ) -> Result<(), EnrolError> {
@@ -262,7 +249,7 @@ impl ControlTls {
             Some(file) => std::fs::read(file).map_err(|e| {
                 EnrolError::Credential(format!("identity.trustBundleFile {}: {e}", file.display()))
             })?,
-            None => self.bundle_by_token(credential).await?,
+            None => self.bundle_by_token(url, credential).await?,
         };
         let mut roots = RootCertStore::empty();
         let ders = parse_roots(&pem)?;
@@ -271,7 +258,7 @@ impl ControlTls {
         Ok(())
     }
 
-    async fn bundle_by_token(&self, credential: &str) -> Result<Vec<u8>, EnrolError> {
+    async fn bundle_by_token(&self, url: &Uri, credential: &str) -> Result<Vec<u8>, EnrolError> {
         let expected = credential
             .strip_prefix(JOIN_PREFIX)
             .and_then(|rest| rest.rsplit('.').next())
@@ -288,7 +275,7 @@ impl ControlTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(UntilTheBundleIsChecked(provider)))
             .with_no_client_auth();
-        let stream = self.handshake(config, b"http/1.1").await?;
+        let stream = handshake(url, config, b"http/1.1").await?;
         let answer = call(
             stream,
             Method::GET,
@@ -386,6 +373,8 @@ async fn call(
 pub struct Enrolment {
     /// `spiffe://TD/ns/NS/sa/SA`.
     pub spiffe_id: String,
+    /// The control's replicas (`--control URL,URL`): any live one issues and renews.
+    pub urls: Vec<Uri>,
     /// The file holding the join token or the projected ServiceAccount token (read at each
     /// first request: the kubelet rotates the latter).
     pub token_file: Option<PathBuf>,
@@ -430,10 +419,11 @@ impl ProxyKey {
     }
 }
 
-/// Asks for a certificate: with the credential while there is no identity, then with the
-/// identity in force.
+/// Asks the replica at `url` for a certificate: with the credential while there is no
+/// identity, then with the identity in force.
 async fn issue(
     tls: &ControlTls,
+    url: &Uri,
     enrolment: &Enrolment,
     key: &ProxyKey,
 ) -> Result<Identity, EnrolError> {
@@ -441,14 +431,14 @@ async fn issue(
         Some(_) => None,
         None => {
             let credential = enrolment.credential()?;
-            tls.first_contact(&credential, enrolment.trust_bundle_file.as_ref())
+            tls.first_contact(url, &credential, enrolment.trust_bundle_file.as_ref())
                 .await?;
             Some(credential)
         }
     };
     let csr = key.csr(&enrolment.spiffe_id)?;
     let body = Bytes::from(serde_json::json!({ "csr": csr }).to_string());
-    let stream = tls.connect(b"http/1.1").await?;
+    let stream = tls.connect_to(url, b"http/1.1").await?;
     let answer = call(
         stream,
         Method::POST,
@@ -498,7 +488,9 @@ fn next_delay(delay: Duration, identity: Option<&Identity>) -> Duration {
     (delay * 2).min(cap)
 }
 
-/// Gets the proxy's first certificate and renews it for the life of the process.
+/// Gets the proxy's first certificate and renews it for the life of the process, from the
+/// replica that last answered; after a failure the next attempt goes to the next replica (as
+/// the push stream does), after a jittered, doubling delay.
 pub async fn run(tls: Arc<ControlTls>, enrolment: Enrolment) {
     let key = match ProxyKey::generate() {
         Ok(key) => key,
@@ -509,8 +501,13 @@ pub async fn run(tls: Arc<ControlTls>, enrolment: Enrolment) {
     };
     tracing::info!(spiffe_id = %enrolment.spiffe_id, "asking the control for a certificate");
     let mut delay = RETRY.0;
+    let mut replica = 0;
     loop {
-        match issue(&tls, &enrolment, &key).await {
+        let Some(url) = enrolment.urls.get(replica % enrolment.urls.len().max(1)) else {
+            tracing::error!("no control URL to ask for a certificate; the proxy stays unready");
+            return;
+        };
+        match issue(&tls, url, &enrolment, &key).await {
             Ok(identity) => {
                 let renew = renewal_time(&identity, SystemTime::now());
                 tls.store.install(identity);
@@ -522,12 +519,14 @@ pub async fn run(tls: Arc<ControlTls>, enrolment: Enrolment) {
                 let current = tls.store.current();
                 match &current {
                     Some(id) => {
-                        tracing::warn!(error = %e, serial = %id.serial, "certificate renewal failed; the current certificate stays in force")
+                        tracing::warn!(control = %url, error = %e, serial = %id.serial, "certificate renewal failed; the current certificate stays in force")
                     }
                     None => {
-                        tracing::error!(spiffe_id = %enrolment.spiffe_id, error = %e, "no certificate from the control; /ready stays 503")
+                        tracing::error!(control = %url, spiffe_id = %enrolment.spiffe_id, error = %e, "no certificate from the control; /ready stays 503")
                     }
                 }
+                // A dead replica is not asked first again.
+                replica += 1;
                 let jittered = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
                 tokio::time::sleep(jittered).await;
                 delay = next_delay(delay, current.as_deref());

@@ -14,6 +14,7 @@ use arc_swap::ArcSwapOption;
 use hyper::client::conn::http2;
 
 use super::balance::Candidate;
+use super::dns::Resolution;
 use super::idle::IdleStack;
 use super::outlier::EndpointOutlier;
 use crate::http::body::UpstreamBody;
@@ -44,12 +45,43 @@ pub enum OutOfRotation {
     Ejected = 2,
 }
 
+/// Where an endpoint is dialled.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// An IP address and port.
+    Fixed(SocketAddr),
+    /// A host name and port, kept resolved in the background.
+    Host(Arc<Resolution>),
+}
+
+impl Target {
+    /// A new TCP connection: to the address, or to a host name's latest answer (its
+    /// addresses in order until one accepts; only before the first answer does this wait).
+    pub async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        match self {
+            Self::Fixed(address) => tokio::net::TcpStream::connect(address).await,
+            Self::Host(resolution) => {
+                let addresses = resolution.addresses().await?;
+                tokio::net::TcpStream::connect(&addresses[..]).await
+            }
+        }
+    }
+
+    /// The host name, for a host-name endpoint (the default TLS server name).
+    pub fn host(&self) -> Option<&Arc<str>> {
+        match self {
+            Self::Fixed(_) => None,
+            Self::Host(resolution) => Some(resolution.host()),
+        }
+    }
+}
+
 /// One upstream endpoint of one service.
 #[derive(Debug)]
 pub struct Endpoint {
     /// Where it listens.
-    pub address: SocketAddr,
-    /// `ip:port`, for logs, metrics and `/clusters`.
+    pub target: Target,
+    /// `ip:port` or `host:port` as configured, for logs, metrics and `/clusters`.
     pub label: Arc<str>,
     /// Name of the service it belongs to.
     pub service: Arc<str>,
@@ -69,9 +101,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A fresh endpoint of `service`, in rotation, with an empty pool.
-    pub fn new(service: &Arc<str>, address: SocketAddr, pool: Pool) -> Self {
-        let label: Arc<str> = address.to_string().into();
+    /// A fresh endpoint of `service` labelled `label`, in rotation, with an empty pool.
+    pub fn new(service: &Arc<str>, target: Target, label: Arc<str>, pool: Pool) -> Self {
         let healthy = metrics::gauge!(
             crate::metrics::ENDPOINT_HEALTHY,
             "service" => service.clone(),
@@ -79,7 +110,7 @@ impl Endpoint {
         );
         healthy.set(1.0);
         Self {
-            address,
+            target,
             label,
             service: service.clone(),
             in_flight: AtomicU64::new(0),
@@ -103,7 +134,7 @@ impl Endpoint {
     /// cardinality would follow every address the pod talks to.
     pub fn unlisted(service: &str, address: SocketAddr, pool: Pool) -> Self {
         Self {
-            address,
+            target: Target::Fixed(address),
             label: address.to_string().into(),
             service: service.into(),
             in_flight: AtomicU64::new(0),

@@ -13,7 +13,6 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_config::snapshot::{HealthCheck, HealthProbe};
 use strait_config::spec::ServiceProtocol;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -96,7 +95,9 @@ async fn probe(
     protocol: ServiceProtocol,
     check: &HealthCheck,
 ) -> Result<(), String> {
-    let stream = TcpStream::connect(endpoint.address)
+    let stream = endpoint
+        .target
+        .connect()
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let path = match &check.probe {
@@ -107,7 +108,7 @@ async fn probe(
     // An HTTP check of a TLS service speaks TLS, as requests do.
     let stream = match &endpoint.tls {
         Some(tls) => tls
-            .handshake(stream, endpoint.address, check.timeout, &endpoint.service)
+            .handshake(stream, endpoint, check.timeout)
             .await
             .map_err(|e| e.to_string())?,
         None => UpstreamStream::Plain(stream),

@@ -3,6 +3,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod dns;
 pub mod endpoint;
 pub mod health_check;
 pub mod idle;

@@ -156,9 +156,11 @@ mod tests {
         let service: Arc<str> = "svc".into();
         (0..n)
             .map(|i| {
+                let address = std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i));
                 Arc::new(Endpoint::new(
                     &service,
-                    ([127, 0, 0, 1], 1000 + i).into(),
+                    crate::service::endpoint::Target::Fixed(address),
+                    address.to_string().into(),
                     Pool::Tcp,
                 ))
             })

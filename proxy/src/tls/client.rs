@@ -11,11 +11,10 @@
 //!   the handshake that began it, and its tickets beget tickets, so sessions of the old identity
 //!   would be resumed for ever. Connections open on the old identity carry on.
 //! - `simple`: no client certificate; the server is verified against `caFile` for `sni`
-//!   (default: the endpoint's IP address) by rustls' WebPKI verifier.
+//!   (default: the endpoint's host name, or its IP address) by rustls' WebPKI verifier.
 //!
 //! A failed handshake is [`ProxyError::TlsFailure`] (502 `tls-failure`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +33,7 @@ use super::upstream_stream::UpstreamStream;
 use super::verify_server::{AcceptedIdentities, MeshServerVerifier};
 use crate::http::error::ProxyError;
 use crate::identity::{Identity, IdentityStore};
+use crate::service::endpoint::{Endpoint, Target};
 
 /// Sessions remembered per configuration for resumption.
 const SESSIONS: usize = 256;
@@ -135,19 +135,21 @@ impl UpstreamTls {
     pub async fn handshake(
         &self,
         tcp: TcpStream,
-        address: SocketAddr,
+        endpoint: &Endpoint,
         timeout: Duration,
-        service: &str,
     ) -> Result<UpstreamStream, ProxyError> {
         let fail = |why: String| {
-            tracing::warn!(service, endpoint = %address, error = %why, "upstream tls handshake failed");
+            tracing::warn!(service = %endpoint.service, endpoint = %endpoint.label, error = %why, "upstream tls handshake failed");
             ProxyError::TlsFailure(std::io::Error::other(why))
         };
         let connector = self.connector().map_err(fail)?;
-        let name = self
-            .sni
-            .clone()
-            .unwrap_or_else(|| ServerName::IpAddress(address.ip().into()));
+        // `sni`, else the endpoint's host name, else the address connected to.
+        let name = match (&self.sni, &endpoint.target) {
+            (Some(sni), _) => sni.clone(),
+            (None, Target::Host(resolution)) => ServerName::try_from(resolution.host().to_string())
+                .map_err(|e| fail(format!("server name {}: {e}", resolution.host())))?,
+            (None, Target::Fixed(address)) => ServerName::IpAddress(address.ip().into()),
+        };
         match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
             Ok(Ok(tls)) => Ok(UpstreamStream::Tls(Box::new(tls))),
             Ok(Err(e)) => Err(fail(e.to_string())),
