@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use strait_config::snapshot::ListenerTls;
+use strait_config::snapshot::{ListenerTls, Serves};
 use strait_config::spec::{ListenerMode, ListenerProtocol};
 use strait_config::Snapshot;
 use tokio::net::TcpListener;
@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::metrics::{CONNECTIONS_ACTIVE, CONNECTIONS_REJECTED};
 use crate::shared::{ConnToken, Shared};
-use crate::tls::server::{Accepted, TlsServer};
+use crate::tls::server::{Accepted, Alpn, TlsServer};
 
 /// A listener could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -217,16 +217,20 @@ async fn accept_loop(
         // and a single future for all three kinds would size every HTTP connection for an
         // opaque TCP one (1152 bytes a task instead of 512).
         if let Some(tls) = &tls {
+            // Redirected to an inbound listener: where it was going, asked before the
+            // handshake (the socket is the TLS stream's afterwards).
+            let original = match shape.mode {
+                ListenerMode::Inbound => crate::intercept::orig_dst::original_destination(&stream),
+                _ => None,
+            };
+            let on = On {
+                name,
+                protocol: shape.protocol,
+                intercepting: shape.mode == ListenerMode::Inbound,
+                original,
+            };
             spawn_held(
-                serve_tls(
-                    stream,
-                    peer,
-                    name,
-                    shape.protocol,
-                    tls.clone(),
-                    shared,
-                    token,
-                ),
+                serve_tls(stream, peer, on, tls.clone(), shared, token),
                 held,
             );
             continue;
@@ -248,17 +252,34 @@ async fn accept_loop(
     tracing::debug!(listener = %name, "listener closed");
 }
 
+/// Where a TLS listener's connection arrived.
+struct On {
+    name: Arc<str>,
+    protocol: ListenerProtocol,
+    /// An intercepting (inbound) listener: what no route claims goes to `original`.
+    intercepting: bool,
+    /// The redirected connection's original destination.
+    original: Option<SocketAddr>,
+}
+
 /// Serves a connection of a TLS listener: the handshake (or, on a permissive listener, the
-/// plaintext it opens with) within the head's time, then HTTP or TCP over it.
+/// plaintext it opens with) within the head's time, then HTTP or TCP over it. On an
+/// intercepting listener, plaintext is intercepted as on any other, and a TLS client that
+/// chose no HTTP protocol by ALPN is opaque: passed through to where it was going.
 async fn serve_tls(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    name: Arc<str>,
-    protocol: ListenerProtocol,
+    on: On,
     tls: Arc<TlsServer>,
     shared: Arc<Shared>,
     token: ConnToken,
 ) {
+    let On {
+        name,
+        protocol,
+        intercepting,
+        original,
+    } = on;
     let within = shared.config.load().snapshot.proxy.header_read_timeout;
     let accepted = match tokio::time::timeout(within, tls.accept(stream)).await {
         Ok(Ok(accepted)) => accepted,
@@ -271,41 +292,70 @@ async fn serve_tls(
             return;
         }
     };
-    match (protocol, accepted) {
-        (ListenerProtocol::Http, Accepted::Plain(stream)) => {
-            crate::http::server::serve(stream, peer, name, shared, token, None).await;
+    let (stream, identity, alpn) = match accepted {
+        Accepted::Plain(stream) if intercepting => {
+            crate::intercept::serve(stream, peer, name, protocol, shared, token).await;
+            return;
         }
-        (
-            ListenerProtocol::Http,
-            Accepted::Tls {
-                stream,
-                peer: identity,
-                h2,
-            },
-        ) => {
+        Accepted::Plain(stream) => {
+            match protocol {
+                ListenerProtocol::Http => {
+                    crate::http::server::serve(stream, peer, name, shared, token, None).await;
+                }
+                ListenerProtocol::Tcp => {
+                    crate::tcp::serve(stream, peer, name, shared, token).await;
+                }
+            }
+            return;
+        }
+        Accepted::Tls {
+            stream,
+            peer: identity,
+            alpn,
+        } => (stream, identity, alpn),
+    };
+    let opaque = match protocol {
+        ListenerProtocol::Http => intercepting && alpn == Alpn::None,
+        ListenerProtocol::Tcp => intercepting && !has_tcp_route(&shared, &name),
+    };
+    if opaque {
+        let Some(destination) = original else {
+            tracing::debug!(listener = %name, client = %peer, "not HTTP and not redirected; closing");
+            return;
+        };
+        if !crate::intercept::admitted(&shared, &name, identity.as_deref()) {
+            tracing::debug!(listener = %name, client = %peer, "denied by authorization policy; closing");
+            return;
+        }
+        crate::intercept::passthrough::tls(stream, identity, peer, destination, name).await;
+        drop(token);
+        return;
+    }
+    match protocol {
+        ListenerProtocol::Http => {
             let client = crate::http::server::Client {
                 peer,
                 identity,
-                h2,
+                h2: alpn == Alpn::H2,
                 tls: true,
             };
-            crate::http::server::serve_tls(stream, client, name, shared, token).await;
+            let original = original.map(crate::intercept::passthrough::OriginalDestination::new);
+            crate::http::server::serve_tls(stream, client, name, shared, token, original).await;
         }
-        (ListenerProtocol::Tcp, Accepted::Plain(stream)) => {
-            crate::tcp::serve(stream, peer, name, shared, token).await;
-        }
-        (
-            ListenerProtocol::Tcp,
-            Accepted::Tls {
-                stream,
-                peer: identity,
-                ..
-            },
-        ) => {
+        ListenerProtocol::Tcp => {
             let client = crate::tcp::TcpClient::Tls { stream, identity };
             crate::tcp::serve_client(client, peer, name, shared, token).await;
         }
     }
+}
+
+/// Whether a TCPRoute is attached to the TCP listener `name`.
+fn has_tcp_route(shared: &Shared, name: &str) -> bool {
+    shared
+        .config
+        .load()
+        .listener(name)
+        .is_some_and(|(_, l)| matches!(l.serves, Serves::Tcp(Some(_))))
 }
 
 /// A listener's connection slots: its limit on connections and its active-connections gauge.

@@ -213,7 +213,7 @@ async fn relay(
 /// Copies both ways through buffers, for a connection with TLS on either side (TLS
 /// terminated or originated here: those bytes are encrypted or decrypted here, so they cannot
 /// be spliced).
-async fn relay_buffered<C, U>(
+pub(crate) async fn relay_buffered<C, U>(
     client: C,
     upstream: U,
     idle: Duration,

@@ -333,13 +333,21 @@ fn listener_tls(
     identity_given: bool,
 ) -> Option<ListenerTls> {
     let files = [("certFile", &spec.cert_file), ("keyFile", &spec.key_file)];
-    if spec.mode != ListenerTlsMode::Disabled && !mode.is_explicit() {
+    // Inbound interception takes mesh TLS (a meshed caller's mTLS ends here); an outbound
+    // listener's clients are the pod's own app, and `simple` needs a name to serve.
+    let supported = match mode {
+        ListenerMode::Explicit => true,
+        ListenerMode::Inbound => spec.mode.is_mesh(),
+        ListenerMode::Outbound => false,
+    };
+    if spec.mode != ListenerTlsMode::Disabled && !supported {
         errors.at(
             doc,
             &at.key("mode"),
             format!(
-                "`tls.mode: {}` is not supported on a `mode: {}` listener yet: give TLS to an \
-                 explicit listener (the pod's port forwarded to it), or use `disabled`",
+                "`tls.mode: {}` is not supported on a `mode: {}` listener: an inbound listener \
+                 takes `mutual` or `permissive`; for `simple`, give TLS to an explicit listener \
+                 (the pod's port forwarded to it)",
                 spec.mode.as_str(),
                 mode.as_str()
             ),

@@ -69,7 +69,9 @@ impl WorkloadIdentity {
     }
 }
 
-/// The bootstrap `ProxyConfig` of a proxy with `identity`: the image's, plus `spec.identity`.
+/// The bootstrap `ProxyConfig` of a proxy with `identity`: the image's, plus `spec.identity`
+/// and mesh TLS on its inbound listener (`permissive`: meshed callers come in over mTLS and
+/// are told apart by identity; the rest, in plaintext, as before).
 pub fn bootstrap(identity: &WorkloadIdentity, settings: &Settings) -> Result<String, String> {
     let mut doc = yaml::parse(IMAGE_BOOTSTRAP)?.ok_or("the image bootstrap is empty")?;
     let spec = json!({
@@ -78,7 +80,17 @@ pub fn bootstrap(identity: &WorkloadIdentity, settings: &Settings) -> Result<Str
         "serviceAccount": identity.service_account,
         "trustBundleFile": TRUST_BUNDLE_FILE,
     });
-    yaml::apply(&mut doc, &[Op::add("/spec/identity", spec)]).map_err(|e| e.to_string())?;
+    let mut ops = vec![Op::add("/spec/identity", spec)];
+    let listeners = yaml::to_json(&doc)["spec"]["listeners"].clone();
+    let inbound = listeners
+        .as_array()
+        .and_then(|all| all.iter().position(|l| l["mode"] == "inbound"))
+        .ok_or("the image bootstrap has no `mode: inbound` listener")?;
+    ops.push(Op::add(
+        format!("/spec/listeners/{inbound}/tls"),
+        json!({"mode": "permissive"}),
+    ));
+    yaml::apply(&mut doc, &ops).map_err(|e| e.to_string())?;
     yaml::emit(&doc)
 }
 
@@ -165,5 +177,15 @@ mod tests {
             Some("spiffe://example.org/ns/shop/sa/cart")
         );
         assert_eq!(snapshot.listeners.len(), 2, "{text}");
+        let inbound = snapshot
+            .listeners
+            .iter()
+            .find(|l| l.name.as_ref() == "inbound")
+            .expect("inbound listener");
+        assert_eq!(
+            inbound.tls,
+            strait_config::snapshot::ListenerTls::Permissive,
+            "{text}"
+        );
     }
 }

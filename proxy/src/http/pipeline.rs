@@ -199,7 +199,10 @@ fn forward<'a>(
             exchange.endpoint = Some(original.address.to_string().into());
             // Boxed: a rare path whose future would otherwise widen every request's.
             let (response, _) = Box::pin(crate::intercept::passthrough::http(
-                req, authority, original,
+                req,
+                authority,
+                original,
+                conn.client_id.as_deref(),
             ))
             .await?;
             return Ok(response);

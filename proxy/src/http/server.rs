@@ -78,10 +78,11 @@ pub async fn serve_tls(
     listener: Arc<str>,
     shared: Arc<Shared>,
     token: ConnToken,
+    original: Option<OriginalDestination>,
 ) {
     let _ = stream.get_ref().0.set_nodelay(true);
     if client.h2 {
-        let conn = connection(&client, listener, shared, None);
+        let conn = connection(&client, listener, shared, original);
         let limits = conn.shared.config.load().snapshot.proxy.clone();
         let late = conn.shared.drain.is_draining();
         serve_http2(TokioIo::new(*stream), conn, &limits, late).await;
@@ -94,7 +95,7 @@ pub async fn serve_tls(
         listener,
         shared,
         token,
-        None,
+        original,
     )
     .await;
 }

@@ -62,7 +62,7 @@ pub fn serve(
                         stream, peer, listener, shared, token, original,
                     ))
                 }
-                (Sniffed::Opaque, Some(_)) if !admitted(&shared, &listener) => {
+                (Sniffed::Opaque, Some(_)) if !admitted(&shared, &listener, None) => {
                     tracing::debug!(listener = %listener, client = %peer, "denied by authorization policy; closing");
                     Either::Right(rare(std::future::ready(()), token))
                 }
@@ -83,7 +83,7 @@ pub fn serve(
                 .listener(&listener)
                 .is_some_and(|(_, l)| matches!(l.serves, Serves::Tcp(Some(_))));
             Either::Right(match (routed, original) {
-                (false, Some(_)) if !admitted(&shared, &listener) => {
+                (false, Some(_)) if !admitted(&shared, &listener, None) => {
                     tracing::debug!(listener = %listener, client = %peer, "denied by authorization policy; closing");
                     rare(std::future::ready(()), token)
                 }
@@ -98,12 +98,12 @@ pub fn serve(
 }
 
 /// Whether the listener's authorization policies let an opaque connection pass through (it
-/// shows no method or path; intercepted connections carry no identity yet).
-fn admitted(shared: &Shared, listener: &str) -> bool {
+/// shows no method or path; `identity`: the client's SPIFFE ID, when it came over mTLS).
+pub(crate) fn admitted(shared: &Shared, listener: &str, identity: Option<&str>) -> bool {
     let active = shared.config.load();
     active
         .listener(listener)
-        .is_none_or(|(_, l)| crate::authz::admit_connection(l, None, &active.authz))
+        .is_none_or(|(_, l)| crate::authz::admit_connection(l, identity, &active.authz))
 }
 
 /// A connection's path that few connections take, on the heap, holding the connection's

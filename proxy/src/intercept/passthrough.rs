@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::http::body::{ClientBody, ResponseBody, UpstreamBody};
 use crate::http::error::ProxyError;
-use crate::http::headers::{strip_hop_by_hop, wants_upgrade};
+use crate::http::headers::{strip_hop_by_hop, wants_upgrade, CLIENT_ID_HEADER};
 use crate::http::pipeline::for_client;
 use crate::http::response::Reply;
 use crate::http::upstream::{self, Dial};
@@ -60,12 +60,14 @@ impl OriginalDestination {
     }
 }
 
-/// Sends `req` to the original destination as it is (hop-by-hop headers aside) and streams
-/// the answer back. Returns the endpoint label for the access log.
+/// Sends `req` to the original destination as it is (hop-by-hop headers aside, and
+/// `x-strait-client-id` saying who the peer is: `client_id` when it came over mTLS, nobody
+/// otherwise) and streams the answer back. Returns the endpoint label for the access log.
 pub async fn http(
     req: Request<ClientBody>,
     authority: Authority,
     original: &OriginalDestination,
+    client_id: Option<&HeaderValue>,
 ) -> Result<(Reply<ResponseBody>, Arc<str>), ProxyError> {
     let downstream_version = req.version();
     let http2 = downstream_version == Version::HTTP_2;
@@ -76,6 +78,11 @@ pub async fn http(
         parts.headers.remove(CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    // Only the proxy says who the peer is.
+    parts.headers.remove(&CLIENT_ID_HEADER);
+    if let Some(id) = client_id {
+        parts.headers.insert(&CLIENT_ID_HEADER, id.clone());
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -130,21 +137,55 @@ pub async fn http(
 
 /// Copies an opaque TCP connection to its original destination and back.
 pub async fn tcp(client: TcpStream, peer: SocketAddr, destination: SocketAddr, listener: Arc<str>) {
+    let Some(upstream) = connect(peer, destination, &listener).await else {
+        return;
+    };
+    let result = crate::tcp::splice(client, upstream, TCP_IDLE_TIMEOUT, &listener).await;
+    tracing::debug!(listener = %listener, client = %peer, endpoint = %destination, result = ?result, "passthrough connection closed");
+}
+
+/// Copies an opaque connection whose TLS ended here (an mTLS peer's TCP) to its original
+/// destination, in plaintext, and back.
+pub async fn tls(
+    client: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    identity: Option<Arc<str>>,
+    peer: SocketAddr,
+    destination: SocketAddr,
+    listener: Arc<str>,
+) {
+    let Some(upstream) = connect(peer, destination, &listener).await else {
+        return;
+    };
+    let result = crate::tcp::relay_buffered(*client, upstream, TCP_IDLE_TIMEOUT, &listener).await;
+    tracing::debug!(
+        listener = %listener,
+        client = %peer,
+        client_id = identity.as_deref().unwrap_or("-"),
+        endpoint = %destination,
+        result = ?result,
+        "passthrough connection closed"
+    );
+}
+
+/// Counts the connection and connects to its original destination (logged when it cannot).
+async fn connect(
+    peer: SocketAddr,
+    destination: SocketAddr,
+    listener: &Arc<str>,
+) -> Option<TcpStream> {
     metrics::counter!(TCP_CONNECTIONS, "listener" => listener.clone()).increment(1);
-    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination))
-        .await
-    {
-        Ok(Ok(stream)) => stream,
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Some(stream)
+        }
         Ok(Err(e)) => {
             tracing::warn!(listener = %listener, client = %peer, endpoint = %destination, error = %e, "passthrough connect failed");
-            return;
+            None
         }
         Err(_) => {
             tracing::warn!(listener = %listener, client = %peer, endpoint = %destination, "passthrough connect timed out");
-            return;
+            None
         }
-    };
-    let _ = upstream.set_nodelay(true);
-    let result = crate::tcp::splice(client, upstream, TCP_IDLE_TIMEOUT, &listener).await;
-    tracing::debug!(listener = %listener, client = %peer, endpoint = %destination, result = ?result, "passthrough connection closed");
+    }
 }

@@ -78,9 +78,20 @@ pub enum Accepted {
         stream: Box<TlsStream<TcpStream>>,
         /// The client's SPIFFE ID (mTLS only).
         peer: Option<Arc<str>>,
-        /// ALPN chose `h2`.
-        h2: bool,
+        /// What ALPN chose.
+        alpn: Alpn,
     },
+}
+
+/// The application protocol a TLS client and the listener agreed on by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `h2`.
+    H2,
+    /// `http/1.1`.
+    Http1,
+    /// The client offered neither (an opaque TCP client, or an HTTP/1 client without ALPN).
+    None,
 }
 
 /// A listener's TLS server.
@@ -139,7 +150,11 @@ impl TlsServer {
             .await
             .map_err(AcceptError::Handshake)?;
         let session = stream.get_ref().1;
-        let h2 = session.alpn_protocol() == Some(b"h2");
+        let alpn = match session.alpn_protocol() {
+            Some(b"h2") => Alpn::H2,
+            Some(_) => Alpn::Http1,
+            None => Alpn::None,
+        };
         let peer = if mesh {
             session
                 .peer_certificates()
@@ -152,7 +167,7 @@ impl TlsServer {
         Ok(Accepted::Tls {
             stream: Box::new(stream),
             peer,
-            h2,
+            alpn,
         })
     }
 }
