@@ -19,6 +19,7 @@ pub mod backend;
 pub mod bus;
 pub mod ca;
 pub mod cli;
+pub mod crd;
 pub mod events;
 pub mod inject;
 pub mod openapi;
