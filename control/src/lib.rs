@@ -22,6 +22,7 @@ pub mod cli;
 pub mod crd;
 pub mod events;
 pub mod inject;
+pub mod kube;
 pub mod openapi;
 pub mod policy;
 pub mod push;
