@@ -19,6 +19,7 @@ pub mod backend;
 pub mod bus;
 pub mod ca;
 pub mod cli;
+pub mod cluster_policy;
 pub mod crd;
 pub mod events;
 pub mod inject;
