@@ -48,6 +48,9 @@ pub enum PolicySource {
 /// How long events are gathered before one reconciliation (a list arrives as many events).
 const BATCH: Duration = Duration::from_millis(50);
 
+/// How often the control reconciles with no event (to retry status writes that failed).
+const RESYNC: Duration = Duration::from_secs(30);
+
 /// One watched API: an origin and where it is served.
 struct Source {
     origin: Origin,
@@ -103,11 +106,22 @@ pub async fn run(client: kube::Client, policy: Arc<PolicyStore>) {
             .boxed()
     });
     let mut events = futures_util::stream::select_all(streams);
-    let mut written: BTreeMap<ObjectKey, Value> = BTreeMap::new();
-    while let Some((i, event)) = events.next().await {
-        let mut batch = vec![(i, event)];
-        while let Ok(Some(more)) = tokio::time::timeout(BATCH, events.next()).await {
-            batch.push(more);
+    let mut written: BTreeMap<ObjectKey, String> = BTreeMap::new();
+    let mut resync = tokio::time::interval(RESYNC);
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            event = events.next() => match event {
+                Some(event) => batch.push(event),
+                None => return,
+            },
+            // Again from what is known: status writes that failed are retried.
+            _ = resync.tick() => {}
+        }
+        if !batch.is_empty() {
+            while let Ok(Some(more)) = tokio::time::timeout(BATCH, events.next()).await {
+                batch.push(more);
+            }
         }
         for (i, event) in batch {
             let (Some(source), Some(state)) = (sources.get(i), seen.get_mut(i)) else {
@@ -173,7 +187,7 @@ async fn reconcile_once(
     sources: &[Source],
     seen: &[Seen],
     policy: &Arc<PolicyStore>,
-    written: &mut BTreeMap<ObjectKey, Value>,
+    written: &mut BTreeMap<ObjectKey, String>,
 ) {
     let mut candidates: BTreeMap<ObjectKey, Candidate> = BTreeMap::new();
     let mut raw: BTreeMap<ObjectKey, (&Source, &Value)> = BTreeMap::new();
@@ -227,10 +241,14 @@ async fn reconcile_once(
         if conditions == existing {
             continue;
         }
-        let body = status::patch(key.origin, object, &conditions);
-        if written.get(key) == Some(&body) {
-            continue; // sent already; the watch has not shown it yet
+        let seen_version = object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if written.get(key).is_some_and(|v| v == seen_version) {
+            continue; // written from this version already; the watch has not shown it yet
         }
+        let body = status::patch(key.origin, object, &conditions);
         if !verdict.accepted() {
             tracing::warn!(kind = key.origin.kind(), namespace = %key.namespace, name = %key.name, problems = %verdict.problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "), "resource not accepted");
         }
@@ -241,7 +259,7 @@ async fn reconcile_once(
             .await
         {
             Ok(_) => {
-                written.insert(key.clone(), body);
+                written.insert(key.clone(), seen_version.to_owned());
             }
             Err(e) => {
                 tracing::warn!(kind = key.origin.kind(), namespace = %key.namespace, name = %key.name, error = %e, "cannot write status");
