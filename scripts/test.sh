@@ -27,7 +27,8 @@ if [ -n "$missing" ]; then
 fi
 
 # The interception test needs iptables, iproute2 and setpriv (util-linux); the manifest test
-# validates deploy/ and injected output offline with kubernetes-validate.
+# validates deploy/ and injected output offline with kubernetes-validate, and the CRD test checks
+# the sample resources against the generated schemas with the jsonschema it brings.
 missing=""
 for tool in iptables:iptables ip:iproute2 setpriv:util-linux; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing="$missing ${tool##*:}"

@@ -71,6 +71,9 @@ pub enum ApiError {
     /// 409.
     #[error("{0}")]
     Conflict(String),
+    /// 405: the resource is not written through this API.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -84,6 +87,7 @@ impl IntoResponse for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -112,6 +116,7 @@ impl From<PolicyError> for ApiError {
             PolicyError::Conflict { .. } | PolicyError::Busy => Self::Conflict(e.to_string()),
             PolicyError::NotFound { .. } => Self::NotFound(e.to_string()),
             PolicyError::Store(s) => s.into(),
+            PolicyError::ReadOnly(_) => Self::MethodNotAllowed(e.to_string()),
         }
     }
 }

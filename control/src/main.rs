@@ -43,6 +43,14 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Kubeconfig file for the Kubernetes API (`discovery: kubernetes`); default: the
+        /// pod's ServiceAccount when the control runs in a cluster.
+        #[arg(long, value_name = "PATH")]
+        kubeconfig: Option<PathBuf>,
+        /// Where policies come from: `store` (`straitctl apply`), or `kubernetes` (the
+        /// cluster's strait.dev resources and Gateway API HTTPRoutes, read-only here).
+        #[arg(long, value_enum, default_value_t = strait_control::cluster_policy::PolicySource::Store)]
+        policies: strait_control::cluster_policy::PolicySource,
         #[command(flatten)]
         webhook: WebhookArgs,
         #[command(flatten)]
@@ -156,6 +164,8 @@ fn main() -> ExitCode {
         token_file,
         bus,
         log_format,
+        kubeconfig,
+        policies,
         webhook,
         identity,
     } = Args::parse().command;
@@ -197,6 +207,8 @@ fn main() -> ExitCode {
         webhook: webhook.options(),
         identity,
         bus,
+        kubeconfig,
+        policies,
     };
     match runtime.block_on(strait_control::server::serve(options)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -107,6 +107,9 @@ pub enum PolicyError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Policies come from somewhere else (`--policies kubernetes`): the message says where.
+    #[error("{0}")]
+    ReadOnly(&'static str),
 }
 
 /// The policy store.
@@ -116,6 +119,8 @@ pub struct PolicyStore {
     /// Serialises this replica's writes (other replicas' are caught by the commit's check).
     writer: Mutex<()>,
     changes: Arc<Revisions>,
+    /// Set when users may not write (policies come from the cluster): why.
+    read_only: Option<&'static str>,
 }
 
 /// `Kind/namespace/name`.
@@ -148,7 +153,36 @@ impl PolicyStore {
             backend,
             writer: Mutex::new(()),
             changes,
+            read_only: None,
         }
+    }
+
+    /// The same store refusing `apply` and `delete` with `why`; only [`replace`](Self::replace)
+    /// writes.
+    pub fn read_only(mut self, why: &'static str) -> Self {
+        self.read_only = Some(why);
+        self
+    }
+
+    /// Makes the stored set exactly `documents` (`Kind/namespace/name` → document, already
+    /// valid together): changed ones are stored, missing ones deleted, in one commit. The
+    /// revision it made, or `None` when nothing changed.
+    pub fn replace(
+        &self,
+        documents: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<Option<u64>, PolicyError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..ATTEMPTS {
+            let current = self.backend.resources("")?;
+            let changes = plan_replace(documents, &current.items);
+            if changes.is_empty() {
+                return Ok(None);
+            }
+            if let Some(versions) = self.commit(current.revision, &changes)? {
+                return Ok(versions.into_iter().max());
+            }
+        }
+        Err(PolicyError::Busy)
     }
 
     /// Every current resource, in key order.
@@ -194,6 +228,9 @@ impl PolicyStore {
     /// Validates `sources` (multi-document YAML) together with everything stored, then stores
     /// every document whose content changed, all in one transaction.
     pub fn apply(&self, sources: &[Source]) -> Result<Vec<Applied>, PolicyError> {
+        if let Some(why) = self.read_only {
+            return Err(PolicyError::ReadOnly(why));
+        }
         let docs = parse_sources(sources).map_err(PolicyError::Invalid)?;
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..ATTEMPTS {
@@ -223,6 +260,9 @@ impl PolicyStore {
         name: &str,
         expected: Option<&str>,
     ) -> Result<StoredResource, PolicyError> {
+        if let Some(why) = self.read_only {
+            return Err(PolicyError::ReadOnly(why));
+        }
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..ATTEMPTS {
             let current = self.backend.resources("")?;
@@ -352,6 +392,65 @@ pub fn plan_apply(
         });
     }
     Ok((applied, changes))
+}
+
+/// What making the stored set exactly `documents` takes: a put for each new or changed
+/// document, a tombstone for each stored one not in `documents`.
+pub fn plan_replace(
+    documents: &BTreeMap<String, serde_json::Value>,
+    current: &[StoredResource],
+) -> Vec<Change> {
+    let stored: BTreeMap<String, &StoredResource> = current.iter().map(|r| (r.key(), r)).collect();
+    let mut changes = Vec::new();
+    for (k, document) in documents {
+        let mut document = document.clone();
+        strip_version(&mut document);
+        if let Some(previous) = stored.get(k) {
+            let mut old = previous.document.clone();
+            strip_version(&mut old);
+            if old == document {
+                continue;
+            }
+        }
+        let mut parts = k.splitn(3, '/');
+        let (kind, namespace, name) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        changes.push(Change {
+            key: k.clone(),
+            record: StoredResource {
+                kind: kind.to_owned(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                resource_version: 0,
+                document,
+                updated_at: now_ms(),
+                deleted: false,
+            },
+            expected: None,
+        });
+    }
+    for (k, resource) in stored {
+        if documents.contains_key(&k) {
+            continue;
+        }
+        let mut document = resource.document.clone();
+        strip_version(&mut document);
+        changes.push(Change {
+            key: k,
+            record: StoredResource {
+                resource_version: 0,
+                document,
+                updated_at: now_ms(),
+                deleted: true,
+                ..resource.clone()
+            },
+            expected: None,
+        });
+    }
+    changes
 }
 
 /// What deleting `k` from `current` does: the resource as it was, and its tombstone.
@@ -502,6 +601,30 @@ mod tests {
             Err(PolicyError::Conflict { .. })
         ));
         assert_eq!(s.history("Service", "default", "api").unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn replace_stores_the_set_and_a_read_only_store_refuses_users() {
+        let (s, dir) = store();
+        let s = s.read_only("policies come from the cluster");
+        let doc: serde_json::Value = serde_json::json!({"apiVersion": "strait.dev/v1alpha1",
+            "kind": "Service", "metadata": {"name": "api", "namespace": "default"},
+            "spec": {"protocol": "http1", "endpoints": [{"address": "127.0.0.1:9001"}]}});
+        let set: BTreeMap<String, serde_json::Value> =
+            [("Service/default/api".to_owned(), doc)].into();
+        assert_eq!(s.replace(&set).unwrap(), Some(1));
+        assert_eq!(s.replace(&set).unwrap(), None, "unchanged");
+        assert!(matches!(
+            s.apply(&source(SVC)),
+            Err(PolicyError::ReadOnly(_))
+        ));
+        assert!(matches!(
+            s.delete("Service", "default", "api", None),
+            Err(PolicyError::ReadOnly(_))
+        ));
+        assert!(s.replace(&BTreeMap::new()).unwrap().is_some());
+        assert!(s.list(None, None).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
 

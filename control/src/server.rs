@@ -16,6 +16,7 @@ use crate::backend::etcd::Etcd;
 use crate::backend::StoreUrl;
 use crate::ca::tls::TlsServer;
 use crate::ca::{Ca, CaOptions};
+use crate::cluster_policy::PolicySource;
 use crate::events::EventSink;
 use crate::policy::{PolicyStore, Revisions};
 use crate::push::Push;
@@ -44,6 +45,11 @@ pub struct Options {
     /// The event bus's NATS JetStream server (`nats://HOST:PORT`); embedded in the data dir
     /// when absent.
     pub bus: Option<String>,
+    /// The Kubernetes API for `discovery: kubernetes` (`--kubeconfig`); without it, the
+    /// in-cluster config when the control runs in a pod, else none.
+    pub kubeconfig: Option<PathBuf>,
+    /// Where policies come from (`--policies`).
+    pub policies: PolicySource,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -140,7 +146,11 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
     };
     let events: Arc<dyn EventSink> = bus.clone();
     let revisions = Revisions::new(backends.revision);
-    let policy = Arc::new(PolicyStore::new(backends.policy, revisions.clone()));
+    let policy = PolicyStore::new(backends.policy, revisions.clone());
+    let policy = Arc::new(match options.policies {
+        PolicySource::Store => policy,
+        PolicySource::Kubernetes => policy.read_only(crate::cluster_policy::READ_ONLY),
+    });
     let registry = Arc::new(Registry::open(
         backends.registry,
         revisions.clone(),
@@ -157,6 +167,16 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         events,
         backends.proxies,
     ));
+    if options.policies == PolicySource::Kubernetes {
+        let client = crate::kube::client::connect(options.kubeconfig.as_deref())
+            .await
+            .context("cannot set up the Kubernetes client")?
+            .context("--policies kubernetes needs the Kubernetes API: give --kubeconfig, or run the control in a pod")?;
+        tokio::spawn(crate::cluster_policy::run(client, policy.clone()));
+        tracing::info!(
+            "policies from the Kubernetes cluster (strait.dev resources, Gateway API HTTPRoutes)"
+        );
+    }
     let state = Arc::new(AppState {
         policy,
         registry,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// DENY policies are checked first; once any ALLOW policy targets a listener or route, a
 /// request (or TCP connection) that no ALLOW rule matches is denied.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     /// What the policy applies to: `{kind: Listener, name: NAME}` (every request or connection
@@ -24,6 +25,7 @@ pub struct AuthorizationPolicySpec {
 
 /// What a policy targets.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyTargetRef {
     /// `Listener` or `HTTPRoute`.
@@ -34,6 +36,7 @@ pub struct PolicyTargetRef {
 
 /// What a matching rule does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum AuthorizationAction {
     /// Let the request through; once an ALLOW policy targets something, only what one allows
     /// gets through.
@@ -57,6 +60,7 @@ impl AuthorizationAction {
 
 /// One rule: it matches when any `from` entry matches and any `to` entry matches.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationRuleSpec {
     /// Sources; none means any source (with or without an identity).
@@ -69,6 +73,7 @@ pub struct AuthorizationRuleSpec {
 
 /// A source: every field given must match.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SourceSpec {
     /// The peer's SPIFFE ID (`spiffe://TRUST-DOMAIN/ns/NS/sa/SA`), exact or with a trailing
@@ -83,6 +88,7 @@ pub struct SourceSpec {
 
 /// An operation: every field given must match.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OperationSpec {
     /// Methods, exactly as sent (`GET`, `POST`...).

@@ -109,6 +109,26 @@ impl Serialize for Duration {
     }
 }
 
+/// In a schema a duration is a string such as `500ms` or `1m30s` (Gateway API's format is a
+/// subset of it).
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Duration {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(0|([0-9.]+(ns|us|µs|ms|s|m|h))+)$",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

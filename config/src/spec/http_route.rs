@@ -8,6 +8,7 @@ use super::{BackendRef, Duration, ParentRef};
 
 /// `HTTPRoute.spec`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRouteSpec {
     /// Listeners (protocol `http`) this route serves; empty means every HTTP listener.
@@ -23,6 +24,7 @@ pub struct HttpRouteSpec {
 
 /// One rule: when any of `matches` matches, send to `backendRefs` with these policies.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRuleSpec {
     /// Any one selects the rule; empty means match everything (`PathPrefix /`).
@@ -55,6 +57,7 @@ pub struct HttpRuleSpec {
 
 /// Conditions that must all hold for a match.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpMatchSpec {
     /// Path condition; none means any path.
@@ -73,6 +76,7 @@ pub struct HttpMatchSpec {
 
 /// A path condition.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PathMatchSpec {
     /// `Exact`, `PathPrefix` (segment-aware: `/api` matches `/api/x`, not `/apix`) or `RegularExpression` (whole path).
@@ -84,6 +88,7 @@ pub struct PathMatchSpec {
 
 /// Path match kinds, as in Gateway API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum PathMatchKind {
     /// The whole path equals the value.
     Exact,
@@ -96,6 +101,7 @@ pub enum PathMatchKind {
 
 /// A header or query-parameter condition.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ValueMatchSpec {
     /// Header (case-insensitive) or query parameter name.
@@ -109,6 +115,7 @@ pub struct ValueMatchSpec {
 
 /// Value match kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ValueMatchKind {
     /// Equal to the value.
     #[default]
@@ -119,6 +126,7 @@ pub enum ValueMatchKind {
 
 /// Route timeouts.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpTimeouts {
     /// Whole exchange including retries; expiry answers 504 `timeout`.
@@ -131,6 +139,7 @@ pub struct HttpTimeouts {
 
 /// Retry policy.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetrySpec {
     /// Extra tries after the first (total tries = 1 + attempts).
@@ -151,6 +160,7 @@ pub struct RetrySpec {
 
 /// Backoff bounds.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackoffSpec {
     /// First backoff. Default 25ms.
@@ -161,6 +171,7 @@ pub struct BackoffSpec {
 
 /// Retry budget.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryBudgetSpec {
     /// Retries may be at most this percent of recent requests.
@@ -172,6 +183,7 @@ pub struct RetryBudgetSpec {
 
 /// Token-bucket rate limit.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimitSpec {
     /// Refill rate.
@@ -189,6 +201,7 @@ fn route_key() -> String {
 
 /// Fault injection.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultSpec {
     /// Delay some requests.
@@ -201,6 +214,7 @@ pub struct FaultSpec {
 
 /// Delay fault.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DelayFault {
     /// How long.
@@ -211,6 +225,7 @@ pub struct DelayFault {
 
 /// Abort fault.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AbortFault {
     /// Status to answer.
@@ -221,6 +236,7 @@ pub struct AbortFault {
 
 /// Request mirroring.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MirrorSpec {
     /// Where copies go.
@@ -231,6 +247,7 @@ pub struct MirrorSpec {
 
 /// Header edits: `set` replaces, `add` appends, `remove` deletes.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HeaderEditsSpec {
     /// Headers replaced (or created).

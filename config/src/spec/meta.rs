@@ -9,6 +9,7 @@ pub const API_VERSION: &str = "strait.dev/v1alpha1";
 
 /// `metadata` of a resource, as in Kubernetes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// Name, unique per kind and namespace (lowercase letters, digits, `-` and `.`).
@@ -33,6 +34,7 @@ fn default_namespace() -> String {
 
 /// A whole document: header plus the kind's `spec`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Document<S> {
     /// Must be `strait.dev/v1alpha1`.

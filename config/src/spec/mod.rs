@@ -22,6 +22,7 @@ pub use tcp_route::*;
 
 /// A reference from a route to the listener it attaches to.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ParentRef {
     /// Listener name in the ProxyConfig.
@@ -30,6 +31,7 @@ pub struct ParentRef {
 
 /// A reference from a route to a Service, with its share of traffic.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackendRef {
     /// Service name.

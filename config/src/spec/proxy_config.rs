@@ -6,6 +6,7 @@ use super::Duration;
 
 /// `ProxyConfig.spec`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxyConfigSpec {
     /// Admin server address: `/metrics`, `/ready`, `/live`, `/config`, `/clusters`,
@@ -51,6 +52,7 @@ pub struct ProxyConfigSpec {
 /// elsewhere (cert-manager, SPIRE), re-read when the files change; the identity is then the
 /// SPIFFE ID in the certificate.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IdentitySpec {
     /// The mesh's trust domain, e.g. `cluster.local`.
@@ -76,6 +78,7 @@ pub struct IdentitySpec {
 
 /// One listener.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ListenerSpec {
     /// Name routes attach to with `parentRefs`.
@@ -101,6 +104,7 @@ pub struct ListenerSpec {
 
 /// `listeners[].tls`: whether clients speak TLS to the listener, and with which certificate.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ListenerTlsSpec {
     /// `mutual`, `permissive`, `disabled` (default) or `simple`.
@@ -117,6 +121,7 @@ pub struct ListenerTlsSpec {
 
 /// How a listener treats TLS.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerTlsMode {
     /// Plaintext only, as without `tls`.
@@ -152,6 +157,7 @@ impl ListenerTlsMode {
 
 /// How traffic reaches a listener.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerMode {
     /// Clients connect to the listener's address.
@@ -181,6 +187,7 @@ impl ListenerMode {
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 prior knowledge on one port.
@@ -191,6 +198,7 @@ pub enum ListenerProtocol {
 
 /// Connection to the control process.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ControlSpec {
     /// Control URL, e.g. `http://127.0.0.1:15010`, or a comma-separated list of the control's
@@ -205,6 +213,7 @@ pub struct ControlSpec {
 
 /// Access log switch.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AccessLogSpec {
     /// Emit one line per request (target `strait::access`). Default true.
@@ -218,6 +227,7 @@ fn yes() -> bool {
 
 /// Limits protecting the proxy from clients.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LimitsSpec {
     /// Total bytes of request header names and values; more is answered 431. Default 65536.

@@ -6,6 +6,7 @@ use super::Duration;
 
 /// `Service.spec`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Upstream protocol: `http1`, `http2` (h2c prior knowledge), `grpc` (same as http2) or `tcp`.
@@ -38,6 +39,7 @@ pub struct ServiceSpec {
 
 /// `Service.spec.tls`: how the proxy speaks TLS to the service's endpoints.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceTlsSpec {
     /// `mesh` (mTLS with the proxy's identity; the peer must present one of `identities`) or
@@ -59,6 +61,7 @@ pub struct ServiceTlsSpec {
 
 /// TLS modes of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceTlsMode {
     /// mTLS with the proxy's mesh identity.
@@ -69,6 +72,7 @@ pub enum ServiceTlsMode {
 
 /// Upstream protocol of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceProtocol {
     /// HTTP/1.1 with keep-alive.
@@ -90,6 +94,7 @@ impl ServiceProtocol {
 
 /// Where endpoints come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Discovery {
     /// The static `endpoints` list.
@@ -100,6 +105,7 @@ pub enum Discovery {
 
 /// One upstream endpoint.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EndpointSpec {
     /// `ip:port`, or `host:port`: a DNS name the proxy resolves in the background (every 5
@@ -116,6 +122,7 @@ fn one() -> u32 {
 
 /// Load-balancer choice.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancerSpec {
     /// The policy. Default round_robin.
@@ -128,6 +135,7 @@ pub struct LoadBalancerSpec {
 
 /// Load-balancing policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
     /// Smooth weighted round robin.
@@ -143,6 +151,7 @@ pub enum LbPolicy {
 
 /// Affinity key for ring_hash: exactly one of `header` or `cookie`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HashOn {
     /// Header name whose value is hashed.
@@ -155,6 +164,7 @@ pub struct HashOn {
 
 /// Active health checking.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HealthCheckSpec {
     /// HTTP check: GET `path`, 2xx is healthy.
@@ -179,6 +189,7 @@ pub struct HealthCheckSpec {
 
 /// HTTP health check.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpHealthCheck {
     /// Path to GET, e.g. `/healthz`.
@@ -187,11 +198,13 @@ pub struct HttpHealthCheck {
 
 /// TCP health check (no options).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TcpHealthCheck {}
 
 /// Passive outlier detection.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutlierDetectionSpec {
     /// 5xx/connect failures in a row that eject an endpoint. Default 5.
@@ -210,6 +223,7 @@ pub struct OutlierDetectionSpec {
 
 /// Circuit breaker and concurrency limits.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CircuitBreakerSpec {
     /// Consecutive failures that open the breaker. Default 5.
@@ -234,6 +248,7 @@ pub struct CircuitBreakerSpec {
 
 /// Upstream connection pool tuning.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConnectionPoolSpec {
     /// Connect timeout. Default 5s.

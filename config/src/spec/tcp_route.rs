@@ -6,6 +6,7 @@ use super::{BackendRef, Duration, ParentRef};
 
 /// `TCPRoute.spec`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TcpRouteSpec {
     /// Listeners (protocol `tcp`) this route serves; empty means every TCP listener.
@@ -20,6 +21,7 @@ pub struct TcpRouteSpec {
 
 /// Timeouts of a TCP route.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TcpTimeouts {
     /// Upstream connect timeout. Default 5s.

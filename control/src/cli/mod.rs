@@ -115,6 +115,13 @@ enum Command {
     Identity(identity::IdentityCommand),
     /// Is the control up, and what does it hold?
     Status,
+    /// Print the CustomResourceDefinitions of Strait's kinds (local; generated from the
+    /// config types).
+    Crds {
+        /// Write one file per kind into this directory (deploy/crds) instead of stdout.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Output formats.
@@ -160,6 +167,9 @@ pub fn main() -> ExitCode {
 async fn run(command: Command, server: &str, token: Option<String>, ca_file: Option<&Path>) -> u8 {
     if let Command::Inject(args) = &command {
         return crate::inject::cli::run(args);
+    }
+    if let Command::Crds { out } = &command {
+        return crds(out.as_deref());
     }
     if let Command::Events(cmd) = command {
         return match crate::bus::cli::run(cmd, server, token.as_deref()).await {
@@ -435,9 +445,36 @@ async fn execute(client: &Client, command: Command) -> Result<(), Failure> {
             );
         }
         Command::Identity(cmd) => identity::run(client, cmd).await?,
-        Command::Events(_) | Command::Inject(_) => {}
+        Command::Events(_) | Command::Inject(_) | Command::Crds { .. } => {}
     }
     Ok(())
+}
+
+/// `straitctl crds`: every CRD to stdout, or one file each into `out`.
+fn crds(out: Option<&Path>) -> u8 {
+    for kind in crate::crd::KINDS {
+        let (name, text) = match kind.file() {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!("straitctl: {}: {e}", kind.kind);
+                return 1;
+            }
+        };
+        match out {
+            None => print!("{text}"),
+            Some(dir) => {
+                let path = dir.join(name);
+                if let Err(e) =
+                    std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text))
+                {
+                    eprintln!("straitctl: cannot write {}: {e}", path.display());
+                    return 1;
+                }
+                println!("{}", path.display());
+            }
+        }
+    }
+    0
 }
 
 /// The YAML files of `path` (a file, or the `*.yaml`/`*.yml` files of a directory).
