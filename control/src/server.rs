@@ -165,7 +165,13 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         openapi: crate::openapi::document(crate::bus::Bus::openapi_paths()),
         ca: ca.clone(),
     });
-    let app = api::router(state, token, bus.router());
+    let live = crate::live::api::LiveState {
+        app: state.clone(),
+        bus: bus.clone(),
+        live: Arc::default(),
+    };
+    let app = api::router(state, token, bus.router().merge(live.router()))
+        .merge(crate::live::api::page());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
