@@ -162,7 +162,15 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         registry,
         push,
         prometheus,
-        openapi: crate::openapi::document(crate::bus::Bus::openapi_paths()),
+        openapi: crate::openapi::document({
+            let mut paths = crate::bus::Bus::openapi_paths();
+            if let (Some(all), serde_json::Value::Object(live)) =
+                (paths.as_object_mut(), crate::live::api::openapi_paths())
+            {
+                all.extend(live);
+            }
+            paths
+        }),
         ca: ca.clone(),
     });
     let live = crate::live::api::LiveState {

@@ -23,10 +23,11 @@ use crate::bus::Bus;
 /// How often the stream sends the view.
 pub const TICK: Duration = Duration::from_secs(1);
 /// The topics the mesh publishes, shown as recent events.
-pub const MESH_TOPICS: [&str; 11] = [
+pub const MESH_TOPICS: [&str; 12] = [
     "mesh.config.applied",
     "mesh.config.rejected",
     "mesh.circuit.opened",
+    "mesh.circuit.half-open",
     "mesh.circuit.closed",
     "mesh.endpoint.ejected",
     "mesh.endpoint.returned",
@@ -184,4 +185,15 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// OpenAPI 3.0 `paths` entries for the live view's routes.
+pub fn openapi_paths() -> Value {
+    let ok = |summary: &str, code: &str| json!({"summary": summary, "security": [{"bearer": []}], "responses": {code: {"description": "ok"}}});
+    json!({
+        "/v1/push/report": {"post": ok("A proxy's live-view report: per-edge cumulative counts, services, version", "204")},
+        "/v1/live": {"get": ok("The live view: edges with rate, success rate and p99; services; proxies; recent mesh events", "200")},
+        "/v1/live/stream": {"get": ok("The live view as a Server-Sent Event `live` every second", "200")},
+        "/ui": {"get": {"summary": "The live page (no token: it asks for one)", "responses": {"200": {"description": "HTML"}}}},
+    })
 }
