@@ -54,6 +54,19 @@ if ! command -v nats-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nats-server >/dev/null
 fi
 
+# The live view's browser test drives a real headless Chromium over WebDriver (Debian's
+# chromium and chromium-driver; screenshots land in target/test-artifacts/live-view/).
+missing=""
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+[ -x /usr/bin/chromedriver ] || missing="$missing chromium-driver"
+if [ -n "$missing" ]; then
+  echo "test.sh: installing$missing for the live view's browser test"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
 # The end-to-end tests start target/debug/strait-proxy: build it first.
 cargo build --workspace --bins
 cargo test --workspace "$@"

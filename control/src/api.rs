@@ -324,7 +324,7 @@ async fn history(
 }
 
 /// The caller (the operator when the middleware did not run, as in unit tests).
-fn caller(c: Option<Extension<Caller>>) -> Caller {
+pub(crate) fn caller(c: Option<Extension<Caller>>) -> Caller {
     c.map_or(Caller::Operator, |Extension(c)| c)
 }
 
@@ -388,7 +388,7 @@ struct StreamQuery {
     listeners: String,
 }
 
-fn valid_node(node: &str) -> bool {
+pub(crate) fn valid_node(node: &str) -> bool {
     !node.is_empty()
         && node.len() <= 253
         && node
@@ -398,7 +398,7 @@ fn valid_node(node: &str) -> bool {
 
 /// `GET /v1/push/stream?node=N&listeners=a,b`: the proxy's long-lived config stream.
 /// 403 unless `caller` may read node `node`'s config (see [`auth::may_stream`]).
-fn own_node(s: &AppState, caller: &Caller, node: &str) -> Result<(), ApiError> {
+pub(crate) fn own_node(s: &AppState, caller: &Caller, node: &str) -> Result<(), ApiError> {
     if *caller == Caller::Operator {
         return Ok(());
     }

@@ -99,6 +99,7 @@ pub fn proxy_may(method: &Method, path: &str) -> bool {
         (method.as_str(), segments.as_slice()),
         ("GET", ["v1", "push", "stream"])
             | ("POST", ["v1", "push", "ack"])
+            | ("POST", ["v1", "push", "report"])
             | ("POST", ["v1", "registry", "instances"])
             | ("PUT", ["v1", "registry", "instances", _, "heartbeat"])
             | ("DELETE", ["v1", "registry", "instances", _])
@@ -217,6 +218,7 @@ mod tests {
         for (method, path) in [
             (Method::GET, "/v1/push/stream"),
             (Method::POST, "/v1/push/ack"),
+            (Method::POST, "/v1/push/report"),
             (Method::POST, "/v1/registry/instances"),
             (Method::PUT, "/v1/registry/instances/abc/heartbeat"),
             (Method::DELETE, "/v1/registry/instances/abc"),
@@ -231,6 +233,8 @@ mod tests {
             (Method::DELETE, "/v1/resources/Service/default/a"),
             (Method::GET, "/v1/registry/instances"),
             (Method::GET, "/v1/proxies"),
+            (Method::GET, "/v1/live"),
+            (Method::GET, "/v1/live/stream"),
             (Method::GET, "/v1/events/orders/history"),
             (Method::GET, "/v1/subscribe"),
             (Method::POST, "/v1/identity/tokens"),

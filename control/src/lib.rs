@@ -24,6 +24,7 @@ pub mod crd;
 pub mod events;
 pub mod inject;
 pub mod kube;
+pub mod live;
 pub mod openapi;
 pub mod policy;
 pub mod push;

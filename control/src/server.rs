@@ -182,10 +182,24 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         registry,
         push,
         prometheus,
-        openapi: crate::openapi::document(crate::bus::Bus::openapi_paths()),
+        openapi: crate::openapi::document({
+            let mut paths = crate::bus::Bus::openapi_paths();
+            if let (Some(all), serde_json::Value::Object(live)) =
+                (paths.as_object_mut(), crate::live::api::openapi_paths())
+            {
+                all.extend(live);
+            }
+            paths
+        }),
         ca: ca.clone(),
     });
-    let app = api::router(state, token, bus.router());
+    let live = crate::live::api::LiveState {
+        app: state.clone(),
+        bus: bus.clone(),
+        live: Arc::default(),
+    };
+    let app = api::router(state, token, bus.router().merge(live.router()))
+        .merge(crate::live::api::page());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;

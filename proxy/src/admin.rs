@@ -171,7 +171,7 @@ fn identity(shared: &Shared) -> serde_json::Value {
 /// The version users compare across the mesh (Envoy's `version_info`): the control's revision
 /// when the config came from a control, so it matches `straitctl proxies`; otherwise the
 /// proxy's own counter. The counter is always there as `localVersion`.
-fn shown_version(active: &crate::active::Active) -> u64 {
+pub(crate) fn shown_version(active: &crate::active::Active) -> u64 {
     active.control_version.unwrap_or(active.version)
 }
 
@@ -191,7 +191,7 @@ fn config(shared: &Shared) -> serde_json::Value {
     })
 }
 
-fn clusters(shared: &Shared) -> serde_json::Value {
+pub(crate) fn clusters(shared: &Shared) -> serde_json::Value {
     let active = shared.config.load();
     let services: Vec<_> = active
         .snapshot

@@ -343,6 +343,9 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         ));
     }
     tokio::spawn(close_idle_connections(shared.clone()));
+    if control_attached {
+        tokio::spawn(crate::report::run(shared.clone()));
+    }
     if control_attached && shared.config.load().control_version.is_none() {
         // Serving the bootstrap: ready means serving the control's config, so the app (held
         // back by the startup probe) does not start with nothing routed. The reloader marks

@@ -32,6 +32,9 @@ const EVENT_QUEUE: usize = 1024;
 
 static EVENTS: OnceLock<mpsc::Sender<MeshEvent>> = OnceLock::new();
 
+/// The live view's report waiting for the session (one: a newer one waits for the next tick).
+static REPORTS: OnceLock<mpsc::Sender<serde_json::Value>> = OnceLock::new();
+
 /// Something that happened in this proxy that the mesh should hear about.
 #[derive(Debug)]
 pub struct MeshEvent {
@@ -54,6 +57,14 @@ pub fn publish(
             priority,
             data: data(),
         });
+    }
+}
+
+/// Hands the control a live-view report (see [`crate::report`]) when the proxy is attached
+/// to one and no report is waiting already; `build` runs only then.
+pub fn report(build: impl FnOnce() -> serde_json::Value) {
+    if let Some(Ok(slot)) = REPORTS.get().map(mpsc::Sender::try_reserve) {
+        slot.send(build());
     }
 }
 
@@ -131,6 +142,8 @@ enum SessionError {
 pub async fn run(target: ControlTarget, updates: mpsc::Sender<ControlUpdate>) {
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let _ = EVENTS.set(events_tx);
+    let (reports_tx, mut reports) = mpsc::channel(1);
+    let _ = REPORTS.set(reports_tx);
     let mut delay = BACKOFF.0;
     let mut next = 0;
     loop {
@@ -140,7 +153,7 @@ pub async fn run(target: ControlTarget, updates: mpsc::Sender<ControlUpdate>) {
         // The next attempt goes to the next replica: a dead one is not retried first.
         next += 1;
         let started = tokio::time::Instant::now();
-        match session(&target, url, &updates, &mut events).await {
+        match session(&target, url, &updates, &mut events, &mut reports).await {
             Err(SessionError::Closed) => return,
             Err(e) => {
                 tracing::warn!(control = %url, error = %e, "control connection lost; serving the last good config");
@@ -161,6 +174,7 @@ async fn session(
     url: &Uri,
     updates: &mpsc::Sender<ControlUpdate>,
     events: &mut mpsc::Receiver<MeshEvent>,
+    reports: &mut mpsc::Receiver<serde_json::Value>,
 ) -> Result<(), SessionError> {
     let mut sender = match &target.tls {
         Some(tls) => {
@@ -200,6 +214,10 @@ async fn session(
             frame = body.frame() => frame,
             Some(event) = events.recv() => {
                 send_event(&mut sender, target, url, event).await?;
+                continue;
+            }
+            Some(report) = reports.recv() => {
+                send_report(&mut sender, target, url, report).await?;
                 continue;
             }
         };
@@ -318,6 +336,36 @@ async fn send_event(
             topic = event.topic,
             status = resp.status().as_u16(),
             "control refused a mesh event"
+        );
+    }
+    let _ = resp.into_body().collect().await;
+    Ok(())
+}
+
+/// Posts a live-view report; a refusal (an older control without the live view) is logged
+/// at debug and the session goes on.
+async fn send_report(
+    sender: &mut http2::SendRequest<Full<Bytes>>,
+    target: &ControlTarget,
+    url: &Uri,
+    mut report: serde_json::Value,
+) -> Result<(), SessionError> {
+    report["node"] = serde_json::Value::from(target.node.as_str());
+    let bytes = Bytes::from(serde_json::to_vec(&report).unwrap_or_default());
+    sender.ready().await?;
+    let resp = sender
+        .send_request(request(
+            target,
+            url,
+            Method::POST,
+            "/v1/push/report",
+            bytes,
+        )?)
+        .await?;
+    if !resp.status().is_success() {
+        tracing::debug!(
+            status = resp.status().as_u16(),
+            "control refused a live-view report"
         );
     }
     let _ = resp.into_body().collect().await;

@@ -37,6 +37,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ratelimit;
 pub mod reload;
+pub mod report;
 pub mod service;
 pub mod shared;
 pub mod stamp;

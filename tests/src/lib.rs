@@ -18,6 +18,7 @@ pub mod tls;
 pub mod tls_upstream;
 pub mod upstream;
 pub mod wait;
+pub mod webdriver;
 
 pub use control::Control;
 pub use nats::Nats;

@@ -100,6 +100,12 @@ impl Bus {
         self.backend.publish_detached(topic, event)
     }
 
+    /// The last `limit` events of `topic`, oldest first.
+    pub async fn history(&self, topic: &str, limit: usize) -> Result<Vec<Event>, BusError> {
+        let stored = self.backend.history(topic, limit).await?;
+        Ok(stored.iter().map(|s| s.event.clone()).collect())
+    }
+
     /// The HTTP routes (JSON and Server-Sent Events); see [`Bus::openapi_paths`].
     pub fn router(self: Arc<Self>) -> axum::Router {
         api::router(self)

@@ -3,6 +3,7 @@
 pub mod bootstrap;
 pub mod client;
 pub mod identity;
+pub mod top;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
@@ -86,6 +87,15 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+    /// Per-edge traffic (source, destination, rate, success, p99) from the proxies' reports.
+    Top {
+        /// Print the table once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between redraws.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
     },
     /// Registered service instances.
     Services {
@@ -341,6 +351,14 @@ async fn execute(client: &Client, command: Command) -> Result<(), Failure> {
                     ]
                 }),
             );
+        }
+        Command::Top { once, interval } => {
+            top::run(
+                client,
+                once,
+                std::time::Duration::from_secs(interval.max(1)),
+            )
+            .await?
         }
         Command::Proxies { output } => {
             let answer = client.call(Method::GET, "/v1/proxies", None).await?;

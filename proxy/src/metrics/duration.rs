@@ -34,11 +34,17 @@ pub struct DurationHistogram {
     buckets: [AtomicU64; BOUNDS.len() + 1],
     /// The sum of the observations, in nanoseconds.
     sum_nanos: AtomicU64,
+    /// Observations of failed requests (5xx), for the live view's success rate.
+    failures: AtomicU64,
 }
 
 impl DurationHistogram {
-    /// Records one request that took `seconds` (negative and NaN count as 0).
-    pub fn record(&self, seconds: f64) {
+    /// Records one request that took `seconds` (negative and NaN count as 0), `failed` when
+    /// it was answered 5xx.
+    pub fn record(&self, seconds: f64, failed: bool) {
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
         let bucket = BOUNDS.partition_point(|&bound| bound < seconds);
         if let Some(count) = self.buckets.get(bucket) {
             count.fetch_add(1, Ordering::Relaxed);
@@ -65,9 +71,52 @@ pub fn histogram(
             Arc::new(DurationHistogram {
                 buckets: Default::default(),
                 sum_nanos: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
             })
         })
         .clone()
+}
+
+/// The upper bounds of the buckets of [`Figures::buckets`] (the last bucket has none).
+pub fn bounds() -> &'static [f64] {
+    &BOUNDS
+}
+
+/// What one histogram has counted since the proxy started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Route name.
+    pub route: Arc<str>,
+    /// Service name.
+    pub service: Arc<str>,
+    /// Observations per bucket (not cumulative), one more than [`bounds`].
+    pub buckets: Vec<u64>,
+    /// Failed (5xx) requests.
+    pub failures: u64,
+}
+
+/// The counts of every histogram made, read off the request path (for the live view).
+pub fn figures() -> Vec<Figures> {
+    let registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(registry) = registry.as_ref() else {
+        return Vec::new();
+    };
+    registry
+        .iter()
+        .map(|((listener, route, service), h)| Figures {
+            listener: listener.clone(),
+            route: route.clone(),
+            service: service.clone(),
+            buckets: h
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            failures: h.failures.load(Ordering::Relaxed),
+        })
+        .collect()
 }
 
 /// Appends every histogram to `out` in the Prometheus text format (0.0.4), with its HELP and
@@ -159,7 +208,7 @@ mod tests {
     fn observations_land_in_cumulative_buckets_with_sum_and_count() {
         let h = histogram("l-cumulative", "r", "s");
         for seconds in [0.0002, 0.0005, 0.003, 20.0] {
-            h.record(seconds);
+            h.record(seconds, false);
         }
         let mut out = String::new();
         render("d", "help", &mut out);
@@ -191,12 +240,24 @@ mod tests {
     #[test]
     fn label_values_are_escaped_and_odd_durations_count_as_zero() {
         let h = histogram("l-escape", "a\"b\\c\nd", "");
-        h.record(f64::NAN);
-        h.record(-1.0);
+        h.record(f64::NAN, false);
+        h.record(-1.0, true);
         let mut out = String::new();
         render("d", "help", &mut out);
         let labels = "{listener=\"l-escape\",route=\"a\\\"b\\\\c\\nd\",service=\"\"}";
         assert!(out.contains(&format!("d_count{labels} 2\n")), "{out}");
         assert!(out.contains(&format!("d_sum{labels} 0\n")), "{out}");
+    }
+
+    #[test]
+    fn figures_count_buckets_and_failures() {
+        let h = histogram("l-figures", "r", "s");
+        h.record(0.0001, false);
+        h.record(20.0, true);
+        let all = figures();
+        let one = all.iter().find(|f| &*f.listener == "l-figures").unwrap();
+        assert_eq!(one.buckets.len(), bounds().len() + 1);
+        assert_eq!((one.buckets[0], one.buckets[BOUNDS.len()]), (1, 1));
+        assert_eq!(one.failures, 1);
     }
 }

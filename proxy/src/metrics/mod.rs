@@ -3,7 +3,7 @@
 //! Handles are created at reload time so a request only touches atomics: no registry lookup,
 //! no label hashing, no lock.
 
-mod duration;
+pub mod duration;
 
 use std::sync::{Arc, OnceLock};
 
@@ -158,7 +158,7 @@ impl RequestMetrics {
 
     /// Records one answered request; `client`: the mTLS peer's SPIFFE ID.
     pub fn record(&self, status: u16, seconds: f64, client: Option<&Arc<str>>) {
-        self.duration.record(seconds);
+        self.duration.record(seconds, status >= 500);
         let Some(id) = client else {
             return self.count(&self.anonymous, "", status);
         };
