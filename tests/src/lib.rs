@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod etcd;
 pub mod kube;
+pub mod kube_api;
 pub mod mesh_peer;
 pub mod metrics;
 pub mod nats;
