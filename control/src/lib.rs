@@ -21,6 +21,7 @@ pub mod ca;
 pub mod cli;
 pub mod events;
 pub mod inject;
+pub mod kube;
 pub mod openapi;
 pub mod policy;
 pub mod push;

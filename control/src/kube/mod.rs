@@ -1,0 +1,3 @@
+//! Kubernetes: a client for the cluster's API ([`client`]).
+
+pub mod client;
