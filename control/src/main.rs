@@ -43,6 +43,10 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Kubeconfig file for the Kubernetes API (`discovery: kubernetes`); default: the
+        /// pod's ServiceAccount when the control runs in a cluster.
+        #[arg(long, value_name = "PATH")]
+        kubeconfig: Option<PathBuf>,
         #[command(flatten)]
         webhook: WebhookArgs,
         #[command(flatten)]
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
         token_file,
         bus,
         log_format,
+        kubeconfig,
         webhook,
         identity,
     } = Args::parse().command;
@@ -197,6 +202,7 @@ fn main() -> ExitCode {
         webhook: webhook.options(),
         identity,
         bus,
+        kubeconfig,
     };
     match runtime.block_on(strait_control::server::serve(options)) {
         Ok(()) => ExitCode::SUCCESS,

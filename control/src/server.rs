@@ -17,6 +17,8 @@ use crate::backend::StoreUrl;
 use crate::ca::tls::TlsServer;
 use crate::ca::{Ca, CaOptions};
 use crate::events::EventSink;
+use crate::kube::endpoints::watch::follow;
+use crate::kube::endpoints::EndpointTable;
 use crate::policy::{PolicyStore, Revisions};
 use crate::push::Push;
 use crate::registry::Registry;
@@ -44,6 +46,9 @@ pub struct Options {
     /// The event bus's NATS JetStream server (`nats://HOST:PORT`); embedded in the data dir
     /// when absent.
     pub bus: Option<String>,
+    /// The Kubernetes API for `discovery: kubernetes` (`--kubeconfig`); without it, the
+    /// in-cluster config when the control runs in a pod, else none.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -150,13 +155,29 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
     if let Some(remote) = backends.remote {
         tokio::spawn(registry.clone().follow(remote));
     }
-    let push = Arc::new(Push::new(
+    let mut push = Push::new(
         policy.clone(),
         registry.clone(),
-        revisions,
+        revisions.clone(),
         events,
         backends.proxies,
-    ));
+    );
+    let cluster = match crate::kube::client::connect(options.kubeconfig.as_deref()).await {
+        Ok(client) => client,
+        // A pod without a ServiceAccount token (replicas that need no API) runs on without.
+        Err(e @ crate::kube::client::ClientError::InCluster(_)) => {
+            tracing::warn!(error = %e, "no Kubernetes API: `discovery: kubernetes` Services get no endpoints");
+            None
+        }
+        Err(e) => return Err(e).context("cannot set up the Kubernetes client"),
+    };
+    if let Some(client) = cluster {
+        let trust_domain = options.identity.as_ref().map(|i| i.trust_domain.clone());
+        let table = Arc::new(EndpointTable::new(trust_domain));
+        push = push.with_kubernetes(table.clone());
+        tokio::spawn(follow(client, table, policy.clone(), revisions));
+    }
+    let push = Arc::new(push);
     let state = Arc::new(AppState {
         policy,
         registry,

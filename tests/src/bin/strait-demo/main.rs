@@ -103,6 +103,7 @@ async fn run_mesh(ports: &Ports, fixed: &Ports, dir: &Path) -> anyhow::Result<()
         }),
         install_metrics: true,
         bus: None,
+        kubeconfig: None,
     };
     let mut control = tokio::spawn(strait_control::server::serve(options));
     let bundle = control_dir.join("trust-bundle.pem");
