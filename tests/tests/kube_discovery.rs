@@ -2,7 +2,8 @@
 //! following it (`--kubeconfig`, or the in-cluster environment), a real proxy attached to the
 //! control, real upstreams. EndpointSlices as the API documentation shows them; what changes
 //! in them reaches the proxy's `/clusters` and its traffic within a second, and a 410 Gone or
-//! a dropped watch costs nothing but a relist or a resumed watch.
+//! a dropped watch costs nothing but a relist or a resumed watch. A `tls.mode: mesh` Service
+//! without identities expects the ServiceAccounts of its endpoints' pods, over a real mTLS hop.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -91,14 +92,7 @@ impl Pods {
     /// The Pod objects, with their ServiceAccount, as the API serves them.
     fn register(&self, api: &KubeApi) {
         for u in &self.upstreams {
-            api.apply(json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": format!("reviews-{}", u.name), "namespace": "shop",
-                             "labels": {"app": "reviews"}},
-                "spec": {"serviceAccountName": "reviews",
-                         "containers": [{"name": "app", "image": "reviews:1"}]},
-                "status": {"phase": "Running", "podIP": u.addr.ip().to_string()},
-            }));
+            pod(api, &format!("reviews-{}", u.name), u.addr.ip(), "reviews");
         }
     }
 }
@@ -115,18 +109,26 @@ enum State {
 /// EndpointSlice `reviews-abc` of Service `shop/reviews` (discovery.k8s.io/v1, as the API
 /// reference shows it) with `endpoints` in their states, each naming its Pod.
 fn slice(api: &KubeApi, pods: &Pods, endpoints: &[(&str, State)]) -> Value {
+    let endpoints: Vec<(IpAddr, String, State)> = endpoints
+        .iter()
+        .map(|(name, state)| (pods.ip(name), format!("reviews-{name}"), *state))
+        .collect();
+    slice_at(api, pods.port, &endpoints)
+}
+
+/// The same slice, its endpoints given as (address, Pod name, state) on one `port`.
+fn slice_at(api: &KubeApi, port: u16, endpoints: &[(IpAddr, String, State)]) -> Value {
     let endpoints: Vec<Value> = endpoints
         .iter()
-        .map(|(name, state)| {
+        .map(|(ip, pod, state)| {
             let (ready, serving, terminating) = match state {
                 State::Ready => (true, true, false),
                 State::NotReady => (false, false, false),
                 State::Terminating => (false, true, true),
             };
-            let pod = format!("reviews-{name}");
-            let uid = api.get("v1", "Pod", "shop", &pod).expect("pod")["metadata"]["uid"].clone();
+            let uid = api.get("v1", "Pod", "shop", pod).expect("pod")["metadata"]["uid"].clone();
             json!({
-                "addresses": [pods.ip(name).to_string()],
+                "addresses": [ip.to_string()],
                 "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
                 "nodeName": "node-1",
                 "zone": "zone-a",
@@ -150,9 +152,20 @@ fn slice(api: &KubeApi, pods: &Pods, endpoints: &[(&str, State)]) -> Value {
                                  "controller": true, "blockOwnerDeletion": true}],
         },
         "addressType": "IPv4",
-        "ports": [{"name": "http", "protocol": "TCP", "port": pods.port, "appProtocol": "http"}],
+        "ports": [{"name": "http", "protocol": "TCP", "port": port, "appProtocol": "http"}],
         "endpoints": endpoints,
     })
+}
+
+/// Pod `shop/NAME` running as ServiceAccount `service_account`.
+fn pod(api: &KubeApi, name: &str, ip: IpAddr, service_account: &str) {
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": "reviews"}},
+        "spec": {"serviceAccountName": service_account,
+                 "containers": [{"name": "app", "image": "reviews:1"}]},
+        "status": {"phase": "Running", "podIP": ip.to_string()},
+    }));
 }
 
 fn set(api: &KubeApi, pods: &Pods, endpoints: &[(&str, State)]) {
@@ -378,4 +391,129 @@ async fn a_410_gone_relists_and_a_dropped_watch_resumes() {
     );
     assert_eq!(traffic(&proxy).await, names(&["b"]));
     drop(control);
+}
+
+const TD: &str = "mesh.test";
+
+/// A proxy for identity shop/SA (node SA) with `listeners`, attached to `control` with a join
+/// token, once it is ready (certificate and the control's config in).
+async fn meshed_proxy(control: &Control, service_account: &str, listeners: &str) -> Proxy {
+    let output = control.straitctl(&[
+        "identity",
+        "token",
+        "--namespace",
+        "shop",
+        "--service-account",
+        service_account,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let bootstrap = format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {{name: {service_account}}}
+spec:
+  admin: 127.0.0.1:0
+  identity: {{trustDomain: {TD}, namespace: shop, serviceAccount: {service_account}}}
+  control: {{address: \"{}\", node: {service_account}, tokenFile: join-token}}
+  listeners: [{listeners}]
+",
+        control.url()
+    );
+    let proxy = Proxy::start_with_files(&bootstrap, &[("join-token", &token)]);
+    eventually("the proxy is ready", Duration::from_secs(20), || async {
+        let (status, _) = strait_tests::metrics::admin_get(proxy.admin(), "/ready").await;
+        (status == 200).then_some(())
+    })
+    .await;
+    proxy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_service_expects_the_service_accounts_of_its_pods() {
+    let api = KubeApi::start().await;
+    let app = Upstream::start("reviews-app").await;
+    let kubeconfig = api.kubeconfig().to_string_lossy().into_owned();
+    let control = Control::start_with_args(&["--trust-domain", TD, "--kubeconfig", &kubeconfig]);
+    // The reviews pod: a proxy with identity shop/reviews, mTLS only, in front of the app; and
+    // `reviews`, mesh, with no identities: the control names them from the pods.
+    let docs = format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {{name: reviews-app}}
+spec:
+  protocol: http1
+  endpoints: [{{address: \"{}\"}}]
+---
+apiVersion: strait.dev/v1alpha1
+kind: HTTPRoute
+metadata: {{name: reviews-app}}
+spec:
+  parentRefs: [{{name: inbound}}]
+  rules: [{{backendRefs: [{{name: reviews-app}}]}}]
+---
+apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {{name: reviews}}
+spec:
+  protocol: http1
+  discovery: kubernetes
+  kubernetes: {{service: reviews, namespace: shop, port: http}}
+  tls: {{mode: mesh}}
+---
+apiVersion: strait.dev/v1alpha1
+kind: HTTPRoute
+metadata: {{name: reviews}}
+spec:
+  parentRefs: [{{name: web}}]
+  rules: [{{backendRefs: [{{name: reviews}}]}}]
+",
+        app.address()
+    );
+    let (status, body) = control.apply("mesh.yaml", &docs).await;
+    assert_eq!(status, 200, "{body}");
+    let reviews = meshed_proxy(
+        &control,
+        "reviews",
+        "{name: inbound, address: 127.0.0.1:0, protocol: http, tls: {mode: mutual}}",
+    )
+    .await;
+    let frontend = meshed_proxy(
+        &control,
+        "frontend",
+        "{name: web, address: 127.0.0.1:0, protocol: http}",
+    )
+    .await;
+    let inbound = reviews.listener("inbound");
+    pod(&api, "reviews-a", inbound.ip(), "reviews");
+    let endpoint = vec![(inbound.ip(), "reviews-a".to_owned(), State::Ready)];
+    api.apply(slice_at(&api, inbound.port(), &endpoint));
+
+    eventually("reviews answers through the mTLS hop", FIRST, || async {
+        (served_by(&frontend, "/").await == "reviews-app").then_some(())
+    })
+    .await;
+    let config = strait_tests::metrics::admin_get(frontend.admin(), "/config")
+        .await
+        .1;
+    assert!(
+        config.contains("spiffe://mesh.test/ns/shop/sa/reviews"),
+        "{config}"
+    );
+
+    // The same address, now said to be a pod of another ServiceAccount: the peer's certificate
+    // no longer matches what the Service expects.
+    pod(&api, "reviews-b", inbound.ip(), "impostor");
+    let endpoint = vec![(inbound.ip(), "reviews-b".to_owned(), State::Ready)];
+    api.apply(slice_at(&api, inbound.port(), &endpoint));
+    eventually(
+        "the other identity is expected",
+        Duration::from_secs(10),
+        || async { (served_by(&frontend, "/").await == "502 tls-failure").then_some(()) },
+    )
+    .await;
 }
