@@ -344,10 +344,10 @@ fn the_example_policies_validate_with_the_sidecar_bootstrap() {
     }
 }
 
-/// Every rule of the ClusterRoles bound to the control's ServiceAccount in `control.yaml`, as
+/// Every rule of the ClusterRoles bound to the control's ServiceAccount in `file`, as
 /// (API group, resource, verb).
-fn control_cluster_permissions() -> std::collections::BTreeSet<(String, String, String)> {
-    let docs = documents(&root().join("deploy/control.yaml"));
+fn control_cluster_permissions(file: &str) -> std::collections::BTreeSet<(String, String, String)> {
+    let docs = documents(&root().join(file));
     let bound: Vec<String> = docs
         .iter()
         .filter(|(_, d)| d["kind"] == "ClusterRoleBinding")
@@ -399,7 +399,9 @@ fn the_control_may_do_exactly_what_discovery_and_token_review_need() {
     .iter()
     .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
     .collect();
-    assert_eq!(control_cluster_permissions(), expected);
+    for file in ["deploy/control.yaml", "deploy/control/replicated.yaml"] {
+        assert_eq!(control_cluster_permissions(file), expected, "{file}");
+    }
 }
 
 #[test]
