@@ -498,32 +498,57 @@ pub fn plan_delete(
     Ok((target, change))
 }
 
-/// The store-wide revision: every change to policies or the registry has a higher one than
-/// the last, and every change is announced to watchers (the push streams) — this replica's
-/// own as it commits them, other replicas' as the store's watch reports them.
+/// The version pushed to proxies: the store-wide revision (every change to policies or the
+/// registry has a higher one than the last, announced to watchers, the push streams, this
+/// replica's own as it commits them, other replicas' as the store's watch reports them) plus
+/// the number of endpoint changes this replica has seen in the cluster (Kubernetes discovery;
+/// 0 without it). Both only grow, so their sum does, and a change to either wakes the streams.
 #[derive(Debug)]
-pub struct Revisions(watch::Sender<u64>);
+pub struct Revisions {
+    version: watch::Sender<u64>,
+    /// (store revision, discovery changes), summed into `version`.
+    parts: Mutex<(u64, u64)>,
+}
 
 impl Revisions {
     /// Starts from `revision` (the store's when opened).
     pub fn new(revision: u64) -> Arc<Self> {
-        Arc::new(Self(watch::channel(revision).0))
+        Arc::new(Self {
+            version: watch::channel(revision).0,
+            parts: Mutex::new((revision, 0)),
+        })
     }
 
-    /// The latest revision; a receiver wakes on every newer one.
+    /// The latest version; a receiver wakes on every newer one.
     pub fn watch(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
+        self.version.subscribe()
     }
 
     /// Announces a committed revision (never moves backwards).
     pub fn announce(&self, revision: u64) {
-        self.0.send_if_modified(|current| {
-            let newer = revision > *current;
+        self.update(|(store, _)| {
+            let newer = revision > *store;
             if newer {
-                *current = revision;
+                *store = revision;
             }
             newer
         });
+    }
+
+    /// Announces a change of discovered endpoints.
+    pub fn discovered(&self) {
+        self.update(|(_, discovered)| {
+            *discovered += 1;
+            true
+        });
+    }
+
+    fn update(&self, change: impl FnOnce(&mut (u64, u64)) -> bool) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if change(&mut parts) {
+            let version = parts.0 + parts.1;
+            self.version.send_replace(version);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::backend::ProxyDirectory;
 use crate::events::EventSink;
+use crate::kube::endpoints::EndpointTable;
 use crate::policy::{PolicyStore, Revisions, StoredResource};
 use crate::registry::Registry;
 use crate::store::StoreError;
@@ -87,6 +88,8 @@ pub struct Push {
     directory: Option<Arc<dyn ProxyDirectory>>,
     /// The stored resources at one revision, read once for every proxy rendering it.
     cached: Mutex<Option<(u64, Arc<Vec<StoredResource>>)>>,
+    /// Endpoints of `discovery: kubernetes` Services, when the control reaches a cluster.
+    kubernetes: Option<Arc<EndpointTable>>,
 }
 
 impl std::fmt::Debug for Push {
@@ -131,7 +134,14 @@ impl Push {
             proxies: Mutex::new(BTreeMap::new()),
             directory,
             cached: Mutex::new(None),
+            kubernetes: None,
         }
+    }
+
+    /// Takes `discovery: kubernetes` endpoints from `table`.
+    pub fn with_kubernetes(mut self, table: Arc<EndpointTable>) -> Self {
+        self.kubernetes = Some(table);
+        self
     }
 
     fn proxies(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ProxyStatus>> {
@@ -211,8 +221,12 @@ impl Push {
         Ok(resources)
     }
 
-    /// A Service document with `discovery: registry` turned into static endpoints.
+    /// A Service document with `discovery: registry` or `kubernetes` turned into static
+    /// endpoints.
     fn with_endpoints(&self, document: &Value) -> Value {
+        if document["spec"]["discovery"] == "kubernetes" {
+            return crate::kube::endpoints::render(document, self.kubernetes.as_deref());
+        }
         if document["spec"]["discovery"] != "registry" {
             return document.clone();
         }

@@ -18,6 +18,8 @@ use crate::ca::tls::TlsServer;
 use crate::ca::{Ca, CaOptions};
 use crate::cluster_policy::PolicySource;
 use crate::events::EventSink;
+use crate::kube::endpoints::watch::follow;
+use crate::kube::endpoints::EndpointTable;
 use crate::policy::{PolicyStore, Revisions};
 use crate::push::Push;
 use crate::registry::Registry;
@@ -160,23 +162,38 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
     if let Some(remote) = backends.remote {
         tokio::spawn(registry.clone().follow(remote));
     }
-    let push = Arc::new(Push::new(
+    let mut push = Push::new(
         policy.clone(),
         registry.clone(),
-        revisions,
+        revisions.clone(),
         events,
         backends.proxies,
-    ));
+    );
+    let cluster = match crate::kube::client::connect(options.kubeconfig.as_deref()).await {
+        Ok(client) => client,
+        // A pod without a ServiceAccount token (replicas that need no API) runs on without.
+        Err(e @ crate::kube::client::ClientError::InCluster(_)) => {
+            tracing::warn!(error = %e, "no Kubernetes API: `discovery: kubernetes` Services get no endpoints");
+            None
+        }
+        Err(e) => return Err(e).context("cannot set up the Kubernetes client"),
+    };
     if options.policies == PolicySource::Kubernetes {
-        let client = crate::kube::client::connect(options.kubeconfig.as_deref())
-            .await
-            .context("cannot set up the Kubernetes client")?
-            .context("--policies kubernetes needs the Kubernetes API: give --kubeconfig, or run the control in a pod")?;
+        let client = cluster.clone().context(
+            "--policies kubernetes needs the Kubernetes API: give --kubeconfig, or run the control in a pod",
+        )?;
         tokio::spawn(crate::cluster_policy::run(client, policy.clone()));
         tracing::info!(
             "policies from the Kubernetes cluster (strait.dev resources, Gateway API HTTPRoutes)"
         );
     }
+    if let Some(client) = cluster {
+        let trust_domain = options.identity.as_ref().map(|i| i.trust_domain.clone());
+        let table = Arc::new(EndpointTable::new(trust_domain));
+        push = push.with_kubernetes(table.clone());
+        tokio::spawn(follow(client, table, policy.clone(), revisions));
+    }
+    let push = Arc::new(push);
     let state = Arc::new(AppState {
         policy,
         registry,

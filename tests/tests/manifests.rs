@@ -344,6 +344,66 @@ fn the_example_policies_validate_with_the_sidecar_bootstrap() {
     }
 }
 
+/// Every rule of the ClusterRoles bound to the control's ServiceAccount in `file`, as
+/// (API group, resource, verb).
+fn control_cluster_permissions(file: &str) -> std::collections::BTreeSet<(String, String, String)> {
+    let docs = documents(&root().join(file));
+    let bound: Vec<String> = docs
+        .iter()
+        .filter(|(_, d)| d["kind"] == "ClusterRoleBinding")
+        .filter(|(_, d)| {
+            d["subjects"].as_array().is_some_and(|s| {
+                s.iter().any(|s| {
+                    s["kind"] == "ServiceAccount"
+                        && s["name"] == "strait-control"
+                        && s["namespace"] == "strait-system"
+                })
+            })
+        })
+        .filter_map(|(_, d)| d["roleRef"]["name"].as_str().map(str::to_owned))
+        .collect();
+    let mut permissions = std::collections::BTreeSet::new();
+    for (_, role) in docs.iter().filter(|(_, d)| d["kind"] == "ClusterRole") {
+        if !bound.iter().any(|b| role["metadata"]["name"] == b.as_str()) {
+            continue;
+        }
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            let strings = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            };
+            for group in strings(&rule["apiGroups"]) {
+                for resource in strings(&rule["resources"]) {
+                    for verb in strings(&rule["verbs"]) {
+                        permissions.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    permissions
+}
+
+#[test]
+fn the_control_may_do_exactly_what_discovery_and_token_review_need() {
+    let expected: std::collections::BTreeSet<(String, String, String)> = [
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("discovery.k8s.io", "endpointslices", "get"),
+        ("discovery.k8s.io", "endpointslices", "list"),
+        ("discovery.k8s.io", "endpointslices", "watch"),
+        ("", "pods", "get"),
+    ]
+    .iter()
+    .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
+    .collect();
+    for file in ["deploy/control.yaml", "deploy/control/replicated.yaml"] {
+        assert_eq!(control_cluster_permissions(file), expected, "{file}");
+    }
+}
+
 #[test]
 fn the_dashboard_uses_the_proxys_metric_names() {
     use strait_proxy::metrics::*;

@@ -2,6 +2,7 @@
 //! with its location, and a snapshot is produced only when there is none.
 
 mod authorization_policy;
+mod discovery;
 mod http_route;
 mod names;
 mod proxy;

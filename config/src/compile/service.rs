@@ -35,10 +35,7 @@ pub(crate) fn compile(
     let spec = &svc.spec;
     let at = FieldPath::root().key("spec");
 
-    let registry = spec.discovery == Some(Discovery::Registry);
-    if registry && !spec.endpoints.is_empty() {
-        errors.at(doc, &at.key("endpoints"), "`discovery: registry` takes endpoints from the registry; remove the static `endpoints` or drop `discovery`");
-    }
+    super::discovery::check(doc, &at, spec, errors);
     let mut endpoints = Vec::with_capacity(spec.endpoints.len());
     let mut seen = HashSet::new();
     for (i, ep) in spec.endpoints.iter().enumerate() {
@@ -239,10 +236,13 @@ pub(crate) fn compile(
         );
     }
 
-    let tls = spec
-        .tls
-        .as_ref()
-        .and_then(|tls| compile_tls(doc, &at.key("tls"), tls, errors));
+    let tls = spec.tls.as_ref().and_then(|tls| {
+        // Kubernetes discovery names the peers from the endpoints' pods; with no endpoints
+        // (what the control pushes while none is ready) there is no peer to name.
+        let peers_named_elsewhere = spec.discovery == Some(Discovery::Kubernetes)
+            || (spec.discovery != Some(Discovery::Registry) && spec.endpoints.is_empty());
+        compile_tls(doc, &at.key("tls"), tls, peers_named_elsewhere, errors)
+    });
 
     Service {
         name: svc.metadata.name.as_str().into(),
@@ -298,13 +298,14 @@ fn compile_tls(
     doc: &LoadedDoc,
     at: &FieldPath,
     tls: &ServiceTlsSpec,
+    peers_named_elsewhere: bool,
     errors: &mut Errors,
 ) -> Option<ServiceTls> {
     let before = errors.len();
     match tls.mode {
         ServiceTlsMode::Mesh => {
-            if tls.identities.is_empty() {
-                errors.at(doc, &at.key("identities"), "`mode: mesh` needs the peer identities it accepts, e.g. `identities: [\"spiffe://cluster.local/ns/default/sa/ratings\"]`");
+            if tls.identities.is_empty() && !peers_named_elsewhere {
+                errors.at(doc, &at.key("identities"), "`mode: mesh` needs the peer identities it accepts, e.g. `identities: [\"spiffe://cluster.local/ns/default/sa/ratings\"]` (or `discovery: kubernetes`, which takes them from the pods' ServiceAccounts)");
             }
             for (i, id) in tls.identities.iter().enumerate() {
                 if let Err(why) = check_spiffe_pattern(id) {

@@ -578,3 +578,82 @@ spec:
         }
     );
 }
+
+fn discovered(spec: &str) -> String {
+    format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: Service
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  protocol: http1
+{spec}"
+    )
+}
+
+#[test]
+fn kubernetes_discovery_compiles_with_no_endpoints_and_mesh_peers_from_the_cluster() {
+    for spec in [
+        "  discovery: kubernetes\n  kubernetes: {service: reviews, port: http}\n",
+        "  discovery: kubernetes\n  kubernetes: {service: reviews, namespace: other, port: 9080}\n  tls: {mode: mesh}\n",
+    ] {
+        assert_eq!(errors_of(&discovered(spec)), Vec::<String>::new(), "{spec}");
+    }
+}
+
+#[test]
+fn kubernetes_discovery_errors_name_the_field() {
+    let cases = [
+        (
+            "  discovery: kubernetes\n",
+            "spec.kubernetes:",
+            "needs the Kubernetes Service",
+        ),
+        (
+            "  discovery: kubernetes\n  kubernetes: {service: reviews, port: http}\n  endpoints: [{address: 127.0.0.1:1}]\n",
+            "spec.endpoints",
+            "takes endpoints from the cluster's EndpointSlices",
+        ),
+        (
+            "  kubernetes: {service: reviews, port: http}\n",
+            "spec.kubernetes",
+            "applies to `discovery: kubernetes`",
+        ),
+        (
+            "  discovery: kubernetes\n  kubernetes: {service: Reviews, port: http}\n",
+            "spec.kubernetes.service",
+            "not a Kubernetes Service name",
+        ),
+        (
+            "  discovery: kubernetes\n  kubernetes: {service: reviews, namespace: a_b, port: http}\n",
+            "spec.kubernetes.namespace",
+            "not a Kubernetes namespace",
+        ),
+        (
+            "  discovery: kubernetes\n  kubernetes: {service: reviews, port: 70000}\n",
+            "spec.kubernetes.port",
+            "out of range",
+        ),
+        (
+            "  discovery: kubernetes\n  kubernetes: {service: reviews, port: \"Not A Name\"}\n",
+            "spec.kubernetes.port",
+            "neither a port number nor a port name",
+        ),
+        (
+            "  discovery: kubernetes\n  kubernetes: {service: reviews, port: http, extra: 1}\n",
+            "spec.kubernetes.extra",
+            "unknown field",
+        ),
+        (
+            "  discovery: registry\n  endpoints: [{address: 127.0.0.1:1}]\n  tls: {mode: mesh}\n",
+            "spec.tls.identities",
+            "needs the peer identities",
+        ),
+    ];
+    for (spec, path, message) in cases {
+        let errs = errors_of(&discovered(spec));
+        assert!(
+            errs.iter().any(|e| e.contains(path) && e.contains(message)),
+            "{spec}: expected `{path}` with `{message}` in {errs:?}"
+        );
+    }
+}

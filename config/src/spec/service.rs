@@ -11,12 +11,16 @@ use super::Duration;
 pub struct ServiceSpec {
     /// Upstream protocol: `http1`, `http2` (h2c prior knowledge), `grpc` (same as http2) or `tcp`.
     pub protocol: ServiceProtocol,
-    /// Static endpoints. Required unless `discovery: registry`.
+    /// Static endpoints. Required unless `discovery` is `registry` or `kubernetes`.
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
-    /// `registry` takes endpoints from the control's registry instead of `endpoints`.
+    /// `registry` takes endpoints from the control's registry instead of `endpoints`;
+    /// `kubernetes` from the cluster's EndpointSlices of the Service named in `kubernetes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<Discovery>,
+    /// `discovery: kubernetes` only: which Kubernetes Service's endpoints, on which port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesDiscoverySpec>,
     /// How requests are spread over endpoints. Default round_robin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerSpec>,
@@ -101,6 +105,35 @@ pub enum Discovery {
     Static,
     /// The control process's registry.
     Registry,
+    /// The cluster's EndpointSlices, watched by the control.
+    Kubernetes,
+}
+
+/// `Service.spec.kubernetes`: the Kubernetes Service whose ready endpoints the control pushes.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesDiscoverySpec {
+    /// The Kubernetes Service's name (its EndpointSlices carry the label
+    /// `kubernetes.io/service-name: NAME`).
+    pub service: String,
+    /// Its namespace. Default: this resource's `metadata.namespace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Which of its ports: the port's `name` in the Service (and so in its EndpointSlices), or
+    /// a number, the endpoints' (target) port as the EndpointSlices list it.
+    pub port: PortRef,
+}
+
+/// A port by number or by name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum PortRef {
+    /// A port number (1-65535).
+    Number(u32),
+    /// A port name (an IANA service name: up to 15 lower-case letters, digits and `-`).
+    Name(String),
 }
 
 /// One upstream endpoint.

@@ -1,3 +1,5 @@
-//! Kubernetes: a client for the cluster's API ([`client`]).
+//! Kubernetes: a client for the cluster's API ([`client`]) and Services' endpoints from its
+//! EndpointSlices ([`endpoints`]).
 
 pub mod client;
+pub mod endpoints;
