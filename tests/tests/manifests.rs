@@ -388,8 +388,8 @@ fn control_cluster_permissions(file: &str) -> std::collections::BTreeSet<(String
 }
 
 #[test]
-fn the_control_may_do_exactly_what_discovery_and_token_review_need() {
-    let expected: std::collections::BTreeSet<(String, String, String)> = [
+fn the_control_may_do_exactly_what_discovery_token_review_and_policies_need() {
+    let base: std::collections::BTreeSet<(String, String, String)> = [
         ("authentication.k8s.io", "tokenreviews", "create"),
         ("discovery.k8s.io", "endpointslices", "get"),
         ("discovery.k8s.io", "endpointslices", "list"),
@@ -399,9 +399,35 @@ fn the_control_may_do_exactly_what_discovery_and_token_review_need() {
     .iter()
     .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
     .collect();
-    for file in ["deploy/control.yaml", "deploy/control/replicated.yaml"] {
-        assert_eq!(control_cluster_permissions(file), expected, "{file}");
+    // `--policies kubernetes` (the single control only: no leader election among replicas):
+    // read the policy kinds, write their status.
+    let mut policies = base.clone();
+    let kinds = [
+        ("strait.dev", "proxyconfigs"),
+        ("strait.dev", "services"),
+        ("strait.dev", "httproutes"),
+        ("strait.dev", "tcproutes"),
+        ("strait.dev", "authorizationpolicies"),
+        ("gateway.networking.k8s.io", "httproutes"),
+    ];
+    for (group, resource) in kinds {
+        for verb in ["get", "list", "watch"] {
+            policies.insert((group.to_owned(), resource.to_owned(), verb.to_owned()));
+        }
+        for verb in ["get", "update", "patch"] {
+            policies.insert((group.to_owned(), format!("{resource}/status"), verb.to_owned()));
+        }
     }
+    assert_eq!(
+        control_cluster_permissions("deploy/control.yaml"),
+        policies,
+        "deploy/control.yaml"
+    );
+    assert_eq!(
+        control_cluster_permissions("deploy/control/replicated.yaml"),
+        base,
+        "deploy/control/replicated.yaml"
+    );
 }
 
 #[test]
