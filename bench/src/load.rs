@@ -66,7 +66,7 @@ fn get(host: &str, path: &str) -> Request<Empty<Bytes>> {
 }
 
 /// One request on `sender`: Ok(body bytes) for a 2xx answer.
-async fn once(
+pub async fn once(
     sender: &mut http1::SendRequest<Empty<Bytes>>,
     host: &str,
     path: &str,
@@ -91,6 +91,28 @@ pub async fn saturate(
     path: &str,
     conns: usize,
     duration: Duration,
+) -> Run {
+    saturate_with(addr, host, path, conns, duration, false).await
+}
+
+/// `conns` clients, each sending its next request as soon as the last is answered, on a new
+/// connection every time.
+pub async fn saturate_reconnecting(
+    addr: SocketAddr,
+    host: &str,
+    conns: usize,
+    duration: Duration,
+) -> Run {
+    saturate_with(addr, host, "/", conns, duration, true).await
+}
+
+async fn saturate_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    conns: usize,
+    duration: Duration,
+    reconnect: bool,
 ) -> Run {
     let (ok, errors, bytes) = (
         Arc::new(AtomicU64::new(0)),
@@ -118,6 +140,9 @@ pub async fn saturate(
                         Some(n) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                             bytes.fetch_add(n, Ordering::Relaxed);
+                            if reconnect {
+                                sender = None;
+                            }
                         }
                         None => {
                             errors.fetch_add(1, Ordering::Relaxed);

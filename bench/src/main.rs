@@ -15,13 +15,17 @@
 //! round, and a non-zero exit if Strait errors or drops requests (never on timings).
 
 mod bus;
+mod certs;
 mod load;
+mod mesh;
+mod mesh_paths;
 mod procstat;
 mod reload;
 mod report;
 mod scenarios;
 mod settings;
 mod targets;
+mod tls_load;
 mod upstream;
 mod wakeup;
 
@@ -235,6 +239,10 @@ async fn run(settings: Settings) -> Result<Results, String> {
         step("event bus");
         let control = built_bin("strait-control", "strait-control")?;
         bus::bus(&settings, &control, &work, &mut results).await;
+    }
+    if settings.runs("mesh") {
+        step("mesh: two hops, mTLS and plaintext");
+        mesh::mesh(&settings, &bin, up, &work, &mut results).await?;
     }
     // 5. Memory with idle keep-alive connections, in fresh instances of the proxies.
     if settings.runs("memory") {

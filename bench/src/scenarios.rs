@@ -149,7 +149,7 @@ pub async fn tcp_bulk(
 /// even turns and backward on odd ones, so that no target always runs right after the same
 /// other one (Strait would otherwise always follow direct, whose run leaves the proxies' CPU
 /// idle).
-fn in_turn<T>(targets: &[T], k: usize) -> impl Iterator<Item = (usize, &T)> {
+pub fn in_turn<T>(targets: &[T], k: usize) -> impl Iterator<Item = (usize, &T)> {
     let n = targets.len();
     (0..n)
         .map(move |j| if k % 2 == 0 { j } else { n - 1 - j })

@@ -16,8 +16,8 @@ pub struct Settings {
 }
 
 /// Scenario names accepted by `--only`.
-const SCENARIOS: [&str; 8] = [
-    "http1", "h2c", "big", "tcp", "memory", "routes", "reload", "bus",
+const SCENARIOS: [&str; 9] = [
+    "http1", "h2c", "big", "tcp", "memory", "routes", "reload", "bus", "mesh",
 ];
 
 impl Settings {

@@ -82,7 +82,8 @@ fn wait_ready(target: &mut Target) -> Result<(), String> {
     }
 }
 
-fn pinned(program: &Path) -> Command {
+/// `program`, to be started pinned to CPU 0 (the proxies'), its output discarded.
+pub fn pinned(program: &Path) -> Command {
     let mut cmd = Command::new("taskset");
     cmd.arg("-c").arg("0").arg(program);
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
@@ -193,7 +194,8 @@ pub fn strait(
     Ok(target)
 }
 
-fn version_of(program: &str, arg: &str) -> Option<String> {
+/// The first line `program arg` prints.
+pub fn version_of(program: &str, arg: &str) -> Option<String> {
     let out = Command::new(program).arg(arg).output().ok()?;
     let text = String::from_utf8_lossy(if out.stdout.is_empty() {
         &out.stderr
@@ -331,7 +333,8 @@ backend sink
     Some(wait_ready(&mut target).map(|()| target))
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+/// Where `program` is installed, if it is.
+pub fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')

@@ -281,7 +281,10 @@ async fn serve_tls(
         original,
     } = on;
     let within = shared.config.load().snapshot.proxy.header_read_timeout;
-    let accepted = match tokio::time::timeout(within, tls.accept(stream)).await {
+    // Boxed, as every path below but HTTP's: a task is as large as its future's largest
+    // state, and the handshake's (rustls' session in the making), the TCP relay's or the
+    // passthrough's would otherwise size the task of every idle HTTP/1 connection over TLS.
+    let accepted = match Box::pin(tokio::time::timeout(within, tls.accept(stream))).await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(e)) => {
             tracing::debug!(listener = %name, client = %peer, error = %e, "TLS handshake refused");
@@ -294,7 +297,10 @@ async fn serve_tls(
     };
     let (stream, identity, alpn) = match accepted {
         Accepted::Plain(stream) if intercepting => {
-            crate::intercept::serve(stream, peer, name, protocol, shared, token).await;
+            Box::pin(crate::intercept::serve(
+                stream, peer, name, protocol, shared, token,
+            ))
+            .await;
             return;
         }
         Accepted::Plain(stream) => {
@@ -303,7 +309,7 @@ async fn serve_tls(
                     crate::http::server::serve(stream, peer, name, shared, token, None).await;
                 }
                 ListenerProtocol::Tcp => {
-                    crate::tcp::serve(stream, peer, name, shared, token).await;
+                    Box::pin(crate::tcp::serve(stream, peer, name, shared, token)).await;
                 }
             }
             return;
@@ -327,7 +333,14 @@ async fn serve_tls(
             tracing::debug!(listener = %name, client = %peer, "denied by authorization policy; closing");
             return;
         }
-        crate::intercept::passthrough::tls(stream, identity, peer, destination, name).await;
+        Box::pin(crate::intercept::passthrough::tls(
+            stream,
+            identity,
+            peer,
+            destination,
+            name,
+        ))
+        .await;
         drop(token);
         return;
     }
@@ -344,7 +357,7 @@ async fn serve_tls(
         }
         ListenerProtocol::Tcp => {
             let client = crate::tcp::TcpClient::Tls { stream, identity };
-            crate::tcp::serve_client(client, peer, name, shared, token).await;
+            Box::pin(crate::tcp::serve_client(client, peer, name, shared, token)).await;
         }
     }
 }

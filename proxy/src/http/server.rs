@@ -85,7 +85,9 @@ pub async fn serve_tls(
         let conn = connection(&client, listener, shared, original);
         let limits = conn.shared.config.load().snapshot.proxy.clone();
         let late = conn.shared.drain.is_draining();
-        serve_http2(TokioIo::new(*stream), conn, &limits, late).await;
+        // Boxed: hyper's connection state would otherwise widen the task of every TLS
+        // connection, most of which are HTTP/1.
+        Box::pin(serve_http2(TokioIo::new(*stream), conn, &limits, late)).await;
         drop(token);
         return;
     }

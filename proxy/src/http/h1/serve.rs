@@ -125,36 +125,52 @@ pub fn serve(
                     // Between requests the buffer is usually empty: nothing to parse yet.
                     if !buf.is_empty() {
                         awaiting = 0;
-                        let parsed = match first.then(|| preface(&buf)) {
-                            Some(Preface::Http2) => {
-                                return Outcome::Http2 { read: buf, stream };
+                        // The parse's outcome ends with this block, before the awaits below:
+                        // a value a head was moved out of stays in the task's state across
+                        // an await in its scope, and would widen every connection's task by
+                        // the size of a head.
+                        let refused = {
+                            let parsed = match first.then(|| preface(&buf)) {
+                                Some(Preface::Http2) => {
+                                    return Outcome::Http2 { read: buf, stream };
+                                }
+                                Some(Preface::Broken) => None,
+                                Some(Preface::Partial) => Some(Parsed::Partial),
+                                Some(Preface::None) | None => Some(request::parse(
+                                    &mut buf,
+                                    limits.max_headers,
+                                    !stream_late_body,
+                                )),
+                            };
+                            match parsed {
+                                Some(Parsed::Head(head)) => break head,
+                                Some(Parsed::BodyToCome { total }) => {
+                                    awaiting = total;
+                                    None
+                                }
+                                Some(Parsed::Refused(refusal)) => Some(Some(refusal)),
+                                Some(Parsed::Partial) if buf.len() >= limits.max_head => {
+                                    Some(Some(ProxyError::HeadersTooLarge("request head too long")))
+                                }
+                                Some(Parsed::Partial) => None,
+                                // HTTP/2's preface, broken.
+                                None => Some(None),
                             }
-                            Some(Preface::Broken) => {
-                                // Boxed, as every rare path below: this future is most of an
-                                // idle connection's memory, and an await's state sizes it.
+                        };
+                        // Boxed, as every rare path below: this future is most of an idle
+                        // connection's memory, and an await's state sizes it.
+                        match refused {
+                            Some(Some(refusal)) => {
+                                Box::pin(refuse(&mut stream, refusal)).await;
+                                return Outcome::Closed;
+                            }
+                            Some(None) => {
                                 let _ =
                                     Box::pin(send(&mut SharedWriter(&stream), H2_PROTOCOL_ERROR))
                                         .await;
                                 return Outcome::Closed;
                             }
-                            Some(Preface::Partial) => Parsed::Partial,
-                            Some(Preface::None) | None => {
-                                request::parse(&mut buf, limits.max_headers, !stream_late_body)
-                            }
-                        };
-                        match parsed {
-                            Parsed::Head(head) => break head,
-                            Parsed::BodyToCome { total } => awaiting = total,
-                            Parsed::Refused(refusal) => {
-                                Box::pin(refuse(&mut stream, refusal)).await;
-                                return Outcome::Closed;
-                            }
-                            Parsed::Partial if buf.len() >= limits.max_head => {
-                                let refusal = ProxyError::HeadersTooLarge("request head too long");
-                                Box::pin(refuse(&mut stream, refusal)).await;
-                                return Outcome::Closed;
-                            }
-                            Parsed::Partial => {}
+                            None => {}
                         }
                     }
                     let woken = std::future::poll_fn(|cx| {
@@ -178,31 +194,36 @@ pub fn serve(
             let Some(exchanging) = in_flight.as_mut().as_pin_mut() else {
                 return Outcome::Closed;
             };
-            let Exchanged {
-                socket,
-                mut reusable,
-                upgraded,
-            } = exchanging.await;
-            recycle::give_room(in_flight);
-            stream = match socket {
-                Socket::Own(stream) => stream,
-                Socket::Shared(inbound) => match Inbound::reclaim(inbound) {
-                    Some((stream, leftover)) => {
-                        buf = leftover.read;
-                        reusable &= leftover.complete;
-                        stream
-                    }
-                    // The body is still held somewhere: where it ends is unknown.
-                    None => return Outcome::Closed,
-                },
+            // A block, for the reason the parse's is one: what the exchange gave back ends
+            // before the awaits below.
+            let (reusable, upgraded) = {
+                let Exchanged {
+                    socket,
+                    mut reusable,
+                    upgraded,
+                } = exchanging.await;
+                recycle::give_room(in_flight);
+                stream = match socket {
+                    Socket::Own(stream) => stream,
+                    Socket::Shared(inbound) => match Inbound::reclaim(inbound) {
+                        Some((stream, leftover)) => {
+                            buf = leftover.read;
+                            reusable &= leftover.complete;
+                            stream
+                        }
+                        // The body is still held somewhere: where it ends is unknown.
+                        None => return Outcome::Closed,
+                    },
+                };
+                (reusable, upgraded)
             };
             if let Some(upstream) = upgraded {
                 let early = std::mem::take(&mut buf);
                 match stream {
                     Downstream::Plain(stream) => {
-                        Box::pin(tunnel::join(stream, early, upstream, &conn.listener)).await;
+                        Box::pin(tunnel::join(stream, early, *upstream, &conn.listener)).await;
                     }
-                    tls => Box::pin(tunnel::join(tls, early, upstream, &conn.listener)).await,
+                    tls => Box::pin(tunnel::join(tls, early, *upstream, &conn.listener)).await,
                 }
                 return Outcome::Closed;
             }
@@ -322,8 +343,9 @@ struct Exchanged {
     /// does not close the connection.
     reusable: bool,
     /// After a 101 to a request that asked to upgrade: the upstream's connection and what it
-    /// sent behind its 101, to join to the client's.
-    upgraded: Option<(crate::tls::upstream_stream::UpstreamStream, BytesMut)>,
+    /// sent behind its 101, to join to the client's (boxed: rare, and kept across an await of
+    /// the connection's task).
+    upgraded: Option<Box<(crate::tls::upstream_stream::UpstreamStream, BytesMut)>>,
 }
 
 /// One exchange on `socket`: `request` handled and its response written. The request's
@@ -378,7 +400,7 @@ fn exchange(
         Exchanged {
             socket,
             reusable: complete && !written.close,
-            upgraded: upgraded.filter(|_| complete),
+            upgraded: upgraded.filter(|_| complete).map(Box::new),
         }
     }
 }
