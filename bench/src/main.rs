@@ -17,6 +17,7 @@
 mod bus;
 mod load;
 mod procstat;
+mod push;
 mod reload;
 mod report;
 mod scenarios;
@@ -235,6 +236,11 @@ async fn run(settings: Settings) -> Result<Results, String> {
         step("event bus");
         let control = built_bin("strait-control", "strait-control")?;
         bus::bus(&settings, &control, &work, &mut results).await;
+    }
+    if settings.runs("push") {
+        step("config push");
+        let control = built_bin("strait-control", "strait-control")?;
+        push::push(&settings, &control, &work, &mut results).await;
     }
     // 5. Memory with idle keep-alive connections, in fresh instances of the proxies.
     if settings.runs("memory") {
