@@ -259,7 +259,7 @@ mod tests {
     fn every_path_has_operations_with_responses() {
         let paths = paths();
         let paths = paths.as_object().expect("object");
-        assert_eq!(paths.len(), 8);
+        assert_eq!(paths.len(), 9);
         for (path, item) in paths {
             assert!(path.starts_with("/v1/"), "{path}");
             for (method, op) in item.as_object().expect("item") {
