@@ -3,6 +3,9 @@
 //! 201 once stored) to one Server-Sent Events subscriber — on each backend: embedded (redb)
 //! and NATS JetStream (`--bus nats://…`, skipped when `nats-server` is not installed).
 //!
+//! Each runs with one event per request, and again as a producer with many events would
+//! publish: [`BATCH`] events per `POST /v1/events/{topic}/batch`.
+//!
 //! - live: a plain subscriber (`?pattern=…`); the rate is events over the time from the first
 //!   publish to the last delivery;
 //! - durable: a durable subscription's consumer that acks what it gets in batches (while one
@@ -27,14 +30,16 @@ use crate::report::Results;
 use crate::settings::Settings;
 
 const SCENARIO: &str = "event bus";
-const TOKEN: &str = "bench-token";
+pub(crate) const TOKEN: &str = "bench-token";
 /// Publishing connections.
 const PUBLISHERS: usize = 64;
+/// Events per batch publish.
+const BATCH: usize = 100;
 /// Longest wait for one run.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 /// A process killed on drop.
-struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -67,23 +72,37 @@ pub async fn bus(settings: &Settings, control: &Path, work: &Path, results: &mut
             }
         };
         for round in 0..settings.rounds {
-            match run_live(&bus, round, live).await {
-                Ok(rate) => results.add(SCENARIO, "live events/s (publish → deliver)", name, rate),
-                Err(e) => {
-                    eprintln!("event bus on {name}, live: {e}");
-                    results.errors(name, 1);
+            for batch in [1, BATCH] {
+                let per = if batch == 1 {
+                    String::new()
+                } else {
+                    format!(", batches of {batch}")
+                };
+                // Batches run five times the events: a few requests would time one commit.
+                let scale = if batch == 1 { 1 } else { 5 };
+                match run_live(&bus, round, live * scale, batch).await {
+                    Ok(rate) => results.add(
+                        SCENARIO,
+                        &format!("live events/s (publish → deliver){per}"),
+                        name,
+                        rate,
+                    ),
+                    Err(e) => {
+                        eprintln!("event bus on {name}, live: {e}");
+                        results.errors(name, 1);
+                    }
                 }
-            }
-            match run_durable(&bus, round, durable).await {
-                Ok(rate) => results.add(
-                    SCENARIO,
-                    "durable events/s (publish → deliver → ack)",
-                    name,
-                    rate,
-                ),
-                Err(e) => {
-                    eprintln!("event bus on {name}, durable: {e}");
-                    results.errors(name, 1);
+                match run_durable(&bus, round, durable * scale, batch).await {
+                    Ok(rate) => results.add(
+                        SCENARIO,
+                        &format!("durable events/s (publish → deliver → ack){per}"),
+                        name,
+                        rate,
+                    ),
+                    Err(e) => {
+                        eprintln!("event bus on {name}, durable: {e}");
+                        results.errors(name, 1);
+                    }
                 }
             }
         }
@@ -132,7 +151,7 @@ fn start(name: &'static str, control: &Path, dir: &Path) -> Result<Bus, String> 
     })
 }
 
-fn start_nats(dir: &Path) -> Result<(Process, String), String> {
+pub(crate) fn start_nats(dir: &Path) -> Result<(Process, String), String> {
     let child = Command::new("nats-server")
         .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
         .arg(dir)
@@ -158,7 +177,7 @@ fn start_nats(dir: &Path) -> Result<(Process, String), String> {
 }
 
 /// Collects a process's stderr lines.
-fn watch(stderr: Option<std::process::ChildStderr>) -> Arc<Mutex<Vec<String>>> {
+pub(crate) fn watch(stderr: Option<std::process::ChildStderr>) -> Arc<Mutex<Vec<String>>> {
     let lines = Arc::new(Mutex::new(Vec::new()));
     if let Some(stderr) = stderr {
         let sink = lines.clone();
@@ -174,7 +193,10 @@ fn watch(stderr: Option<std::process::ChildStderr>) -> Arc<Mutex<Vec<String>>> {
 }
 
 /// The first value `find` gets from a line, within 10 s.
-fn wait_for<T>(lines: &Mutex<Vec<String>>, find: impl Fn(&str) -> Option<T>) -> Option<T> {
+pub(crate) fn wait_for<T>(
+    lines: &Mutex<Vec<String>>,
+    find: impl Fn(&str) -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Some(found) = lines
@@ -189,9 +211,9 @@ fn wait_for<T>(lines: &Mutex<Vec<String>>, find: impl Fn(&str) -> Option<T>) -> 
     None
 }
 
-type Sender = http1::SendRequest<Full<Bytes>>;
+pub(crate) type Sender = http1::SendRequest<Full<Bytes>>;
 
-async fn connect(address: SocketAddr) -> Result<Sender, String> {
+pub(crate) async fn connect(address: SocketAddr) -> Result<Sender, String> {
     let stream = TcpStream::connect(address)
         .await
         .map_err(|e| e.to_string())?;
@@ -204,7 +226,7 @@ async fn connect(address: SocketAddr) -> Result<Sender, String> {
 }
 
 /// Sends one request; the answer's status and body.
-async fn call(
+pub(crate) async fn call(
     sender: &mut Sender,
     method: Method,
     path: &str,
@@ -318,17 +340,27 @@ impl Stream {
     }
 }
 
-/// Publishes `count` events to `topic` from [`PUBLISHERS`] connections.
-async fn publish(bus: &Bus, topic: &str, count: usize) -> Result<(), String> {
-    let payload = serde_json::json!({"data": {"service": "checkout", "endpoint": "10.0.0.7:8080", "reason": "5 consecutive 5xx"}}).to_string();
+/// Publishes `count` events to `topic` from [`PUBLISHERS`] connections, `batch` per request.
+async fn publish(bus: &Bus, topic: &str, count: usize, batch: usize) -> Result<(), String> {
+    let event = serde_json::json!({"data": {"service": "checkout", "endpoint": "10.0.0.7:8080", "reason": "5 consecutive 5xx"}});
+    let requests = count.div_ceil(batch);
     let mut tasks = Vec::new();
-    for p in 0..PUBLISHERS {
+    for p in 0..PUBLISHERS.min(requests) {
         let mut sender = connect(bus.address).await?;
-        let (path, payload) = (format!("/v1/events/{topic}"), payload.clone());
+        let (topic, event) = (topic.to_owned(), event.clone());
         tasks.push(tokio::spawn(async move {
-            for _ in (p..count).step_by(PUBLISHERS) {
-                let (status, body) =
-                    call(&mut sender, Method::POST, &path, Some(payload.clone())).await?;
+            for r in (p..requests).step_by(PUBLISHERS) {
+                let n = batch.min(count - r * batch);
+                let (path, payload) = if batch == 1 {
+                    (format!("/v1/events/{topic}"), event.to_string())
+                } else {
+                    let events = vec![event.clone(); n];
+                    (
+                        format!("/v1/events/{topic}/batch"),
+                        serde_json::json!({ "events": events }).to_string(),
+                    )
+                };
+                let (status, body) = call(&mut sender, Method::POST, &path, Some(payload)).await?;
                 if status != 201 {
                     return Err(format!(
                         "publish: {status} {}",
@@ -345,8 +377,8 @@ async fn publish(bus: &Bus, topic: &str, count: usize) -> Result<(), String> {
     Ok(())
 }
 
-async fn run_live(bus: &Bus, round: usize, count: usize) -> Result<f64, String> {
-    let topic = format!("bench.live.r{round}");
+async fn run_live(bus: &Bus, round: usize, count: usize, batch: usize) -> Result<f64, String> {
+    let topic = format!("bench.live.r{round}b{batch}");
     let mut stream = Stream::open(bus, &format!("pattern={topic}")).await?;
     let start = Instant::now();
     let receive = async {
@@ -357,7 +389,7 @@ async fn run_live(bus: &Bus, round: usize, count: usize) -> Result<f64, String> 
         Ok::<_, String>(())
     };
     let (published, received) = tokio::time::timeout(RUN_LIMIT, async {
-        tokio::join!(publish(bus, &topic, count), receive)
+        tokio::join!(publish(bus, &topic, count, batch), receive)
     })
     .await
     .map_err(|_| {
@@ -371,8 +403,8 @@ async fn run_live(bus: &Bus, round: usize, count: usize) -> Result<f64, String> 
     Ok(count as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn run_durable(bus: &Bus, round: usize, count: usize) -> Result<f64, String> {
-    let name = format!("bench-r{round}");
+async fn run_durable(bus: &Bus, round: usize, count: usize, batch: usize) -> Result<f64, String> {
+    let name = format!("bench-r{round}b{batch}");
     let mut admin = connect(bus.address).await?;
     let settings = serde_json::json!({"pattern": "bench.durable.>", "maxInFlight": 10_000});
     let path = format!("/v1/subscriptions/{name}");
@@ -420,7 +452,7 @@ async fn run_durable(bus: &Bus, round: usize, count: usize) -> Result<f64, Strin
         Ok::<_, String>(())
     };
     let (published, consumed) = tokio::time::timeout(RUN_LIMIT, async {
-        tokio::join!(publish(bus, "bench.durable.ejected", count), consume)
+        tokio::join!(publish(bus, "bench.durable.ejected", count, batch), consume)
     })
     .await
     .map_err(|_| format!("{count} events not acked in {RUN_LIMIT:?} on {}", bus.name))?;

@@ -20,6 +20,7 @@ mod load;
 mod mesh;
 mod mesh_paths;
 mod procstat;
+mod push;
 mod reload;
 mod report;
 mod scenarios;
@@ -243,6 +244,11 @@ async fn run(settings: Settings) -> Result<Results, String> {
     if settings.runs("mesh") {
         step("mesh: two hops, mTLS and plaintext");
         mesh::mesh(&settings, &bin, up, &work, &mut results).await?;
+    }
+    if settings.runs("push") {
+        step("config push");
+        let control = built_bin("strait-control", "strait-control")?;
+        push::push(&settings, &control, &work, &mut results).await;
     }
     // 5. Memory with idle keep-alive connections, in fresh instances of the proxies.
     if settings.runs("memory") {

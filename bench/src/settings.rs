@@ -16,8 +16,8 @@ pub struct Settings {
 }
 
 /// Scenario names accepted by `--only`.
-const SCENARIOS: [&str; 9] = [
-    "http1", "h2c", "big", "tcp", "memory", "routes", "reload", "bus", "mesh",
+const SCENARIOS: [&str; 10] = [
+    "http1", "h2c", "big", "tcp", "memory", "routes", "reload", "bus", "mesh", "push",
 ];
 
 impl Settings {
@@ -90,9 +90,9 @@ impl Settings {
         self.only.is_empty() || self.only.iter().any(|n| n == name)
     }
 
-    /// Whether any scenario that measures the proxies runs (all but `bus`).
+    /// Whether any scenario that measures the proxies runs (all but `bus` and `push`).
     pub fn runs_proxies(&self) -> bool {
-        self.only.is_empty() || self.only.iter().any(|n| n != "bus")
+        self.only.is_empty() || self.only.iter().any(|n| n != "bus" && n != "push")
     }
 
     /// How long each target runs per scenario and round.

@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::auth::{self, Caller, Token};
 use crate::ca::Ca;
 use crate::policy::{canonical_kind, PolicyError, PolicyStore};
-use crate::push::{Ack, Push, KEEPALIVE};
+use crate::push::{Ack, Push};
 use crate::registry::{Query as RegistryQuery, Registration, Registry, RegistryError};
 use crate::store::StoreError;
 
@@ -432,38 +432,12 @@ async fn stream(
         .map(str::to_owned)
         .collect();
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(4);
-    let push = s.push.clone();
-    let node = q.node;
-    push.connected(&node, listeners.clone());
-    tokio::spawn(async move {
-        let mut changes = push.watch();
-        let mut last_sent = None;
-        loop {
-            match push.render(&node, &listeners) {
-                Ok(snapshot) if Some(snapshot.version) != last_sent => {
-                    let mut line = serde_json::to_vec(&snapshot).unwrap_or_default();
-                    line.push(b'\n');
-                    if tx.send(Ok(Bytes::from(line))).await.is_err() {
-                        break;
-                    }
-                    push.sent(&node, snapshot.version);
-                    last_sent = Some(snapshot.version);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(node = %node, error = %e, "cannot render config"),
-            }
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() { break },
-                () = tokio::time::sleep(KEEPALIVE) => {
-                    if tx.send(Ok(Bytes::from_static(b"\n"))).await.is_err() {
-                        break;
-                    }
-                }
-                () = tx.closed() => break,
-            }
-        }
-        push.disconnected(&node);
-    });
+    tokio::spawn(crate::push::stream::serve(
+        s.push.clone(),
+        q.node,
+        listeners,
+        tx,
+    ));
     let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -59,7 +59,7 @@ pub fn document(extra_paths: Value) -> Value {
         },
         "/v1/registry/instances/{id}": {"delete": with_params(op("Deregister an instance", None, "200"), vec![param("id", "path", true)])},
         "/v1/registry/instances/{id}/heartbeat": {"put": with_params(op("Renew an instance's TTL", None, "204"), vec![param("id", "path", true)])},
-        "/v1/push/stream": {"get": with_params(op("A proxy's config stream: NDJSON lines {version, documents}", None, "200"), vec![param("node", "query", true), param("listeners", "query", false)])},
+        "/v1/push/stream": {"get": with_params(op("A proxy's config stream: NDJSON lines {version, resources} then {version, base, resources, removed}", None, "200"), vec![param("node", "query", true), param("listeners", "query", false)])},
         "/v1/push/ack": {"post": op("A proxy's ACK or NACK of a pushed version", Some("Ack"), "204")},
         "/v1/proxies": {"get": op("Every proxy: connected, applied version, last ACK/NACK, last seen", None, "200")},
     });

@@ -9,6 +9,10 @@
 //! several (`--control URL,URL`; a host name with several addresses is tried address by
 //! address); on reconnect the control sends the current version, so the proxy resyncs without
 //! anyone noticing.
+//!
+//! The first line of a stream holds every document the proxy receives, each later one only
+//! those added or changed and the names of those removed; the proxy applies the whole set it
+//! holds, so a reload sees a complete config either way.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -113,10 +117,65 @@ pub struct ControlUpdate {
     pub verdict: oneshot::Sender<Result<(), String>>,
 }
 
+/// One line of the push stream: the full set (no `base`), or what changed since the line
+/// before (`base`): added or changed resources, and the names of removed ones.
 #[derive(Debug, Deserialize)]
-struct NodeSnapshot {
+struct PushLine {
     version: u64,
-    documents: Vec<serde_json::Value>,
+    #[serde(default)]
+    base: Option<u64>,
+    #[serde(default)]
+    resources: Vec<PushedResource>,
+    #[serde(default)]
+    removed: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PushedResource {
+    /// `Kind/namespace/name`.
+    name: String,
+    document: serde_json::Value,
+}
+
+/// What the control sent on this stream so far (applied or not: a delta builds on what was
+/// received, so the version after a NACKed one repairs it), keyed and ordered by name.
+#[derive(Debug, Default)]
+struct Received {
+    version: Option<u64>,
+    documents: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl Received {
+    /// Takes one line in; a delta must follow the version received last.
+    fn take(&mut self, line: PushLine) -> Result<(), SessionError> {
+        match line.base {
+            None => self.documents.clear(),
+            Some(base) if Some(base) == self.version => {}
+            Some(base) => {
+                return Err(SessionError::Message(format!(
+                    "a change to version {base}, but the last received is {:?}",
+                    self.version
+                )))
+            }
+        }
+        for name in &line.removed {
+            self.documents.remove(name);
+        }
+        for resource in line.resources {
+            self.documents.insert(resource.name, resource.document);
+        }
+        self.version = Some(line.version);
+        Ok(())
+    }
+
+    /// The documents as one config text (JSON documents separated by `---`).
+    fn text(&self) -> String {
+        self.documents
+            .values()
+            .map(serde_json::Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
 }
 
 /// Why a session with the control ended.
@@ -209,6 +268,7 @@ async fn session(
     tracing::info!(control = %url, node = %target.node, "connected to control");
     let mut body = response.into_body();
     let mut buffer = BytesMut::new();
+    let mut received = Received::default();
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
@@ -233,10 +293,19 @@ async fn session(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue; // keep-alive
             }
-            let snapshot: NodeSnapshot =
+            let line: PushLine =
                 serde_json::from_slice(line).map_err(|e| SessionError::Message(e.to_string()))?;
-            let verdict = apply(snapshot.version, &snapshot.documents, updates).await?;
-            acknowledge(&mut sender, target, url, snapshot.version, verdict).await?;
+            let version = line.version;
+            tracing::info!(
+                version,
+                full = line.base.is_none(),
+                changed = line.resources.len(),
+                removed = line.removed.len(),
+                "config received from the control"
+            );
+            received.take(line)?;
+            let verdict = apply(version, received.text(), updates).await?;
+            acknowledge(&mut sender, target, url, version, verdict).await?;
             if updates.is_closed() {
                 // The proxy stopped taking versions (it could not start): the answer was the
                 // last thing to say.
@@ -268,14 +337,9 @@ where
 
 async fn apply(
     version: u64,
-    documents: &[serde_json::Value],
+    text: String,
     updates: &mpsc::Sender<ControlUpdate>,
 ) -> Result<Result<(), String>, SessionError> {
-    let text = documents
-        .iter()
-        .map(serde_json::Value::to_string)
-        .collect::<Vec<_>>()
-        .join("\n---\n");
     let (tx, rx) = oneshot::channel();
     updates
         .send(ControlUpdate {
@@ -417,5 +481,34 @@ mod tests {
         for bad in ["", "a:1", "ftp://a:1", "http://a:1,", "http://a:1,nope"] {
             assert!(parse_urls(bad).is_err(), "{bad}");
         }
+    }
+
+    fn line(text: &str) -> PushLine {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_delta_changes_and_removes_what_was_received_and_must_follow_it() {
+        let mut received = Received::default();
+        received
+            .take(line(r#"{"version":3,"resources":[{"name":"S/d/a","document":{"a":1}},{"name":"S/d/b","document":{"b":1}}]}"#))
+            .unwrap();
+        assert_eq!(received.text(), "{\"a\":1}\n---\n{\"b\":1}");
+        received
+            .take(line(r#"{"version":5,"base":3,"resources":[{"name":"S/d/b","document":{"b":2}}],"removed":["S/d/a"]}"#))
+            .unwrap();
+        assert_eq!(received.text(), "{\"b\":2}");
+        assert!(
+            received
+                .take(line(r#"{"version":7,"base":6,"resources":[]}"#))
+                .is_err(),
+            "a delta to a version this stream never received"
+        );
+        received
+            .take(line(
+                r#"{"version":8,"resources":[{"name":"S/d/c","document":{"c":1}}]}"#,
+            ))
+            .unwrap();
+        assert_eq!(received.text(), "{\"c\":1}", "a full line replaces all");
     }
 }

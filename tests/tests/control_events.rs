@@ -94,6 +94,7 @@ on_both_backends!(
     durable_state_survives_kill9_and_restart,
     bus_routes_need_the_token_and_are_documented,
     straitctl_events,
+    a_batch_is_stored_in_order_and_checked_whole_before_any_is_published,
 );
 
 /// An open `GET /v1/subscribe` stream.
@@ -459,6 +460,67 @@ async fn durable_subscription_catches_up_after_disconnect(bus: Bus) {
         (sub["backlog"].clone(), sub["unacked"].clone()),
         (json!(0), json!(0))
     );
+}
+
+async fn a_batch_is_stored_in_order_and_checked_whole_before_any_is_published(bus: Bus) {
+    let setup = Setup::new(bus);
+    let control = setup.control();
+    let mut durable = Events::open(&control, "durable=batches&pattern=batch.%3E").await;
+    let mut live = Events::open(&control, "pattern=batch.%3E").await;
+    let (status, answer) = control
+        .call(
+            Method::POST,
+            "/v1/events/batch.made/batch",
+            Some(json!({"events": [
+                {"data": 1},
+                {"data": 2, "source": "producer-7"},
+                {"data": 3, "metadata": {"k": "v"}},
+            ]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let stored = answer["events"].as_array().expect("events").clone();
+    assert_eq!(stored.len(), 3, "{answer}");
+    assert!(ids(&stored).windows(2).all(|w| w[0] < w[1]), "{answer}");
+    assert_eq!(stored[1]["source"], "producer-7");
+    assert_eq!(ids(&live.take(3).await), ids(&stored));
+    let delivered = durable.take(3).await;
+    assert_eq!(ids(&delivered), ids(&stored));
+    assert_eq!(
+        delivered
+            .iter()
+            .map(|e| e["data"].clone())
+            .collect::<Vec<_>>(),
+        [json!(1), json!(2), json!(3)]
+    );
+    assert_eq!(ack(&control, "batches", &ids(&delivered)).await, 3);
+
+    // One bad event refuses the whole batch: nothing of it is published.
+    let too_long = "x".repeat(300);
+    let (status, error) = control
+        .call(
+            Method::POST,
+            "/v1/events/batch.made/batch",
+            Some(json!({"events": [{"data": 4}, {"data": 5, "source": too_long}]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("events[1]")),
+        "{error}"
+    );
+    let (status, _) = control
+        .call(
+            Method::POST,
+            "/v1/events/batch.made/batch",
+            Some(json!({"events": []})),
+        )
+        .await;
+    assert_eq!(status, 400, "an empty batch");
+    let marker = publish(&control, "batch.marker", json!({"data": 6})).await;
+    assert_eq!(id(&live.next().await), id(&marker), "nothing in between");
 }
 
 async fn unacked_events_are_redelivered_after_the_ack_deadline(bus: Bus) {

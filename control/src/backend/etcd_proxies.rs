@@ -2,10 +2,10 @@
 //! replica lists every proxy of the mesh, and a replica that dies takes its entries with it
 //! when its lease expires.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions, PutOptions};
+use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp};
 use tokio::sync::mpsc;
 
 use super::etcd::{io_runtime, wait};
@@ -17,6 +17,10 @@ use crate::store::StoreError;
 const LEASE_TTL: i64 = 10;
 /// How often the lease is renewed.
 const RENEW: Duration = Duration::from_secs(3);
+/// Most views written in one etcd transaction (etcd's default limit is 128 operations).
+const PER_TXN: usize = 100;
+/// Most queued updates taken in at once (the newest view of each node is written).
+const DRAIN: usize = 10_000;
 
 /// This replica's writer of proxy views.
 pub struct EtcdProxies {
@@ -59,8 +63,9 @@ impl ProxyDirectory for EtcdProxies {
     }
 }
 
-/// Writes views in order on the replica's lease; renews it, and writes every view again on a
-/// new lease when it was lost (etcd unreachable for longer than its TTL).
+/// Writes views on the replica's lease, the newest of each node, as many at once as were
+/// queued (a push to many proxies queues two views each); renews the lease, and writes every
+/// view again on a new lease when it was lost (etcd unreachable for longer than its TTL).
 async fn write(
     client: Client,
     keys: Keys,
@@ -71,11 +76,17 @@ async fn write(
     let mut lease: Option<i64> = None;
     let mut renew = tokio::time::interval(RENEW);
     loop {
-        let dirty: Vec<String> = tokio::select! {
+        let dirty: BTreeSet<String> = tokio::select! {
             update = updates.recv() => {
                 let Some((node, status)) = update else { return };
-                known.insert(node.clone(), status);
-                vec![node]
+                let mut dirty = BTreeSet::from([node.clone()]);
+                known.insert(node, status);
+                while dirty.len() < DRAIN {
+                    let Ok((node, status)) = updates.try_recv() else { break };
+                    dirty.insert(node.clone());
+                    known.insert(node, status);
+                }
+                dirty
             }
             _ = renew.tick() => {
                 let alive = match lease {
@@ -97,18 +108,20 @@ async fn write(
             };
         }
         let options = lease.map(|id| PutOptions::new().with_lease(id));
-        for node in dirty {
-            let Some(status) = known.get(&node) else {
-                continue;
-            };
-            let key = keys.proxy(&node, &replica);
-            if let Err(e) = client
-                .kv_client()
-                .put(key, status.clone(), options.clone())
-                .await
-            {
-                tracing::warn!(error = %e, node, "cannot record a proxy in etcd");
+        let puts: Vec<TxnOp> = dirty
+            .iter()
+            .filter_map(|node| {
+                let status = known.get(node)?;
+                let key = keys.proxy(node, &replica);
+                Some(TxnOp::put(key, status.clone(), options.clone()))
+            })
+            .collect();
+        for chunk in puts.chunks(PER_TXN) {
+            let txn = Txn::new().and_then(chunk.to_vec());
+            if let Err(e) = client.kv_client().txn(txn).await {
+                tracing::warn!(error = %e, views = chunk.len(), "cannot record proxies in etcd");
                 lease = None;
+                break;
             }
         }
     }

@@ -28,6 +28,8 @@ pub(crate) const MAX_BODY: usize = 1 << 20;
 /// Default and largest number of dead letters listed at once.
 const DEAD_LETTERS_DEFAULT: usize = 100;
 const DEAD_LETTERS_MAX: usize = 10_000;
+/// Most events in one batch publish.
+pub(crate) const MAX_BATCH: usize = 1_000;
 
 type Answer = Result<Response, BusError>;
 
@@ -35,6 +37,7 @@ type Answer = Result<Response, BusError>;
 pub(crate) fn router(bus: Arc<Bus>) -> Router {
     Router::new()
         .route("/v1/events/{topic}", post(publish))
+        .route("/v1/events/{topic}/batch", post(publish_batch))
         .route("/v1/events/{topic}/history", get(history))
         .route("/v1/subscribe", get(subscribe))
         .route("/v1/subscriptions", get(list_subscriptions))
@@ -84,6 +87,51 @@ async fn publish(State(bus): State<Arc<Bus>>, Path(topic): Path<String>, body: B
     let event: NewEvent = parse_json(&bytes)?;
     let stored = bus.backend.publish(&topic, event, bytes.len()).await?;
     Ok(json_response(StatusCode::CREATED, stored.json.clone()))
+}
+
+/// What `POST /v1/events/{topic}/batch` takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    events: Vec<NewEvent>,
+}
+
+/// `POST /v1/events/{topic}/batch`: publish up to [`MAX_BATCH`] events in order, stored
+/// together; 201 with `{"events": [...]}` once all are committed. Every event is checked
+/// before any is published.
+async fn publish_batch(
+    State(bus): State<Arc<Bus>>,
+    Path(topic): Path<String>,
+    body: Body,
+) -> Answer {
+    super::topic::validate_topic(&topic)?;
+    let bytes = read_body(body).await?;
+    let batch: Batch = parse_json(&bytes)?;
+    if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
+        return Err(BusError::BadRequest(format!(
+            "`events` holds {} events; send 1 to {MAX_BATCH}",
+            batch.events.len()
+        )));
+    }
+    for (i, event) in batch.events.iter().enumerate() {
+        event
+            .validate()
+            .map_err(|e| BusError::BadRequest(format!("events[{i}]: {e}")))?;
+    }
+    let stored = bus
+        .backend
+        .publish_batch(&topic, batch.events, bytes.len())
+        .await?;
+    let mut out = Vec::with_capacity(16 + stored.iter().map(|e| e.json.len() + 1).sum::<usize>());
+    out.extend_from_slice(b"{\"events\":[");
+    for (i, event) in stored.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&event.json);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(json_response(StatusCode::CREATED, Bytes::from(out)))
 }
 
 #[derive(Deserialize)]

@@ -41,6 +41,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
         size_hint: usize,
     ) -> Result<Arc<StoredEvent>, BusError>;
 
+    /// Publishes `events` (validated already) to `topic` in order, as one batch: the embedded
+    /// bus commits them together, JetStream awaits their acks together. Answers once all are
+    /// durable; on a failure, events before the failed one may be stored.
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        events: Vec<NewEvent>,
+        size_hint: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, BusError>;
+
     /// Publishes without waiting for the outcome (logged on failure).
     fn publish_detached(&self, topic: &str, event: NewEvent) -> Result<(), BusError>;
 

@@ -434,6 +434,34 @@ impl Backend for Embedded {
         self.publish_stored(topic, event, size_hint).await
     }
 
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        events: Vec<NewEvent>,
+        size_hint: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, BusError> {
+        super::topic::validate_topic(topic)?;
+        let each = size_hint / events.len().max(1);
+        // Every publish is queued before any is awaited: the writer commits them together.
+        let mut replies = Vec::with_capacity(events.len());
+        for event in events {
+            event.validate()?;
+            let (tx, rx) = oneshot::channel();
+            self.send(Op::Publish {
+                topic: topic.to_owned(),
+                event,
+                size_hint: each,
+                reply: Reply::Async(tx),
+            })?;
+            replies.push(rx);
+        }
+        let mut stored = Vec::with_capacity(replies.len());
+        for reply in replies {
+            stored.push(reply.await.map_err(|_| BusError::Closed)??);
+        }
+        Ok(stored)
+    }
+
     fn publish_detached(&self, topic: &str, event: NewEvent) -> Result<(), BusError> {
         self.publish_nowait(topic, event)
     }

@@ -116,6 +116,30 @@ pub(crate) fn paths() -> Value {
                 "413": error_response("Body larger than 1 MiB.")
             }
         } },
+        "/v1/events/{topic}/batch": { "post": {
+            "tags": ["events"],
+            "summary": "Publish up to 1,000 events at once, in order",
+            "description": "Every event is checked before any is published; answers once all are committed (one commit for the batch on the embedded bus, acks awaited together on JetStream). On a storage failure, events before the failed one may be stored.",
+            "parameters": [topic],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["events"], "additionalProperties": false,
+                "properties": { "events": { "type": "array", "minItems": 1, "maxItems": 1000, "items": {
+                    "type": "object", "required": ["data"],
+                    "properties": {
+                        "priority": priority_schema(),
+                        "source": { "type": "string", "maxLength": 256 },
+                        "metadata": { "type": "object", "additionalProperties": { "type": "string" } },
+                        "data": { "description": "The payload (any JSON)." }
+                    }
+                } } }
+            } } } },
+            "responses": {
+                "201": json_response("The stored events, in order.", json!({ "type": "object", "properties": {
+                    "events": { "type": "array", "items": event_schema() } } })),
+                "400": bad,
+                "413": error_response("Body larger than 1 MiB.")
+            }
+        } },
         "/v1/events/{topic}/history": { "get": {
             "tags": ["events"],
             "summary": "The last events of a topic (oldest first)",
@@ -235,7 +259,7 @@ mod tests {
     fn every_path_has_operations_with_responses() {
         let paths = paths();
         let paths = paths.as_object().expect("object");
-        assert_eq!(paths.len(), 8);
+        assert_eq!(paths.len(), 9);
         for (path, item) in paths {
             assert!(path.starts_with("/v1/"), "{path}");
             for (method, op) in item.as_object().expect("item") {

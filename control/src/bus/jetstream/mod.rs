@@ -139,9 +139,19 @@ impl JetStream {
         topic: &str,
         event: NewEvent,
     ) -> Result<Arc<StoredEvent>, BusError> {
+        let (event, ack) = Self::send_event(js, topic, event).await?;
+        Self::stored(event, ack).await
+    }
+
+    /// Sends `event` to the server; its ack is awaited with [`JetStream::stored`].
+    async fn send_event(
+        js: &jetstream::Context,
+        topic: &str,
+        event: NewEvent,
+    ) -> Result<(Event, jetstream::context::PublishAckFuture), BusError> {
         topic::validate_topic(topic)?;
         event.validate()?;
-        let mut event = Event {
+        let event = Event {
             id: 0,
             topic: topic.to_owned(),
             priority: event.priority,
@@ -155,9 +165,16 @@ impl JetStream {
         let ack = js
             .publish(event_subject(event.priority, topic), Bytes::from(payload))
             .await
-            .map_err(BusError::nats("publishing"))?
-            .await
             .map_err(BusError::nats("publishing"))?;
+        Ok((event, ack))
+    }
+
+    /// `event` once the server acked it, with the id it was given.
+    async fn stored(
+        mut event: Event,
+        ack: jetstream::context::PublishAckFuture,
+    ) -> Result<Arc<StoredEvent>, BusError> {
+        let ack = ack.await.map_err(BusError::nats("publishing"))?;
         metrics::published(event.priority);
         event.id = ack.sequence;
         StoredEvent::new(event)
@@ -181,6 +198,24 @@ impl Backend for JetStream {
         _size_hint: usize,
     ) -> Result<Arc<StoredEvent>, BusError> {
         JetStream::publish_event(&self.js, topic, event).await
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        events: Vec<NewEvent>,
+        _size_hint: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, BusError> {
+        // Pipelined: every event is sent before the first ack is awaited.
+        let mut sent = Vec::with_capacity(events.len());
+        for event in events {
+            sent.push(JetStream::send_event(&self.js, topic, event).await?);
+        }
+        let mut stored = Vec::with_capacity(sent.len());
+        for (event, ack) in sent {
+            stored.push(JetStream::stored(event, ack).await?);
+        }
+        Ok(stored)
     }
 
     fn publish_detached(&self, topic: &str, event: NewEvent) -> Result<(), BusError> {

@@ -1,16 +1,24 @@
-//! Config push: every proxy holds one long-lived stream and receives, for each new store
-//! revision, the documents that concern it; it answers ACK, or NACK with the error.
+//! Config push: every proxy holds one long-lived stream and receives the documents that
+//! concern it ([`render`]): all of them first, then, once a burst of store changes settled
+//! ([`settle`]), only those that changed for it ([`delta`]); it answers each version with an
+//! ACK, or a NACK with the error.
 //!
 //! Wire format (one HTTP/2 stream per proxy, `GET /v1/push/stream?node=N&listeners=a,b`):
-//! newline-delimited JSON, one [`NodeSnapshot`] per line, plus an empty line every
+//! newline-delimited JSON, one line per version (see [`delta`]), plus an empty line every
 //! [`KEEPALIVE`] so dead peers are noticed. Answers go to `POST /v1/push/ack`.
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod delta;
+pub mod render;
+pub mod settle;
+pub mod stream;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::backend::ProxyDirectory;
 use crate::events::EventSink;
@@ -18,23 +26,13 @@ use crate::kube::endpoints::EndpointTable;
 use crate::policy::{PolicyStore, Revisions, StoredResource};
 use crate::registry::Registry;
 use crate::store::StoreError;
+use render::Piece;
 
 /// Longest NACK error kept (the rest is cut).
 const MAX_ERROR: usize = 4096;
 
 /// Interval of keep-alive lines on idle streams.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
-
-/// What one proxy gets for one revision.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeSnapshot {
-    /// The store revision it reflects.
-    pub version: u64,
-    /// Documents (JSON form): the node's ProxyConfig if the control has one (named after the
-    /// node), every Service (registry-discovered ones with their endpoints filled in), and the
-    /// routes attached to the node's listeners.
-    pub documents: Vec<Value>,
-}
 
 /// A proxy's answer to one version.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,10 +84,37 @@ pub struct Push {
     proxies: Mutex<BTreeMap<String, ProxyStatus>>,
     /// Replicated stores: where every replica records its proxies.
     directory: Option<Arc<dyn ProxyDirectory>>,
-    /// The stored resources at one revision, read once for every proxy rendering it.
-    cached: Mutex<Option<(u64, Arc<Vec<StoredResource>>)>>,
     /// Endpoints of `discovery: kubernetes` Services, when the control reaches a cluster.
     kubernetes: Option<Arc<EndpointTable>>,
+    /// What proxies receive at one revision, rendered once for all of them.
+    cached: Mutex<Option<Rendered>>,
+    /// The revisions once a burst of changes settled: what streams push.
+    settled: Arc<watch::Sender<u64>>,
+}
+
+/// The stored resources at one revision and, per set of listeners, what a proxy with those
+/// listeners receives.
+struct Rendered {
+    revision: u64,
+    resources: Arc<Vec<StoredResource>>,
+    by_listeners: HashMap<Vec<String>, Arc<Vec<Piece>>>,
+}
+
+/// What one node receives at one revision.
+pub struct NodeView {
+    /// The store revision.
+    pub version: u64,
+    /// The node's ProxyConfig, if the control has one named after it.
+    pub proxy_config: Option<Piece>,
+    /// The rest (shared by every node with the same listeners).
+    pub pieces: Arc<Vec<Piece>>,
+}
+
+impl NodeView {
+    /// Every piece, the ProxyConfig first.
+    pub fn iter(&self) -> impl Iterator<Item = &Piece> + Clone {
+        self.proxy_config.iter().chain(self.pieces.iter())
+    }
 }
 
 impl std::fmt::Debug for Push {
@@ -126,6 +151,14 @@ impl Push {
             "strait_control_push_answers_total",
             "Proxy answers to pushed versions, by result (ack or nack)."
         );
+        let current = *revisions.watch().borrow();
+        let settled = Arc::new(watch::Sender::new(current));
+        tokio::spawn(settle::settle(
+            revisions.watch(),
+            settled.clone(),
+            settle::QUIET,
+            settle::MAX_DELAY,
+        ));
         Self {
             policy,
             registry,
@@ -135,6 +168,7 @@ impl Push {
             directory,
             cached: Mutex::new(None),
             kubernetes: None,
+            settled,
         }
     }
 
@@ -157,68 +191,49 @@ impl Push {
         }
     }
 
-    /// Renders what `node` (with `listeners`, when the control has no ProxyConfig for it)
-    /// should run at the current revision.
-    pub fn render(&self, node: &str, listeners: &[String]) -> Result<NodeSnapshot, StoreError> {
+    /// What `node` (with `listeners`, when the control has no ProxyConfig for it) receives at
+    /// the current revision.
+    pub fn view(&self, node: &str, listeners: &[String]) -> Result<NodeView, StoreError> {
         let version = *self.revisions.watch().borrow();
-        let resources = self.resources_at(version)?;
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rendered = match cached.take() {
+            Some(rendered) if rendered.revision == version => rendered,
+            _ => Rendered {
+                revision: version,
+                resources: Arc::new(self.policy.list(None, None)?),
+                by_listeners: HashMap::new(),
+            },
+        };
+        let resources = rendered.resources.clone();
         let proxy_config = resources
             .iter()
             .find(|r| r.kind == "ProxyConfig" && r.name == node);
-        let listeners: Vec<String> = match proxy_config {
-            Some(pc) => pc.document["spec"]["listeners"]
-                .as_array()
-                .map(|ls| {
-                    ls.iter()
-                        .filter_map(|l| l["name"].as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
+        let listeners = match proxy_config {
+            Some(pc) => render::listeners_of(&pc.document),
             None => listeners.to_vec(),
         };
-        let mut documents = Vec::with_capacity(resources.len());
-        if let Some(pc) = proxy_config {
-            documents.push(pc.document.clone());
-        }
-        // HTTPRoutes sent to this node, for the policies that target them.
-        let mut routes = BTreeSet::new();
-        for r in resources.iter() {
-            match r.kind.as_str() {
-                "Service" => documents.push(self.with_endpoints(&r.document)),
-                "HTTPRoute" | "TCPRoute" => {
-                    if let Some(doc) = attach(&r.document, &listeners) {
-                        if r.kind == "HTTPRoute" {
-                            routes.insert((r.namespace.as_str(), r.name.as_str()));
-                        }
-                        documents.push(doc);
-                    }
-                }
-                _ => {}
+        let pieces = match rendered.by_listeners.get(&listeners) {
+            Some(pieces) => pieces.clone(),
+            None => {
+                let pieces = Arc::new(render::for_listeners(&resources, &listeners, |d| {
+                    self.with_endpoints(d)
+                }));
+                rendered.by_listeners.insert(listeners, pieces.clone());
+                pieces
             }
-        }
-        for r in resources.iter().filter(|r| r.kind == "AuthorizationPolicy") {
-            if let Some(doc) = target(&r.document, &r.namespace, &listeners, &routes) {
-                documents.push(doc);
-            }
-        }
-        Ok(NodeSnapshot { version, documents })
+        };
+        *cached = Some(rendered);
+        Ok(NodeView {
+            version,
+            proxy_config: proxy_config
+                .map(|pc| Piece::new(&pc.kind, &pc.namespace, &pc.name, &pc.document)),
+            pieces,
+        })
     }
 
-    /// Every stored resource, read from the store once per revision however many proxies ask.
-    fn resources_at(&self, version: u64) -> Result<Arc<Vec<StoredResource>>, StoreError> {
-        let cached = self
-            .cached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some((at, resources)) = cached {
-            if at == version {
-                return Ok(resources);
-            }
-        }
-        let resources = Arc::new(self.policy.list(None, None)?);
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, resources.clone()));
-        Ok(resources)
+    /// Wakes when a burst of store changes settled.
+    pub fn settled(&self) -> watch::Receiver<u64> {
+        self.settled.subscribe()
     }
 
     /// A Service document with `discovery: registry` or `kubernetes` turned into static
@@ -401,61 +416,6 @@ fn merge_views(views: impl Iterator<Item = Value>) -> Vec<Value> {
     by_node.into_values().collect()
 }
 
-/// A route attached to `listeners`: kept if it names none of its parents (attaches to all) or
-/// at least one of them, with `parentRefs` narrowed to those the node has. With no listener
-/// known, routes are sent as they are.
-fn attach(document: &Value, listeners: &[String]) -> Option<Value> {
-    let parents = document["spec"]["parentRefs"].as_array();
-    let Some(parents) = parents.filter(|p| !p.is_empty() && !listeners.is_empty()) else {
-        return Some(document.clone());
-    };
-    let kept: Vec<Value> = parents
-        .iter()
-        .filter(|p| {
-            p["name"]
-                .as_str()
-                .is_some_and(|n| listeners.iter().any(|l| l == n))
-        })
-        .cloned()
-        .collect();
-    if kept.is_empty() {
-        return None;
-    }
-    let mut doc = document.clone();
-    doc["spec"]["parentRefs"] = Value::Array(kept);
-    Some(doc)
-}
-
-/// An AuthorizationPolicy as `listeners` see it: kept if it targets one of them or one of the
-/// `routes` sent to the node, with `targetRefs` narrowed to those. With no listener known,
-/// listener targets are all kept (as routes are sent as they are).
-fn target(
-    document: &Value,
-    namespace: &str,
-    listeners: &[String],
-    routes: &BTreeSet<(&str, &str)>,
-) -> Option<Value> {
-    let refs = document["spec"]["targetRefs"].as_array()?;
-    let kept: Vec<Value> = refs
-        .iter()
-        .filter(|t| {
-            let name = t["name"].as_str().unwrap_or_default();
-            match t["kind"].as_str() {
-                Some("Listener") => listeners.is_empty() || listeners.iter().any(|l| l == name),
-                Some("HTTPRoute") => routes.contains(&(namespace, name)),
-                _ => false,
-            }
-        })
-        .cloned()
-        .collect();
-    if kept.is_empty() {
-        return None;
-    }
-    let mut doc = document.clone();
-    doc["spec"]["targetRefs"] = Value::Array(kept);
-    Some(doc)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,46 +432,5 @@ mod tests {
         assert_eq!(merged.len(), 2);
         assert_eq!(merged[0]["connected"], true);
         assert_eq!(merged[1]["lastSeen"], 3);
-    }
-
-    #[test]
-    fn routes_attach_to_the_nodes_listeners_only() {
-        let route =
-            serde_json::json!({"spec": {"parentRefs": [{"name": "web"}, {"name": "admin-web"}]}});
-        let web = attach(&route, &["web".into()]).unwrap();
-        assert_eq!(
-            web["spec"]["parentRefs"],
-            serde_json::json!([{"name": "web"}])
-        );
-        assert!(attach(&route, &["db".into()]).is_none());
-        assert!(attach(&route, &[]).is_some(), "unknown listeners: send all");
-        let any = serde_json::json!({"spec": {}});
-        assert!(attach(&any, &["db".into()]).is_some());
-    }
-
-    #[test]
-    fn policies_go_to_the_nodes_that_have_their_targets_only() {
-        let policy = serde_json::json!({"spec": {"targetRefs": [
-            {"kind": "Listener", "name": "inbound"},
-            {"kind": "HTTPRoute", "name": "reviews"},
-        ]}});
-        let routes = BTreeSet::from([("default", "reviews")]);
-        let none = BTreeSet::new();
-        let both = target(&policy, "default", &["inbound".into()], &routes).unwrap();
-        assert_eq!(both["spec"]["targetRefs"].as_array().map(Vec::len), Some(2));
-        let route_only = target(&policy, "default", &["outbound".into()], &routes).unwrap();
-        assert_eq!(
-            route_only["spec"]["targetRefs"],
-            serde_json::json!([{"kind": "HTTPRoute", "name": "reviews"}])
-        );
-        assert!(target(&policy, "default", &["outbound".into()], &none).is_none());
-        assert!(
-            target(&policy, "other", &["outbound".into()], &routes).is_none(),
-            "a route of another namespace is another route"
-        );
-        assert!(
-            target(&policy, "default", &[], &none).is_some(),
-            "unknown listeners: send"
-        );
     }
 }
