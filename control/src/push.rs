@@ -185,7 +185,7 @@ impl Push {
         for r in resources.iter() {
             match r.kind.as_str() {
                 "Service" => documents.push(self.with_endpoints(&r.document)),
-                "HTTPRoute" | "TCPRoute" => {
+                "HTTPRoute" | "TCPRoute" | "TLSRoute" => {
                     if let Some(doc) = attach(&r.document, &listeners) {
                         if r.kind == "HTTPRoute" {
                             routes.insert((r.namespace.as_str(), r.name.as_str()));
