@@ -405,3 +405,53 @@ spec:
     assert_eq!(count("api", "api-eu"), Some(1.0), "{text}");
     assert_eq!(count("", "passthrough"), Some(1.0), "{text}");
 }
+
+/// TLSRoutes through the control: validated on apply (field paths), listed by straitctl, and
+/// pushed to a proxy, which then routes by SNI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_route_applied_to_the_control_is_pushed_and_routes() {
+    let ups = Upstreams::start().await;
+    let control = strait_tests::Control::start();
+    let bad = tls_route(
+        "to-a",
+        "  parentRefs: [{name: db}]\n  hostnames: [a.example]\n  rules: [{backendRefs: [{name: a}]}]",
+    );
+    let (status, body) = control.apply("bad.yaml", &bad).await;
+    assert_eq!(status, 400, "a route to a Service the store lacks: {body}");
+    let first = body["errors"][0].as_str().unwrap_or_default();
+    assert!(
+        first.contains("bad.yaml:") && first.contains("spec.rules[0].backendRefs[0].name"),
+        "{body}"
+    );
+    let docs = tcp_service("a", &ups.a) + &tcp_service("f", &ups.f) + &bad
+        + "---\napiVersion: strait.dev/v1alpha1\nkind: TCPRoute\nmetadata: {name: fallback}\nspec:\n  parentRefs: [{name: db}]\n  backendRefs: [{name: f}]\n";
+    let (status, body) = control.apply("routes.yaml", &docs).await;
+    assert_eq!(status, 200, "{body}");
+    let listed = {
+        let control = &control;
+        tokio::task::block_in_place(|| control.straitctl(&["get", "tlsroutes"]))
+    };
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success() && text.contains("to-a"), "{text}");
+
+    let bootstrap = "apiVersion: strait.dev/v1alpha1
+kind: ProxyConfig
+metadata: {name: bootstrap}
+spec:
+  admin: 127.0.0.1:0
+  listeners:
+    - {name: db, address: 127.0.0.1:0, protocol: tcp}
+";
+    let proxy =
+        Proxy::start_with_control(bootstrap, &control.url(), "pod-1", &control.token_file());
+    strait_tests::eventually("routed by SNI", Duration::from_secs(20), || async {
+        get(&proxy, "a.example", &ups.ca.bundle).await.ok()
+    })
+    .await;
+    assert_eq!(ups.a.accepts(), 1);
+    ok(
+        get(&proxy, "c.example", &ups.ca.bundle).await,
+        "the TCPRoute",
+    );
+    assert_eq!(ups.f.accepts(), 1);
+}
