@@ -267,6 +267,17 @@ pub async fn https_get_as(
     server_name: &str,
     roots_pem: &str,
 ) -> Result<String, String> {
+    https_get_in_records_of(address, server_name, roots_pem, None).await
+}
+
+/// [`https_get_as`] with TLS records of at most `record_size` bytes (header included; rustls
+/// allows 37 and more), so that the ClientHello spans several records.
+pub async fn https_get_in_records_of(
+    address: SocketAddr,
+    server_name: &str,
+    roots_pem: &str,
+    record_size: Option<usize>,
+) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut roots = rustls::RootCertStore::empty();
     for cert in certificates(roots_pem) {
@@ -279,6 +290,7 @@ pub async fn https_get_as(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.max_fragment_size = record_size;
     let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
     let work = async {
         let tcp = tokio::net::TcpStream::connect(address)

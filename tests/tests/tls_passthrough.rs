@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use strait_tests::config::{proxy, service};
 use strait_tests::metrics::{reload, scrape, value};
-use strait_tests::tls::{https_get_as, TestCa};
+use strait_tests::tls::{https_get_as, https_get_in_records_of, TestCa};
 use strait_tests::tls_upstream::{Serve, TlsUpstream};
 use strait_tests::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,11 +91,15 @@ async fn the_server_name_picks_the_upstream_whose_certificate_the_client_verifie
         "api.b.example (wildcard)",
     );
     assert_eq!((ups.a.accepts(), ups.b.accepts()), (1, 1));
+    // A ClientHello spread over 64-byte records is read whole.
+    let fragmented = https_get_in_records_of(proxy.listener("db"), "a.example", &roots, Some(64));
+    ok(fragmented.await, "a.example in small records");
+    assert_eq!((ups.a.accepts(), ups.b.accepts()), (2, 1));
     // No TLSRoute for the name, and no name at all (an IP address): the TCPRoute.
     ok(get(&proxy, "c.example", &roots).await, "c.example");
     ok(get(&proxy, "127.0.0.1", &roots).await, "no SNI");
     assert_eq!(ups.f.accepts(), 2);
-    assert_eq!((ups.a.accepts(), ups.b.accepts()), (1, 1));
+    assert_eq!((ups.a.accepts(), ups.b.accepts()), (2, 1));
 
     let text = scrape(proxy.admin()).await;
     let routed = |route: &str, service: &str| {
@@ -105,11 +109,11 @@ async fn the_server_name_picks_the_upstream_whose_certificate_the_client_verifie
             &[("listener", "db"), ("route", route), ("service", service)],
         )
     };
-    assert_eq!(routed("to-a", "a"), Some(1.0), "{text}");
+    assert_eq!(routed("to-a", "a"), Some(2.0), "{text}");
     assert_eq!(routed("to-b", "b"), Some(1.0), "{text}");
     assert_eq!(
         value(&text, "strait_tcp_connections_total", &[("listener", "db")]),
-        Some(4.0),
+        Some(5.0),
         "{text}"
     );
     assert!(
