@@ -158,6 +158,7 @@ fn parse_resource(root: &Node) -> Result<Resource, Box<DeError>> {
         Some("Service") => from_node::<Document<_>>(root).map(Resource::Service),
         Some("HTTPRoute") => from_node::<Document<_>>(root).map(Resource::HttpRoute),
         Some("TCPRoute") => from_node::<Document<_>>(root).map(Resource::TcpRoute),
+        Some("TLSRoute") => from_node::<Document<_>>(root).map(Resource::TlsRoute),
         Some("AuthorizationPolicy") => {
             from_node::<Document<_>>(root).map(Resource::AuthorizationPolicy)
         }

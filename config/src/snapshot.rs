@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 
 use crate::matching::authz::{Authorization, AuthzPolicy};
+use crate::matching::sni::SniTable;
 use crate::matching::RouteTable;
 use crate::spec::{
     FaultSpec, LbPolicy, ListenerMode, ListenerProtocol, MirrorSpec, RateLimitSpec, Resource,
@@ -126,6 +127,10 @@ pub struct Listener {
     pub tls: ListenerTls,
     /// HTTP routes or the TCP route.
     pub serves: Serves,
+    /// TLSRoutes: TLS connections passed through by their ClientHello's server name (none:
+    /// connections are not looked at, no cost). What no TLSRoute claims goes on as without
+    /// them: to the TCPRoute, or on an intercepting listener to its original destination.
+    pub tls_routes: Option<SniTable>,
     /// The AuthorizationPolicies targeting this listener (none: no check, no cost); they
     /// apply to every request or connection on it, before routing.
     pub authorization: Option<Arc<Authorization>>,
@@ -190,6 +195,17 @@ pub struct TcpRoute {
     pub connect_timeout: Duration,
     /// Idle timeout.
     pub idle_timeout: Duration,
+}
+
+/// A compiled TLS route (TLS passed through, routed by SNI).
+#[derive(Debug)]
+pub struct TlsRoute {
+    /// Name of the TLSRoute (the `route` label and the access log's).
+    pub name: Arc<str>,
+    /// Its namespace.
+    pub namespace: Arc<str>,
+    /// Weighted services (`protocol: tcp`); each service's `connectTimeout` applies.
+    pub backends: WeightedServices,
 }
 
 /// A compiled HTTP route rule: the unit a request is matched to.

@@ -254,7 +254,7 @@ struct ListQuery {
 fn kind(user: &str) -> Result<&'static str, ApiError> {
     canonical_kind(user).ok_or_else(|| {
         ApiError::NotFound(format!(
-            "unknown kind `{user}`; known: Service, HTTPRoute, TCPRoute, ProxyConfig, \
+            "unknown kind `{user}`; known: Service, HTTPRoute, TCPRoute, TLSRoute, ProxyConfig, \
              AuthorizationPolicy"
         ))
     })

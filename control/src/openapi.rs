@@ -43,7 +43,7 @@ pub fn document(extra_paths: Value) -> Value {
         "/openapi.json": {"get": {"summary": "This document (no token)", "responses": {"200": {"description": "OpenAPI 3"}}}},
         "/v1/apply": {"post": op("Validate and store resources (multi-document YAML files); 409 on a stale metadata.resourceVersion", Some("ApplyRequest"), "200")},
         "/v1/resources": {"get": with_params(op("Every stored resource", None, "200"), vec![param("namespace", "query", false)])},
-        "/v1/resources/{kind}": {"get": with_params(op("Resources of one kind (Service, HTTPRoute, TCPRoute, ProxyConfig, AuthorizationPolicy)", None, "200"), vec![param("kind", "path", true), param("namespace", "query", false)])},
+        "/v1/resources/{kind}": {"get": with_params(op("Resources of one kind (Service, HTTPRoute, TCPRoute, TLSRoute, ProxyConfig, AuthorizationPolicy)", None, "200"), vec![param("kind", "path", true), param("namespace", "query", false)])},
         "/v1/resources/{kind}/{namespace}/{name}": {
             "get": with_params(op("One resource with its resourceVersion", None, "200"), kind_path()),
             "delete": with_params(op("Delete a resource (refused while others reference it; 409 on a stale resourceVersion)", None, "200"), {

@@ -134,6 +134,7 @@ pub fn canonical_kind(user: &str) -> Option<&'static str> {
         "service" | "services" | "svc" => Some("Service"),
         "httproute" | "httproutes" => Some("HTTPRoute"),
         "tcproute" | "tcproutes" => Some("TCPRoute"),
+        "tlsroute" | "tlsroutes" => Some("TLSRoute"),
         "proxyconfig" | "proxyconfigs" => Some("ProxyConfig"),
         "authorizationpolicy" | "authorizationpolicies" | "authz" => Some("AuthorizationPolicy"),
         _ => None,

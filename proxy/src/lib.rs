@@ -10,8 +10,10 @@
 //!                      │      (listener's, then route's policies: authz) → weighted service
 //!                      │      → balancer picks endpoint → headers → http::upstream (pooled)
 //!                      │      → stream response back (body returns the connection to the pool)
-//!                      └─ tcp::serve ──▶ authorize (listener's policies) → pick service/endpoint
-//!                                        → splice both ways (half-close)
+//!                      ├─ tcp::serve ──▶ authorize (listener's policies) → pick service/endpoint
+//!                      │                 → splice both ways (half-close)
+//!                      └─ sni::serve (listeners with TLSRoutes) ──▶ peek ClientHello → route by
+//!                                        SNI → splice, TLS untouched; else as without TLSRoutes
 //!
 //!  admin: /metrics /ready /live /config /clusters, POST /shutdown (loopback only)
 //!  telemetry (optional): /metrics /ready /live only, for probes and scrapes
@@ -40,6 +42,7 @@ pub mod reload;
 pub mod report;
 pub mod service;
 pub mod shared;
+pub mod sni;
 pub mod stamp;
 pub mod tcp;
 pub mod tls;

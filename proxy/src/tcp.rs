@@ -8,12 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use strait_config::snapshot::Serves;
+use futures_util::future::Either;
+use strait_config::snapshot::{Serves, WeightedServices};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::active::Active;
 use crate::metrics::{TCP_BYTES, TCP_CONNECTIONS};
+use crate::service::breaker::Slot;
+use crate::service::endpoint::Endpoint;
 use crate::shared::{ConnToken, Shared};
 use crate::tls::upstream_stream::UpstreamStream;
 use zero_copy::Pipe;
@@ -42,7 +46,26 @@ pub fn serve(
     shared: Arc<Shared>,
     token: ConnToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    serve_client(TcpClient::Plain(client), peer, listener, shared, token)
+    if crate::sni::routes_by_sni(&shared, &listener) {
+        // Boxed: the ClientHello's path does not size every TCP connection's task.
+        let routed = crate::sni::serve(
+            client,
+            peer,
+            listener,
+            shared,
+            token,
+            crate::sni::Otherwise::TcpRoute,
+            false,
+        );
+        return Either::Left(Box::pin(routed));
+    }
+    Either::Right(serve_client(
+        TcpClient::Plain(client),
+        peer,
+        listener,
+        shared,
+        token,
+    ))
 }
 
 /// Proxies one client connection accepted on a TCP listener; a client that authenticated with
@@ -77,44 +100,17 @@ pub fn serve_client(
             tracing::debug!(listener = %listener, "no TCPRoute attached; closing");
             return;
         };
-        let si = match route.backends.single() {
-            Some(si) => si,
-            None => {
-                route
-                    .backends
-                    .pick_with(fastrand::u32(0..route.backends.total()))
-                    .1
-            }
-        };
-        let (Some(service), Some(runtime)) =
-            (active.snapshot.services.get(si), active.services.get(si))
-        else {
+        let Some(picked) = pick(&active, &route.backends, &listener) else {
             return;
-        };
-        let Some(endpoint) = runtime
-            .balancer
-            .pick(&runtime.endpoints, None)
-            .and_then(|i| runtime.endpoints.get(i))
-            .cloned()
-        else {
-            tracing::warn!(listener = %listener, service = %service.name, "no healthy endpoints; closing");
-            return;
-        };
-        // A circuit breaker's maxConnections also bounds proxied TCP connections.
-        let _connection = match runtime.breaker.as_ref().map(|b| b.open_connection()) {
-            Some(Err(_)) => {
-                tracing::warn!(listener = %listener, service = %service.name, "maxConnections reached; closing");
-                return;
-            }
-            Some(Ok(slot)) => slot,
-            None => None,
         };
         metrics::counter!(TCP_CONNECTIONS, "listener" => listener.clone()).increment(1);
-        let _in_flight = endpoint.start_request();
-        let upstream = match crate::http::upstream::dial(&endpoint, route.connect_timeout).await {
+        let _in_flight = picked.endpoint.start_request();
+        let upstream = match crate::http::upstream::dial(&picked.endpoint, route.connect_timeout)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(listener = %listener, endpoint = %endpoint.label, error = %e, "upstream connect failed");
+                tracing::warn!(listener = %listener, endpoint = %picked.endpoint.label, error = %e, "upstream connect failed");
                 return;
             }
         };
@@ -122,33 +118,94 @@ pub fn serve_client(
         // Hold no config version for the life of a long connection.
         drop(active);
         let started = Instant::now();
-        // Both sides plaintext: spliced. TLS on either side: through buffers.
-        let (result, client_id) = match (client, upstream) {
-            (TcpClient::Plain(client), UpstreamStream::Plain(upstream)) => {
-                (splice(client, upstream, idle, &listener).await, None)
-            }
-            (TcpClient::Plain(client), UpstreamStream::Tls(upstream)) => (
-                relay_buffered(client, *upstream, idle, &listener).await,
-                None,
-            ),
-            (TcpClient::Tls { stream, identity }, UpstreamStream::Plain(upstream)) => {
-                let relayed = relay_buffered(*stream, upstream, idle, &listener);
-                (relayed.await, identity)
-            }
-            (TcpClient::Tls { stream, identity }, UpstreamStream::Tls(upstream)) => {
-                let relayed = relay_buffered(*stream, *upstream, idle, &listener);
-                (relayed.await, identity)
-            }
-        };
+        let (result, client_id) = relay_client(client, upstream, idle, &listener).await;
         tracing::debug!(
             listener = %listener,
             client = %peer,
             client_id = client_id.as_deref().unwrap_or("-"),
-            endpoint = %endpoint.label,
+            endpoint = %picked.endpoint.label,
             duration_ms = started.elapsed().as_millis() as u64,
             result = ?result,
             "tcp connection closed"
         );
+    }
+}
+
+/// The upstream side of a routed connection: the service picked, its endpoint, and the place
+/// the connection holds under the service's `maxConnections` while it lives.
+pub(crate) struct Picked {
+    /// The service's name.
+    pub service: Arc<str>,
+    /// The endpoint to dial.
+    pub endpoint: Arc<Endpoint>,
+    /// The service's `connectTimeout`.
+    pub connect_timeout: Duration,
+    _connection: Option<Slot>,
+}
+
+/// Picks a service among `backends` by weight, then one of its endpoints by its balancer.
+/// `None` (logged) when the service has no healthy endpoint or its breaker refuses.
+pub(crate) fn pick(
+    active: &Active,
+    backends: &WeightedServices,
+    listener: &Arc<str>,
+) -> Option<Picked> {
+    let si = match backends.single() {
+        Some(si) => si,
+        None => backends.pick_with(fastrand::u32(0..backends.total())).1,
+    };
+    let (service, runtime) = (active.snapshot.services.get(si)?, active.services.get(si)?);
+    let Some(endpoint) = runtime
+        .balancer
+        .pick(&runtime.endpoints, None)
+        .and_then(|i| runtime.endpoints.get(i))
+        .cloned()
+    else {
+        tracing::warn!(listener = %listener, service = %service.name, "no healthy endpoints; closing");
+        return None;
+    };
+    // A circuit breaker's maxConnections also bounds proxied TCP connections.
+    let connection = match runtime.breaker.as_ref().map(|b| b.open_connection()) {
+        Some(Err(_)) => {
+            tracing::warn!(listener = %listener, service = %service.name, "maxConnections reached; closing");
+            return None;
+        }
+        Some(Ok(slot)) => slot,
+        None => None,
+    };
+    Some(Picked {
+        service: service.name.clone(),
+        endpoint,
+        connect_timeout: service.connect_timeout,
+        _connection: connection,
+    })
+}
+
+/// Relays a client and a dialled upstream until both are done or idle for `idle`: spliced
+/// when both are plaintext, through buffers when TLS is on either side. Returns the result
+/// and the client's SPIFFE ID (mTLS).
+pub(crate) async fn relay_client(
+    client: TcpClient,
+    upstream: UpstreamStream,
+    idle: Duration,
+    listener: &Arc<str>,
+) -> (std::io::Result<(u64, u64)>, Option<Arc<str>>) {
+    match (client, upstream) {
+        (TcpClient::Plain(client), UpstreamStream::Plain(upstream)) => {
+            (splice(client, upstream, idle, listener).await, None)
+        }
+        (TcpClient::Plain(client), UpstreamStream::Tls(upstream)) => (
+            relay_buffered(client, *upstream, idle, listener).await,
+            None,
+        ),
+        (TcpClient::Tls { stream, identity }, UpstreamStream::Plain(upstream)) => {
+            let relayed = relay_buffered(*stream, upstream, idle, listener);
+            (relayed.await, identity)
+        }
+        (TcpClient::Tls { stream, identity }, UpstreamStream::Tls(upstream)) => {
+            let relayed = relay_buffered(*stream, *upstream, idle, listener);
+            (relayed.await, identity)
+        }
     }
 }
 

@@ -300,3 +300,49 @@ impl Drop for NsProcess {
         }
     }
 }
+
+/// Starts the proxy in the pod namespace as UID 1530 (like the injected sidecar) on `yaml`,
+/// and waits until its `/ready` answers 200 from the client namespace.
+pub async fn start_sidecar(
+    mesh: &Mesh,
+    client: &NsRuntime,
+    dir: &crate::process::TempDir,
+    yaml: &str,
+) -> NsProcess {
+    use crate::client::{get, http1};
+    use strait_config::sidecar::{ADMIN_PORT, PROXY_UID};
+    let config = dir.path().join("sidecar.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let uid = PROXY_UID.to_string();
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut proxy = NsProcess::spawn(
+        &mesh.pod,
+        &["setpriv", &reuid, &regid, "--clear-groups"],
+        &crate::process::proxy_bin(),
+        &["--config", &config_arg, "--log-format", "json"],
+    );
+    let admin = std::net::SocketAddr::new(POD_ADDRESS.parse().expect("pod address"), ADMIN_PORT);
+    let ready = crate::eventually(
+        "the proxy is ready",
+        std::time::Duration::from_secs(15),
+        || {
+            let exited = proxy.exited();
+            let probe = client.run(async move {
+                get(&http1(), &format!("http://{admin}/ready"), "admin", &[])
+                    .await
+                    .ok()
+                    .map(|a| a.status.as_u16())
+            });
+            async move {
+                if exited {
+                    return Some(false);
+                }
+                (probe.await == Some(200)).then_some(true)
+            }
+        },
+    )
+    .await;
+    assert!(ready, "the proxy exited:\n{}", proxy.logs());
+    proxy
+}

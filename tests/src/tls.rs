@@ -242,10 +242,77 @@ impl TestCa {
 
     /// A server leaf for a DNS name or IP address (non-mesh TLS: origination, termination).
     pub fn server(&self, name: &str) -> Leaf {
-        let san = match name.parse::<std::net::IpAddr>() {
-            Ok(ip) => rcgen::SanType::IpAddress(ip),
-            Err(_) => rcgen::SanType::DnsName(name.try_into().expect("dns name")),
-        };
-        self.sign(vec![san], Duration::from_secs(86_400))
+        self.server_for(&[name])
     }
+
+    /// A server leaf for several DNS names or IP addresses.
+    pub fn server_for(&self, names: &[&str]) -> Leaf {
+        let sans = names
+            .iter()
+            .map(|name| match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => rcgen::SanType::IpAddress(ip),
+                Err(_) => rcgen::SanType::DnsName((*name).try_into().expect("dns name")),
+            })
+            .collect();
+        self.sign(sans, Duration::from_secs(86_400))
+    }
+}
+
+/// One HTTP/1.1 `GET /` over TLS to `address`, the server verified as `server_name` against
+/// `roots_pem`: a DNS name is sent as SNI, an IP address sends none (as rustls does). ALPN
+/// offers http/1.1. Returns the whole answer as text (`Connection: close`). Err: the
+/// connection, the handshake (a certificate not for `server_name`, say) or the read failed.
+pub async fn https_get_as(
+    address: SocketAddr,
+    server_name: &str,
+    roots_pem: &str,
+) -> Result<String, String> {
+    https_get_in_records_of(address, server_name, roots_pem, None).await
+}
+
+/// [`https_get_as`] with TLS records of at most `record_size` bytes (header included; rustls
+/// allows 37 and more), so that the ClientHello spans several records.
+pub async fn https_get_in_records_of(
+    address: SocketAddr,
+    server_name: &str,
+    roots_pem: &str,
+    record_size: Option<usize>,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(roots_pem) {
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.max_fragment_size = record_size;
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut tls = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let request = format!("GET / HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        // A server that closes without close_notify still gave its whole answer.
+        let _ = tls.read_to_end(&mut answer).await;
+        if answer.is_empty() {
+            return Err("no answer".to_owned());
+        }
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| "timed out".to_owned())?
 }

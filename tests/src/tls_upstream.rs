@@ -60,6 +60,19 @@ impl TlsUpstream {
     /// Serves with `leaf`; with `client_roots` (PEM), a client certificate chaining to them
     /// is required.
     pub async fn start(leaf: &Leaf, client_roots: Option<&str>, serve: Serve) -> Self {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_at(leaf, client_roots, serve, any_port)
+            .await
+            .expect("bind")
+    }
+
+    /// As [`TlsUpstream::start`], listening on `address` (in a test network namespace, say).
+    pub async fn start_at(
+        leaf: &Leaf,
+        client_roots: Option<&str>,
+        serve: Serve,
+        address: SocketAddr,
+    ) -> std::io::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -87,8 +100,8 @@ impl TlsUpstream {
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = socket.local_addr().expect("addr");
+        let socket = TcpListener::bind(address).await?;
+        let addr = socket.local_addr()?;
         let seen = Arc::new(Seen::default());
         let s = seen.clone();
         let task = tokio::spawn(async move {
@@ -132,7 +145,7 @@ impl TlsUpstream {
                 });
             }
         });
-        Self { addr, seen, task }
+        Ok(Self { addr, seen, task })
     }
 
     /// TCP connections accepted.

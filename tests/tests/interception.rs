@@ -9,11 +9,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
+use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use strait_tests::client::{get, http1};
 use strait_tests::metrics::value;
 use strait_tests::netns::{
-    Mesh, NsProcess, NsRuntime, BACKEND_ADDRESS, CLIENT_ADDRESS, POD_ADDRESS,
+    start_sidecar, Mesh, NsRuntime, BACKEND_ADDRESS, CLIENT_ADDRESS, POD_ADDRESS,
 };
 use strait_tests::process::{proxy_bin, TempDir};
 use strait_tests::{eventually, TcpEcho, Upstream};
@@ -344,41 +344,6 @@ async fn pod_traffic_goes_through_the_proxy_both_ways() {
     let () = exited;
     assert!(proxy.logs().contains("POST /shutdown"), "{}", proxy.logs());
     drop((app, app_other, backend_http));
-}
-
-/// Starts the proxy in the pod namespace as UID 1530 (like the injected sidecar) on `yaml`,
-/// and waits until its `/ready` answers 200 from the client namespace.
-async fn start_sidecar(mesh: &Mesh, client: &NsRuntime, dir: &TempDir, yaml: &str) -> NsProcess {
-    let config = dir.path().join("sidecar.yaml");
-    std::fs::write(&config, yaml).expect("write config");
-    let uid = PROXY_UID.to_string();
-    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
-    let config_arg = config.to_string_lossy().into_owned();
-    let mut proxy = NsProcess::spawn(
-        &mesh.pod,
-        &["setpriv", &reuid, &regid, "--clear-groups"],
-        &proxy_bin(),
-        &["--config", &config_arg, "--log-format", "json"],
-    );
-    let admin = addr(POD_ADDRESS, ADMIN_PORT);
-    let ready = eventually("the proxy is ready", Duration::from_secs(15), || {
-        let exited = proxy.exited();
-        let probe = client.run(async move {
-            get(&http1(), &format!("http://{admin}/ready"), "admin", &[])
-                .await
-                .ok()
-                .map(|a| a.status.as_u16())
-        });
-        async move {
-            if exited {
-                return Some(false);
-            }
-            (probe.await == Some(200)).then_some(true)
-        }
-    })
-    .await;
-    assert!(ready, "the proxy exited:\n{}", proxy.logs());
-    proxy
 }
 
 /// An outbound listener for opaque TCP: with a TCPRoute, connections go where the route says;

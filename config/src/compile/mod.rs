@@ -8,6 +8,7 @@ mod names;
 mod proxy;
 mod service;
 mod tcp_route;
+mod tls_route;
 
 use authorization_policy::Listeners;
 use std::collections::{BTreeSet, HashMap};
@@ -78,6 +79,7 @@ pub fn validate(docs: &[LoadedDoc]) -> Result<(), ConfigErrors> {
     let policies = authorization_policy::compile_all(&others, stored, &mut errors);
     http_route::compile_all(&others, None, &services, &index, &policies, &mut errors);
     tcp_route::compile_all(&others, None, &services, &index, &mut errors);
+    tls_route::compile_all(&others, None, &services, &index, &mut errors);
     if errors.0.is_empty() {
         Ok(())
     } else {
@@ -165,10 +167,19 @@ pub fn compile(docs: &[LoadedDoc]) -> Result<Snapshot, ConfigErrors> {
     let (http, rule_count) =
         http_route::compile_all(docs, listeners, &services, &index, &policies, &mut errors);
     let tcp = tcp_route::compile_all(docs, listeners, &services, &index, &mut errors);
+    let tls = tls_route::compile_all(docs, listeners, &services, &index, &mut errors);
 
     match proxy {
         Some(proxy) if errors.0.is_empty() => Ok(Snapshot {
-            listeners: proxy::attach_routes(proxy.listeners, http, tcp, policies.per_listener),
+            listeners: proxy::attach_routes(
+                proxy.listeners,
+                proxy::Routes {
+                    http,
+                    tcp,
+                    tls,
+                    authorization: policies.per_listener,
+                },
+            ),
             proxy: proxy.settings,
             services,
             rule_count,

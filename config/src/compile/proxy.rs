@@ -9,6 +9,7 @@ use super::{check_positive, check_range, Errors};
 use crate::error::FieldPath;
 use crate::load::LoadedDoc;
 use crate::matching::authz::Authorization;
+use crate::matching::sni::SniTable;
 use crate::matching::{RouteEntries, RouteTable};
 use crate::snapshot::{IdentitySource, Listener, ListenerTls, ProxySettings, Serves, TcpRoute};
 use crate::spec::{ListenerMode, ListenerProtocol, ListenerTlsMode, ListenerTlsSpec, Resource};
@@ -491,13 +492,16 @@ fn protocol_name(p: ListenerProtocol) -> &'static str {
     }
 }
 
+/// What compiling the routes and policies produced, per listener index.
+pub(crate) struct Routes {
+    pub http: Vec<Vec<RouteEntries>>,
+    pub tcp: Vec<Option<Arc<TcpRoute>>>,
+    pub tls: Vec<Vec<super::tls_route::Attached>>,
+    pub authorization: Vec<Option<Arc<Authorization>>>,
+}
+
 /// Puts the compiled routes and authorization policies on their listeners.
-pub(crate) fn attach_routes(
-    listeners: Vec<ListenerDraft>,
-    mut http: Vec<Vec<RouteEntries>>,
-    mut tcp: Vec<Option<Arc<TcpRoute>>>,
-    mut authorization: Vec<Option<Arc<Authorization>>>,
-) -> Vec<Listener> {
+pub(crate) fn attach_routes(listeners: Vec<ListenerDraft>, mut routes: Routes) -> Vec<Listener> {
     listeners
         .into_iter()
         .enumerate()
@@ -509,11 +513,22 @@ pub(crate) fn attach_routes(
             tls: l.tls,
             serves: match l.protocol {
                 ListenerProtocol::Http => Serves::Http(RouteTable::new(
-                    http.get_mut(i).map(std::mem::take).unwrap_or_default(),
+                    routes
+                        .http
+                        .get_mut(i)
+                        .map(std::mem::take)
+                        .unwrap_or_default(),
                 )),
-                ListenerProtocol::Tcp => Serves::Tcp(tcp.get_mut(i).and_then(Option::take)),
+                ListenerProtocol::Tcp => Serves::Tcp(routes.tcp.get_mut(i).and_then(Option::take)),
             },
-            authorization: authorization.get_mut(i).and_then(Option::take),
+            tls_routes: routes
+                .tls
+                .get(i)
+                .filter(|attached| !attached.is_empty())
+                .map(|attached| {
+                    SniTable::new(attached.iter().map(|(h, r)| (h.as_slice(), r.clone())))
+                }),
+            authorization: routes.authorization.get_mut(i).and_then(Option::take),
         })
         .collect()
 }

@@ -24,6 +24,7 @@ use crate::snapshot::HttpRule;
 pub mod authz;
 mod group;
 mod path;
+pub mod sni;
 use group::Group;
 pub use path::normalize_path;
 

@@ -9,6 +9,7 @@ mod meta;
 mod proxy_config;
 mod service;
 mod tcp_route;
+mod tls_route;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,7 @@ pub use meta::{Document, ObjectMeta, API_VERSION};
 pub use proxy_config::*;
 pub use service::*;
 pub use tcp_route::*;
+pub use tls_route::*;
 
 /// A reference from a route to the listener it attaches to.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -60,16 +62,19 @@ pub enum Resource {
     HttpRoute(Document<HttpRouteSpec>),
     /// TCP routing.
     TcpRoute(Document<TcpRouteSpec>),
+    /// TLS passthrough routed by SNI.
+    TlsRoute(Document<TlsRouteSpec>),
     /// Who may call what.
     AuthorizationPolicy(Document<AuthorizationPolicySpec>),
 }
 
 /// The kinds this build knows, as written in `kind:`.
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 6] = [
     "ProxyConfig",
     "Service",
     "HTTPRoute",
     "TCPRoute",
+    "TLSRoute",
     "AuthorizationPolicy",
 ];
 
@@ -81,6 +86,7 @@ impl Resource {
             Self::Service(d) => &d.metadata,
             Self::HttpRoute(d) => &d.metadata,
             Self::TcpRoute(d) => &d.metadata,
+            Self::TlsRoute(d) => &d.metadata,
             Self::AuthorizationPolicy(d) => &d.metadata,
         }
     }
@@ -92,6 +98,7 @@ impl Resource {
             Self::Service(_) => "Service",
             Self::HttpRoute(_) => "HTTPRoute",
             Self::TcpRoute(_) => "TCPRoute",
+            Self::TlsRoute(_) => "TLSRoute",
             Self::AuthorizationPolicy(_) => "AuthorizationPolicy",
         }
     }

@@ -47,7 +47,7 @@ enum Command {
     },
     /// Show resources.
     Get {
-        /// Service, HTTPRoute, TCPRoute, ProxyConfig or AuthorizationPolicy (plural and
+        /// Service, HTTPRoute, TCPRoute, TLSRoute, ProxyConfig or AuthorizationPolicy (plural and
         /// lowercase work too).
         kind: String,
         /// One resource.

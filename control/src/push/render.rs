@@ -51,7 +51,7 @@ pub fn for_listeners(
     let mut reached: BTreeSet<ServiceRef<'_>> = BTreeSet::new();
     let mut attached = Vec::new();
     for r in resources {
-        if !matches!(r.kind.as_str(), "HTTPRoute" | "TCPRoute") {
+        if !matches!(r.kind.as_str(), "HTTPRoute" | "TCPRoute" | "TLSRoute") {
             continue;
         }
         if let Some(doc) = attach(&r.document, listeners) {
@@ -74,7 +74,7 @@ pub fn for_listeners(
                     pieces.push(Piece::new(&r.kind, &r.namespace, &r.name, &doc));
                 }
             }
-            "HTTPRoute" | "TCPRoute" => {
+            "HTTPRoute" | "TCPRoute" | "TLSRoute" => {
                 if let Some((_, doc)) = attached.next_if(|(a, _)| std::ptr::eq(*a, r)) {
                     pieces.push(Piece::new(&r.kind, &r.namespace, &r.name, &doc));
                 }

@@ -6,6 +6,8 @@
 //!    http listener:  HTTP ─▶ http::server (route by Host; no route ─▶ passthrough::http)
 //!                    other ─▶ passthrough::tcp (to the original destination)
 //!    tcp listener:   TCPRoute attached ─▶ tcp::serve;  none ─▶ passthrough::tcp
+//!    with TLSRoutes: TLS (and opaque bytes) ─▶ sni::serve: the ClientHello's server name
+//!                    picks a TLSRoute; unclaimed ─▶ as above
 //!    (opaque connections the listener's authorization policies deny are closed)
 //! ```
 //!
@@ -29,6 +31,7 @@ use strait_config::spec::ListenerProtocol;
 use tokio::net::TcpStream;
 
 use crate::shared::{ConnToken, Shared};
+use crate::sni::Otherwise;
 use passthrough::OriginalDestination;
 use sniff::Sniffed;
 
@@ -62,6 +65,13 @@ pub fn serve(
                         stream, peer, listener, shared, token, original,
                     ))
                 }
+                // Authorized by the TLSRoute path itself, once it knows where the bytes go.
+                (Sniffed::Opaque, original) if crate::sni::routes_by_sni(&shared, &listener) => {
+                    let otherwise = original.map_or(Otherwise::Close, Otherwise::OriginalDestination);
+                    Either::Right(boxed(crate::sni::serve(
+                        stream, peer, listener, shared, token, otherwise, true,
+                    )))
+                }
                 (Sniffed::Opaque, Some(_)) if !admitted(&shared, &listener, None) => {
                     tracing::debug!(listener = %listener, client = %peer, "denied by authorization policy; closing");
                     Either::Right(rare(std::future::ready(()), token))
@@ -77,12 +87,25 @@ pub fn serve(
             }))
         }
         ListenerProtocol::Tcp => {
-            let routed = shared
-                .config
-                .load()
-                .listener(&listener)
-                .is_some_and(|(_, l)| matches!(l.serves, Serves::Tcp(Some(_))));
+            let (routed, by_sni) =
+                shared
+                    .config
+                    .load()
+                    .listener(&listener)
+                    .map_or((false, false), |(_, l)| {
+                        let routed = matches!(l.serves, Serves::Tcp(Some(_)));
+                        (routed, l.tls_routes.is_some())
+                    });
             Either::Right(match (routed, original) {
+                (routed, original) if by_sni => {
+                    let otherwise = match original {
+                        Some(destination) if !routed => Otherwise::OriginalDestination(destination),
+                        _ => Otherwise::TcpRoute,
+                    };
+                    boxed(crate::sni::serve(
+                        stream, peer, listener, shared, token, otherwise, false,
+                    ))
+                }
                 (false, Some(_)) if !admitted(&shared, &listener, None) => {
                     tracing::debug!(listener = %listener, client = %peer, "denied by authorization policy; closing");
                     rare(std::future::ready(()), token)
@@ -104,6 +127,13 @@ pub(crate) fn admitted(shared: &Shared, listener: &str, identity: Option<&str>) 
     active
         .listener(listener)
         .is_none_or(|(_, l)| crate::authz::admit_connection(l, identity, &active.authz))
+}
+
+/// A connection's path on the heap (it holds the connection's token itself).
+fn boxed(
+    path: impl Future<Output = ()> + Send + 'static,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(path)
 }
 
 /// A connection's path that few connections take, on the heap, holding the connection's

@@ -25,6 +25,10 @@ pub const CONFIG_VERSION: &str = "strait_config_version";
 pub const TCP_CONNECTIONS: &str = "strait_tcp_connections_total";
 /// `strait_tcp_bytes_total{listener,direction}`.
 pub const TCP_BYTES: &str = "strait_tcp_bytes_total";
+/// `strait_tls_passthrough_connections_total{listener,route,service}`: TLS connections passed
+/// through by SNI on listeners with TLSRoutes (`route=""`, `service="passthrough"`: to the
+/// original destination, no TLSRoute claiming the name).
+pub const TLS_PASSTHROUGH: &str = "strait_tls_passthrough_connections_total";
 /// `strait_connections_rejected_total{listener}`: over the connection limit.
 pub const CONNECTIONS_REJECTED: &str = "strait_connections_rejected_total";
 /// `strait_connections_active{listener}`.
@@ -63,6 +67,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         TCP_BYTES,
         Unit::Bytes,
         "Bytes proxied over TCP listeners, by direction (upstream = client to server)."
+    );
+    describe_counter!(
+        TLS_PASSTHROUGH,
+        "TLS connections passed through untouched on listeners with TLSRoutes, by listener, TLSRoute and service (route empty and service passthrough: to the original destination)."
     );
     describe_counter!(
         CONNECTIONS_REJECTED,
