@@ -43,3 +43,4 @@ pub mod shared;
 pub mod stamp;
 pub mod tcp;
 pub mod tls;
+pub mod trace;

@@ -8,6 +8,7 @@ mod names;
 mod proxy;
 mod service;
 mod tcp_route;
+mod tracing;
 
 use authorization_policy::Listeners;
 use std::collections::{BTreeSet, HashMap};

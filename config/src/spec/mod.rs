@@ -9,6 +9,7 @@ mod meta;
 mod proxy_config;
 mod service;
 mod tcp_route;
+mod tracing;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,7 @@ pub use meta::{Document, ObjectMeta, API_VERSION};
 pub use proxy_config::*;
 pub use service::*;
 pub use tcp_route::*;
+pub use tracing::*;
 
 /// A reference from a route to the listener it attaches to.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
