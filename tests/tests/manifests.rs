@@ -446,6 +446,8 @@ fn the_dashboard_uses_the_proxys_metric_names() {
         RATELIMIT_REJECTED,
         CIRCUIT_STATE,
         ENDPOINT_HEALTHY,
+        TRACING_SPANS_DROPPED,
+        TRACING_SPANS_EXPORTED,
     ];
     let text = std::fs::read_to_string(root().join("deploy/observability/grafana-dashboard.json"))
         .expect("dashboard");
