@@ -97,11 +97,11 @@ pub fn handle(
         });
         let mut exchange = Exchange::default();
         let http1 = req.version() < Version::HTTP_2;
-        let mut reason = None;
-        let response = match forward(req, &conn, &active, &mut exchange).await {
-            Ok(resp) => resp,
+        // `reason` is bound here, not before the await: it adds nothing to the future's state.
+        let (response, reason) = match forward(req, &conn, &active, &mut exchange).await {
+            Ok(resp) => (resp, None),
             Err(e) => {
-                reason = Some(e.reason());
+                let reason = Some(e.reason());
                 if e.is_upstream() {
                     tracing::warn!(listener = %conn.listener, endpoint = exchange.endpoint.as_deref().unwrap_or("-"), error = %e, "upstream failure");
                 } else {
@@ -115,7 +115,7 @@ pub fn handle(
                         .map_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
-                resp
+                (resp, reason)
             }
         };
         let elapsed = started.elapsed();

@@ -52,7 +52,7 @@ impl Tracer {
         peer: SocketAddr,
     ) -> Option<Box<Recording>> {
         let incoming = Incoming::read(request.headers());
-        propagate::request_id(request.headers_mut());
+        propagate::request_id(request.headers_mut(), incoming.present);
         let sampled = incoming
             .sampled
             .unwrap_or_else(|| self.sampling > 0.0 && fastrand::f64() < self.sampling);

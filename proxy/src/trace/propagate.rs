@@ -5,8 +5,8 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::context::{
-    Incoming, B3, B3_FLAGS, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT,
-    TRACESTATE,
+    Incoming, Present, B3, B3_FLAGS, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID,
+    TRACEPARENT, TRACESTATE,
 };
 
 /// `x-request-id`: kept when the client sent a usable one, made up otherwise.
@@ -27,15 +27,16 @@ pub struct Outgoing {
 
 /// Writes `out` into `headers` in the formats `incoming` names (always `traceparent`).
 pub fn write(headers: &mut HeaderMap, incoming: &Incoming, out: Outgoing) {
-    if incoming.malformed || !incoming.w3c {
+    let present = incoming.present;
+    if (incoming.malformed || !incoming.w3c) && present.has(Present::TRACESTATE) {
         // A `tracestate` only goes with the `traceparent` it came with.
         headers.remove(&TRACESTATE);
     }
     if incoming.malformed {
-        if !incoming.b3_single {
+        if !incoming.b3_single && present.has(Present::B3) {
             headers.remove(&B3);
         }
-        if !incoming.b3_multi {
+        if !incoming.b3_multi && present.has(Present::B3_MULTI) {
             remove_b3_multi(headers);
         }
     }
@@ -66,14 +67,15 @@ pub fn write(headers: &mut HeaderMap, incoming: &Incoming, out: Outgoing) {
 }
 
 /// Keeps a usable `x-request-id` (1 to [`MAX_REQUEST_ID_LEN`] visible characters), replaces
-/// any other with a new random one.
-pub fn request_id(headers: &mut HeaderMap) {
-    let usable = headers.get(&REQUEST_ID).is_some_and(|v| {
-        let bytes = v.as_bytes();
-        !bytes.is_empty()
-            && bytes.len() <= MAX_REQUEST_ID_LEN
-            && bytes.iter().all(u8::is_ascii_graphic)
-    });
+/// any other with a new random one. `present`: what [`Present::scan`] found.
+pub fn request_id(headers: &mut HeaderMap, present: Present) {
+    let usable = present.has(Present::REQUEST_ID)
+        && headers.get(&REQUEST_ID).is_some_and(|v| {
+            let bytes = v.as_bytes();
+            !bytes.is_empty()
+                && bytes.len() <= MAX_REQUEST_ID_LEN
+                && bytes.iter().all(u8::is_ascii_graphic)
+        });
     if usable {
         return;
     }
@@ -204,11 +206,13 @@ mod tests {
     #[test]
     fn request_ids_are_kept_when_usable_and_made_otherwise() {
         let mut h = headers(&[("x-request-id", "abc-123")]);
-        request_id(&mut h);
+        let present = Present::scan(&h);
+        request_id(&mut h, present);
         assert_eq!(h[&REQUEST_ID], "abc-123");
 
         let mut h = HeaderMap::new();
-        request_id(&mut h);
+        let present = Present::scan(&h);
+        request_id(&mut h, present);
         let made = h[&REQUEST_ID].to_str().unwrap().to_owned();
         assert_eq!(made.len(), 36);
         assert_eq!(made.as_bytes()[14], b'4', "version 4: {made}");
@@ -217,7 +221,8 @@ mod tests {
         let long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
         let mut h = HeaderMap::new();
         h.insert(&REQUEST_ID, HeaderValue::from_str(&long).unwrap());
-        request_id(&mut h);
+        let present = Present::scan(&h);
+        request_id(&mut h, present);
         assert_eq!(h[&REQUEST_ID].len(), 36);
     }
 }
