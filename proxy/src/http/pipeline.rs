@@ -609,7 +609,7 @@ fn try_outcome<'a>(
     };
     TryOutcome {
         service: &endpoint.service,
-        endpoint: endpoint.address,
+        endpoint: &endpoint.label,
         result,
         resends: tries.saturating_sub(1),
         retry: retry.then(|| match result {

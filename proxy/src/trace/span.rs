@@ -39,8 +39,8 @@ pub struct Recording {
 pub struct TryOutcome<'a> {
     /// The service tried.
     pub service: &'a str,
-    /// The endpoint tried.
-    pub endpoint: SocketAddr,
+    /// The endpoint tried, `ip:port` or `host:port` as configured.
+    pub endpoint: &'a str,
     /// Its response status, or the proxy's reason for having none (`connect-failure`...).
     pub result: Result<u16, &'static str>,
     /// Tries before this one.
@@ -120,11 +120,16 @@ impl Recording {
         };
         let mut attributes = vec![
             KeyValue::new("http.request.method", self.method.as_str().to_owned()),
-            KeyValue::new("server.address", outcome.endpoint.ip().to_string()),
-            KeyValue::new("server.port", i64::from(outcome.endpoint.port())),
             KeyValue::new("strait.service", outcome.service.to_owned()),
-            KeyValue::new("strait.endpoint", outcome.endpoint.to_string()),
+            KeyValue::new("strait.endpoint", outcome.endpoint.to_owned()),
         ];
+        if let Some((host, port)) = outcome.endpoint.rsplit_once(':') {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            attributes.push(KeyValue::new("server.address", host.to_owned()));
+            if let Ok(port) = port.parse::<u16>() {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
+        }
         if outcome.resends > 0 {
             attributes.push(KeyValue::new(
                 "http.request.resend_count",
