@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// trace context of every HTTP request it proxies, sets `x-request-id`, and exports a server
 /// span per request and a client span per upstream try for the requests it samples.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TracingSpec {
     /// Where spans go.
@@ -22,6 +23,7 @@ pub struct TracingSpec {
 
 /// `tracing.otlp`: the collector.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OtlpSpec {
     /// The collector's URL, `http://host:port`: gRPC at that address, or for `http` the
@@ -34,6 +36,7 @@ pub struct OtlpSpec {
 
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OtlpProtocol {
     /// OTLP/gRPC.

@@ -18,6 +18,9 @@ const BOUNDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// A live-view edge: listener, route, service.
+type Edge = (Arc<str>, Arc<str>, Arc<str>);
+
 /// A histogram's labels: listener, route, service, client_id.
 type Labels = (Arc<str>, Arc<str>, Arc<str>, Arc<str>);
 
@@ -110,7 +113,7 @@ pub fn figures() -> Vec<Figures> {
     let Some(registry) = registry.as_ref() else {
         return Vec::new();
     };
-    let mut summed: HashMap<(Arc<str>, Arc<str>, Arc<str>), Figures> = HashMap::new();
+    let mut summed: HashMap<Edge, Figures> = HashMap::new();
     for ((listener, route, service, _client), h) in registry {
         let key = (listener.clone(), route.clone(), service.clone());
         let entry = summed.entry(key).or_insert_with(|| Figures {
