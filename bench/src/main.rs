@@ -182,6 +182,11 @@ async fn run(settings: Settings) -> Result<Results, String> {
         let (proxies, not_started) = targets::start_proxies(&bin, up, sink, &work)?;
         targets.extend(proxies);
         skipped = not_started;
+        if settings.tracing {
+            for sampling in ["0", "1"] {
+                targets.push(targets::strait_traced(&bin, up, sink, &work, sampling)?);
+            }
+        }
     }
     for s in &skipped {
         eprintln!("skipped {s}");

@@ -13,6 +13,8 @@ pub struct Settings {
     pub tcp_bytes: u64,
     /// Scenarios to run (`--only`); all when empty.
     pub only: Vec<String>,
+    /// `--tracing`: also Strait with `spec.tracing` at sampling 0 and 1.
+    pub tracing: bool,
 }
 
 /// Scenario names accepted by `--only`.
@@ -37,12 +39,14 @@ impl Settings {
             route_counts: vec![10, 1_000, 10_000],
             tcp_bytes: 2 << 30,
             only: Vec::new(),
+            tracing: false,
         };
         let (mut rounds, mut seconds) = (None, None);
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => s.quick = true,
+                "--tracing" => s.tracing = true,
                 "--rounds" => {
                     let n = args.next().and_then(|v| v.parse::<usize>().ok());
                     rounds = Some(n.filter(|&n| n >= 1).ok_or("--rounds N (N ≥ 1)")?);
@@ -66,10 +70,10 @@ impl Settings {
                 }
                 other => {
                     return Err(format!(
-                        "unknown argument {other}; use --quick, --rounds N, --seconds S, \
+                    "unknown argument {other}; use --quick, --rounds N, --seconds S, --tracing, \
                          --only SCENARIO[,SCENARIO...] ({})",
-                        SCENARIOS.join(", ")
-                    ))
+                    SCENARIOS.join(", ")
+                ))
                 }
             }
         }

@@ -194,6 +194,43 @@ pub fn strait(
     Ok(target)
 }
 
+/// Strait as [`strait`] starts it, plus `spec.tracing` at `sampling`: spans go over OTLP/HTTP
+/// to the upstream, which answers them 200 like any request.
+pub fn strait_traced(
+    bin: &Path,
+    up: SocketAddr,
+    sink: SocketAddr,
+    dir: &Path,
+    sampling: &str,
+) -> Result<Target, String> {
+    let dir = dir.join(format!("tracing-{sampling}"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut target = strait(bin, up, sink, 1, &dir)?;
+    let config = target.config.clone().ok_or("no config")?;
+    let yaml = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
+    let tracing = format!("  tracing: {{otlp: {{endpoint: \"http://{up}\", protocol: http}}, sampling: {sampling}}}\n  accessLog:");
+    std::fs::write(&config, yaml.replacen("  accessLog:", &tracing, 1))
+        .map_err(|e| e.to_string())?;
+    let pid = target.pid().ok_or("no pid")?;
+    Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .map_err(|e| e.to_string())?;
+    target.name = format!("strait tracing={sampling}");
+    let log = dir.join("strait-1.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("\"version\":2")) {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{}: the tracing config was not applied",
+                target.name
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(target)
+}
+
 /// The first line `program arg` prints.
 pub fn version_of(program: &str, arg: &str) -> Option<String> {
     let out = Command::new(program).arg(arg).output().ok()?;

@@ -110,6 +110,23 @@ pub struct ProxySettings {
     pub header_read_timeout: Duration,
     /// How long a request body may stall before the request ends (408).
     pub body_read_timeout: Duration,
+    /// The workload beside the proxy (`spec.workload`).
+    pub workload: Option<Arc<str>>,
+    /// Trace propagation and export, if configured.
+    pub tracing: Option<TracingSettings>,
+}
+
+/// `spec.tracing`, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// The collector's URL (for `http`, with its path: `/v1/traces` when none was given).
+    pub endpoint: String,
+    /// The OTLP transport.
+    pub protocol: crate::spec::OtlpProtocol,
+    /// Share of new traces recorded, in `0.0..=1.0`.
+    pub sampling: f64,
+    /// Spans waiting for export at most.
+    pub queue_size: usize,
 }
 
 /// A listener and what it serves.

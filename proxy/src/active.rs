@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use strait_config::snapshot::{EndpointAddress, HttpRule, Listener, Serves, ServiceTls};
-use strait_config::spec::{LbPolicy, ServiceProtocol};
+use strait_config::spec::{LbPolicy, ListenerMode, ServiceProtocol};
 use strait_config::Snapshot;
 
 use crate::authz::DecisionCounters;
@@ -21,6 +21,8 @@ use crate::service::idle::IdleStack;
 use crate::service::outlier::Outlier;
 use crate::service::state::ServiceState;
 use crate::tls::client::UpstreamTls;
+use crate::trace::export::{ExportKey, SpanQueue};
+use crate::trace::Tracer;
 
 /// One applied configuration version.
 #[derive(Debug)]
@@ -43,6 +45,8 @@ pub struct Active {
     pub rules: Vec<RuleRuntime>,
     /// `strait_authz_decisions_total` handles of this version's AuthorizationPolicies.
     pub authz: DecisionCounters,
+    /// Trace propagation and span export (`spec.tracing`), if configured.
+    pub tracer: Option<Tracer>,
 }
 
 /// Long-lived policy state of one rule.
@@ -93,6 +97,10 @@ pub struct ListenerRuntime {
     /// For intercepted requests no route claims, passed through to their original destination
     /// (`route=""`, `service="passthrough"`); intercepting listeners only.
     pub passthrough: Option<RequestMetrics>,
+    /// The source (`client_id`) of requests from clients without a certificate: the proxy's
+    /// workload, whose own calls an outbound or explicit listener receives (`None` on
+    /// `mode: inbound` listeners, whose callers are elsewhere).
+    pub source: Option<Arc<str>>,
 }
 
 impl Active {
@@ -154,6 +162,8 @@ pub struct EndpointRegistry {
     outliers: HashMap<ServiceKey, Arc<Outlier>>,
     checkers: HashMap<EndpointKey, Checker>,
     limiters: HashMap<RuleKey, Arc<RateLimiter>>,
+    /// The collector's span queue, kept while `spec.tracing` names the same collector.
+    spans: Option<Arc<SpanQueue>>,
 }
 
 impl EndpointRegistry {
@@ -168,6 +178,7 @@ impl EndpointRegistry {
             outliers: HashMap::new(),
             checkers: HashMap::new(),
             limiters: HashMap::new(),
+            spans: None,
         }
     }
 
@@ -294,6 +305,7 @@ impl EndpointRegistry {
             .map(|l| listener_runtime(l, &snapshot))
             .collect();
         let authz = DecisionCounters::new(&snapshot.authorization_policies);
+        let tracer = self.tracer(&snapshot);
         Active {
             version,
             control_version: None,
@@ -303,7 +315,32 @@ impl EndpointRegistry {
             listeners,
             rules,
             authz,
+            tracer,
         }
+    }
+
+    /// The tracer of `snapshot`: its sampling ratio, and the running span queue when the
+    /// collector is unchanged (a changed one starts a new queue; the old one sends what it
+    /// holds and ends once the last request using it is done).
+    fn tracer(&mut self, snapshot: &Snapshot) -> Option<Tracer> {
+        let Some(settings) = &snapshot.proxy.tracing else {
+            self.spans = None;
+            return None;
+        };
+        let service = snapshot.proxy.workload.as_deref().unwrap_or("strait-proxy");
+        let key = ExportKey::new(settings, service);
+        let queue = match self.spans.take() {
+            Some(running) if *running.key() == key => running,
+            _ => match SpanQueue::start(key) {
+                Ok(started) => Arc::new(started),
+                Err(error) => {
+                    tracing::warn!(%error, "tracing off: spans cannot be exported");
+                    return None;
+                }
+            },
+        };
+        self.spans = Some(queue.clone());
+        Some(Tracer::new(settings.sampling, queue))
     }
 
     fn rule_runtimes(&mut self, snapshot: &Snapshot) -> Vec<RuleRuntime> {
@@ -372,6 +409,11 @@ fn listener_runtime(listener: &Listener, snapshot: &Snapshot) -> ListenerRuntime
                 &Arc::from(crate::intercept::passthrough::SERVICE),
             )
         }),
+        source: snapshot
+            .proxy
+            .workload
+            .clone()
+            .filter(|_| listener.mode != ListenerMode::Inbound),
     }
 }
 

@@ -46,3 +46,4 @@ pub mod sni;
 pub mod stamp;
 pub mod tcp;
 pub mod tls;
+pub mod trace;

@@ -12,6 +12,7 @@ pub mod mesh_peer;
 pub mod metrics;
 pub mod nats;
 pub mod netns;
+pub mod otlp;
 pub mod process;
 pub mod recording;
 pub mod tls;

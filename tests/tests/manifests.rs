@@ -415,7 +415,11 @@ fn the_control_may_do_exactly_what_discovery_token_review_and_policies_need() {
             policies.insert((group.to_owned(), resource.to_owned(), verb.to_owned()));
         }
         for verb in ["get", "update", "patch"] {
-            policies.insert((group.to_owned(), format!("{resource}/status"), verb.to_owned()));
+            policies.insert((
+                group.to_owned(),
+                format!("{resource}/status"),
+                verb.to_owned(),
+            ));
         }
     }
     assert_eq!(
@@ -446,6 +450,8 @@ fn the_dashboard_uses_the_proxys_metric_names() {
         RATELIMIT_REJECTED,
         CIRCUIT_STATE,
         ENDPOINT_HEALTHY,
+        TRACING_SPANS_DROPPED,
+        TRACING_SPANS_EXPORTED,
     ];
     let text = std::fs::read_to_string(root().join("deploy/observability/grafana-dashboard.json"))
         .expect("dashboard");

@@ -9,6 +9,7 @@ mod proxy;
 mod service;
 mod tcp_route;
 mod tls_route;
+mod tracing;
 
 use authorization_policy::Listeners;
 use std::collections::{BTreeSet, HashMap};

@@ -190,6 +190,12 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
         .as_ref()
         .and_then(|id| identity_source(errors, doc, &at.key("identity"), id));
     let identity_given = spec.identity.is_some();
+    let workload =
+        super::tracing::workload(errors, doc, &at.key("workload"), spec.workload.as_deref());
+    let tracing = spec
+        .tracing
+        .as_ref()
+        .map(|t| super::tracing::settings(errors, doc, &at.key("tracing"), t));
 
     let limits = spec.limits.clone().unwrap_or_default();
     let limits_at = at.key("limits");
@@ -315,6 +321,11 @@ pub(crate) fn compile(doc: &LoadedDoc, errors: &mut Errors) -> Option<CompiledPr
             body_read_timeout: limits
                 .body_read_timeout
                 .map_or(DEFAULT_BODY_READ_TIMEOUT, |d| d.get()),
+            workload,
+            tracing: match tracing {
+                Some(checked) => Some(checked?),
+                None => None,
+            },
         },
         listeners,
     })

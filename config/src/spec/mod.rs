@@ -10,6 +10,7 @@ mod proxy_config;
 mod service;
 mod tcp_route;
 mod tls_route;
+mod tracing;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,7 @@ pub use proxy_config::*;
 pub use service::*;
 pub use tcp_route::*;
 pub use tls_route::*;
+pub use tracing::*;
 
 /// A reference from a route to the listener it attaches to.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

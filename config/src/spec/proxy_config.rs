@@ -42,6 +42,15 @@ pub struct ProxyConfigSpec {
     /// Limits on what clients may send.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsSpec>,
+    /// The workload this proxy sits beside, e.g. `frontend`: the source (`client_id`) of the
+    /// requests it counts from clients without a certificate on listeners other than
+    /// `mode: inbound` (their clients are the workload itself), and the `service.name` of its
+    /// spans. Default: none (`client_id=""`, spans named `strait-proxy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// Trace context and span export. Default: none (trace headers pass through untouched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<super::TracingSpec>,
 }
 
 /// `ProxyConfig.spec.identity`: who the proxy is in the mesh.

@@ -39,6 +39,7 @@ use crate::service::balance::affinity_hash;
 use crate::service::breaker::{Attempt, Breaker};
 use crate::service::endpoint::InFlight;
 use crate::shared::Shared;
+use crate::trace::span::{Answered, Recording, TryOutcome};
 
 /// What a connection knows about itself, shared by its requests.
 #[derive(Debug)]
@@ -70,6 +71,8 @@ struct Exchange {
     service: Option<Arc<str>>,
     endpoint: Option<Arc<str>>,
     passthrough: bool,
+    /// The request's spans, when it is sampled.
+    trace: Option<Box<Recording>>,
 }
 
 /// Serves one request; never fails (refusals become responses).
@@ -94,9 +97,11 @@ pub fn handle(
         });
         let mut exchange = Exchange::default();
         let http1 = req.version() < Version::HTTP_2;
-        let response = match forward(req, &conn, &active, &mut exchange).await {
-            Ok(resp) => resp,
+        // `reason` is bound here, not before the await: it adds nothing to the future's state.
+        let (response, reason) = match forward(req, &conn, &active, &mut exchange).await {
+            Ok(resp) => (resp, None),
             Err(e) => {
+                let reason = Some(e.reason());
                 if e.is_upstream() {
                     tracing::warn!(listener = %conn.listener, endpoint = exchange.endpoint.as_deref().unwrap_or("-"), error = %e, "upstream failure");
                 } else {
@@ -110,7 +115,7 @@ pub fn handle(
                         .map_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
-                resp
+                (resp, reason)
             }
         };
         let elapsed = started.elapsed();
@@ -125,8 +130,19 @@ pub fn handle(
                 None => active.listeners.get(li).map(|l| &l.unrouted),
             };
             if let Some(m) = metrics {
-                m.record(status, elapsed.as_secs_f64(), conn.peer_identity.as_ref());
+                let source = active.listeners.get(li).and_then(|l| l.source.as_ref());
+                let client = conn.peer_identity.as_ref().or(source);
+                m.record(status, elapsed.as_secs_f64(), client);
             }
+        }
+        if let Some(recording) = exchange.trace.take() {
+            recording.finish(Answered {
+                status,
+                reason,
+                listener: &conn.listener,
+                route: exchange.rule.as_ref().map_or("", |r| &*r.route),
+                service: exchange.service.as_deref().unwrap_or(""),
+            });
         }
         if let Some((method, uri, host)) = access {
             let authority = uri
@@ -173,6 +189,9 @@ fn forward<'a>(
         };
         check_limits(req.headers(), &active.snapshot.proxy)?;
         let authority = request_authority(&mut req)?;
+        if let Some(tracer) = &active.tracer {
+            exchange.trace = tracer.start(&mut req, authority.as_str(), conn.peer);
+        }
         let host = normalize_host(authority.as_str());
         let found = {
             // In a block: a path normalised into a `String` is dropped here, not held in
@@ -517,6 +536,9 @@ async fn send_with_retries(
         exchange.endpoint = Some(endpoint.label.clone());
         let retry_possible =
             policy.is_some_and(|p| tries <= p.attempts && body.replayable(p.max_body_bytes));
+        if let Some(recording) = exchange.trace.as_deref_mut() {
+            recording.begin_try(&mut head.headers);
+        }
         let this_head = upstream::Lent {
             head: &mut *head,
             forwarding,
@@ -551,6 +573,9 @@ async fn send_with_retries(
             }
             _ => false,
         };
+        if let Some(recording) = exchange.trace.as_deref_mut() {
+            recording.end_try(try_outcome(&endpoint, &outcome, tries, retry));
+        }
         let (Some(p), true) = (policy, retry) else {
             return outcome.map(|(response, in_flight)| Sent {
                 response,
@@ -568,6 +593,29 @@ async fn send_with_retries(
         drop(outcome);
         tokio::time::sleep(backoff(p, tries)).await;
         previous = Some(index);
+    }
+}
+
+/// What a recorded request's client span says about one try.
+fn try_outcome<'a>(
+    endpoint: &'a crate::service::endpoint::Endpoint,
+    outcome: &Result<(Reply<UpstreamResponseBody>, InFlight), ProxyError>,
+    tries: u32,
+    retry: bool,
+) -> TryOutcome<'a> {
+    let result = match outcome {
+        Ok((response, _)) => Ok(response.status.as_u16()),
+        Err(e) => Err(e.reason()),
+    };
+    TryOutcome {
+        service: &endpoint.service,
+        endpoint: &endpoint.label,
+        result,
+        resends: tries.saturating_sub(1),
+        retry: retry.then(|| match result {
+            Ok(status) => std::borrow::Cow::Owned(format!("status {status}")),
+            Err(reason) => std::borrow::Cow::Borrowed(reason),
+        }),
     }
 }
 

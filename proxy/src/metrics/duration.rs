@@ -1,5 +1,5 @@
 //! `strait_request_duration_seconds`: a histogram of fixed buckets of atomic counters, one per
-//! (listener, route, service), rendered in the Prometheus text format after the exporter's
+//! (listener, route, service, client_id), rendered in the Prometheus text format after the exporter's
 //! metrics.
 //!
 //! Not the exporter's histogram: that one keeps every recorded value, with a clock reading,
@@ -18,15 +18,18 @@ const BOUNDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A histogram's labels: listener, route, service.
-type Labels = (Arc<str>, Arc<str>, Arc<str>);
+/// A live-view edge: listener, route, service.
+type Edge = (Arc<str>, Arc<str>, Arc<str>);
+
+/// A histogram's labels: listener, route, service, client_id.
+type Labels = (Arc<str>, Arc<str>, Arc<str>, Arc<str>);
 
 /// Every histogram made, by its labels: kept for good, as the exporter keeps a series once
 /// recorded, and shared by the route tables of successive reloads. Hashed, not ordered: a
 /// reload of 10,000 routes looks up 10,000 labels; the render sorts.
 static REGISTRY: Mutex<Option<HashMap<Labels, Arc<DurationHistogram>>>> = Mutex::new(None);
 
-/// The request durations of one (listener, route, service).
+/// The request durations of one (listener, route, service, client_id).
 #[derive(Debug)]
 pub struct DurationHistogram {
     /// Observations per bucket, not cumulative: `buckets[i]` counts those in
@@ -55,14 +58,20 @@ impl DurationHistogram {
     }
 }
 
-/// The histogram for these labels, made on first use (at config compile time, never on the
-/// request path).
+/// The histogram for these labels, made on first use (at config compile time, or on a
+/// client identity's first request: never twice for the same labels).
 pub fn histogram(
     listener: &Arc<str>,
     route: &Arc<str>,
     service: &Arc<str>,
+    client: &Arc<str>,
 ) -> Arc<DurationHistogram> {
-    let labels = (listener.clone(), route.clone(), service.clone());
+    let labels = (
+        listener.clone(),
+        route.clone(),
+        service.clone(),
+        client.clone(),
+    );
     let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
     registry
         .get_or_insert_with(HashMap::new)
@@ -97,26 +106,29 @@ pub struct Figures {
     pub failures: u64,
 }
 
-/// The counts of every histogram made, read off the request path (for the live view).
+/// The counts of every (listener, route, service), its sources' histograms summed, read off
+/// the request path (for the live view).
 pub fn figures() -> Vec<Figures> {
     let registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(registry) = registry.as_ref() else {
         return Vec::new();
     };
-    registry
-        .iter()
-        .map(|((listener, route, service), h)| Figures {
+    let mut summed: HashMap<Edge, Figures> = HashMap::new();
+    for ((listener, route, service, _client), h) in registry {
+        let key = (listener.clone(), route.clone(), service.clone());
+        let entry = summed.entry(key).or_insert_with(|| Figures {
             listener: listener.clone(),
             route: route.clone(),
             service: service.clone(),
-            buckets: h
-                .buckets
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
-            failures: h.failures.load(Ordering::Relaxed),
-        })
-        .collect()
+            buckets: vec![0; h.buckets.len()],
+            failures: 0,
+        });
+        for (sum, count) in entry.buckets.iter_mut().zip(&h.buckets) {
+            *sum += count.load(Ordering::Relaxed);
+        }
+        entry.failures += h.failures.load(Ordering::Relaxed);
+    }
+    summed.into_values().collect()
 }
 
 /// Appends every histogram to `out` in the Prometheus text format (0.0.4), with its HELP and
@@ -129,8 +141,8 @@ pub fn render(name: &str, help: &str, out: &mut String) {
         };
         registry
             .iter()
-            .map(|((listener, route, service), h)| {
-                (label_text(listener, route, service), h.clone())
+            .map(|((listener, route, service, client), h)| {
+                (label_text(listener, route, service, client), h.clone())
             })
             .collect()
     };
@@ -159,13 +171,14 @@ pub fn render(name: &str, help: &str, out: &mut String) {
     }
 }
 
-/// `listener="…",route="…",service="…"`, escaped.
-fn label_text(listener: &str, route: &str, service: &str) -> String {
+/// `listener="…",route="…",service="…",client_id="…"`, escaped.
+fn label_text(listener: &str, route: &str, service: &str, client: &str) -> String {
     let mut text = String::new();
     for (i, (name, value)) in [
         ("listener", listener),
         ("route", route),
         ("service", service),
+        ("client_id", client),
     ]
     .into_iter()
     .enumerate()
@@ -197,7 +210,7 @@ mod tests {
     use super::*;
 
     fn histogram(listener: &str, route: &str, service: &str) -> Arc<DurationHistogram> {
-        super::histogram(&listener.into(), &route.into(), &service.into())
+        super::histogram(&listener.into(), &route.into(), &service.into(), &"".into())
     }
 
     fn series<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
@@ -212,7 +225,7 @@ mod tests {
         }
         let mut out = String::new();
         render("d", "help", &mut out);
-        let prefix = "d_bucket{listener=\"l-cumulative\",route=\"r\",service=\"s\",";
+        let prefix = "d_bucket{listener=\"l-cumulative\",route=\"r\",service=\"s\",client_id=\"\",";
         let buckets = series(&out, prefix);
         assert_eq!(buckets.len(), BOUNDS.len() + 1);
         // `le` is inclusive: 0.0005 is in the first bucket.
@@ -221,7 +234,7 @@ mod tests {
         assert_eq!(buckets[3], format!("{prefix}le=\"0.005\"}} 3"));
         assert_eq!(buckets[13], format!("{prefix}le=\"10\"}} 3"));
         assert_eq!(buckets[14], format!("{prefix}le=\"+Inf\"}} 4"));
-        let labels = "{listener=\"l-cumulative\",route=\"r\",service=\"s\"}";
+        let labels = "{listener=\"l-cumulative\",route=\"r\",service=\"s\",client_id=\"\"}";
         assert!(out.contains(&format!("d_count{labels} 4\n")), "{out}");
         let sum = series(&out, &format!("d_sum{labels}"));
         let sum: f64 = sum[0].rsplit(' ').next().unwrap().parse().unwrap();
@@ -244,7 +257,8 @@ mod tests {
         h.record(-1.0, true);
         let mut out = String::new();
         render("d", "help", &mut out);
-        let labels = "{listener=\"l-escape\",route=\"a\\\"b\\\\c\\nd\",service=\"\"}";
+        let labels =
+            "{listener=\"l-escape\",route=\"a\\\"b\\\\c\\nd\",service=\"\",client_id=\"\"}";
         assert!(out.contains(&format!("d_count{labels} 2\n")), "{out}");
         assert!(out.contains(&format!("d_sum{labels} 0\n")), "{out}");
     }
@@ -259,5 +273,23 @@ mod tests {
         assert_eq!(one.buckets.len(), bounds().len() + 1);
         assert_eq!((one.buckets[0], one.buckets[BOUNDS.len()]), (1, 1));
         assert_eq!(one.failures, 1);
+    }
+
+    #[test]
+    fn figures_sum_the_sources_of_one_route_and_service() {
+        let of = |client: &str| {
+            super::histogram(
+                &"l-sources".into(),
+                &"r".into(),
+                &"s".into(),
+                &client.into(),
+            )
+        };
+        of("frontend").record(0.0001, false);
+        of("spiffe://td/ns/a/sa/b").record(0.0001, true);
+        let all = figures();
+        let mine: Vec<_> = all.iter().filter(|f| &*f.listener == "l-sources").collect();
+        assert_eq!(mine.len(), 1, "one edge per (listener, route, service)");
+        assert_eq!((mine[0].buckets[0], mine[0].failures), (2, 1));
     }
 }

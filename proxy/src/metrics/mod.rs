@@ -15,7 +15,8 @@ use duration::DurationHistogram;
 
 /// `strait_requests_total{listener,route,service,client_id,code}`.
 pub const REQUESTS_TOTAL: &str = "strait_requests_total";
-/// `strait_request_duration_seconds{listener,route,service}`: time to response headers.
+/// `strait_request_duration_seconds{listener,route,service,client_id}`: time to response
+/// headers.
 pub const REQUEST_DURATION: &str = "strait_request_duration_seconds";
 /// `strait_config_reloads_total{result}`.
 pub const CONFIG_RELOADS: &str = "strait_config_reloads_total";
@@ -44,6 +45,11 @@ pub const ENDPOINT_HEALTHY: &str = "strait_endpoint_healthy";
 /// `strait_authz_decisions_total{policy,action,result}`.
 pub const AUTHZ_DECISIONS: &str = "strait_authz_decisions_total";
 
+/// `strait_tracing_spans_dropped_total{reason}`: `queue_full` or `export_failed`.
+pub const TRACING_SPANS_DROPPED: &str = "strait_tracing_spans_dropped_total";
+/// `strait_tracing_spans_exported_total`.
+pub const TRACING_SPANS_EXPORTED: &str = "strait_tracing_spans_exported_total";
+
 /// `strait_identity_expiry_timestamp_seconds`: when the proxy's certificate expires.
 pub const IDENTITY_EXPIRY: &str = "strait_identity_expiry_timestamp_seconds";
 
@@ -52,7 +58,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     let handle = PrometheusBuilder::new().install_recorder()?;
     describe_counter!(
         REQUESTS_TOTAL,
-        "HTTP requests answered, by listener, route, service, client identity (the mTLS peer's SPIFFE ID; empty for others) and status code."
+        "HTTP requests answered, by listener, route, service, source (client_id: the mTLS peer's SPIFFE ID, else the proxy's workload on non-inbound listeners, else empty; at most 64 per route, then other) and status code."
     );
     describe_counter!(
         CONFIG_RELOADS,
@@ -105,6 +111,11 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         AUTHZ_DECISIONS,
         "Authorization decisions on requests and TCP connections, by deciding policy (namespace/name, or default when no policy matched), its action and the result (allow or deny)."
     );
+    describe_counter!(
+        TRACING_SPANS_DROPPED,
+        "Spans not exported, by reason: queue_full (the export queue was full when the span ended) or export_failed (the collector refused or could not be reached)."
+    );
+    describe_counter!(TRACING_SPANS_EXPORTED, "Spans the collector accepted.");
     Ok(handle)
 }
 
@@ -119,22 +130,26 @@ pub fn render(prometheus: &PrometheusHandle) -> String {
     out
 }
 
-/// Most client identities counted apart per (listener, route, service); the requests of
-/// further identities are counted under `client_id="other"`. The label's values are bounded
-/// by the mesh's identities (service accounts), never by client addresses.
+/// Most sources counted apart per (listener, route, service); the requests of further
+/// sources are counted under `client_id="other"`. The label's values are bounded by the
+/// mesh's identities (service accounts) and workload names, never by client addresses.
 pub const MAX_CLIENT_IDS: usize = 64;
 
-/// Counters per status code for one (listener, route, service), created on first use, and per
-/// client identity (`client_id`: the mTLS peer's SPIFFE ID, empty for other clients).
+/// Counters per status code and a duration histogram for one (listener, route, service),
+/// created on first use, per source (`client_id`: the mTLS peer's SPIFFE ID, else the
+/// proxy's workload name on listeners other than `mode: inbound`, else empty).
 #[derive(Debug)]
 pub struct RequestMetrics {
     labels: [(&'static str, Arc<str>); 3],
     /// Clients without an identity (`client_id=""`).
     anonymous: Codes,
+    /// Durations of `anonymous`'s requests.
+    duration: Arc<DurationHistogram>,
     /// Per identity, appended as identities appear (read without a lock: a request loads the
     /// list, finds its identity's counters, and copies the list only for a new identity).
     identified: ArcSwap<Vec<Arc<ClientCodes>>>,
-    duration: Arc<DurationHistogram>,
+    /// Durations of the sources past [`MAX_CLIENT_IDS`] (made on first use).
+    other_duration: OnceLock<Arc<DurationHistogram>>,
 }
 
 /// One lazily filled block of 100 counters per status class (1xx..5xx).
@@ -145,6 +160,7 @@ type Codes = [OnceLock<Box<[OnceLock<Counter>]>>; 5];
 struct ClientCodes {
     id: Arc<str>,
     codes: Codes,
+    duration: Arc<DurationHistogram>,
 }
 
 impl RequestMetrics {
@@ -155,27 +171,30 @@ impl RequestMetrics {
             ("route", route.clone()),
             ("service", service.clone()),
         ];
-        let duration = duration::histogram(listener, route, service);
+        let duration = duration::histogram(listener, route, service, &Arc::from(""));
         Self {
             labels,
             anonymous: Default::default(),
-            identified: ArcSwap::default(),
             duration,
+            identified: ArcSwap::default(),
+            other_duration: OnceLock::new(),
         }
     }
 
-    /// Records one answered request; `client`: the mTLS peer's SPIFFE ID.
+    /// Records one answered request; `client`: its source (the mTLS peer's SPIFFE ID, or the
+    /// workload's name).
     pub fn record(&self, status: u16, seconds: f64, client: Option<&Arc<str>>) {
-        self.duration.record(seconds, status >= 500);
         let Some(id) = client else {
+            self.duration.record(seconds, status >= 500);
             return self.count(&self.anonymous, "", status);
         };
         let known = self.identified.load();
         if let Some(found) = known.iter().find(|c| Arc::ptr_eq(&c.id, id) || c.id == *id) {
+            found.duration.record(seconds, status >= 500);
             return self.count(&found.codes, &found.id, status);
         }
         if known.len() >= MAX_CLIENT_IDS {
-            return self.count_other(status);
+            return self.count_other(status, seconds);
         }
         drop(known);
         // A new identity (once per identity): the list is copied with it appended.
@@ -186,22 +205,33 @@ impl RequestMetrics {
                 return list.clone();
             }
             let mut list = Vec::clone(list);
+            let [(_, listener), (_, route), (_, service)] = &self.labels;
             let entry = Arc::new(ClientCodes {
                 id: id.clone(),
                 codes: Default::default(),
+                duration: duration::histogram(listener, route, service, id),
             });
             list.push(entry.clone());
             added = Some(entry);
             Arc::new(list)
         });
         match added {
-            Some(c) => self.count(&c.codes, &c.id, status),
-            None => self.count_other(status),
+            Some(c) => {
+                c.duration.record(seconds, status >= 500);
+                self.count(&c.codes, &c.id, status)
+            }
+            None => self.count_other(status, seconds),
         }
     }
 
-    /// Identities past [`MAX_CLIENT_IDS`]: counted, not apart (rare: not cached).
-    fn count_other(&self, status: u16) {
+    /// Identities past [`MAX_CLIENT_IDS`]: counted, not apart (rare: the counter is not cached).
+    fn count_other(&self, status: u16, seconds: f64) {
+        self.other_duration
+            .get_or_init(|| {
+                let [(_, listener), (_, route), (_, service)] = &self.labels;
+                duration::histogram(listener, route, service, &Arc::from(OTHER_CLIENTS))
+            })
+            .record(seconds, status >= 500);
         self.counter(OTHER_CLIENTS, status).increment(1);
     }
 
