@@ -407,6 +407,7 @@ fn the_control_may_do_exactly_what_discovery_token_review_and_policies_need() {
         ("strait.dev", "services"),
         ("strait.dev", "httproutes"),
         ("strait.dev", "tcproutes"),
+        ("strait.dev", "tlsroutes"),
         ("strait.dev", "authorizationpolicies"),
         ("gateway.networking.k8s.io", "httproutes"),
     ];

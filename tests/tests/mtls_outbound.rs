@@ -108,10 +108,21 @@ async fn a_peer_whose_identity_is_not_accepted_gets_nothing_and_the_client_502_t
     assert_eq!(answer.status, 502);
     assert_eq!(answer.header("x-strait-reason"), "tls-failure");
     assert_eq!(upstream.requests(), 0, "nothing was sent to the wrong peer");
-    assert!(proxy
-        .logs()
-        .iter()
-        .any(|l| l.contains("upstream tls handshake failed")));
+    // The log line may reach the test's reader a little after the answer.
+    logged(&proxy, "upstream tls handshake failed").await;
+}
+
+/// Waits (bounded) for a line of `proxy`'s log that contains `text`.
+async fn logged(proxy: &Proxy, text: &str) {
+    eventually(
+        &format!("the proxy logs {text:?}"),
+        Duration::from_secs(5),
+        || {
+            let found = proxy.logs().iter().any(|l| l.contains(text));
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,16 +169,18 @@ async fn a_mesh_service_without_an_identity_in_force_is_502_tls_failure_with_the
     let answer = call(&proxy, "/").await;
     assert_eq!(answer.status, 502);
     assert_eq!(answer.header("x-strait-reason"), "tls-failure");
-    assert_eq!(upstream.accepts(), 1, "connected, then no handshake");
-    assert_eq!(upstream.requests(), 0);
-    assert!(
-        proxy
-            .logs()
-            .iter()
-            .any(|l| l.contains("needs the proxy's identity (spec.identity)")),
-        "{:?}",
-        proxy.logs()
-    );
+    // Counted by the upstream's accept loop, which may run after the proxy gave up.
+    eventually(
+        "the upstream saw the connection",
+        Duration::from_secs(5),
+        || {
+            let accepts = upstream.accepts();
+            async move { (accepts == 1).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(upstream.requests(), 0, "connected, then no handshake");
+    logged(&proxy, "needs the proxy's identity (spec.identity)").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use super::{BackendRef, ParentRef};
 
 /// `TLSRoute.spec`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TlsRouteSpec {
     /// Listeners this route serves: `protocol: tcp` listeners, and intercepting
@@ -22,6 +23,7 @@ pub struct TlsRouteSpec {
 
 /// One rule of a TLSRoute.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TlsRuleSpec {
     /// Services (`protocol: tcp`) to connect to, chosen per connection by weight.

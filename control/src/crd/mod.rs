@@ -36,7 +36,7 @@ pub struct CrdKind {
 }
 
 /// Every Strait kind, in the order of [`strait_config::spec::KINDS`].
-pub const KINDS: [CrdKind; 5] = [
+pub const KINDS: [CrdKind; 6] = [
     CrdKind {
         kind: "ProxyConfig",
         plural: "proxyconfigs",
@@ -66,6 +66,15 @@ pub const KINDS: [CrdKind; 5] = [
         plural: "tcproutes",
         columns: &[("Parents", ".spec.parentRefs[*].name", "string")],
         spec_schema: schema_of::<spec::TcpRouteSpec>,
+    },
+    CrdKind {
+        kind: "TLSRoute",
+        plural: "tlsroutes",
+        columns: &[
+            ("Hostnames", ".spec.hostnames", "string"),
+            ("Parents", ".spec.parentRefs[*].name", "string"),
+        ],
+        spec_schema: schema_of::<spec::TlsRouteSpec>,
     },
     CrdKind {
         kind: "AuthorizationPolicy",
