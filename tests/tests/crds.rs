@@ -64,13 +64,25 @@ fn strait_documents(path: &Path, out: &mut Vec<(String, Value)>) {
         return;
     }
     let text = std::fs::read_to_string(path).expect("read");
-    for (i, part) in yaml::split_documents(&text).iter().enumerate() {
+    documents_of(&path.display().to_string(), &text, out);
+}
+
+/// The `strait.dev` documents of `text`, and of the files a ConfigMap in it carries (the
+/// policies deploy/ mounts into the control), labelled from `label`.
+fn documents_of(label: &str, text: &str, out: &mut Vec<(String, Value)>) {
+    for (i, part) in yaml::split_documents(text).iter().enumerate() {
         let Some(doc) = yaml::parse(part).expect("YAML") else {
             continue;
         };
         let doc = yaml::to_json(&doc);
         if doc["apiVersion"] == "strait.dev/v1alpha1" {
-            out.push((format!("{}#{}", path.display(), i + 1), doc));
+            out.push((format!("{label}#{}", i + 1), doc));
+        } else if doc["kind"] == "ConfigMap" {
+            for (name, file) in doc["data"].as_object().into_iter().flatten() {
+                if let Some(file) = file.as_str() {
+                    documents_of(&format!("{label}#{}/{name}", i + 1), file, out);
+                }
+            }
         }
     }
 }
