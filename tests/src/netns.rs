@@ -309,7 +309,6 @@ pub async fn start_sidecar(
     dir: &crate::process::TempDir,
     yaml: &str,
 ) -> NsProcess {
-    use crate::client::{get, http1};
     use strait_config::sidecar::{ADMIN_PORT, PROXY_UID};
     let config = dir.path().join("sidecar.yaml");
     std::fs::write(&config, yaml).expect("write config");
@@ -323,12 +322,25 @@ pub async fn start_sidecar(
         &["--config", &config_arg, "--log-format", "json"],
     );
     let admin = std::net::SocketAddr::new(POD_ADDRESS.parse().expect("pod address"), ADMIN_PORT);
-    let ready = crate::eventually(
+    let ready = wait_ready(client, &mut proxy, admin).await;
+    assert!(ready, "the proxy exited:\n{}", proxy.logs());
+    proxy
+}
+
+/// Waits (15 s at most) until `admin`'s `/ready` answers 200 when asked from `from`; false if
+/// `proxy` exits first.
+pub async fn wait_ready(
+    from: &NsRuntime,
+    proxy: &mut NsProcess,
+    admin: std::net::SocketAddr,
+) -> bool {
+    use crate::client::{get, http1};
+    crate::eventually(
         "the proxy is ready",
         std::time::Duration::from_secs(15),
         || {
             let exited = proxy.exited();
-            let probe = client.run(async move {
+            let probe = from.run(async move {
                 get(&http1(), &format!("http://{admin}/ready"), "admin", &[])
                     .await
                     .ok()
@@ -342,7 +354,21 @@ pub async fn start_sidecar(
             }
         },
     )
+    .await
+}
+
+/// A raw TCP exchange: writes `bytes` to `to`, half-closes, reads everything back (5 s at
+/// most).
+pub async fn tcp_round_trip(to: std::net::SocketAddr, bytes: &'static [u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(to).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut out),
+    )
     .await;
-    assert!(ready, "the proxy exited:\n{}", proxy.logs());
-    proxy
+    out
 }

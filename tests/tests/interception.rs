@@ -13,7 +13,7 @@ use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use strait_tests::client::{get, http1};
 use strait_tests::metrics::value;
 use strait_tests::netns::{
-    start_sidecar, Mesh, NsRuntime, BACKEND_ADDRESS, CLIENT_ADDRESS, POD_ADDRESS,
+    start_sidecar, tcp_round_trip, Mesh, NsRuntime, BACKEND_ADDRESS, CLIENT_ADDRESS, POD_ADDRESS,
 };
 use strait_tests::process::{proxy_bin, TempDir};
 use strait_tests::{eventually, TcpEcho, Upstream};
@@ -76,16 +76,6 @@ spec:
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().expect("address")
-}
-
-/// A raw TCP exchange: write `bytes`, half-close, read everything back.
-async fn tcp_round_trip(to: SocketAddr, bytes: &'static [u8]) -> Vec<u8> {
-    let mut stream = tokio::net::TcpStream::connect(to).await.expect("connect");
-    stream.write_all(bytes).await.expect("write");
-    stream.shutdown().await.expect("half-close");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    out
 }
 
 #[tokio::test]

@@ -10,14 +10,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
+use strait_config::sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use strait_tests::client::{get, http1};
 use strait_tests::mesh_peer::get_over_tls;
-use strait_tests::netns::{Mesh, NsProcess, NsRuntime, POD_ADDRESS};
+use strait_tests::netns::{
+    start_sidecar, tcp_round_trip, wait_ready, Mesh, NsProcess, NsRuntime, POD_ADDRESS,
+};
 use strait_tests::process::{proxy_bin, TempDir};
 use strait_tests::tls::{ClientIdentity, TestCa};
 use strait_tests::{eventually, TcpEcho, Upstream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const APP_PORT: u16 = 8080;
 const APP_ECHO_PORT: u16 = 8082;
@@ -96,47 +97,16 @@ spec:
     )
 }
 
-/// Writes `config` and an identity (`id.crt`, `id.key`, `roots.pem`) into `dir`.
-fn write_proxy_files(dir: &TempDir, config: &str, ca: &TestCa, id: &str) {
+/// Writes an identity for `id` (`id.crt`, `id.key`, `roots.pem`) into `dir`.
+fn write_identity(dir: &TempDir, ca: &TestCa, id: &str) {
     let leaf = ca.workload(id);
     for (name, contents) in [
-        ("proxy.yaml", config),
         ("id.crt", leaf.chain.as_str()),
         ("id.key", leaf.key.as_str()),
         ("roots.pem", ca.bundle.as_str()),
     ] {
         std::fs::write(dir.path().join(name), contents).expect("write");
     }
-}
-
-/// Waits for `admin`'s `/ready` to answer 200 from `from`; false if `proxy` exits first.
-async fn ready(from: &NsRuntime, proxy: &mut NsProcess, admin: SocketAddr) -> bool {
-    eventually("the proxy is ready", Duration::from_secs(15), || {
-        let exited = proxy.exited();
-        let probe = from.run(async move {
-            get(&http1(), &format!("http://{admin}/ready"), "admin", &[])
-                .await
-                .ok()
-                .map(|a| a.status.as_u16())
-        });
-        async move {
-            if exited {
-                return Some(false);
-            }
-            (probe.await == Some(200)).then_some(true)
-        }
-    })
-    .await
-}
-
-/// Writes `bytes`, half-closes, reads everything back (bounded).
-async fn tcp_round_trip(to: SocketAddr, bytes: &'static [u8]) -> Vec<u8> {
-    let mut stream = tokio::net::TcpStream::connect(to).await.expect("connect");
-    stream.write_all(bytes).await.expect("write");
-    stream.shutdown().await.expect("half-close");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    out
 }
 
 #[tokio::test]
@@ -165,39 +135,22 @@ async fn a_meshed_caller_reaches_the_pods_app_over_mtls_through_interception() {
 
     let ca = TestCa::new("mesh");
     let sidecar_dir = TempDir::new("icpt-mtls-sidecar");
-    write_proxy_files(&sidecar_dir, &sidecar_config("permissive"), &ca, APP_ID);
-    let uid = PROXY_UID.to_string();
-    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
-    let sidecar_yaml = sidecar_dir.path().join("proxy.yaml");
-    let mut sidecar = NsProcess::spawn(
-        &mesh.pod,
-        &["setpriv", &reuid, &regid, "--clear-groups"],
-        &proxy_bin(),
-        &[
-            "--config",
-            &sidecar_yaml.to_string_lossy(),
-            "--log-format",
-            "json",
-        ],
-    );
+    write_identity(&sidecar_dir, &ca, APP_ID);
+    let sidecar = start_sidecar(&mesh, &client, &sidecar_dir, &sidecar_config("permissive")).await;
+    let sidecar_yaml = sidecar_dir.path().join("sidecar.yaml");
     let caller_dir = TempDir::new("icpt-mtls-caller");
-    write_proxy_files(&caller_dir, &caller_config(), &ca, CALLER_ID);
+    write_identity(&caller_dir, &ca, CALLER_ID);
     let caller_yaml = caller_dir.path().join("proxy.yaml");
+    std::fs::write(&caller_yaml, caller_config()).expect("write caller config");
     let mut caller = NsProcess::spawn(
         &mesh.client,
         &[],
         &proxy_bin(),
         &["--config", &caller_yaml.to_string_lossy()],
     );
-    let sidecar_admin = addr(POD_ADDRESS, ADMIN_PORT);
-    assert!(
-        ready(&client, &mut sidecar, sidecar_admin).await,
-        "the sidecar exited:\n{}",
-        sidecar.logs()
-    );
     let caller_admin = addr("127.0.0.1", CALLER_ADMIN);
     assert!(
-        ready(&client, &mut caller, caller_admin).await,
+        wait_ready(&client, &mut caller, caller_admin).await,
         "the caller exited:\n{}",
         caller.logs()
     );
