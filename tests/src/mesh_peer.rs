@@ -53,6 +53,15 @@ pub async fn get_over_tls(
 }
 
 fn config(identity: Option<&ClientIdentity>) -> Result<Arc<ClientConfig>, String> {
+    client_config(identity, &[b"http/1.1"])
+}
+
+/// A mesh peer's TLS client configuration: presents `identity` if given, offers `alpn`, and
+/// accepts any server certificate (the handshake's signatures are still verified).
+pub fn client_config(
+    identity: Option<&ClientIdentity>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -68,7 +77,7 @@ fn config(identity: Option<&ClientIdentity>) -> Result<Arc<ClientConfig>, String
             .map_err(|e| e.to_string())?,
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 

@@ -14,13 +14,12 @@ use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, HandshakeKind};
 use strait_tests::config::{http_route, service};
+use strait_tests::mesh_peer;
 use strait_tests::metrics::{scrape, value};
-use strait_tests::tls::{certificates, Leaf, TestCa};
+use strait_tests::tls::{certificates, ClientIdentity, Leaf, TestCa};
 use strait_tests::{eventually, Proxy, TcpEcho, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -66,76 +65,13 @@ fn start_mesh(yaml: &str, ca: &TestCa, me: &Leaf) -> Proxy {
     )
 }
 
-/// Accepts any server certificate: these tests are about the listener's side (a mesh client
-/// checks the server's SPIFFE ID; that is the outbound side's business), but the handshake's
-/// signatures are still checked.
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A mesh client: presents `identity` (if any), offers `alpn`.
 fn mesh_client(identity: Option<&Leaf>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
-    let mut config = match identity {
-        Some(leaf) => builder
-            .with_client_auth_cert(
-                certificates(&leaf.chain),
-                PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
+    let identity = identity.map(|leaf| ClientIdentity {
+        chain_pem: leaf.chain.clone(),
+        key_pem: leaf.key.clone(),
+    });
+    mesh_peer::client_config(identity.as_ref(), alpn).expect("mesh client configuration")
 }
 
 /// A client of a `simple` listener: verifies the server against `bundle` for 127.0.0.1.
