@@ -143,36 +143,47 @@ fn serve_downstream(
     let late = shared.drain.is_draining();
     let limits = {
         let settings = &shared.config.load().snapshot.proxy;
-        h1::serve::Limits {
-            header_read_timeout: settings.header_read_timeout,
-            max_head: max_head(settings),
-            max_headers: settings.max_headers,
-            body_read_timeout: settings.body_read_timeout,
-        }
+        h1::serve::Limits::new(
+            settings.header_read_timeout,
+            max_head(settings),
+            settings.max_headers,
+            settings.body_read_timeout,
+        )
     };
     let conn = connection(&client, listener, shared, original);
     // A combinator, not one `async` block around both parts: the block would keep the
     // arguments of the HTTP/1 server beside its own copies, and room for its outcome.
-    h1::serve::serve(stream, conn.clone(), limits, late).then(move |outcome| async move {
-        if let h1::serve::Outcome::Http2 { read, stream } = outcome {
-            // The limits in force now: the connection may have waited through reloads.
-            let limits = conn.shared.config.load().snapshot.proxy.clone();
+    h1::serve::serve(stream, conn, limits, late).then(move |outcome| async move {
+        if let h1::serve::Outcome::Http2(handoff) = outcome {
             // Boxed: hyper's connection state would otherwise widen every connection's task,
             // most of which are HTTP/1.
-            match stream {
-                Downstream::Plain(stream) => {
-                    let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), stream));
-                    Box::pin(serve_http2(io, conn, &limits, late)).await;
-                }
-                tls => {
-                    let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), tls));
-                    Box::pin(serve_http2(io, conn, &limits, late)).await;
-                }
-            }
+            Box::pin(serve_handed_off(handoff)).await;
         }
         // Held to here: the drain waits for every connection's token.
         drop(token);
     })
+}
+
+/// Serves over HTTP/2 a connection the HTTP/1 server found opening with HTTP/2's preface.
+async fn serve_handed_off(handoff: h1::serve::Handoff) {
+    let h1::serve::Handoff {
+        read,
+        stream,
+        conn,
+        late,
+    } = handoff;
+    // The limits in force now: the connection may have waited through reloads.
+    let limits = conn.shared.config.load().snapshot.proxy.clone();
+    match stream {
+        Downstream::Plain(stream) => {
+            let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), stream));
+            serve_http2(io, conn, &limits, late).await;
+        }
+        tls => {
+            let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), tls));
+            serve_http2(io, conn, &limits, late).await;
+        }
+    }
 }
 
 /// The most a connection buffers of a request's head before answering 431: the configured

@@ -45,8 +45,10 @@ const KEEP_READ_BUFFER: usize = 4 * READ_SIZE;
 /// A write buffer grown larger than this (by a big head, or a small body written with its
 /// head) goes back to the allocator, not to the thread's free list.
 const KEEP_WRITE_BUFFER: usize = 8 * 1024;
-/// HTTP/2's connection preface (RFC 9113 §3.4).
+/// HTTP/2's connection preface (RFC 9113 §3.4), which a SETTINGS frame must follow.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The length of an HTTP/2 frame's header.
+const H2_FRAME_HEADER: usize = 9;
 /// An empty SETTINGS frame (the server's preface), then GOAWAY(last stream 0,
 /// PROTOCOL_ERROR): the answer to a connection that starts HTTP/2's preface and breaks it.
 const H2_PROTOCOL_ERROR: &[u8] = &[
@@ -56,18 +58,57 @@ const H2_PROTOCOL_ERROR: &[u8] = &[
     0, 0, 0, 1, // PROTOCOL_ERROR
 ];
 
-/// The connection's limits on reading requests.
+/// The connection's limits on reading requests, in milliseconds and counts of 32 bits: every
+/// idle connection keeps a copy. Larger values saturate (49 days, 4 GiB).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Time allowed for a request head to arrive, counted from when the previous response was
-    /// written (the slowloris guard, which also closes idle keep-alive connections).
-    pub header_read_timeout: Duration,
-    /// Longest head read; a longer one is answered 431.
-    pub max_head: usize,
-    /// Most header fields a head may carry; more is answered 431.
-    pub max_headers: usize,
-    /// Time a request body may go without a byte.
-    pub body_read_timeout: Duration,
+    header_read_timeout_ms: u32,
+    max_head: u32,
+    max_headers: u32,
+    body_read_timeout_ms: u32,
+}
+
+impl Limits {
+    /// `header_read_timeout`: time allowed for a request head to arrive, counted from when the
+    /// previous response was written (the slowloris guard, which also closes idle keep-alive
+    /// connections). `max_head`: longest head read, a longer one is answered 431.
+    /// `max_headers`: most header fields a head may carry, more is answered 431.
+    /// `body_read_timeout`: time a request body may go without a byte. Durations are rounded
+    /// up to the millisecond.
+    pub fn new(
+        header_read_timeout: Duration,
+        max_head: usize,
+        max_headers: usize,
+        body_read_timeout: Duration,
+    ) -> Self {
+        Self {
+            header_read_timeout_ms: millis(header_read_timeout),
+            max_head: u32::try_from(max_head).unwrap_or(u32::MAX),
+            max_headers: u32::try_from(max_headers).unwrap_or(u32::MAX),
+            body_read_timeout_ms: millis(body_read_timeout),
+        }
+    }
+
+    fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms.into())
+    }
+
+    fn max_head(&self) -> usize {
+        self.max_head as usize
+    }
+
+    fn max_headers(&self) -> usize {
+        self.max_headers as usize
+    }
+
+    fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms.into())
+    }
+}
+
+/// `duration` in whole milliseconds, rounded up, saturating.
+fn millis(duration: Duration) -> u32 {
+    u32::try_from(duration.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX)
 }
 
 /// How the server left the connection.
@@ -75,14 +116,21 @@ pub struct Limits {
 pub enum Outcome {
     /// The connection is over.
     Closed,
-    /// The connection opened with HTTP/2's preface: hyper's HTTP/2 server takes it, `read`
-    /// (read off `stream`) first.
-    Http2 {
-        /// Bytes read and not served.
-        read: BytesMut,
-        /// The connection.
-        stream: Downstream,
-    },
+    /// The connection opened with HTTP/2's preface: hyper's HTTP/2 server takes it.
+    Http2(Handoff),
+}
+
+/// A connection handed to the HTTP/2 server, with what the HTTP/1 server held of it.
+#[derive(Debug)]
+pub struct Handoff {
+    /// Bytes read off `stream` and not served: the preface and what followed it.
+    pub read: BytesMut,
+    /// The connection.
+    pub stream: Downstream,
+    /// Its state as requests see it.
+    pub conn: Arc<Conn>,
+    /// Accepted while draining.
+    pub late: bool,
 }
 
 /// Serves the requests on `stream` until the connection ends. `late`: accepted while
@@ -101,7 +149,7 @@ pub fn serve(
 ) -> impl Future<Output = Outcome> + Send + 'static {
     async move {
         let idle = Idle {
-            timeout: tokio::time::sleep(limits.header_read_timeout),
+            timeout: tokio::time::sleep(limits.header_read_timeout()),
             drained: conn.shared.drain.drained(),
             draining_seen: late,
         };
@@ -114,7 +162,7 @@ pub fn serve(
             idle.as_mut()
                 .project()
                 .timeout
-                .reset(tokio::time::Instant::now() + limits.header_read_timeout);
+                .reset(tokio::time::Instant::now() + limits.header_read_timeout());
             // A block ends the head's storage before the await that follows it: the
             // connection's task keeps room only for what each await needs.
             let (mut in_flight, keep_alive) = {
@@ -125,20 +173,26 @@ pub fn serve(
                     // Between requests the buffer is usually empty: nothing to parse yet.
                     if !buf.is_empty() {
                         awaiting = 0;
-                        // The parse's outcome ends with this block, before the awaits below:
+                        // The parse's outcome ends with this block, before the await below:
                         // a value a head was moved out of stays in the task's state across
                         // an await in its scope, and would widen every connection's task by
                         // the size of a head.
                         let refused = {
                             let parsed = match first.then(|| preface(&buf)) {
                                 Some(Preface::Http2) => {
-                                    return Outcome::Http2 { read: buf, stream };
+                                    return Outcome::Http2(Handoff {
+                                        read: buf,
+                                        stream,
+                                        // (The wait on drain borrows `conn`.)
+                                        conn: conn.clone(),
+                                        late,
+                                    });
                                 }
                                 Some(Preface::Broken) => None,
                                 Some(Preface::Partial) => Some(Parsed::Partial),
                                 Some(Preface::None) | None => Some(request::parse(
                                     &mut buf,
-                                    limits.max_headers,
+                                    limits.max_headers(),
                                     !stream_late_body,
                                 )),
                             };
@@ -148,33 +202,29 @@ pub fn serve(
                                     awaiting = total;
                                     None
                                 }
-                                Some(Parsed::Refused(refusal)) => Some(Some(refusal)),
-                                Some(Parsed::Partial) if buf.len() >= limits.max_head => {
-                                    Some(Some(ProxyError::HeadersTooLarge("request head too long")))
+                                Some(Parsed::Refused(refusal)) => Some(Refusal::Request(refusal)),
+                                Some(Parsed::Partial) if buf.len() >= limits.max_head() => {
+                                    Some(Refusal::Request(ProxyError::HeadersTooLarge(
+                                        "request head too long",
+                                    )))
                                 }
                                 Some(Parsed::Partial) => None,
-                                // HTTP/2's preface, broken.
-                                None => Some(None),
+                                None => Some(Refusal::BrokenPreface),
                             }
                         };
-                        // Boxed, as every rare path below: this future is most of an idle
-                        // connection's memory, and an await's state sizes it.
-                        match refused {
-                            Some(Some(refusal)) => {
-                                Box::pin(refuse(&mut stream, refusal)).await;
-                                return Outcome::Closed;
-                            }
-                            Some(None) => {
-                                let _ =
-                                    Box::pin(send(&mut SharedWriter(&stream), H2_PROTOCOL_ERROR))
-                                        .await;
-                                return Outcome::Closed;
-                            }
-                            None => {}
+                        // The refusal moves whole into its answer (boxed, as every rare path
+                        // below: this future is most of an idle connection's memory, and an
+                        // await's state sizes it); a value matched apart would stay beside it.
+                        let answer =
+                            refused.map(|refusal| Box::pin(turn_away(&mut stream, refusal)));
+                        if let Some(answer) = answer {
+                            answer.await;
+                            return Outcome::Closed;
                         }
                     }
+                    let want = awaiting;
                     let woken = std::future::poll_fn(|cx| {
-                        poll_next_head(&mut stream, &mut buf, awaiting, idle.as_mut(), cx)
+                        poll_next_head(&mut stream, &mut buf, want, idle.as_mut(), cx)
                     });
                     match woken.await {
                         Woken::TimedOut if awaiting > 0 => stream_late_body = true,
@@ -243,12 +293,14 @@ pub fn serve(
 }
 
 /// What the first bytes of a connection say about HTTP/2.
+#[derive(Debug, PartialEq, Eq)]
 enum Preface {
-    /// HTTP/2's preface, whole.
+    /// HTTP/2's preface, whole, and the header of a SETTINGS frame behind it.
     Http2,
     /// A beginning of it, the rest to come.
     Partial,
-    /// A beginning of it, then something else.
+    /// A beginning of it, then something else (a frame other than SETTINGS among it: hyper's
+    /// server would take any).
     Broken,
     /// Not HTTP/2.
     None,
@@ -261,11 +313,22 @@ fn preface(read: &[u8]) -> Preface {
         return Preface::None;
     }
     if read[..n] != H2_PREFACE[..n] {
-        Preface::Broken
-    } else if n < H2_PREFACE.len() {
-        Preface::Partial
-    } else {
+        return Preface::Broken;
+    }
+    let Some(frame) = read
+        .get(H2_PREFACE.len()..H2_PREFACE.len() + H2_FRAME_HEADER)
+        .filter(|frame| frame.len() == H2_FRAME_HEADER)
+    else {
+        return Preface::Partial;
+    };
+    // Type SETTINGS (4), not an ACK, on stream 0, a whole number of settings (RFC 9113 §6.5).
+    let length = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]);
+    let settings =
+        frame[3] == 4 && frame[4] & 1 == 0 && frame[5..9] == [0, 0, 0, 0] && length % 6 == 0;
+    if settings {
         Preface::Http2
+    } else {
+        Preface::Broken
     }
 }
 
@@ -310,7 +373,7 @@ fn request_of(
         std::mem::take(buf),
         framing,
         expect_continue,
-        limits.body_read_timeout,
+        limits.body_read_timeout(),
     );
     (
         Request::from_parts(parts, ClientBody::Http1(body)),
@@ -401,6 +464,24 @@ fn exchange(
             socket,
             reusable: complete && !written.close,
             upgraded: upgraded.filter(|_| complete).map(Box::new),
+        }
+    }
+}
+
+/// Why a connection is turned away before a request is handled.
+enum Refusal {
+    /// The request's head is refused.
+    Request(ProxyError),
+    /// The connection began HTTP/2's preface and broke it.
+    BrokenPreface,
+}
+
+/// Answers `refusal` and closes the connection.
+async fn turn_away(stream: &mut Downstream, refusal: Refusal) {
+    match refusal {
+        Refusal::Request(refusal) => refuse(stream, refusal).await,
+        Refusal::BrokenPreface => {
+            let _ = send(&mut SharedWriter(stream), H2_PROTOCOL_ERROR).await;
         }
     }
 }
@@ -654,5 +735,68 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_frame(header: [u8; H2_FRAME_HEADER]) -> Vec<u8> {
+        [H2_PREFACE, &header[..]].concat()
+    }
+
+    #[test]
+    fn the_preface_counts_only_with_settings_behind_it() {
+        assert_eq!(preface(b"GET / HTTP/1.1\r\n"), Preface::None);
+        assert_eq!(preface(b"PR"), Preface::Partial);
+        assert_eq!(preface(b"PRI * HTTP/2.0\r\n\r\nXX"), Preface::Broken);
+        assert_eq!(preface(H2_PREFACE), Preface::Partial);
+        assert_eq!(
+            preface(&with_frame([0, 0, 6, 4, 0, 0, 0, 0, 0])[..30]),
+            Preface::Partial
+        );
+        assert_eq!(
+            preface(&with_frame([0, 0, 6, 4, 0, 0, 0, 0, 0])),
+            Preface::Http2
+        );
+        assert_eq!(
+            preface(&with_frame([0, 0, 0, 4, 0, 0, 0, 0, 0])),
+            Preface::Http2
+        );
+        // PING, a SETTINGS ACK, SETTINGS on a stream, a settings list cut short.
+        assert_eq!(
+            preface(&with_frame([0, 0, 8, 6, 0, 0, 0, 0, 0])),
+            Preface::Broken
+        );
+        assert_eq!(
+            preface(&with_frame([0, 0, 0, 4, 1, 0, 0, 0, 0])),
+            Preface::Broken
+        );
+        assert_eq!(
+            preface(&with_frame([0, 0, 6, 4, 0, 0, 0, 0, 1])),
+            Preface::Broken
+        );
+        assert_eq!(
+            preface(&with_frame([0, 0, 5, 4, 0, 0, 0, 0, 0])),
+            Preface::Broken
+        );
+    }
+
+    #[test]
+    fn limits_round_durations_up_and_saturate() {
+        let limits = Limits::new(
+            Duration::from_micros(1500),
+            usize::MAX,
+            100,
+            Duration::from_secs(u64::MAX),
+        );
+        assert_eq!(limits.header_read_timeout(), Duration::from_millis(2));
+        assert_eq!(limits.max_head(), u32::MAX as usize);
+        assert_eq!(limits.max_headers(), 100);
+        assert_eq!(
+            limits.body_read_timeout(),
+            Duration::from_millis(u32::MAX.into())
+        );
     }
 }
