@@ -402,9 +402,9 @@ pub(crate) fn own_node(s: &AppState, caller: &Caller, node: &str) -> Result<(), 
     if *caller == Caller::Operator {
         return Ok(());
     }
-    let configs = s.policy.list(Some("ProxyConfig"), None)?;
-    let config = configs.iter().find(|r| r.name == node).map(|r| &r.document);
-    if auth::may_stream(caller, config) {
+    if s.push
+        .with_proxy_config(node, |config| auth::may_stream(caller, config))?
+    {
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!(
@@ -423,7 +423,8 @@ async fn stream(
             "node: 1-253 characters of letters, digits, `-`, `.`, `_`".into(),
         ));
     }
-    own_node(&s, &caller(who), &q.node)?;
+    let caller = caller(who);
+    own_node(&s, &caller, &q.node)?;
     let listeners: Vec<String> = q
         .listeners
         .split(',')
@@ -434,6 +435,7 @@ async fn stream(
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(4);
     tokio::spawn(crate::push::stream::serve(
         s.push.clone(),
+        caller,
         q.node,
         listeners,
         tx,

@@ -324,6 +324,55 @@ async fn a_proxy_certificate_may_not_write_policy_or_read_other_resources() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_stream_ends_when_its_node_is_claimed_for_another_identity() {
+    let control = start();
+    let proxy = TlsClient::new(
+        &control.bundle(),
+        Some(&join(&control, "reviews").await),
+        false,
+    );
+    // A node without a ProxyConfig may be streamed by any proxy (a sidecar without one).
+    let address = control.address();
+    let stream = tokio::spawn(async move {
+        proxy
+            .call(
+                address,
+                Method::GET,
+                "/v1/push/stream?node=claimed-later",
+                None,
+                None,
+            )
+            .await
+    });
+    eventually(
+        "the control lists the stream",
+        Duration::from_secs(5),
+        || async {
+            let (_, proxies) = control.call(Method::GET, "/v1/proxies", None).await;
+            proxies["items"]
+                .as_array()?
+                .iter()
+                .any(|p| p["node"] == "claimed-later" && p["connected"] == true)
+                .then_some(())
+        },
+    )
+    .await;
+    let pc = "apiVersion: strait.dev/v1alpha1\nkind: ProxyConfig\nmetadata: {name: claimed-later, namespace: default}\nspec:\n  admin: \"127.0.0.1:15000\"\n  identity: {trustDomain: example.org, namespace: default, serviceAccount: ratings}\n  listeners: [{name: out, address: \"127.0.0.1:15001\", protocol: http}]\n";
+    let (status, body) = control.apply("pc.yaml", pc).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = stream
+        .await
+        .expect("stream task")
+        .expect("the control ends the stream");
+    assert_eq!(answer.status, 200);
+    let lines = answer.json.to_string();
+    assert!(
+        !lines.contains("ProxyConfig") && !lines.contains("ratings"),
+        "the other identity's config was sent: {lines}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ca_survives_kill_9_and_restart() {
     let mut control = start();
     let bundle = control.bundle();

@@ -96,8 +96,35 @@ pub struct Push {
 /// listeners receives.
 struct Rendered {
     revision: u64,
-    resources: Arc<Vec<StoredResource>>,
+    resources: Vec<StoredResource>,
+    /// Where in `resources` the ProxyConfig of each node is (the first in key order when
+    /// namespaces repeat a name).
+    proxy_configs: HashMap<String, usize>,
     by_listeners: HashMap<Vec<String>, Arc<Vec<Piece>>>,
+}
+
+impl Rendered {
+    /// The stored resources at `revision`, nothing rendered yet.
+    fn at(revision: u64, resources: Vec<StoredResource>) -> Self {
+        let mut proxy_configs = HashMap::new();
+        for (i, r) in resources.iter().enumerate() {
+            if r.kind == "ProxyConfig" {
+                proxy_configs.entry(r.name.clone()).or_insert(i);
+            }
+        }
+        Self {
+            revision,
+            resources,
+            proxy_configs,
+            by_listeners: HashMap::new(),
+        }
+    }
+
+    fn proxy_config(&self, node: &str) -> Option<&StoredResource> {
+        self.proxy_configs
+            .get(node)
+            .and_then(|&i| self.resources.get(i))
+    }
 }
 
 /// What one node receives at one revision.
@@ -191,43 +218,59 @@ impl Push {
         }
     }
 
+    /// `f` of the stored resources at the current revision, read from the store once per
+    /// revision.
+    fn with_current<T>(&self, f: impl FnOnce(&mut Rendered) -> T) -> Result<T, StoreError> {
+        let version = *self.revisions.watch().borrow();
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        match cached.as_mut() {
+            Some(rendered) if rendered.revision == version => Ok(f(rendered)),
+            _ => {
+                let rendered = cached.insert(Rendered::at(version, self.policy.list(None, None)?));
+                Ok(f(rendered))
+            }
+        }
+    }
+
+    /// `f` of `node`'s ProxyConfig document at the current revision (`None`: the control has
+    /// none named after it). What a proxy's every request is authorized by: no store read per
+    /// request.
+    pub fn with_proxy_config<T>(
+        &self,
+        node: &str,
+        f: impl FnOnce(Option<&Value>) -> T,
+    ) -> Result<T, StoreError> {
+        self.with_current(|rendered| f(rendered.proxy_config(node).map(|r| &r.document)))
+    }
+
     /// What `node` (with `listeners`, when the control has no ProxyConfig for it) receives at
     /// the current revision.
     pub fn view(&self, node: &str, listeners: &[String]) -> Result<NodeView, StoreError> {
-        let version = *self.revisions.watch().borrow();
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rendered = match cached.take() {
-            Some(rendered) if rendered.revision == version => rendered,
-            _ => Rendered {
-                revision: version,
-                resources: Arc::new(self.policy.list(None, None)?),
-                by_listeners: HashMap::new(),
-            },
-        };
-        let resources = rendered.resources.clone();
-        let proxy_config = resources
-            .iter()
-            .find(|r| r.kind == "ProxyConfig" && r.name == node);
-        let listeners = match proxy_config {
-            Some(pc) => render::listeners_of(&pc.document),
-            None => listeners.to_vec(),
-        };
-        let pieces = match rendered.by_listeners.get(&listeners) {
-            Some(pieces) => pieces.clone(),
-            None => {
-                let pieces = Arc::new(render::for_listeners(&resources, &listeners, |d| {
-                    self.with_endpoints(d)
-                }));
-                rendered.by_listeners.insert(listeners, pieces.clone());
-                pieces
+        self.with_current(|rendered| {
+            let proxy_config = rendered.proxy_config(node);
+            let listeners = match proxy_config {
+                Some(pc) => render::listeners_of(&pc.document),
+                None => listeners.to_vec(),
+            };
+            let proxy_config =
+                proxy_config.map(|pc| Piece::new(&pc.kind, &pc.namespace, &pc.name, &pc.document));
+            let pieces = match rendered.by_listeners.get(&listeners) {
+                Some(pieces) => pieces.clone(),
+                None => {
+                    let pieces = Arc::new(render::for_listeners(
+                        &rendered.resources,
+                        &listeners,
+                        |d| self.with_endpoints(d),
+                    ));
+                    rendered.by_listeners.insert(listeners, pieces.clone());
+                    pieces
+                }
+            };
+            NodeView {
+                version: rendered.revision,
+                proxy_config,
+                pieces,
             }
-        };
-        *cached = Some(rendered);
-        Ok(NodeView {
-            version,
-            proxy_config: proxy_config
-                .map(|pc| Piece::new(&pc.kind, &pc.namespace, &pc.name, &pc.document)),
-            pieces,
         })
     }
 
@@ -418,7 +461,97 @@ fn merge_views(views: impl Iterator<Item = Value>) -> Vec<Value> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::backend::{Change, Commit, PolicyBackend, Resources};
+    use crate::events::NoEvents;
+    use strait_config::Source;
+
+    /// The embedded backend, counting the listings it serves.
+    #[derive(Debug)]
+    struct CountingLists {
+        inner: Arc<dyn PolicyBackend>,
+        lists: AtomicUsize,
+    }
+
+    impl PolicyBackend for CountingLists {
+        fn resources(&self, prefix: &str) -> Result<Resources, StoreError> {
+            self.lists.fetch_add(1, Ordering::Relaxed);
+            self.inner.resources(prefix)
+        }
+        fn resource(&self, key: &str) -> Result<Option<StoredResource>, StoreError> {
+            self.inner.resource(key)
+        }
+        fn history(&self, key: &str) -> Result<Vec<StoredResource>, StoreError> {
+            self.inner.history(key)
+        }
+        fn commit(&self, base: u64, changes: &[Change]) -> Result<Commit, StoreError> {
+            self.inner.commit(base, changes)
+        }
+    }
+
+    fn proxy_config(node: &str, service_account: &str) -> String {
+        format!(
+            "apiVersion: strait.dev/v1alpha1\nkind: ProxyConfig\nmetadata: {{name: {node}}}\nspec:\n  admin: 127.0.0.1:0\n  identity: {{trustDomain: td.test, namespace: default, serviceAccount: {service_account}}}\n  listeners:\n    - {{name: web, address: 127.0.0.1:0, protocol: http}}\n---\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn proxies_are_authorized_from_one_listing_per_revision() {
+        let dir = std::env::temp_dir().join(format!("strait-push-{}", fastrand::u64(..)));
+        let (backends, _) = crate::backend::embedded::Embedded::backends(&dir).unwrap();
+        let revisions = Revisions::new(backends.revision);
+        let counting = Arc::new(CountingLists {
+            inner: backends.policy,
+            lists: AtomicUsize::new(0),
+        });
+        let policy = Arc::new(PolicyStore::new(counting.clone(), revisions.clone()));
+        let apply = |text: String| {
+            let file = "proxies.yaml".into();
+            policy.apply(&[Source { file, text }]).unwrap();
+        };
+        apply(
+            (0..50)
+                .map(|i| proxy_config(&format!("pod-{i}"), "web"))
+                .collect(),
+        );
+        let registry = Arc::new(
+            Registry::open(backends.registry, revisions.clone(), Arc::new(NoEvents)).unwrap(),
+        );
+        let push = Push::new(
+            policy.clone(),
+            registry,
+            revisions,
+            Arc::new(NoEvents),
+            None,
+        );
+        let service_account = |node: &str| {
+            push.with_proxy_config(node, |config| {
+                config.map(|d| d["spec"]["identity"]["serviceAccount"].clone())
+            })
+            .unwrap()
+        };
+
+        let before = counting.lists.load(Ordering::Relaxed);
+        for i in 0..200 {
+            assert_eq!(
+                service_account(&format!("pod-{}", i % 50)),
+                Some("web".into())
+            );
+        }
+        assert_eq!(service_account("pod-none"), None);
+        assert_eq!(counting.lists.load(Ordering::Relaxed) - before, 1);
+
+        // A new revision is read once (after the apply's own listing), and seen.
+        apply(proxy_config("pod-7", "admin"));
+        let before = counting.lists.load(Ordering::Relaxed);
+        assert_eq!(service_account("pod-7"), Some("admin".into()));
+        assert_eq!(service_account("pod-8"), Some("web".into()));
+        assert!(push.view("pod-7", &[]).unwrap().proxy_config.is_some());
+        assert_eq!(counting.lists.load(Ordering::Relaxed) - before, 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn the_replica_a_proxy_is_connected_to_speaks_for_it() {
