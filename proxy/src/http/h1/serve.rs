@@ -742,45 +742,30 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
 mod tests {
     use super::*;
 
-    fn with_frame(header: [u8; H2_FRAME_HEADER]) -> Vec<u8> {
-        [H2_PREFACE, &header[..]].concat()
-    }
-
     #[test]
     fn the_preface_counts_only_with_settings_behind_it() {
         assert_eq!(preface(b"GET / HTTP/1.1\r\n"), Preface::None);
         assert_eq!(preface(b"PR"), Preface::Partial);
         assert_eq!(preface(b"PRI * HTTP/2.0\r\n\r\nXX"), Preface::Broken);
         assert_eq!(preface(H2_PREFACE), Preface::Partial);
-        assert_eq!(
-            preface(&with_frame([0, 0, 6, 4, 0, 0, 0, 0, 0])[..30]),
-            Preface::Partial
-        );
-        assert_eq!(
-            preface(&with_frame([0, 0, 6, 4, 0, 0, 0, 0, 0])),
-            Preface::Http2
-        );
-        assert_eq!(
-            preface(&with_frame([0, 0, 0, 4, 0, 0, 0, 0, 0])),
-            Preface::Http2
-        );
-        // PING, a SETTINGS ACK, SETTINGS on a stream, a settings list cut short.
-        assert_eq!(
-            preface(&with_frame([0, 0, 8, 6, 0, 0, 0, 0, 0])),
-            Preface::Broken
-        );
-        assert_eq!(
-            preface(&with_frame([0, 0, 0, 4, 1, 0, 0, 0, 0])),
-            Preface::Broken
-        );
-        assert_eq!(
-            preface(&with_frame([0, 0, 6, 4, 0, 0, 0, 0, 1])),
-            Preface::Broken
-        );
-        assert_eq!(
-            preface(&with_frame([0, 0, 5, 4, 0, 0, 0, 0, 0])),
-            Preface::Broken
-        );
+        let settings = [H2_PREFACE, &[0, 0, 6, 4, 0, 0, 0, 0, 0]].concat();
+        assert_eq!(preface(&settings[..30]), Preface::Partial);
+        let frames: [([u8; H2_FRAME_HEADER], Preface); 6] = [
+            ([0, 0, 6, 4, 0, 0, 0, 0, 0], Preface::Http2),
+            ([0, 0, 0, 4, 0, 0, 0, 0, 0], Preface::Http2),
+            // PING, a SETTINGS ACK, SETTINGS on a stream, a settings list cut short.
+            ([0, 0, 8, 6, 0, 0, 0, 0, 0], Preface::Broken),
+            ([0, 0, 0, 4, 1, 0, 0, 0, 0], Preface::Broken),
+            ([0, 0, 6, 4, 0, 0, 0, 0, 1], Preface::Broken),
+            ([0, 0, 5, 4, 0, 0, 0, 0, 0], Preface::Broken),
+        ];
+        for (frame, expected) in frames {
+            assert_eq!(
+                preface(&[H2_PREFACE, &frame].concat()),
+                expected,
+                "{frame:?}"
+            );
+        }
     }
 
     #[test]
