@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod etcd;
+pub mod h2_wire;
 pub mod kube;
 pub mod kube_api;
 pub mod mesh_peer;

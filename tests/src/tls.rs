@@ -94,6 +94,21 @@ impl TlsClient {
         }
     }
 
+    /// A new TLS connection to `address`, verified as its IP, for a test that writes its own
+    /// bytes.
+    pub async fn connect(
+        &self,
+        address: SocketAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.connector
+            .connect(ServerName::IpAddress(address.ip().into()), tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))
+    }
+
     /// One request on a new connection to `address` (verified as its IP): bearer token and
     /// JSON body optional. Err: the connection or handshake failed.
     pub async fn call(
@@ -105,14 +120,7 @@ impl TlsClient {
         body: Option<serde_json::Value>,
     ) -> Result<TlsAnswer, String> {
         let work = async {
-            let tcp = tokio::net::TcpStream::connect(address)
-                .await
-                .map_err(|e| e.to_string())?;
-            let tls = self
-                .connector
-                .connect(ServerName::IpAddress(address.ip().into()), tcp)
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
+            let tls = self.connect(address).await?;
             let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
             let mut req = Request::builder().method(method);
             req = if self.h2 {

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use strait_tests::config::{http_route, proxy, service};
+use strait_tests::h2_wire;
 use strait_tests::recording::Recorded;
 use strait_tests::{Proxy, RecordingUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -636,56 +637,18 @@ async fn a_body_that_stalls_is_408() {
 
 // --- HTTP/2 ---------------------------------------------------------------------------------------
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const GOAWAY: u8 = 0x7;
-const PROTOCOL_ERROR: u32 = 0x1;
-
-/// The frames of an HTTP/2 byte stream: (type, payload).
-fn frames(mut raw: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut frames = Vec::new();
-    while raw.len() >= 9 {
-        let length = usize::from(raw[0]) << 16 | usize::from(raw[1]) << 8 | usize::from(raw[2]);
-        let Some(payload) = raw.get(9..9 + length) else {
-            break;
-        };
-        frames.push((raw[3], payload.to_vec()));
-        raw = &raw[9 + length..];
-    }
-    frames
-}
-
 /// Sends `bytes` to the proxy and asserts it answers with GOAWAY(PROTOCOL_ERROR) before closing.
 async fn expect_goaway(bytes: &[u8]) {
     let (proxy, up) = setup_with("").await;
     let mut stream = TcpStream::connect(proxy.listener("web")).await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    let mut raw = Vec::new();
-    let closed = tokio::time::timeout(ANSWER_TIMEOUT, stream.read_to_end(&mut raw))
-        .await
-        .is_ok();
-    let frames = frames(&raw);
-    let goaway = frames.iter().find(|(kind, _)| *kind == GOAWAY);
-    let Some((_, payload)) = goaway else {
-        panic!(
-            "no GOAWAY (connection closed: {closed}); got frames {frames:?} from {:?}",
-            String::from_utf8_lossy(&raw)
-        );
-    };
-    assert!(closed, "the connection is closed after the GOAWAY");
-    let code = payload
-        .get(4..8)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-    assert_eq!(code, Some(PROTOCOL_ERROR), "GOAWAY {payload:?}");
+    h2_wire::expect_goaway(&mut stream, bytes).await;
     assert!(up.requests().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_preface_followed_by_a_frame_other_than_settings_gets_goaway() {
     // PING on stream 0 where the client's SETTINGS must come first (RFC 9113 §3.4).
-    let mut wire = H2_PREFACE.to_vec();
-    wire.extend_from_slice(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0]);
-    wire.extend_from_slice(&[0; 8]);
-    expect_goaway(&wire).await;
+    expect_goaway(&[h2_wire::PREFACE, h2_wire::PING].concat()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 
 use strait_tests::client::{get, http1};
 use strait_tests::config::{http_route, service};
+use strait_tests::h2_wire;
 use strait_tests::tls::{ClientIdentity, TestCa, TlsClient};
 use strait_tests::{Proxy, Upstream};
 
@@ -93,4 +94,22 @@ async fn the_app_behind_a_tls_listener_is_told_its_client_spoke_https() {
         forwarded(&answer.json()),
         ("http".to_owned(), "for=127.0.0.1;proto=http".to_owned())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_over_tls_must_open_with_the_preface_and_settings() {
+    let ca = TestCa::new("edge");
+    let up = Upstream::start("up").await;
+    let proxy = start(&ca, &up);
+    let h2 = TlsClient::new(&ca.bundle, None, true);
+    for wire in [
+        [h2_wire::PREFACE, h2_wire::PING].concat(),
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+    ] {
+        let mut tls = h2.connect(proxy.listener("edge")).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        h2_wire::expect_goaway(&mut tls, &wire).await;
+    }
+    assert_eq!(up.hits(), 0);
 }

@@ -5,6 +5,7 @@ pub mod body;
 pub mod deadline;
 pub mod error;
 pub mod h1;
+pub mod h2_preface;
 pub mod headers;
 pub mod mirror;
 pub mod pipeline;

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use super::body::ClientBody;
 use super::h1;
 use super::h1::downstream::Downstream;
+use super::h2_preface;
 use super::headers::{ClientHeaders, Proto};
 use super::pipeline::{handle, Conn};
 use crate::intercept::passthrough::OriginalDestination;
@@ -83,11 +84,9 @@ pub async fn serve_tls(
     let _ = stream.get_ref().0.set_nodelay(true);
     if client.h2 {
         let conn = connection(&client, listener, shared, original);
-        let limits = conn.shared.config.load().snapshot.proxy.clone();
-        let late = conn.shared.drain.is_draining();
         // Boxed: hyper's connection state would otherwise widen the task of every TLS
         // connection, most of which are HTTP/1.
-        Box::pin(serve_http2(TokioIo::new(*stream), conn, &limits, late)).await;
+        Box::pin(serve_tls_http2(*stream, conn)).await;
         drop(token);
         return;
     }
@@ -100,6 +99,17 @@ pub async fn serve_tls(
         original,
     )
     .await;
+}
+
+/// Serves a TLS connection whose handshake chose `h2`, once it opened with HTTP/2's preface.
+async fn serve_tls_http2(mut stream: tokio_rustls::server::TlsStream<TcpStream>, conn: Arc<Conn>) {
+    let limits = conn.shared.config.load().snapshot.proxy.clone();
+    let late = conn.shared.drain.is_draining();
+    let Some(read) = h2_preface::read(&mut stream, limits.header_read_timeout).await else {
+        return;
+    };
+    let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), stream));
+    serve_http2(io, conn, &limits, late).await;
 }
 
 /// The connection's state as requests see it.

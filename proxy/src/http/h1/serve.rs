@@ -29,6 +29,7 @@ use super::request::{self, BodyFraming, Head, Parsed};
 use super::respond::{self, Framing, Peer};
 use crate::http::body::{ClientBody, ResponseBody};
 use crate::http::error::ProxyError;
+use crate::http::h2_preface::{self, preface, Preface};
 use crate::http::headers::wants_upgrade;
 use crate::http::pipeline::{handle, Conn};
 use crate::http::response::Reply;
@@ -45,18 +46,6 @@ const KEEP_READ_BUFFER: usize = 4 * READ_SIZE;
 /// A write buffer grown larger than this (by a big head, or a small body written with its
 /// head) goes back to the allocator, not to the thread's free list.
 const KEEP_WRITE_BUFFER: usize = 8 * 1024;
-/// HTTP/2's connection preface (RFC 9113 §3.4), which a SETTINGS frame must follow.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// The length of an HTTP/2 frame's header.
-const H2_FRAME_HEADER: usize = 9;
-/// An empty SETTINGS frame (the server's preface), then GOAWAY(last stream 0,
-/// PROTOCOL_ERROR): the answer to a connection that starts HTTP/2's preface and breaks it.
-const H2_PROTOCOL_ERROR: &[u8] = &[
-    0, 0, 0, 4, 0, 0, 0, 0, 0, // SETTINGS, empty
-    0, 0, 8, 7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes, stream 0
-    0, 0, 0, 0, // last stream id
-    0, 0, 0, 1, // PROTOCOL_ERROR
-];
 
 /// The connection's limits on reading requests, in milliseconds and counts of 32 bits: every
 /// idle connection keeps a copy. Larger values saturate (49 days, 4 GiB).
@@ -292,46 +281,6 @@ pub fn serve(
     }
 }
 
-/// What the first bytes of a connection say about HTTP/2.
-#[derive(Debug, PartialEq, Eq)]
-enum Preface {
-    /// HTTP/2's preface, whole, and the header of a SETTINGS frame behind it.
-    Http2,
-    /// A beginning of it, the rest to come.
-    Partial,
-    /// A beginning of it, then something else (a frame other than SETTINGS among it: hyper's
-    /// server would take any).
-    Broken,
-    /// Not HTTP/2.
-    None,
-}
-
-fn preface(read: &[u8]) -> Preface {
-    // "PRI" is no method HTTP/1 knows: a connection that starts with it means HTTP/2.
-    let n = read.len().min(H2_PREFACE.len());
-    if n < 4 && !read.starts_with(&H2_PREFACE[..n]) || n >= 4 && !read.starts_with(b"PRI ") {
-        return Preface::None;
-    }
-    if read[..n] != H2_PREFACE[..n] {
-        return Preface::Broken;
-    }
-    let Some(frame) = read
-        .get(H2_PREFACE.len()..H2_PREFACE.len() + H2_FRAME_HEADER)
-        .filter(|frame| frame.len() == H2_FRAME_HEADER)
-    else {
-        return Preface::Partial;
-    };
-    // Type SETTINGS (4), not an ACK, on stream 0, a whole number of settings (RFC 9113 §6.5).
-    let length = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]);
-    let settings =
-        frame[3] == 4 && frame[4] & 1 == 0 && frame[5..9] == [0, 0, 0, 0] && length % 6 == 0;
-    if settings {
-        Preface::Http2
-    } else {
-        Preface::Broken
-    }
-}
-
 /// The request a head starts, its body read whole when it is small and already here, or
 /// streamed off the connection (which the exchange then shares with the body).
 fn request_of(
@@ -481,7 +430,7 @@ async fn turn_away(stream: &mut Downstream, refusal: Refusal) {
     match refusal {
         Refusal::Request(refusal) => refuse(stream, refusal).await,
         Refusal::BrokenPreface => {
-            let _ = send(&mut SharedWriter(stream), H2_PROTOCOL_ERROR).await;
+            let _ = send(&mut SharedWriter(stream), h2_preface::PROTOCOL_ERROR).await;
         }
     }
 }
@@ -741,32 +690,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_preface_counts_only_with_settings_behind_it() {
-        assert_eq!(preface(b"GET / HTTP/1.1\r\n"), Preface::None);
-        assert_eq!(preface(b"PR"), Preface::Partial);
-        assert_eq!(preface(b"PRI * HTTP/2.0\r\n\r\nXX"), Preface::Broken);
-        assert_eq!(preface(H2_PREFACE), Preface::Partial);
-        let settings = [H2_PREFACE, &[0, 0, 6, 4, 0, 0, 0, 0, 0]].concat();
-        assert_eq!(preface(&settings[..30]), Preface::Partial);
-        let frames: [([u8; H2_FRAME_HEADER], Preface); 6] = [
-            ([0, 0, 6, 4, 0, 0, 0, 0, 0], Preface::Http2),
-            ([0, 0, 0, 4, 0, 0, 0, 0, 0], Preface::Http2),
-            // PING, a SETTINGS ACK, SETTINGS on a stream, a settings list cut short.
-            ([0, 0, 8, 6, 0, 0, 0, 0, 0], Preface::Broken),
-            ([0, 0, 0, 4, 1, 0, 0, 0, 0], Preface::Broken),
-            ([0, 0, 6, 4, 0, 0, 0, 0, 1], Preface::Broken),
-            ([0, 0, 5, 4, 0, 0, 0, 0, 0], Preface::Broken),
-        ];
-        for (frame, expected) in frames {
-            assert_eq!(
-                preface(&[H2_PREFACE, &frame].concat()),
-                expected,
-                "{frame:?}"
-            );
-        }
-    }
 
     #[test]
     fn limits_round_durations_up_and_saturate() {
