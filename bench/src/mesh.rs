@@ -12,8 +12,8 @@
 //! - memory per idle keep-alive connection on the inbound hop (fresh instances), mTLS and
 //!   plaintext.
 //!
-//! Each run is half of `--seconds`, cut into slices interleaved across the paths as the
-//! HTTP/1 runs are, so that the scenario adds about a minute per round.
+//! Each run is a third of `--seconds`, cut into (at least two) slices interleaved across the
+//! paths as the HTTP/1 runs are, so that the scenario adds about 20 s per round.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -68,10 +68,11 @@ pub async fn mesh(
     memory(settings, bin, up, &certs, &dir, results).await
 }
 
-/// Each run's slices: half of `--seconds` in all, in slices of about a second.
+/// Each run's slices: a third of `--seconds` in all, in at least two slices of at most about
+/// a second.
 fn slicing(settings: &Settings) -> (u32, Duration) {
-    let total = Duration::from_secs_f64(settings.seconds / 2.0);
-    let n = total.as_secs_f64().round().max(1.0) as u32;
+    let total = Duration::from_secs_f64(settings.seconds / 3.0);
+    let n = total.as_secs_f64().round().max(2.0) as u32;
     (n, total / n)
 }
 
