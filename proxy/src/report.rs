@@ -1,8 +1,9 @@
 //! What the proxy tells the control for its live view, every [`INTERVAL`]: per (listener,
 //! route, service) the request-duration histogram's counts and the failures (read off the
 //! request path: the counters are atomics the requests add to anyway), each service's
-//! endpoints with their health and breaker state (as admin `/clusters` shows them), and the
-//! applied config version. Counts are cumulative: the control turns them into rates.
+//! endpoints with their health and breaker state (as admin `/clusters` shows them), the
+//! applied config version, and the workload beside the proxy (`spec.workload`), which the
+//! control draws the edges from. Counts are cumulative: the control turns them into rates.
 //!
 //! Bounded: at most [`MAX_EDGES`] edges, [`MAX_SERVICES`] services of at most
 //! [`MAX_ENDPOINTS`] endpoints each per report, and one report waiting at a time (a report
@@ -71,6 +72,7 @@ pub fn build(shared: &Shared) -> Value {
     };
     let active = shared.config.load();
     json!({
+        "workload": active.snapshot.proxy.workload.as_deref(),
         "version": crate::admin::shown_version(&active),
         "bounds": duration::bounds(),
         "edges": edges,

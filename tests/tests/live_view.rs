@@ -1,6 +1,6 @@
 //! The live view: two proxies attached to a control report their traffic; the control's
-//! `/v1/live` (the JSON behind the page) shows each proxy's edge to the service with a rate,
-//! `straitctl top --once` prints it, and a real headless Chromium loads `/ui`, draws the graph
+//! `/v1/live` (the JSON behind the page) shows each proxy's edge to the service with a rate
+//! (one edge for two replicas of a workload), `straitctl top --once` prints it, and a real headless Chromium loads `/ui`, draws the graph
 //! and sees a circuit breaker open without a reload (screenshots in
 //! `target/test-artifacts/live-view/`).
 
@@ -45,13 +45,14 @@ spec:
     )
 }
 
-/// A control with `api` applied and two proxies (`pod-a`, `pod-b`) serving it.
-async fn mesh_of_two(upstream: &Upstream) -> (Control, Proxy, Proxy) {
+/// A control with `api` applied and two proxies (`pod-a`, `pod-b`) serving it, each started
+/// from `bootstrap`.
+async fn mesh_of_two(upstream: &Upstream, bootstrap: &str) -> (Control, Proxy, Proxy) {
     let control = Control::start();
     let (status, body) = control.apply("mesh.yaml", &mesh(upstream)).await;
     assert_eq!(status, 200, "{body}");
     let start = |node: &str| {
-        Proxy::start_with_control(BOOTSTRAP, &control.url(), node, &control.token_file())
+        Proxy::start_with_control(bootstrap, &control.url(), node, &control.token_file())
     };
     let (a, b) = (start("pod-a"), start("pod-b"));
     for proxy in [&a, &b] {
@@ -119,7 +120,7 @@ async fn busy_edge(control: &Control, source: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_shows_each_proxys_edge_and_straitctl_top_prints_it() {
     let upstream = Upstream::start("api").await;
-    let (control, a, b) = mesh_of_two(&upstream).await;
+    let (control, a, b) = mesh_of_two(&upstream, BOOTSTRAP).await;
     let traffic = keep_sending([&a, &b]);
     for source in ["pod-a", "pod-b"] {
         let edge = busy_edge(&control, source).await;
@@ -175,6 +176,33 @@ async fn the_control_shows_each_proxys_edge_and_straitctl_top_prints_it() {
 }
 
 /// Where the browser test's screenshots go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replicas_of_a_workload_make_one_edge() {
+    let upstream = Upstream::start("api").await;
+    let replica = BOOTSTRAP.replace("  admin:", "  workload: shop\n  admin:");
+    let (control, a, b) = mesh_of_two(&upstream, &replica).await;
+    let traffic = keep_sending([&a, &b]);
+    let edge = eventually(
+        "shop → api sums both replicas",
+        Duration::from_secs(20),
+        || async {
+            let edge = busy_edge(&control, "shop").await;
+            (edge["nodes"] == json!(["pod-a", "pod-b"])).then_some(edge)
+        },
+    )
+    .await;
+    assert_eq!(edge["route"], "r");
+    let (_, view) = control.call(http::Method::GET, "/v1/live", None).await;
+    let sources: Vec<&Value> = view["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| &e["source"])
+        .collect();
+    assert_eq!(sources, [&json!("shop")], "one edge, from the workload");
+    traffic.abort();
+}
+
 fn artifacts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/live-view")
 }
@@ -191,7 +219,7 @@ async fn in_page(browser: &Browser, what: &str, check: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_draws_live_traffic_and_a_breaker_opening_without_a_reload() {
     let upstream = Upstream::start("api").await;
-    let (control, a, b) = mesh_of_two(&upstream).await;
+    let (control, a, b) = mesh_of_two(&upstream, BOOTSTRAP).await;
     let traffic = keep_sending([&a, &b]);
     let browser = Browser::start().await;
     browser.goto(&format!("{}/ui", control.url())).await;

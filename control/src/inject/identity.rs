@@ -69,10 +69,25 @@ impl WorkloadIdentity {
     }
 }
 
-/// The bootstrap `ProxyConfig` of a proxy with `identity`: the image's, plus `spec.identity`
-/// and mesh TLS on its inbound listener (`permissive`: meshed callers come in over mTLS and
-/// are told apart by identity; the rest, in plaintext, as before).
-pub fn bootstrap(identity: &WorkloadIdentity, settings: &Settings) -> Result<String, String> {
+/// The workload a pod belongs to, as its labels name it (`app.kubernetes.io/name`, else `app`):
+/// the proxy's `spec.workload`, the source of its metrics and of its edges on the live page.
+pub fn workload_name(labels: &serde_json::Map<String, Value>) -> Option<&str> {
+    ["app.kubernetes.io/name", "app"]
+        .iter()
+        .filter_map(|key| labels.get(*key).and_then(Value::as_str))
+        .map(str::trim)
+        .find(|name| (1..=253).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+/// The bootstrap `ProxyConfig` of a proxy with `identity` beside `workload`: the image's, plus
+/// `spec.identity`, `spec.workload`, and mesh TLS on its inbound listener (`permissive`:
+/// meshed callers come in over mTLS and are told apart by identity; the rest, in plaintext,
+/// as before).
+pub fn bootstrap(
+    identity: &WorkloadIdentity,
+    workload: Option<&str>,
+    settings: &Settings,
+) -> Result<String, String> {
     let mut doc = yaml::parse(IMAGE_BOOTSTRAP)?.ok_or("the image bootstrap is empty")?;
     let spec = json!({
         "trustDomain": settings.trust_domain,
@@ -81,6 +96,9 @@ pub fn bootstrap(identity: &WorkloadIdentity, settings: &Settings) -> Result<Str
         "trustBundleFile": TRUST_BUNDLE_FILE,
     });
     let mut ops = vec![Op::add("/spec/identity", spec)];
+    if let Some(workload) = workload {
+        ops.push(Op::add("/spec/workload", json!(workload)));
+    }
     let listeners = yaml::to_json(&doc)["spec"]["listeners"].clone();
     let inbound = listeners
         .as_array()
@@ -97,10 +115,14 @@ pub fn bootstrap(identity: &WorkloadIdentity, settings: &Settings) -> Result<Str
 /// The annotations the identity travels in (mounted by [`bootstrap_volume`]).
 pub fn annotations(
     identity: &WorkloadIdentity,
+    workload: Option<&str>,
     settings: &Settings,
 ) -> Result<Vec<(String, Value)>, String> {
     Ok(vec![
-        (BOOTSTRAP.to_owned(), json!(bootstrap(identity, settings)?)),
+        (
+            BOOTSTRAP.to_owned(),
+            json!(bootstrap(identity, workload, settings)?),
+        ),
         (TRUST_BUNDLE.to_owned(), json!(settings.trust_bundle)),
     ])
 }
@@ -162,15 +184,27 @@ mod tests {
     }
 
     #[test]
+    fn the_workload_is_named_by_the_pods_labels() {
+        let labels = |v: Value| v.as_object().cloned().unwrap_or_default();
+        let both = labels(json!({"app.kubernetes.io/name": "cart", "app": "old"}));
+        assert_eq!(workload_name(&both), Some("cart"));
+        assert_eq!(workload_name(&labels(json!({"app": "cart"}))), Some("cart"));
+        let unusable = labels(json!({"app.kubernetes.io/name": "", "app": "a b"}));
+        assert_eq!(workload_name(&unusable), None);
+        assert_eq!(workload_name(&labels(json!({"tier": "web"}))), None);
+    }
+
+    #[test]
     fn the_bootstrap_is_the_images_with_the_pods_identity_and_validates() {
         let identity = WorkloadIdentity::of("shop", &json!({"serviceAccountName": "cart"}));
         let settings = Settings {
             trust_domain: "example.org".into(),
             ..Settings::default()
         };
-        let text = bootstrap(&identity, &settings).expect("bootstrap");
+        let text = bootstrap(&identity, Some("cart"), &settings).expect("bootstrap");
         let snapshot = strait_config::load_str("sidecar.yaml", &text)
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(snapshot.proxy.workload.as_deref(), Some("cart"));
         let id = snapshot.proxy.identity.expect("spec.identity");
         assert_eq!(
             id.spiffe_id().as_deref(),

@@ -119,8 +119,9 @@ pub fn plan(
         });
     }
     let workload = WorkloadIdentity::of(namespace, spec);
+    let name = identity::workload_name(labels);
     let identity_annotations =
-        identity::annotations(&workload, settings).map_err(|message| InjectError {
+        identity::annotations(&workload, name, settings).map_err(|message| InjectError {
             key: annotations::BOOTSTRAP.into(),
             message,
         })?;

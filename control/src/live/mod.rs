@@ -3,7 +3,9 @@
 //! failure counts, their services' endpoints with health and breaker state, their applied
 //! version), turned into per-edge rates over a window ([`window`]) and served with the proxies'
 //! ACK/NACK and the bus's recent mesh events as one JSON view: `GET /v1/live`, live as
-//! Server-Sent Events on `GET /v1/live/stream`, drawn by the page at `/ui` ([`api`]).
+//! Server-Sent Events on `GET /v1/live/stream`, drawn by the page at `/ui` ([`api`]). An edge
+//! starts at the proxy's workload (`spec.workload`) when it names one, so the replicas of a
+//! workload make one edge, their traffic summed; at the proxy's node otherwise.
 //!
 //! Bounded: at most [`MAX_NODES`] proxies, [`MAX_EDGES`] edges and [`MAX_SERVICES`] services
 //! per proxy are kept; a proxy silent for [`STALE_MS`] leaves the view.
@@ -18,7 +20,7 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use report::Report;
-use window::{EdgeWindow, Sample};
+use window::{EdgeWindow, Sample, Traffic};
 
 /// Most proxies kept (the least recently heard from goes first).
 pub const MAX_NODES: usize = 1024;
@@ -33,6 +35,8 @@ pub const STALE_MS: u64 = 30_000;
 #[derive(Debug, Default)]
 struct NodeState {
     reported_at: u64,
+    /// Where its edges start: its workload, else its node name.
+    source: String,
     version: Option<u64>,
     bounds: Vec<f64>,
     /// By (listener, route, service).
@@ -59,7 +63,18 @@ impl Live {
                 nodes.remove(&oldest);
             }
         }
+        let source = match report.workload {
+            // As `spec.workload` allows: 1-253 printable ASCII characters.
+            Some(workload)
+                if (1..=253).contains(&workload.len())
+                    && workload.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                workload
+            }
+            _ => report.node.clone(),
+        };
         let node = nodes.entry(report.node).or_default();
+        node.source = source;
         node.reported_at = now_ms;
         node.version = report.version;
         node.bounds = report.bounds;
@@ -84,11 +99,12 @@ impl Live {
         });
     }
 
-    /// Edges (source node → destination service) with their rates, the services' endpoints
-    /// as each proxy sees them, and what each proxy reported last, at `now_ms`.
+    /// Edges (source workload or node → destination service, per listener and route) with
+    /// their rates summed over the proxies they start from, the services' endpoints as each
+    /// proxy sees them, and what each proxy reported last, at `now_ms`.
     pub fn view(&self, now_ms: u64) -> (Vec<Value>, Vec<Value>, BTreeMap<String, Value>) {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut edges = Vec::new();
+        let mut merged: BTreeMap<EdgeKey<'_>, MergedEdge<'_>> = BTreeMap::new();
         let mut services = Vec::new();
         let mut reports = BTreeMap::new();
         for (name, node) in nodes.iter() {
@@ -100,19 +116,21 @@ impl Live {
                 json!({"reportedVersion": node.version, "reportedAt": node.reported_at}),
             );
             for ((listener, route, service), w) in &node.edges {
-                let rates = w.rates(now_ms, &node.bounds);
-                let mut edge = json!({
-                    "source": name,
-                    "destination": service,
-                    "listener": listener,
-                    "route": route,
+                let key = (
+                    node.source.as_str(),
+                    service.as_str(),
+                    listener.as_str(),
+                    route.as_str(),
+                );
+                let edge = merged.entry(key).or_insert_with(|| MergedEdge {
+                    traffic: Traffic::default(),
+                    bounds: &node.bounds,
+                    nodes: Vec::new(),
                 });
-                if let (Some(e), Ok(Value::Object(r))) =
-                    (edge.as_object_mut(), serde_json::to_value(&rates))
-                {
-                    e.extend(r);
+                if let Some(traffic) = w.traffic(now_ms) {
+                    edge.traffic.add(&traffic);
                 }
-                edges.push(edge);
+                edge.nodes.push(name);
             }
             for service in &node.services {
                 let mut service = service.clone();
@@ -120,8 +138,39 @@ impl Live {
                 services.push(service);
             }
         }
+        let edges = merged
+            .into_iter()
+            .map(|((source, destination, listener, route), edge)| {
+                let mut json = json!({
+                    "source": source,
+                    "destination": destination,
+                    "listener": listener,
+                    "route": route,
+                    "nodes": edge.nodes,
+                });
+                if let (Some(e), Ok(Value::Object(r))) = (
+                    json.as_object_mut(),
+                    serde_json::to_value(edge.traffic.rates(edge.bounds)),
+                ) {
+                    e.extend(r);
+                }
+                json
+            })
+            .collect();
         (edges, services, reports)
     }
+}
+
+/// An edge in the view: (source, destination, listener, route).
+type EdgeKey<'a> = (&'a str, &'a str, &'a str, &'a str);
+
+/// An edge's traffic summed over the proxies it starts from.
+struct MergedEdge<'a> {
+    traffic: Traffic,
+    /// The buckets' bounds (the first proxy's: one binary's, the same for all).
+    bounds: &'a [f64],
+    /// The proxies it starts from.
+    nodes: Vec<&'a String>,
 }
 
 #[cfg(test)]
@@ -132,6 +181,7 @@ mod tests {
     fn report(node: &str, edges: usize, count: u64) -> Report {
         Report {
             node: node.into(),
+            workload: None,
             version: Some(3),
             bounds: vec![0.001],
             edges: (0..edges)
@@ -160,6 +210,31 @@ mod tests {
         assert_eq!(services[0]["node"], "pod-a");
         assert_eq!(services[0]["circuit"]["state"], "open");
         assert_eq!(reports["pod-a"]["reportedVersion"], 3);
+    }
+
+    #[test]
+    fn the_replicas_of_a_workload_make_one_edge() {
+        let live = Live::default();
+        let replica = |node: &str, count| Report {
+            workload: Some("productpage".into()),
+            ..report(node, 1, count)
+        };
+        live.ingest(replica("pp-1", 0), 1_000);
+        live.ingest(replica("pp-2", 0), 1_000);
+        live.ingest(report("other", 1, 0), 1_000);
+        live.ingest(replica("pp-1", 40), 3_000);
+        live.ingest(replica("pp-2", 20), 3_000);
+        live.ingest(report("other", 1, 10), 3_000);
+        let (edges, _, reports) = live.view(3_000);
+        assert_eq!(reports.len(), 3);
+        assert_eq!(edges.len(), 2, "{edges:?}");
+        let pp = edges.iter().find(|e| e["source"] == "productpage").unwrap();
+        assert_eq!(pp["destination"], "s0");
+        assert_eq!(pp["rps"], 30.0);
+        assert_eq!(pp["requests"], 60);
+        assert_eq!(pp["nodes"], json!(["pp-1", "pp-2"]));
+        let other = edges.iter().find(|e| e["source"] == "other").unwrap();
+        assert_eq!(other["rps"], 5.0);
     }
 
     #[test]

@@ -9,6 +9,9 @@ use serde_json::Value;
 pub struct Report {
     /// Node name.
     pub node: String,
+    /// The workload beside the proxy (its `spec.workload`), which its edges start from.
+    #[serde(default)]
+    pub workload: Option<String>,
     /// The config version it serves.
     #[serde(default)]
     pub version: Option<u64>,

@@ -67,38 +67,75 @@ impl EdgeWindow {
         self.samples.back().map(|s| s.at_ms)
     }
 
-    /// The figures between the oldest sample within [`WINDOW_MS`] of `now_ms` and the newest;
-    /// zeros when fewer than two samples are in it.
-    pub fn rates(&self, now_ms: u64, bounds: &[f64]) -> Rates {
+    /// What the edge carried between the oldest sample within [`WINDOW_MS`] of `now_ms` and
+    /// the newest; `None` when fewer than two samples are in it.
+    pub fn traffic(&self, now_ms: u64) -> Option<Traffic> {
         let since = now_ms.saturating_sub(WINDOW_MS);
-        let newest = self.samples.back().filter(|s| s.at_ms >= since);
-        let oldest = self.samples.iter().find(|s| s.at_ms >= since);
-        let (Some(newest), Some(oldest)) = (newest, oldest) else {
-            return Rates::idle();
-        };
+        let newest = self.samples.back().filter(|s| s.at_ms >= since)?;
+        let oldest = self.samples.iter().find(|s| s.at_ms >= since)?;
         let elapsed_ms = newest.at_ms.saturating_sub(oldest.at_ms);
         if elapsed_ms == 0 {
-            return Rates::idle();
+            return None;
         }
-        let deltas: Vec<u64> = newest
+        let buckets: Vec<u64> = newest
             .buckets
             .iter()
             .enumerate()
             .map(|(i, n)| n.saturating_sub(oldest.buckets.get(i).copied().unwrap_or(0)))
             .collect();
-        let requests: u64 = deltas.iter().sum();
-        let failures = newest
-            .failures
-            .saturating_sub(oldest.failures)
-            .min(requests);
+        let requests: u64 = buckets.iter().sum();
+        Some(Traffic {
+            rps: requests as f64 * 1000.0 / elapsed_ms as f64,
+            failures: newest
+                .failures
+                .saturating_sub(oldest.failures)
+                .min(requests),
+            buckets,
+        })
+    }
+
+    /// The figures over the window at `now_ms` (zeros when fewer than two samples are in it).
+    pub fn rates(&self, now_ms: u64, bounds: &[f64]) -> Rates {
+        self.traffic(now_ms)
+            .map_or_else(Rates::idle, |t| t.rates(bounds))
+    }
+}
+
+/// What an edge carried over the window, from one proxy or summed over several.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Traffic {
+    /// Requests per second.
+    pub rps: f64,
+    /// Requests per latency bucket.
+    pub buckets: Vec<u64>,
+    /// Requests answered 5xx.
+    pub failures: u64,
+}
+
+impl Traffic {
+    /// Adds another proxy's share of the same edge (the proxies' buckets share their bounds).
+    pub fn add(&mut self, other: &Traffic) {
+        self.rps += other.rps;
+        self.failures += other.failures;
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (sum, n) in self.buckets.iter_mut().zip(&other.buckets) {
+            *sum += n;
+        }
+    }
+
+    /// Its figures, `bounds` being the buckets' upper bounds.
+    pub fn rates(&self, bounds: &[f64]) -> Rates {
+        let requests: u64 = self.buckets.iter().sum();
         if requests == 0 {
             return Rates::idle();
         }
         Rates {
             requests,
-            rps: requests as f64 * 1000.0 / elapsed_ms as f64,
-            success_rate: (requests - failures) as f64 / requests as f64,
-            p99_ms: percentile(&deltas, bounds, 0.99).map(|s| s * 1000.0),
+            rps: self.rps,
+            success_rate: (requests - self.failures.min(requests)) as f64 / requests as f64,
+            p99_ms: percentile(&self.buckets, bounds, 0.99).map(|s| s * 1000.0),
         }
     }
 }
@@ -202,6 +239,23 @@ mod tests {
             w.push(sample(i * 100, [i, 0, 0, 0], 0));
         }
         assert_eq!(w.samples.len(), MAX_SAMPLES);
+    }
+
+    #[test]
+    fn traffic_of_several_proxies_adds_up() {
+        let mut a = EdgeWindow::default();
+        a.push(sample(0, [0, 0, 0, 0], 0));
+        a.push(sample(2_000, [98, 0, 0, 0], 0));
+        let mut b = EdgeWindow::default();
+        b.push(sample(1_000, [0, 0, 0, 0], 0));
+        b.push(sample(3_000, [0, 0, 2, 0], 2));
+        let mut sum = a.traffic(3_000).unwrap();
+        sum.add(&b.traffic(3_000).unwrap());
+        let r = sum.rates(&BOUNDS);
+        assert_eq!(r.requests, 100);
+        assert!((r.rps - 50.0).abs() < 1e-9, "{r:?}");
+        assert!((r.success_rate - 0.98).abs() < 1e-9, "{r:?}");
+        assert_eq!(r.p99_ms, Some(100.0), "the 99th of 100 is one of b's");
     }
 
     #[test]
