@@ -4,14 +4,11 @@
 #
 #   scripts/bench.sh [--quick] [--rounds N] [--seconds S] [--only SCENARIO,...]
 #
-# Builds the proxy as it ships, the control (for the bus and push scenarios) and the bench in
-# one cargo invocation, so the bench compiles while the proxy's crates and its fat-LTO link,
-# which take one core, run on the other. The bench adds no feature to a dependency it shares
-# with the proxy, so the proxy built here is the one `cargo build --release -p strait-proxy`
-# builds. Only the binaries the bench runs: not `straitctl`, whose fat-LTO link of the
-# control's crates would take as long again as the control's own.
+# Builds the proxy as it ships and the bench in one cargo invocation, so the bench compiles
+# while the proxy's crates and its fat-LTO link, which take one core, run on the other. The
+# bench adds no feature to a dependency it shares with the proxy, so the proxy built here is
+# the one `cargo build --release -p strait-proxy` builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p strait-proxy -p strait-control -p strait-bench \
-  --bin strait-proxy --bin strait-control --bin strait-bench
+cargo build --release -p strait-proxy -p strait-control -p strait-bench
 exec "${CARGO_TARGET_DIR:-target}/release/strait-bench" "$@"
