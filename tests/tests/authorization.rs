@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use strait_tests::client::{get, h2c, http1, raw};
+use strait_tests::config::BOOTSTRAP;
 use strait_tests::config::{http_route, proxy, service};
 use strait_tests::metrics::{reload, scrape, value};
 use strait_tests::tls::{Leaf, TestCa};
@@ -403,16 +404,8 @@ async fn the_control_stores_policies_and_pushes_them_to_the_proxies_they_target(
         );
     let (status, body) = control.apply("mesh.yaml", &mesh).await;
     assert_eq!(status, 200, "{body}");
-    let bootstrap = "apiVersion: strait.dev/v1alpha1
-kind: ProxyConfig
-metadata: {name: bootstrap}
-spec:
-  admin: 127.0.0.1:0
-  listeners:
-    - {name: web, address: 127.0.0.1:0, protocol: http}
-";
     let proxy =
-        Proxy::start_with_control(bootstrap, &control.url(), "pod-1", &control.token_file());
+        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
     let status = || async {
         get(
             &http1(),

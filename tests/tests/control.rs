@@ -10,6 +10,7 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::json;
 use strait_tests::client::{get, http1};
+use strait_tests::config::{host_route, http1_service, BOOTSTRAP};
 use strait_tests::control::{Backend, Store};
 use strait_tests::{both_backends, eventually, Control, Proxy, Upstream};
 
@@ -23,46 +24,6 @@ both_backends!(
     a_config_the_proxy_cannot_apply_is_nacked_and_the_old_keeps_serving,
     a_first_version_the_proxy_cannot_serve_is_nacked_not_acked,
 );
-
-/// A bootstrap ProxyConfig: admin and one HTTP listener `web`.
-fn bootstrap() -> String {
-    "apiVersion: strait.dev/v1alpha1
-kind: ProxyConfig
-metadata: {name: bootstrap}
-spec:
-  admin: 127.0.0.1:0
-  listeners:
-    - {name: web, address: 127.0.0.1:0, protocol: http}
-"
-    .to_owned()
-}
-
-fn service(name: &str, address: &str) -> String {
-    format!(
-        "---
-apiVersion: strait.dev/v1alpha1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  protocol: http1
-  endpoints: [{{address: \"{address}\"}}]
-"
-    )
-}
-
-fn route(name: &str, host: &str, backend: &str) -> String {
-    format!(
-        "---
-apiVersion: strait.dev/v1alpha1
-kind: HTTPRoute
-metadata: {{name: {name}}}
-spec:
-  parentRefs: [{{name: web}}]
-  hostnames: [\"{host}\"]
-  rules: [{{backendRefs: [{{name: {backend}}}]}}]
-"
-    )
-}
 
 async fn upstream_of(proxy: &Proxy, host: &str) -> String {
     match get(&http1(), &format!("{}/", proxy.url("web")), host, &[]).await {
@@ -87,12 +48,12 @@ async fn an_applied_route_is_served_by_a_connected_proxy_within_2s(backend: Back
     let (status, _) = control
         .apply(
             "mesh.yaml",
-            &(service("a", &a.address()) + &route("r", "shop.local", "a")),
+            &(http1_service("a", &a.address()) + &host_route("r", "web", "shop.local", "a")),
         )
         .await;
     assert_eq!(status, 200);
     let proxy =
-        Proxy::start_with_control(&bootstrap(), &control.url(), "pod-1", &control.token_file());
+        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
     eventually(
         "first config from the control",
         Duration::from_secs(5),
@@ -104,9 +65,9 @@ async fn an_applied_route_is_served_by_a_connected_proxy_within_2s(backend: Back
     let (status, body) = control
         .apply(
             "mesh.yaml",
-            &(service("a", &a.address())
-                + &service("b", &b.address())
-                + &route("r", "shop.local", "b")),
+            &(http1_service("a", &a.address())
+                + &http1_service("b", &b.address())
+                + &host_route("r", "web", "shop.local", "b")),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -133,17 +94,17 @@ async fn a_stale_resource_version_is_refused_with_409(backend: Backend) {
     let store = Store::start(backend);
     let control = store.control();
     let (_, applied) = control
-        .apply("svc.yaml", &service("api", "127.0.0.1:9"))
+        .apply("svc.yaml", &http1_service("api", "127.0.0.1:9"))
         .await;
     let version = applied["applied"][0]["resourceVersion"].as_u64().unwrap();
     let (status, _) = control
-        .apply("svc.yaml", &service("api", "127.0.0.1:10"))
+        .apply("svc.yaml", &http1_service("api", "127.0.0.1:10"))
         .await;
     assert_eq!(
         status, 200,
         "no resourceVersion: last writer wins (kubectl apply)"
     );
-    let stale = service("api", "127.0.0.1:11").replace(
+    let stale = http1_service("api", "127.0.0.1:11").replace(
         "metadata: {name: api}",
         &format!("metadata: {{name: api, resourceVersion: \"{version}\"}}"),
     );
@@ -180,7 +141,7 @@ async fn an_invalid_resource_is_refused_with_file_line_and_field_path(backend: B
     let file = control.scratch().join("bad.yaml");
     std::fs::write(
         &file,
-        service("api", "127.0.0.1:9") + &route("r", "x", "missing"),
+        http1_service("api", "127.0.0.1:9") + &host_route("r", "web", "x", "missing"),
     )
     .unwrap();
     let out = control.straitctl(&["apply", "-f", file.to_str().unwrap()]);
@@ -200,7 +161,7 @@ async fn an_invalid_resource_is_refused_with_file_line_and_field_path(backend: B
     let (status, body) = control
         .apply(
             "typo.yaml",
-            &service("api", "127.0.0.1:9").replace("protocol: http1", "protocl: http1"),
+            &http1_service("api", "127.0.0.1:9").replace("protocol: http1", "protocl: http1"),
         )
         .await;
     assert_eq!(status, 400);
@@ -242,11 +203,13 @@ async fn the_proxy_survives_kill_9_of_the_control_and_resyncs_after_restart(back
     control
         .apply(
             "mesh.yaml",
-            &(service("a", &a.address()) + &service("b", &b.address()) + &route("r", "h", "a")),
+            &(http1_service("a", &a.address())
+                + &http1_service("b", &b.address())
+                + &host_route("r", "web", "h", "a")),
         )
         .await;
     let proxy =
-        Proxy::start_with_control(&bootstrap(), &control.url(), "pod-1", &control.token_file());
+        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
     eventually(
         "config from the control",
         Duration::from_secs(5),
@@ -293,7 +256,9 @@ async fn the_proxy_survives_kill_9_of_the_control_and_resyncs_after_restart(back
     control
         .apply(
             "mesh.yaml",
-            &(service("a", &a.address()) + &service("b", &b.address()) + &route("r", "h", "b")),
+            &(http1_service("a", &a.address())
+                + &http1_service("b", &b.address())
+                + &host_route("r", "web", "h", "b")),
         )
         .await;
     eventually("resynced after restart", Duration::from_secs(3), || async {
@@ -317,11 +282,11 @@ spec:
     control
         .apply(
             "mesh.yaml",
-            &(discovered.to_owned() + &route("r", "api", "api")),
+            &(discovered.to_owned() + &host_route("r", "web", "api", "api")),
         )
         .await;
     let proxy =
-        Proxy::start_with_control(&bootstrap(), &control.url(), "pod-1", &control.token_file());
+        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
     eventually("no instance yet", Duration::from_secs(5), || async {
         (upstream_of(&proxy, "api").await == "503 no-healthy-endpoints").then_some(())
     })
@@ -406,11 +371,11 @@ async fn a_config_the_proxy_cannot_apply_is_nacked_and_the_old_keeps_serving(bac
     control
         .apply(
             "mesh.yaml",
-            &(service("a", &a.address()) + &route("r", "h", "a")),
+            &(http1_service("a", &a.address()) + &host_route("r", "web", "h", "a")),
         )
         .await;
     let proxy =
-        Proxy::start_with_control(&bootstrap(), &control.url(), "pod-1", &control.token_file());
+        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
     eventually("config applied", Duration::from_secs(5), || async {
         (upstream_of(&proxy, "h").await == "a").then_some(())
     })
@@ -568,10 +533,13 @@ spec:
         up.address()
     );
     control
-        .apply("mesh.yaml", &(breaking + &route("r", "h", "up")))
+        .apply(
+            "mesh.yaml",
+            &(breaking + &host_route("r", "web", "h", "up")),
+        )
         .await;
     let proxy =
-        Proxy::start_with_control(&bootstrap(), &control.url(), "pod-7", &control.token_file());
+        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-7", &control.token_file());
     eventually("config applied", Duration::from_secs(5), || async {
         (upstream_of(&proxy, "h").await == "500 ").then_some(())
     })
@@ -611,10 +579,10 @@ async fn the_bootstrap_can_name_the_control_instead_of_the_command_line() {
     control
         .apply(
             "mesh.yaml",
-            &(service("a", &a.address()) + &route("r", "h", "a")),
+            &(http1_service("a", &a.address()) + &host_route("r", "web", "h", "a")),
         )
         .await;
-    let bootstrap = bootstrap().replace(
+    let bootstrap = BOOTSTRAP.replace(
         "spec:\n",
         &format!(
             "spec:\n  control: {{address: \"{}\", node: pod-9, tokenFile: token}}\n",

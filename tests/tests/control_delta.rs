@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::Method;
 use strait_tests::client::{get, http1};
+use strait_tests::config::{host_route, http1_service};
 use strait_tests::control::{Backend, Store};
 use strait_tests::metrics::{config_version, scrape, value};
 use strait_tests::{both_backends, eventually, Control, Proxy, Upstream};
@@ -30,34 +31,7 @@ spec:
     )
 }
 
-fn service(name: &str, address: &str) -> String {
-    format!(
-        "---
-apiVersion: strait.dev/v1alpha1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  protocol: http1
-  endpoints: [{{address: \"{address}\"}}]
-"
-    )
-}
-
 /// A route on listener `parent` for `host` to `backend`.
-fn route(name: &str, parent: &str, host: &str, backend: &str) -> String {
-    format!(
-        "---
-apiVersion: strait.dev/v1alpha1
-kind: HTTPRoute
-metadata: {{name: {name}}}
-spec:
-  parentRefs: [{{name: {parent}}}]
-  hostnames: [\"{host}\"]
-  rules: [{{backendRefs: [{{name: {backend}}}]}}]
-"
-    )
-}
-
 /// What listener `listener` answers for `host`: the upstream's name, or status and reason.
 async fn served(proxy: &Proxy, listener: &str, host: &str) -> String {
     match get(&http1(), &format!("{}/", proxy.url(listener)), host, &[]).await {
@@ -132,10 +106,10 @@ async fn a_proxy_gets_no_push_for_a_service_its_routes_do_not_reach(backend: Bac
     let control = store.control();
     apply(
         &control,
-        &(service("a", &a.address())
-            + &service("x", &x.address())
-            + &route("web-route", "web", "shop", "a")
-            + &route("api-route", "api", "shop", "x")),
+        &(http1_service("a", &a.address())
+            + &http1_service("x", &x.address())
+            + &host_route("web-route", "web", "shop", "a")
+            + &host_route("api-route", "api", "shop", "x")),
     )
     .await;
     let web = Proxy::start_with_control(
@@ -156,13 +130,13 @@ async fn a_proxy_gets_no_push_for_a_service_its_routes_do_not_reach(backend: Bac
     let web_reloads = reloads(&web).await;
 
     // A change to Service x: pushed to the proxy whose route reaches it...
-    let changed = apply(&control, &service("x", &x2.address())).await;
+    let changed = apply(&control, &http1_service("x", &x2.address())).await;
     wait_version(&api, changed).await;
     wait_served(&api, "api", "shop", "x2").await;
     // ... not to the other: its next push is the next change that concerns it.
     let touched = apply(
         &control,
-        &(service("a", &a.address()) + &route("web-route", "web", "shop2", "a")),
+        &(http1_service("a", &a.address()) + &host_route("web-route", "web", "shop2", "a")),
     )
     .await;
     wait_version(&web, touched).await;
@@ -184,10 +158,10 @@ async fn changes_and_removals_arrive_as_deltas_and_a_nacked_one_keeps_the_last_g
     let control = store.control();
     apply(
         &control,
-        &(service("a", &a.address())
-            + &service("b", &b.address())
-            + &route("one", "web", "one", "a")
-            + &route("two", "web", "two", "b")),
+        &(http1_service("a", &a.address())
+            + &http1_service("b", &b.address())
+            + &host_route("one", "web", "one", "a")
+            + &host_route("two", "web", "two", "b")),
     )
     .await;
     let proxy = Proxy::start_with_control(
@@ -202,7 +176,7 @@ async fn changes_and_removals_arrive_as_deltas_and_a_nacked_one_keeps_the_last_g
     assert_eq!(first.last(), Some(&(true, 4, 0)), "the full set first");
 
     // Route one moves to b: the route changes, Service a is no longer reached.
-    let moved = apply(&control, &route("one", "web", "one", "b")).await;
+    let moved = apply(&control, &host_route("one", "web", "one", "b")).await;
     wait_version(&proxy, moved).await;
     wait_served(&proxy, "web", "one", "b").await;
     assert_eq!(received(&proxy).last(), Some(&(false, 1, 1)));
@@ -281,7 +255,7 @@ async fn a_burst_of_20_applies_reaches_a_proxy_in_a_few_pushes(backend: Backend)
     let control = store.control();
     apply(
         &control,
-        &(service("api", &upstreams[0].address()) + &route("r", "web", "shop", "api")),
+        &(http1_service("api", &upstreams[0].address()) + &host_route("r", "web", "shop", "api")),
     )
     .await;
     let proxy = Proxy::start_with_control(
@@ -294,7 +268,11 @@ async fn a_burst_of_20_applies_reaches_a_proxy_in_a_few_pushes(backend: Backend)
     let before = reloads(&proxy).await;
     let mut last = 0;
     for i in 0..20 {
-        last = apply(&control, &service("api", &upstreams[(i + 1) % 2].address())).await;
+        last = apply(
+            &control,
+            &http1_service("api", &upstreams[(i + 1) % 2].address()),
+        )
+        .await;
     }
     wait_version(&proxy, last).await;
     wait_served(&proxy, "web", "shop", "a").await;

@@ -13,37 +13,13 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::json;
 use strait_tests::client::{get, http1, send};
+use strait_tests::config::{http1_service, BOOTSTRAP};
 use strait_tests::control::{Backend, Store};
 use strait_tests::{eventually, Control, Proxy, Upstream};
 
-fn bootstrap() -> String {
-    "apiVersion: strait.dev/v1alpha1
-kind: ProxyConfig
-metadata: {name: bootstrap}
-spec:
-  admin: 127.0.0.1:0
-  listeners:
-    - {name: web, address: 127.0.0.1:0, protocol: http}
-"
-    .to_owned()
-}
-
-fn service(name: &str, address: &str) -> String {
-    format!(
-        "---
-apiVersion: strait.dev/v1alpha1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  protocol: http1
-  endpoints: [{{address: \"{address}\"}}]
-"
-    )
-}
-
 fn mesh(a: &Upstream, b: &Upstream, to: &str) -> String {
-    service("a", &a.address())
-        + &service("b", &b.address())
+    http1_service("a", &a.address())
+        + &http1_service("b", &b.address())
         + &format!(
             "---
 apiVersion: strait.dev/v1alpha1
@@ -109,7 +85,7 @@ async fn an_apply_through_one_replica_is_read_and_pushed_through_the_others() {
     let third = store.replica_of(&first);
     let (status, body) = first.apply("mesh.yaml", &mesh(&a, &b, "a")).await;
     assert_eq!(status, 200, "{body}");
-    let proxy = Proxy::start_with_control(&bootstrap(), &third.url(), "pod-1", &third.token_file());
+    let proxy = Proxy::start_with_control(BOOTSTRAP, &third.url(), "pod-1", &third.token_file());
     eventually(
         "config through the third replica",
         Duration::from_secs(5),
@@ -201,7 +177,7 @@ async fn kill_9_of_a_replica_during_a_write_loop_loses_no_acknowledged_write() {
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("s-{tag}-{n}");
                 n += 1;
-                let body = json!({"files": [{"name": "s.yaml", "content": service(&name, "127.0.0.1:9")}]});
+                let body = json!({"files": [{"name": "s.yaml", "content": http1_service(&name, "127.0.0.1:9")}]});
                 match apply(&control, &token, &body).await {
                     Ok(200) => acked.push(name),
                     Ok(_) => {}
@@ -331,7 +307,7 @@ async fn a_proxy_fails_over_to_another_replica_and_keeps_serving_meanwhile() {
     let second = store.replica_of(&first);
     first.apply("mesh.yaml", &mesh(&a, &b, "a")).await;
     let controls = format!("{},{}", first.url(), second.url());
-    let proxy = Proxy::start_with_control(&bootstrap(), &controls, "pod-1", &first.token_file());
+    let proxy = Proxy::start_with_control(BOOTSTRAP, &controls, "pod-1", &first.token_file());
     eventually(
         "config from the first replica",
         Duration::from_secs(5),

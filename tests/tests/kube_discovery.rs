@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use strait_tests::client::{get, http1};
+use strait_tests::config::BOOTSTRAP;
 use strait_tests::kube_api::KubeApi;
 use strait_tests::metrics::{cluster, clusters};
 use strait_tests::{eventually, Control, Proxy, Upstream};
@@ -36,15 +37,6 @@ metadata: {name: reviews}
 spec:
   parentRefs: [{name: web}]
   rules: [{backendRefs: [{name: reviews}]}]
-";
-
-const BOOTSTRAP: &str = "apiVersion: strait.dev/v1alpha1
-kind: ProxyConfig
-metadata: {name: bootstrap}
-spec:
-  admin: 127.0.0.1:0
-  listeners:
-    - {name: web, address: 127.0.0.1:0, protocol: http}
 ";
 
 /// Pods behind Kubernetes Service `reviews`: upstreams on 127.0.0.11, .12, ... all on one

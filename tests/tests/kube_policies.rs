@@ -8,23 +8,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use strait_tests::client::{get, http1};
+use strait_tests::config::BOOTSTRAP;
 use strait_tests::kube_api::KubeApi;
 use strait_tests::{eventually, Control, Proxy, Upstream};
 
 const STRAIT: &str = "strait.dev/v1alpha1";
 const GATEWAY: &str = "gateway.networking.k8s.io/v1";
-
-fn bootstrap() -> String {
-    "apiVersion: strait.dev/v1alpha1
-kind: ProxyConfig
-metadata: {name: bootstrap}
-spec:
-  admin: 127.0.0.1:0
-  listeners:
-    - {name: web, address: 127.0.0.1:0, protocol: http}
-"
-    .to_owned()
-}
 
 fn service(name: &str, address: &str) -> Value {
     json!({"apiVersion": STRAIT, "kind": "Service",
@@ -83,7 +72,7 @@ async fn start(api: &KubeApi) -> (Control, Proxy) {
     let control =
         Control::start_with_args(&["--policies", "kubernetes", "--kubeconfig", &kubeconfig]);
     let proxy =
-        Proxy::start_with_control(&bootstrap(), &control.url(), "pod-1", &control.token_file());
+        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
     (control, proxy)
 }
 

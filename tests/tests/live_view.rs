@@ -9,18 +9,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use strait_tests::client::{get, http1};
+use strait_tests::config::BOOTSTRAP;
 use strait_tests::webdriver::Browser;
 use strait_tests::{eventually, Control, Proxy, Upstream};
-
-/// A bootstrap ProxyConfig: admin and one HTTP listener `web`.
-const BOOTSTRAP: &str = "apiVersion: strait.dev/v1alpha1
-kind: ProxyConfig
-metadata: {name: bootstrap}
-spec:
-  admin: 127.0.0.1:0
-  listeners:
-    - {name: web, address: 127.0.0.1:0, protocol: http}
-";
 
 /// Service `api` on `upstream` (with a breaker that stays open for a minute once tripped),
 /// and route `r` to it on every proxy's `web`.
