@@ -249,6 +249,19 @@ impl Proxy {
         self.logs.lock().expect("logs").clone()
     }
 
+    /// The first log line containing `text`, waited for up to 10 s (panics after).
+    pub async fn log_line(&self, text: &str) -> String {
+        crate::eventually(
+            &format!("the proxy logs {text:?}"),
+            Duration::from_secs(10),
+            || {
+                let line = self.logs().into_iter().find(|l| l.contains(text));
+                async move { line }
+            },
+        )
+        .await
+    }
+
     /// Log lines parsed as JSON (lines that are not JSON are skipped).
     pub fn json_logs(&self) -> Vec<serde_json::Value> {
         self.logs()

@@ -49,6 +49,21 @@ fn mesh_service(upstream: &TlsUpstream, protocol: &str, identities: &str) -> Str
     ) + &http_route("r", "  rules:\n    - {backendRefs: [{name: ratings}]}")
 }
 
+/// Reviews' proxy with ratings (an HTTP upstream presenting the ratings identity) as a mesh
+/// Service of `protocol` accepting that identity.
+async fn reviews_calling_ratings(protocol: &str) -> (TestCa, TlsUpstream, Proxy) {
+    let ca = TestCa::new("mesh");
+    let upstream = TlsUpstream::start(&ca.workload(RATINGS), Some(&ca.bundle), Serve::Http).await;
+    let identities = format!("\"{RATINGS}\"");
+    let proxy = start_meshed(
+        &ca,
+        &ca.workload(REVIEWS),
+        &mesh_service(&upstream, protocol, &identities),
+    )
+    .await;
+    (ca, upstream, proxy)
+}
+
 async fn call(proxy: &Proxy, path: &str) -> Answer {
     get(
         &http1(),
@@ -62,14 +77,7 @@ async fn call(proxy: &Proxy, path: &str) -> Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesh_service_is_called_over_mtls_with_the_proxys_identity_on_one_pooled_connection() {
-    let ca = TestCa::new("mesh");
-    let upstream = TlsUpstream::start(&ca.workload(RATINGS), Some(&ca.bundle), Serve::Http).await;
-    let proxy = start_meshed(
-        &ca,
-        &ca.workload(REVIEWS),
-        &mesh_service(&upstream, "http1", &format!("\"{RATINGS}\"")),
-    )
-    .await;
+    let (_ca, upstream, proxy) = reviews_calling_ratings("http1").await;
     for _ in 0..5 {
         let answer = call(&proxy, "/").await;
         assert_eq!(answer.status, 200, "{answer:?}");
@@ -109,20 +117,7 @@ async fn a_peer_whose_identity_is_not_accepted_gets_nothing_and_the_client_502_t
     assert_eq!(answer.header("x-strait-reason"), "tls-failure");
     assert_eq!(upstream.requests(), 0, "nothing was sent to the wrong peer");
     // The log line may reach the test's reader a little after the answer.
-    logged(&proxy, "upstream tls handshake failed").await;
-}
-
-/// Waits (bounded) for a line of `proxy`'s log that contains `text`.
-async fn logged(proxy: &Proxy, text: &str) {
-    eventually(
-        &format!("the proxy logs {text:?}"),
-        Duration::from_secs(5),
-        || {
-            let found = proxy.logs().iter().any(|l| l.contains(text));
-            async move { found.then_some(()) }
-        },
-    )
-    .await;
+    proxy.log_line("upstream tls handshake failed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,19 +175,14 @@ async fn a_mesh_service_without_an_identity_in_force_is_502_tls_failure_with_the
     )
     .await;
     assert_eq!(upstream.requests(), 0, "connected, then no handshake");
-    logged(&proxy, "needs the proxy's identity (spec.identity)").await;
+    proxy
+        .log_line("needs the proxy's identity (spec.identity)")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_resumes_the_tls_session_instead_of_a_full_handshake() {
-    let ca = TestCa::new("mesh");
-    let upstream = TlsUpstream::start(&ca.workload(RATINGS), Some(&ca.bundle), Serve::Http).await;
-    let proxy = start_meshed(
-        &ca,
-        &ca.workload(REVIEWS),
-        &mesh_service(&upstream, "http1", &format!("\"{RATINGS}\"")),
-    )
-    .await;
+    let (_ca, upstream, proxy) = reviews_calling_ratings("http1").await;
     // `/close`: the upstream closes each connection after its answer.
     for _ in 0..3 {
         let answer = call(&proxy, "/close").await;
@@ -210,14 +200,7 @@ async fn a_reconnect_resumes_the_tls_session_instead_of_a_full_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_service_rides_mtls_with_alpn_h2_on_one_connection() {
-    let ca = TestCa::new("mesh");
-    let upstream = TlsUpstream::start(&ca.workload(RATINGS), Some(&ca.bundle), Serve::Http).await;
-    let proxy = start_meshed(
-        &ca,
-        &ca.workload(REVIEWS),
-        &mesh_service(&upstream, "http2", &format!("\"{RATINGS}\"")),
-    )
-    .await;
+    let (_ca, upstream, proxy) = reviews_calling_ratings("http2").await;
     for _ in 0..3 {
         let answer = call(&proxy, "/").await;
         assert_eq!(answer.status, 200, "{answer:?}");
@@ -348,14 +331,7 @@ async fn a_host_name_endpoint_is_resolved_and_its_name_is_the_default_sni() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_rotated_under_load_fails_no_request_and_new_connections_present_it() {
-    let ca = TestCa::new("mesh");
-    let upstream = TlsUpstream::start(&ca.workload(RATINGS), Some(&ca.bundle), Serve::Http).await;
-    let proxy = start_meshed(
-        &ca,
-        &ca.workload(REVIEWS),
-        &mesh_service(&upstream, "http1", &format!("\"{RATINGS}\"")),
-    )
-    .await;
+    let (ca, upstream, proxy) = reviews_calling_ratings("http1").await;
     let url = proxy.url("web");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = |path: &'static str| {

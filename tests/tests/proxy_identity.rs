@@ -131,18 +131,7 @@ async fn a_join_token_for_another_identity_is_refused_and_the_proxy_stays_unread
     let control = Control::start_with_args(&["--trust-domain", TD]);
     let token = join_token(&control, "ratings");
     let proxy = Proxy::start_with_files(&bootstrap(&control, ""), &[("join-token", &token)]);
-    let line = eventually(
-        "the proxy logs the refusal",
-        Duration::from_secs(10),
-        || {
-            let logs = proxy.logs();
-            async move {
-                logs.into_iter()
-                    .find(|l| l.contains("no certificate from the control"))
-            }
-        },
-    )
-    .await;
+    let line = proxy.log_line("no certificate from the control").await;
     assert!(line.contains("403"), "{line}");
     assert!(line.contains("ratings"), "{line}");
     let (status, _) = admin_get(proxy.admin(), "/ready").await;
@@ -158,18 +147,7 @@ async fn a_token_of_another_control_is_refused_before_anything_is_sent() {
     let other = Control::start_with_args(&["--trust-domain", TD]);
     let token = join_token(&other, "reviews");
     let proxy = Proxy::start_with_files(&bootstrap(&control, ""), &[("join-token", &token)]);
-    let line = eventually(
-        "the proxy logs the refusal",
-        Duration::from_secs(10),
-        || {
-            let logs = proxy.logs();
-            async move {
-                logs.into_iter()
-                    .find(|l| l.contains("no certificate from the control"))
-            }
-        },
-    )
-    .await;
+    let line = proxy.log_line("no certificate from the control").await;
     assert!(line.contains("not the control the token is for"), "{line}");
     assert!(!control
         .logs()
@@ -288,18 +266,7 @@ async fn a_service_account_token_gets_only_its_own_identity_and_an_unknown_one_n
         ],
     );
     for (proxy, status) in [(&other, "403"), (&unknown, "401")] {
-        let line = eventually(
-            "the proxy logs the refusal",
-            Duration::from_secs(10),
-            || {
-                let logs = proxy.logs();
-                async move {
-                    logs.into_iter()
-                        .find(|l| l.contains("no certificate from the control"))
-                }
-            },
-        )
-        .await;
+        let line = proxy.log_line("no certificate from the control").await;
         assert!(line.contains(status), "{line}");
         let (ready, _) = admin_get(proxy.admin(), "/ready").await;
         assert_eq!(ready, 503);
