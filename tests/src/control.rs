@@ -1,6 +1,5 @@
 //! The `strait-control` process under test, and `straitctl`.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -204,14 +203,7 @@ impl Control {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn strait-control");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("logs").push(line);
-            }
-        });
+        let logs = crate::process::stderr_lines(&mut child);
         self.logs = logs;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -1,7 +1,6 @@
 //! A real etcd server (Debian's `etcd-server`, installed by scripts/test.sh) on loopback port 0,
 //! for the control's replicated store. Killed, and its data removed, on drop.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -40,14 +39,7 @@ impl Etcd {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn etcd (Debian package etcd-server; scripts/test.sh installs it)");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("logs").push(line);
-            }
-        });
+        let logs = crate::process::stderr_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let address = logs.lock().expect("logs").iter().find_map(|line| {

@@ -1,7 +1,6 @@
 //! A real NATS server with JetStream (`nats-server -js`) on a free loopback port, its storage
 //! in a temporary directory; killed on drop.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -45,14 +44,7 @@ impl Nats {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn nats-server: install it (Debian package `nats-server`; scripts/test.sh does)");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("logs").push(line);
-            }
-        });
+        let logs = crate::process::stderr_lines(&mut child);
         self.logs = logs;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);

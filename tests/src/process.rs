@@ -130,14 +130,7 @@ impl Proxy {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn strait-proxy");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("logs").push(line);
-            }
-        });
+        let logs = crate::process::stderr_lines(&mut child);
         let mut proxy = Self {
             child: Some(child),
             dir,
@@ -292,4 +285,18 @@ impl Drop for Proxy {
             );
         }
     }
+}
+
+/// The lines `child` writes to its stderr (which must be piped), collected as they come by a
+/// thread of their own.
+pub fn stderr_lines(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().expect("logs").push(line);
+        }
+    });
+    logs
 }
