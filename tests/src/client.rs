@@ -154,6 +154,32 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends one HTTP/1.1 request for `host` to `addr` with the target exactly as written (no
+/// normalisation on the client's side); returns the status and `x-strait-reason` (empty when
+/// absent).
+pub async fn exact_target(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    target: &str,
+) -> (u16, String) {
+    let request =
+        format!("{method} {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    let answer = raw(addr, request.as_bytes()).await;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let reason = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-strait-reason: "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    (status, reason)
+}
+
 /// Writes raw bytes, then closes the connection without reading.
 pub async fn raw_and_hang_up(addr: SocketAddr, bytes: &[u8]) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");

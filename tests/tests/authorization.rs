@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use strait_tests::client::{get, h2c, http1, raw};
+use strait_tests::client::{exact_target, get, h2c, http1};
 use strait_tests::config::BOOTSTRAP;
 use strait_tests::config::{http_route, proxy, service};
 use strait_tests::metrics::{reload, scrape, value};
@@ -30,24 +30,10 @@ fn web_to(app: &Upstream, extra: &str) -> String {
         + extra
 }
 
-/// Sends one HTTP/1.1 request with the target exactly as written; returns the status and
-/// `x-strait-reason` (empty when absent).
+/// Sends one HTTP/1.1 request through `proxy`'s `web` with the target exactly as written;
+/// returns the status and `x-strait-reason` (empty when absent).
 async fn exchange(proxy: &Proxy, method: &str, target: &str) -> (u16, String) {
-    let request =
-        format!("{method} {target} HTTP/1.1\r\nhost: shop.local\r\nconnection: close\r\n\r\n");
-    let answer = raw(proxy.listener("web"), request.as_bytes()).await;
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {answer:?}"));
-    let reason = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("x-strait-reason: "))
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    (status, reason)
+    exact_target(proxy.listener("web"), "shop.local", method, target).await
 }
 
 const READERS: &str = "  targetRefs: [{kind: Listener, name: web}]

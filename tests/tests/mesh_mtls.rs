@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use strait_tests::client::{get, http1, raw};
+use strait_tests::client::{exact_target, get, http1, raw};
 use strait_tests::mesh_peer::get_over_tls;
 use strait_tests::metrics::{admin_get, scrape, value};
 use strait_tests::tls::{ClientIdentity, TestCa};
@@ -313,21 +313,7 @@ async fn opaque_tcp_rides_the_mtls_hop_and_plaintext_to_the_inbound_side_is_refu
 /// Sends one HTTP/1.1 request through `proxy`'s `web` with the target exactly as written;
 /// returns the status and `x-strait-reason` (empty when absent).
 async fn exchange(proxy: &Proxy, method: &str, target: &str) -> (u16, String) {
-    let request =
-        format!("{method} {target} HTTP/1.1\r\nhost: ratings.local\r\nconnection: close\r\n\r\n");
-    let answer = raw(proxy.listener("web"), request.as_bytes()).await;
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {answer:?}"));
-    let reason = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("x-strait-reason: "))
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    (status, reason)
+    exact_target(proxy.listener("web"), "ratings.local", method, target).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
