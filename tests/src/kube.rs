@@ -15,11 +15,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::process::TempDir;
 use crate::tls::TestCa;
@@ -47,19 +44,7 @@ impl TokenReviewServer {
         let dir = TempDir::new("kube-sa");
         std::fs::write(dir.path().join("ca.crt"), &ca.bundle).expect("write ca.crt");
         std::fs::write(dir.path().join("token"), CONTROL_TOKEN).expect("write token");
-        let chain = CertificateDer::pem_slice_iter(leaf.chain.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("chain");
-        let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server config");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = leaf.http1_acceptor();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let tokens: Arc<Mutex<HashMap<String, String>>> = Arc::default();

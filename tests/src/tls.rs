@@ -195,6 +195,23 @@ pub struct Leaf {
     pub key: String,
 }
 
+impl Leaf {
+    /// A TLS server presenting this leaf to any client (no client certificate asked), ALPN
+    /// `http/1.1`: an API server's, as a stand-in needs.
+    pub fn http1_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let key = PrivateKeyDer::from_pem_slice(self.key.as_bytes()).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certificates(&self.chain), key)
+            .expect("server config");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+}
+
 impl TestCa {
     /// A new root.
     pub fn new(name: &str) -> Self {
