@@ -123,6 +123,9 @@ pub struct TracingSettings {
     pub endpoint: String,
     /// The OTLP transport.
     pub protocol: crate::spec::OtlpProtocol,
+    /// For an `https://` collector, the roots its certificate is verified against; `None`
+    /// for `http://`.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Share of new traces recorded, in `0.0..=1.0`.
     pub sampling: f64,
     /// Spans waiting for export at most.

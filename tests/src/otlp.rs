@@ -1,6 +1,7 @@
 //! A local OpenTelemetry collector stand-in: receives OTLP traces over gRPC (the
-//! `opentelemetry-proto` TraceService on tonic) or HTTP/protobuf (`POST /v1/traces`) and keeps
-//! every span, decoded with the proto definitions (the contract), for the tests to look at.
+//! `opentelemetry-proto` TraceService on tonic) or HTTP/protobuf (`POST /v1/traces`), in
+//! plaintext or over TLS, and keeps every span, decoded with the proto definitions (the
+//! contract), for the tests to look at.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+use crate::tls::Leaf;
 
 /// One span as the collector got it; ids in lowercase hex as in `traceparent`.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +80,8 @@ impl Shared {
 pub struct OtlpReceiver {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// It speaks TLS.
+    tls: bool,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
@@ -84,43 +89,85 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// OTLP/gRPC on a free port.
     pub async fn grpc() -> Self {
+        Self::grpc_with(None).await
+    }
+
+    /// OTLP/gRPC over TLS on a free port, presenting `leaf`.
+    pub async fn grpc_tls(leaf: &Leaf) -> Self {
+        Self::grpc_with(Some(leaf)).await
+    }
+
+    async fn grpc_with(leaf: Option<&Leaf>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind otlp");
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared::default());
         let service = TraceServiceServer::new(Grpc(shared.clone()));
+        let mut server = tonic::transport::Server::builder();
+        if let Some(leaf) = leaf {
+            let identity = tonic::transport::Identity::from_pem(&leaf.chain, &leaf.key);
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .expect("tls config");
+        }
         let task = tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(service)
                 .serve_with_incoming(incoming)
                 .await;
         });
-        Self { addr, shared, task }
+        Self {
+            addr,
+            tls: leaf.is_some(),
+            shared,
+            task,
+        }
     }
 
     /// OTLP/HTTP (protobuf) on a free port: `POST /v1/traces`.
     pub async fn http() -> Self {
+        Self::http_with(None).await
+    }
+
+    /// OTLP/HTTP (protobuf) over TLS on a free port, presenting `leaf`.
+    pub async fn http_tls(leaf: &Leaf) -> Self {
+        Self::http_with(Some(leaf)).await
+    }
+
+    async fn http_with(leaf: Option<&Leaf>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind otlp");
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared::default());
         let state = shared.clone();
+        let acceptor = leaf.map(Leaf::http1_acceptor);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let state = state.clone();
+                let (state, acceptor) = (state.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| http_export(req, state.clone()));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = auto::Builder::new(TokioExecutor::new());
+                    let _ = match acceptor {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => http.serve_connection(TokioIo::new(tls), service).await,
+                            Err(_) => return,
+                        },
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                    };
                 });
             }
         });
-        Self { addr, shared, task }
+        Self {
+            addr,
+            tls: leaf.is_some(),
+            shared,
+            task,
+        }
     }
 
     /// The URL to give as `tracing.otlp.endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Every span received so far.

@@ -1,5 +1,6 @@
 //! Tracing end to end: the trace context the upstream sees, and the spans a local OTLP
-//! receiver (gRPC and HTTP/protobuf, decoded with the `opentelemetry-proto` types) gets for it.
+//! receiver (gRPC and HTTP/protobuf, plaintext and TLS, decoded with the `opentelemetry-proto`
+//! types) gets for it.
 
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use strait_tests::client::{get, h2c, http1, Answer};
 use strait_tests::config::{http_route, proxy, service};
 use strait_tests::metrics::{reload, scrape, value};
 use strait_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use strait_tests::tls::TestCa;
 use strait_tests::{eventually, Proxy, Upstream};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -384,4 +386,62 @@ async fn a_full_queue_drops_spans_and_counts_them() {
     .await;
     // 40 spans made; the queue (2) and the batch being sent (2) hold the rest.
     assert!(dropped >= 30.0, "{dropped}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_collector_verified_against_the_ca_file_only() {
+    let (ca, stranger) = (TestCa::new("collector"), TestCa::new("stranger"));
+    let up = Upstream::start("up").await;
+    let leaf = ca.server("127.0.0.1");
+    let receivers = [
+        ("grpc", OtlpReceiver::grpc_tls(&leaf).await),
+        ("http", OtlpReceiver::http_tls(&leaf).await),
+    ];
+    for (protocol, receiver) in &receivers {
+        assert!(receiver.endpoint().starts_with("https://"));
+        for (roots, trusted) in [(&ca.bundle, true), (&stranger.bundle, false)] {
+            let spec = format!(
+                "  workload: frontend\n  tracing: {{otlp: {{endpoint: \"{}\", protocol: {protocol}, caFile: roots.pem}}, sampling: 1}}",
+                receiver.endpoint()
+            );
+            let proxy = Proxy::start_with_files(
+                &config(&spec, &[up.address()], ""),
+                &[("roots.pem", roots)],
+            );
+            let trace = if trusted {
+                TRACE
+            } else {
+                "0af7651916cd43dd8448eb211c80319c"
+            };
+            let traceparent = format!("00-{trace}-{PARENT}-01");
+            let url = format!("{}/", proxy.url("web"));
+            let answer = get(&http1(), &url, "h", &[("traceparent", &traceparent)])
+                .await
+                .unwrap();
+            assert_eq!(answer.status, 200);
+            if trusted {
+                let spans = spans_of(receiver, trace, 2).await;
+                assert!(
+                    spans.iter().all(|s| s.service_name == "frontend"),
+                    "{spans:?}"
+                );
+            } else {
+                let what = format!("{protocol}: export to an untrusted collector fails");
+                eventually(&what, Duration::from_secs(15), || async {
+                    let text = scrape(proxy.admin()).await;
+                    value(
+                        &text,
+                        "strait_tracing_spans_dropped_total",
+                        &[("reason", "export_failed")],
+                    )
+                    .filter(|&n| n > 0.0)
+                })
+                .await;
+                assert!(
+                    receiver.trace(trace).is_empty(),
+                    "{protocol}: spans sent anyway"
+                );
+            }
+        }
+    }
 }

@@ -45,16 +45,20 @@ pub(crate) fn settings(
         1_000_000,
     );
     let endpoint = endpoint(errors, doc, &at.key("otlp").key("endpoint"), spec);
+    let ca_file = endpoint
+        .as_ref()
+        .and_then(|e| ca_file(errors, doc, &at.key("otlp").key("caFile"), spec, e));
     (errors.len() == before).then_some(TracingSettings {
         endpoint: endpoint?,
         protocol: spec.otlp.protocol,
+        ca_file,
         sampling,
         queue_size: queue_size as usize,
     })
 }
 
-/// The collector's URL: `http://host:port`, with `/v1/traces` added for OTLP/HTTP when it
-/// has no path.
+/// The collector's URL: `http://host:port` or `https://host:port`, with `/v1/traces` added
+/// for OTLP/HTTP when it has no path.
 fn endpoint(
     errors: &mut Errors,
     doc: &LoadedDoc,
@@ -63,14 +67,15 @@ fn endpoint(
 ) -> Option<String> {
     let text = spec.otlp.endpoint.trim();
     let uri: Option<Uri> = text.parse().ok();
-    let Some(uri) = uri.filter(|u| u.scheme_str() == Some("http") && u.authority().is_some())
+    let Some(uri) =
+        uri.filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some())
     else {
         errors.at(
             doc,
             at,
             format!(
-                "`{text}` is not a collector URL: give `http://host:port` (TLS to the collector \
-                 is not supported: run the collector or an agent on the node)"
+                "`{text}` is not a collector URL: give `http://host:port`, or `https://host:port` \
+                 for TLS"
             ),
         );
         return None;
@@ -80,6 +85,30 @@ fn endpoint(
         OtlpProtocol::Http if bare => format!("{}{HTTP_TRACES_PATH}", text.trim_end_matches('/')),
         _ => text.to_owned(),
     })
+}
+
+/// The roots of an `https://` collector (`caFile` relative to the config file, else the
+/// system's); `None` for `http://`, where `caFile` is an error.
+fn ca_file(
+    errors: &mut Errors,
+    doc: &LoadedDoc,
+    at: &FieldPath,
+    spec: &TracingSpec,
+    endpoint: &str,
+) -> Option<std::path::PathBuf> {
+    let given = spec.otlp.ca_file.as_deref();
+    if !endpoint.starts_with("https://") {
+        if given.is_some() {
+            errors.at(doc, at, "applies to an `https://` endpoint");
+        }
+        return None;
+    }
+    if given.is_some_and(str::is_empty) {
+        errors.at(doc, at, "is empty; leave it out to use the system roots");
+        return None;
+    }
+    let base = doc.file.parent().unwrap_or(std::path::Path::new("."));
+    Some(given.map_or_else(|| super::service::SYSTEM_CA_FILE.into(), |f| base.join(f)))
 }
 
 /// `spec.workload`, checked.
@@ -137,9 +166,29 @@ mod tests {
     }
 
     #[test]
+    fn an_https_collector_gets_its_roots() {
+        let snap =
+            compile("  tracing: {otlp: {endpoint: \"https://c:4317\", caFile: certs/ca.pem}}\n")
+                .unwrap();
+        let ca = snap.proxy.tracing.unwrap().ca_file;
+        assert_eq!(ca.as_deref(), Some(std::path::Path::new("certs/ca.pem")));
+        let snap = compile("  tracing: {otlp: {endpoint: \"https://c:4317\"}}\n").unwrap();
+        assert_eq!(
+            snap.proxy.tracing.unwrap().ca_file.as_deref(),
+            Some(std::path::Path::new(
+                crate::compile::service::SYSTEM_CA_FILE
+            ))
+        );
+        let err = compile("  tracing: {otlp: {endpoint: \"http://c:4317\", caFile: ca.pem}}\n")
+            .unwrap_err();
+        assert!(err.contains("spec.tracing.otlp.caFile"), "{err}");
+        assert!(err.contains("https://"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let err = compile(
-            "  tracing: {otlp: {endpoint: \"https://c:4317\"}, sampling: 1.5, queueSize: 0}\n",
+            "  tracing: {otlp: {endpoint: \"ftp://c:4317\"}, sampling: 1.5, queueSize: 0}\n",
         )
         .unwrap_err();
         for field in [

@@ -26,12 +26,18 @@ pub struct TracingSpec {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OtlpSpec {
-    /// The collector's URL, `http://host:port`: gRPC at that address, or for `http` the
-    /// path `/v1/traces` under it unless the URL has a path of its own.
+    /// The collector's URL, `http://host:port` or `https://host:port` (TLS, the collector
+    /// verified for the host): gRPC at that address, or for `http` the path `/v1/traces`
+    /// under it unless the URL has a path of its own.
     pub endpoint: String,
     /// `grpc` (default, port 4317 by convention) or `http` (protobuf over HTTP, port 4318).
     #[serde(default)]
     pub protocol: OtlpProtocol,
+    /// PEM file of the roots an `https://` collector's certificate is verified against
+    /// (default: the system's, `/etc/ssl/certs/ca-certificates.crt`); relative to the config
+    /// file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 /// The OTLP transport.

@@ -222,7 +222,7 @@ fn mesh_config(
 }
 
 /// A `simple` configuration: no client certificate, the server verified against `ca_file`.
-fn simple_config(
+pub(crate) fn simple_config(
     ca_file: &std::path::Path,
     protocol: ServiceProtocol,
 ) -> Result<ClientConfig, TlsConfigError> {
@@ -245,7 +245,7 @@ fn finish(mut config: ClientConfig, protocol: ServiceProtocol) -> ClientConfig {
 }
 
 /// The roots in a PEM file.
-fn read_roots(path: &std::path::Path) -> Result<RootCertStore, TlsConfigError> {
+pub(crate) fn read_roots(path: &std::path::Path) -> Result<RootCertStore, TlsConfigError> {
     let shown = || path.display().to_string();
     let pem = std::fs::read(path).map_err(|source| TlsConfigError::CaFile {
         path: shown(),

@@ -1,11 +1,14 @@
 //! Spans leave the request path through a bounded queue; one task per collector batches them
-//! and sends each batch with the OpenTelemetry OTLP exporter (gRPC or HTTP/protobuf). A span
-//! that finds the queue full is dropped and counted, never waited for.
+//! and sends each batch with the OpenTelemetry OTLP exporter (gRPC or HTTP/protobuf, over TLS
+//! to an `https://` collector). A span that finds the queue full is dropped and counted, never
+//! waited for.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use metrics::Counter;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use opentelemetry_sdk::Resource;
 use strait_config::snapshot::TracingSettings;
@@ -13,6 +16,7 @@ use strait_config::spec::OtlpProtocol;
 use tokio::sync::mpsc;
 
 use crate::metrics::{TRACING_SPANS_DROPPED, TRACING_SPANS_EXPORTED};
+use crate::tls::client::{read_roots, simple_config, TlsConfigError};
 
 /// Most spans in one export request.
 const MAX_BATCH: usize = 512;
@@ -23,10 +27,23 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the exporter could not be made.
 #[derive(Debug, thiserror::Error)]
-#[error("OTLP exporter for {endpoint}: {source}")]
-pub struct ExportError {
-    endpoint: String,
-    source: opentelemetry_otlp::ExporterBuildError,
+pub enum ExportError {
+    /// The OpenTelemetry exporter refused its settings.
+    #[error("OTLP exporter for {endpoint}: {source}")]
+    Build {
+        /// The collector.
+        endpoint: String,
+        /// Why.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// The collector's roots (`tracing.otlp.caFile`) cannot be used.
+    #[error("OTLP exporter for {endpoint}: {source}")]
+    Roots {
+        /// The collector.
+        endpoint: String,
+        /// Why.
+        source: TlsConfigError,
+    },
 }
 
 /// What identifies a running export across reloads: a change of any restarts it.
@@ -34,6 +51,8 @@ pub struct ExportError {
 pub struct ExportKey {
     endpoint: String,
     protocol: OtlpProtocol,
+    /// The roots of an `https://` collector.
+    ca_file: Option<PathBuf>,
     queue_size: usize,
     service_name: String,
 }
@@ -44,6 +63,7 @@ impl ExportKey {
         Self {
             endpoint: settings.endpoint.clone(),
             protocol: settings.protocol,
+            ca_file: settings.ca_file.clone(),
             queue_size: settings.queue_size,
             service_name: service_name.to_owned(),
         }
@@ -63,20 +83,35 @@ pub struct SpanQueue {
 impl SpanQueue {
     /// Makes the exporter and starts its task (within a Tokio runtime).
     pub fn start(key: ExportKey) -> Result<Self, ExportError> {
-        let built = match key.protocol {
-            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(key.endpoint.clone())
-                .with_timeout(EXPORT_TIMEOUT)
-                .build(),
-            OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(key.endpoint.clone())
-                .with_timeout(EXPORT_TIMEOUT)
-                .build(),
+        let roots = |source| ExportError::Roots {
+            endpoint: key.endpoint.clone(),
+            source,
         };
-        let mut exporter = built.map_err(|source| ExportError {
+        let ca_file = key.ca_file.as_deref();
+        let built = match key.protocol {
+            OtlpProtocol::Grpc => {
+                let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(key.endpoint.clone())
+                    .with_timeout(EXPORT_TIMEOUT);
+                if let Some(ca_file) = ca_file {
+                    builder = builder.with_tls_config(grpc_tls(ca_file).map_err(roots)?);
+                }
+                builder.build()
+            }
+            OtlpProtocol::Http => {
+                let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_endpoint(key.endpoint.clone())
+                    .with_timeout(EXPORT_TIMEOUT);
+                if let Some(ca_file) = ca_file {
+                    builder = builder.with_http_client(https_client(ca_file).map_err(roots)?);
+                }
+                builder.build()
+            }
+        };
+        let mut exporter = built.map_err(|source| ExportError::Build {
             endpoint: key.endpoint.clone(),
             source,
         })?;
@@ -107,6 +142,39 @@ impl SpanQueue {
         }
     }
 }
+
+/// tonic's TLS for an OTLP/gRPC collector verified against the roots in `ca_file` (tonic makes
+/// its rustls configuration on the same ring provider).
+fn grpc_tls(ca_file: &Path) -> Result<ClientTlsConfig, TlsConfigError> {
+    read_roots(ca_file)?;
+    let pem = std::fs::read(ca_file).map_err(|source| TlsConfigError::CaFile {
+        path: ca_file.display().to_string(),
+        source,
+    })?;
+    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+}
+
+/// The OTLP/HTTP exporter's client for an `https://` collector verified against `ca_file`.
+fn https_client(
+    ca_file: &Path,
+) -> Result<opentelemetry_http::hyper::HyperClient<HttpsConnector>, TlsConfigError> {
+    let mut config = simple_config(ca_file, strait_config::spec::ServiceProtocol::Http1)?;
+    // hyper-rustls sets ALPN itself (and refuses a configuration that already has it).
+    config.alpn_protocols.clear();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(opentelemetry_http::hyper::HyperClient::new(
+        connector,
+        EXPORT_TIMEOUT,
+        None,
+    ))
+}
+
+type HttpsConnector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
 fn dropped(reason: &'static str) -> Counter {
     metrics::counter!(TRACING_SPANS_DROPPED, "reason" => reason)
