@@ -211,6 +211,7 @@ pub fn serve(
                             return Outcome::Closed;
                         }
                     }
+                    // A copy: a closure borrowing `awaiting` would keep it in every state.
                     let want = awaiting;
                     let woken = std::future::poll_fn(|cx| {
                         poll_next_head(&mut stream, &mut buf, want, idle.as_mut(), cx)
