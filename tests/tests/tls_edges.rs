@@ -113,3 +113,28 @@ async fn an_h2_connection_over_tls_must_open_with_the_preface_and_settings() {
     }
     assert_eq!(up.hits(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_yet_to_send_its_preface_closes_at_once_on_drain() {
+    use tokio::io::AsyncReadExt;
+    let ca = TestCa::new("edge");
+    let up = Upstream::start("up").await;
+    let proxy = start(&ca, &up);
+    let mut tls = TlsClient::new(&ca.bundle, None, true)
+        .connect(proxy.listener("edge"))
+        .await
+        .unwrap();
+    let signalled = std::time::Instant::now();
+    proxy.signal("TERM");
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "closed by the drain: {closed:?}"
+    );
+    assert!(
+        signalled.elapsed() < std::time::Duration::from_secs(1),
+        "at once, not when headerReadTimeout ends: {:?}",
+        signalled.elapsed()
+    );
+}

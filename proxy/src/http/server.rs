@@ -105,7 +105,12 @@ pub async fn serve_tls(
 async fn serve_tls_http2(mut stream: tokio_rustls::server::TlsStream<TcpStream>, conn: Arc<Conn>) {
     let limits = conn.shared.config.load().snapshot.proxy.clone();
     let late = conn.shared.drain.is_draining();
-    let Some(read) = h2_preface::read(&mut stream, limits.header_read_timeout).await else {
+    // A connection still to send its preface closes on drain, as an idle HTTP/1 one does.
+    let read = tokio::select! {
+        read = h2_preface::read(&mut stream, limits.header_read_timeout) => read,
+        () = conn.shared.drain.drained(), if !late => None,
+    };
+    let Some(read) = read else {
         return;
     };
     let io = TokioIo::new(h1::serve::Rewound::new(read.freeze(), stream));
