@@ -278,6 +278,12 @@ impl Control {
         self.dir.path().join("token")
     }
 
+    /// A proxy started from `bootstrap` as node `node`, attached to this control with its
+    /// token.
+    pub fn attach(&self, bootstrap: &str, node: &str) -> crate::Proxy {
+        crate::Proxy::start_with_control(bootstrap, &self.url(), node, &self.token_file())
+    }
+
     /// A directory for test files (removed with the control).
     pub fn scratch(&self) -> &Path {
         self.dir.path()

@@ -390,8 +390,7 @@ async fn the_control_stores_policies_and_pushes_them_to_the_proxies_they_target(
         );
     let (status, body) = control.apply("mesh.yaml", &mesh).await;
     assert_eq!(status, 200, "{body}");
-    let proxy =
-        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
+    let proxy = control.attach(BOOTSTRAP, "pod-1");
     let status = || async {
         get(
             &http1(),

@@ -52,8 +52,7 @@ async fn an_applied_route_is_served_by_a_connected_proxy_within_2s(backend: Back
         )
         .await;
     assert_eq!(status, 200);
-    let proxy =
-        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
+    let proxy = control.attach(BOOTSTRAP, "pod-1");
     eventually(
         "first config from the control",
         Duration::from_secs(5),
@@ -208,8 +207,7 @@ async fn the_proxy_survives_kill_9_of_the_control_and_resyncs_after_restart(back
                 + &host_route("r", "web", "h", "a")),
         )
         .await;
-    let proxy =
-        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
+    let proxy = control.attach(BOOTSTRAP, "pod-1");
     eventually(
         "config from the control",
         Duration::from_secs(5),
@@ -285,8 +283,7 @@ spec:
             &(discovered.to_owned() + &host_route("r", "web", "api", "api")),
         )
         .await;
-    let proxy =
-        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
+    let proxy = control.attach(BOOTSTRAP, "pod-1");
     eventually("no instance yet", Duration::from_secs(5), || async {
         (upstream_of(&proxy, "api").await == "503 no-healthy-endpoints").then_some(())
     })
@@ -374,8 +371,7 @@ async fn a_config_the_proxy_cannot_apply_is_nacked_and_the_old_keeps_serving(bac
             &(http1_service("a", &a.address()) + &host_route("r", "web", "h", "a")),
         )
         .await;
-    let proxy =
-        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
+    let proxy = control.attach(BOOTSTRAP, "pod-1");
     eventually("config applied", Duration::from_secs(5), || async {
         (upstream_of(&proxy, "h").await == "a").then_some(())
     })
@@ -538,8 +534,7 @@ spec:
             &(breaking + &host_route("r", "web", "h", "up")),
         )
         .await;
-    let proxy =
-        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-7", &control.token_file());
+    let proxy = control.attach(BOOTSTRAP, "pod-7");
     eventually("config applied", Duration::from_secs(5), || async {
         (upstream_of(&proxy, "h").await == "500 ").then_some(())
     })

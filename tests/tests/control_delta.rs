@@ -112,18 +112,8 @@ async fn a_proxy_gets_no_push_for_a_service_its_routes_do_not_reach(backend: Bac
             + &host_route("api-route", "api", "shop", "x")),
     )
     .await;
-    let web = Proxy::start_with_control(
-        &bootstrap("web"),
-        &control.url(),
-        "web-1",
-        &control.token_file(),
-    );
-    let api = Proxy::start_with_control(
-        &bootstrap("api"),
-        &control.url(),
-        "api-1",
-        &control.token_file(),
-    );
+    let web = control.attach(&bootstrap("web"), "web-1");
+    let api = control.attach(&bootstrap("api"), "api-1");
     wait_served(&web, "web", "shop", "a").await;
     wait_served(&api, "api", "shop", "x").await;
     let web_version = config_version(web.admin()).await;
@@ -164,12 +154,7 @@ async fn changes_and_removals_arrive_as_deltas_and_a_nacked_one_keeps_the_last_g
             + &host_route("two", "web", "two", "b")),
     )
     .await;
-    let proxy = Proxy::start_with_control(
-        &bootstrap("web"),
-        &control.url(),
-        "pod-1",
-        &control.token_file(),
-    );
+    let proxy = control.attach(&bootstrap("web"), "pod-1");
     wait_served(&proxy, "web", "one", "a").await;
     wait_served(&proxy, "web", "two", "b").await;
     let first = received(&proxy);
@@ -258,12 +243,7 @@ async fn a_burst_of_20_applies_reaches_a_proxy_in_a_few_pushes(backend: Backend)
         &(http1_service("api", &upstreams[0].address()) + &host_route("r", "web", "shop", "api")),
     )
     .await;
-    let proxy = Proxy::start_with_control(
-        &bootstrap("web"),
-        &control.url(),
-        "pod-1",
-        &control.token_file(),
-    );
+    let proxy = control.attach(&bootstrap("web"), "pod-1");
     wait_served(&proxy, "web", "shop", "a").await;
     let before = reloads(&proxy).await;
     let mut last = 0;

@@ -272,12 +272,7 @@ async fn config_version_is_the_controls_revision_and_local_version_the_proxys_co
         .as_u64()
         .expect("revision");
     assert!(revision > 2, "{body}");
-    let proxy = Proxy::start_with_control(
-        &bootstrap(""),
-        &control.url(),
-        "pod-1",
-        &control.token_file(),
-    );
+    let proxy = control.attach(&bootstrap(""), "pod-1");
     let config = eventually(
         "the control's config applied",
         Duration::from_secs(10),

@@ -85,7 +85,7 @@ async fn an_apply_through_one_replica_is_read_and_pushed_through_the_others() {
     let third = store.replica_of(&first);
     let (status, body) = first.apply("mesh.yaml", &mesh(&a, &b, "a")).await;
     assert_eq!(status, 200, "{body}");
-    let proxy = Proxy::start_with_control(BOOTSTRAP, &third.url(), "pod-1", &third.token_file());
+    let proxy = third.attach(BOOTSTRAP, "pod-1");
     eventually(
         "config through the third replica",
         Duration::from_secs(5),

@@ -229,8 +229,7 @@ async fn mesh(control_args: &[&str], env: &[(String, String)]) -> (Control, Prox
     let control = Control::start_with_env(control_args, env);
     let (status, body) = control.apply("mesh.yaml", MESH).await;
     assert_eq!(status, 200, "{body}");
-    let proxy =
-        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
+    let proxy = control.attach(BOOTSTRAP, "pod-1");
     (control, proxy)
 }
 

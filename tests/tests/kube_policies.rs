@@ -71,8 +71,7 @@ async fn start(api: &KubeApi) -> (Control, Proxy) {
     let kubeconfig = api.kubeconfig().to_string_lossy().into_owned();
     let control =
         Control::start_with_args(&["--policies", "kubernetes", "--kubeconfig", &kubeconfig]);
-    let proxy =
-        Proxy::start_with_control(BOOTSTRAP, &control.url(), "pod-1", &control.token_file());
+    let proxy = control.attach(BOOTSTRAP, "pod-1");
     (control, proxy)
 }
 

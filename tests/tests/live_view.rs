@@ -42,9 +42,7 @@ async fn mesh_of_two(upstream: &Upstream, bootstrap: &str) -> (Control, Proxy, P
     let control = Control::start();
     let (status, body) = control.apply("mesh.yaml", &mesh(upstream)).await;
     assert_eq!(status, 200, "{body}");
-    let start = |node: &str| {
-        Proxy::start_with_control(bootstrap, &control.url(), node, &control.token_file())
-    };
+    let start = |node: &str| control.attach(bootstrap, node);
     let (a, b) = (start("pod-a"), start("pod-b"));
     for proxy in [&a, &b] {
         eventually("the proxy serves api", Duration::from_secs(20), || async {

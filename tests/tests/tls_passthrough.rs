@@ -446,8 +446,7 @@ spec:
   listeners:
     - {name: db, address: 127.0.0.1:0, protocol: tcp}
 ";
-    let proxy =
-        Proxy::start_with_control(bootstrap, &control.url(), "pod-1", &control.token_file());
+    let proxy = control.attach(bootstrap, "pod-1");
     strait_tests::eventually("routed by SNI", Duration::from_secs(20), || async {
         get(&proxy, "a.example", &ups.ca.bundle).await.ok()
     })

@@ -11,6 +11,8 @@ mod tcp_route;
 mod tls_route;
 mod tracing;
 
+pub use tracing::is_workload_name;
+
 use authorization_policy::Listeners;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

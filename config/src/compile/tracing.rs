@@ -119,7 +119,7 @@ pub(crate) fn workload(
     given: Option<&str>,
 ) -> Option<Arc<str>> {
     match given {
-        Some(name) if name.is_empty() || name.len() > MAX_WORKLOAD_LEN || !printable(name) => {
+        Some(name) if !is_workload_name(name) => {
             errors.at(
                 doc,
                 at,
@@ -134,8 +134,10 @@ pub(crate) fn workload(
     }
 }
 
-fn printable(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_graphic())
+/// Whether `name` may be a `spec.workload`: 1-253 printable ASCII characters (it is a label
+/// value on every request counter).
+pub fn is_workload_name(name: &str) -> bool {
+    (1..=MAX_WORKLOAD_LEN).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ pub fn workload_name(labels: &serde_json::Map<String, Value>) -> Option<&str> {
         .iter()
         .filter_map(|key| labels.get(*key).and_then(Value::as_str))
         .map(str::trim)
-        .find(|name| (1..=253).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic()))
+        .find(|name| strait_config::compile::is_workload_name(name))
 }
 
 /// The bootstrap `ProxyConfig` of a proxy with `identity` beside `workload`: the image's, plus

@@ -64,13 +64,7 @@ impl Live {
             }
         }
         let source = match report.workload {
-            // As `spec.workload` allows: 1-253 printable ASCII characters.
-            Some(workload)
-                if (1..=253).contains(&workload.len())
-                    && workload.bytes().all(|b| b.is_ascii_graphic()) =>
-            {
-                workload
-            }
+            Some(workload) if strait_config::compile::is_workload_name(&workload) => workload,
             _ => report.node.clone(),
         };
         let node = nodes.entry(report.node).or_default();

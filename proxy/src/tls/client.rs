@@ -245,17 +245,29 @@ fn finish(mut config: ClientConfig, protocol: ServiceProtocol) -> ClientConfig {
 }
 
 /// The roots in a PEM file.
-pub(crate) fn read_roots(path: &std::path::Path) -> Result<RootCertStore, TlsConfigError> {
-    let shown = || path.display().to_string();
-    let pem = std::fs::read(path).map_err(|source| TlsConfigError::CaFile {
-        path: shown(),
+fn read_roots(path: &std::path::Path) -> Result<RootCertStore, TlsConfigError> {
+    let pem = read_pem(path)?;
+    roots_of(&pem, path)
+}
+
+/// A PEM file's bytes.
+pub(crate) fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, TlsConfigError> {
+    std::fs::read(path).map_err(|source| TlsConfigError::CaFile {
+        path: path.display().to_string(),
         source,
-    })?;
+    })
+}
+
+/// The roots in `pem`, read from `path`.
+pub(crate) fn roots_of(
+    pem: &[u8],
+    path: &std::path::Path,
+) -> Result<RootCertStore, TlsConfigError> {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok);
+    let certs = CertificateDer::pem_slice_iter(pem).filter_map(Result::ok);
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(TlsConfigError::NoRoots(shown()));
+        return Err(TlsConfigError::NoRoots(path.display().to_string()));
     }
     Ok(roots)
 }

@@ -16,7 +16,7 @@ use strait_config::spec::OtlpProtocol;
 use tokio::sync::mpsc;
 
 use crate::metrics::{TRACING_SPANS_DROPPED, TRACING_SPANS_EXPORTED};
-use crate::tls::client::{read_roots, simple_config, TlsConfigError};
+use crate::tls::client::{read_pem, roots_of, simple_config, TlsConfigError};
 
 /// Most spans in one export request.
 const MAX_BATCH: usize = 512;
@@ -146,11 +146,9 @@ impl SpanQueue {
 /// tonic's TLS for an OTLP/gRPC collector verified against the roots in `ca_file` (tonic makes
 /// its rustls configuration on the same ring provider).
 fn grpc_tls(ca_file: &Path) -> Result<ClientTlsConfig, TlsConfigError> {
-    read_roots(ca_file)?;
-    let pem = std::fs::read(ca_file).map_err(|source| TlsConfigError::CaFile {
-        path: ca_file.display().to_string(),
-        source,
-    })?;
+    let pem = read_pem(ca_file)?;
+    // Checked here for a clear error; tonic parses the same bytes.
+    roots_of(&pem, ca_file)?;
     Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
 }
 
